@@ -1,0 +1,505 @@
+//! Ledger entries and their one canonical CBOR form.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::{Hash, PublicKey, Signature};
+use crate::keys::{self, SecretKey};
+use crate::limits::MAX_ENTRY_BYTES;
+use crate::version::Version;
+
+/// Domain tag of entry signatures.
+pub const ENTRY_DOMAIN: &[u8] = b"pd/entry/v1\0";
+
+/// One signed ledger entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Position in the ledger, 0-based and gapless.
+    pub seq: u64,
+    /// Id of entry `seq - 1`; zero for genesis.
+    pub prev: Hash,
+    /// UTC milliseconds since the Unix epoch; never decreases along the chain.
+    pub time_ms: u64,
+    /// Name of the signing key.
+    pub actor: String,
+    /// What happened.
+    pub body: Body,
+    /// Ed25519 signature by `actor` over [`ENTRY_DOMAIN`] and the hash of the unsigned encoding.
+    pub sig: Signature,
+}
+
+/// The signed part of an entry, in the same field order.
+#[derive(Serialize)]
+struct Unsigned<'a> {
+    seq: u64,
+    prev: &'a Hash,
+    time_ms: u64,
+    actor: &'a str,
+    body: &'a Body,
+}
+
+/// What an entry records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Body {
+    /// The first entry: ledger id, environments, first keys, rules.
+    Genesis(Genesis),
+    /// Enrolls a key.
+    KeyAdd(KeyDecl),
+    /// Revokes a key for all later entries.
+    KeyRevoke(KeyRevoke),
+    /// A signed policy package.
+    Package(Package),
+    /// An approver's approval of one package.
+    Approve(Approve),
+    /// Makes a version the desired one for an environment.
+    Push(Push),
+    /// A target's report that it loaded (or failed to load) a version.
+    Ack(Ack),
+    /// Makes an earlier version the desired one again.
+    Rollback(Rollback),
+}
+
+/// The genesis entry's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    /// Random id naming this ledger.
+    pub ledger_id: Hash,
+    /// Environments in promotion order.
+    pub envs: Vec<String>,
+    /// Distinct approvals a package needs before it may be pushed.
+    pub approvals_required: u32,
+    /// The first keys; the signer must be one of them, with the admin role.
+    pub keys: Vec<KeyDecl>,
+}
+
+/// A key and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDecl {
+    /// Unique name; entries name their signer by it.
+    pub name: String,
+    /// Ed25519 key for ledger entries.
+    pub public_key: PublicKey,
+    /// Armored OpenPGP public certificate for package signatures (authors need one).
+    pub openpgp: Option<String>,
+    /// Roles held.
+    pub roles: Vec<Role>,
+    /// The environment of a target key.
+    pub env: Option<String>,
+}
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Enrolls and revokes keys.
+    Admin,
+    /// Packages policies.
+    Author,
+    /// Approves packages (never their own).
+    Approver,
+    /// Pushes and rolls back.
+    Deployer,
+    /// A running service in one environment that acknowledges versions.
+    Target,
+}
+
+impl Role {
+    /// All roles, for help texts and parsing.
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Author,
+        Role::Approver,
+        Role::Deployer,
+        Role::Target,
+    ];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Author => "author",
+            Role::Approver => "approver",
+            Role::Deployer => "deployer",
+            Role::Target => "target",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?}: use admin, author, approver, deployer or target"))
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Revokes a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRevoke {
+    /// The key's name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A policy file inside a package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    /// Relative path inside the package.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content.
+    pub sha256: Hash,
+    /// BLAKE3 of the content.
+    pub blake3: Hash,
+}
+
+/// The tarball of a package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// BLAKE3: the store key.
+    pub blake3: Hash,
+    /// SHA-256: what gpg users check.
+    pub sha256: Hash,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A signed policy package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    /// Version, higher than every earlier package.
+    pub version: Version,
+    /// Policy name.
+    pub name: String,
+    /// Files inside, sorted by path.
+    pub files: Vec<FileDigest>,
+    /// The tarball.
+    pub tarball: Artifact,
+    /// Armored OpenPGP detached signature over the tarball by the author's certificate.
+    pub openpgp_sig: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Approves one package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    /// The package's version.
+    pub version: Version,
+    /// The package's tarball BLAKE3, so an approval names exact bytes.
+    pub package: Hash,
+    /// Why.
+    pub reason: String,
+}
+
+/// Desired version for one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// Environment.
+    pub env: String,
+    /// Version.
+    pub version: Version,
+    /// Tarball BLAKE3.
+    pub package: Hash,
+    /// Why.
+    pub reason: String,
+}
+
+/// A target's report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// The target's environment.
+    pub env: String,
+    /// Version loaded.
+    pub version: Version,
+    /// Tarball BLAKE3 loaded.
+    pub package: Hash,
+    /// Loaded, or failed with an error.
+    pub outcome: Outcome,
+}
+
+/// Whether a target loaded a version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The policy is live.
+    Loaded,
+    /// The target could not load it.
+    Failed(String),
+}
+
+/// Makes an earlier version desired again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// Environment.
+    pub env: String,
+    /// The earlier version.
+    pub version: Version,
+    /// Its tarball BLAKE3.
+    pub package: Hash,
+    /// Why.
+    pub reason: String,
+}
+
+impl Body {
+    /// The kind, as named in logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Genesis(_) => "genesis",
+            Body::KeyAdd(_) => "key_add",
+            Body::KeyRevoke(_) => "key_revoke",
+            Body::Package(_) => "package",
+            Body::Approve(_) => "approve",
+            Body::Push(_) => "push",
+            Body::Ack(_) => "ack",
+            Body::Rollback(_) => "rollback",
+        }
+    }
+}
+
+/// Bytes that are not one canonical entry.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodingError {
+    /// Over [`MAX_ENTRY_BYTES`].
+    #[error("entry is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// Actual size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not CBOR of an entry.
+    #[error("entry is not valid CBOR of a pd entry: {0}")]
+    Malformed(String),
+    /// Decodes, but is not the one canonical byte form.
+    #[error("entry is not in canonical form (re-encoding gives different bytes)")]
+    NotCanonical,
+}
+
+/// An entry together with its exact bytes and id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedEntry {
+    /// The decoded entry.
+    pub entry: Entry,
+    /// Its canonical encoding.
+    pub bytes: Vec<u8>,
+    /// BLAKE3 of `bytes`.
+    pub id: Hash,
+}
+
+fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // Writing to a Vec cannot fail, and every entry type serializes.
+    ciborium::into_writer(value, &mut out).expect("CBOR encoding into memory");
+    out
+}
+
+impl Entry {
+    /// Signs a new entry.
+    pub fn sign(
+        seq: u64,
+        prev: Hash,
+        time_ms: u64,
+        actor: &str,
+        body: Body,
+        key: &SecretKey,
+    ) -> SignedEntry {
+        let digest = Hash::of(&to_cbor(&Unsigned {
+            seq,
+            prev: &prev,
+            time_ms,
+            actor,
+            body: &body,
+        }));
+        let sig = key.sign(ENTRY_DOMAIN, &digest.0);
+        let entry = Entry {
+            seq,
+            prev,
+            time_ms,
+            actor: actor.to_string(),
+            body,
+            sig,
+        };
+        let bytes = to_cbor(&entry);
+        let id = Hash::of(&bytes);
+        SignedEntry { entry, bytes, id }
+    }
+
+    /// The digest the signature covers.
+    pub fn signed_digest(&self) -> Hash {
+        Hash::of(&to_cbor(&Unsigned {
+            seq: self.seq,
+            prev: &self.prev,
+            time_ms: self.time_ms,
+            actor: &self.actor,
+            body: &self.body,
+        }))
+    }
+
+    /// The full signed message, for batch verification.
+    pub fn signed_message(&self) -> Vec<u8> {
+        keys::message(ENTRY_DOMAIN, &self.signed_digest().0)
+    }
+
+    /// Checks the signature against `key`.
+    pub fn signature_valid(&self, key: &PublicKey) -> bool {
+        keys::verify(key, ENTRY_DOMAIN, &self.signed_digest().0, &self.sig)
+    }
+}
+
+impl SignedEntry {
+    /// Decodes exactly one canonical entry.
+    pub fn decode(bytes: &[u8]) -> Result<SignedEntry, EncodingError> {
+        if bytes.len() > MAX_ENTRY_BYTES {
+            return Err(EncodingError::TooLarge {
+                size: bytes.len(),
+                limit: MAX_ENTRY_BYTES,
+            });
+        }
+        let entry: Entry =
+            ciborium::from_reader(bytes).map_err(|e| EncodingError::Malformed(e.to_string()))?;
+        // One entry has exactly one byte form, hence one id (this also rejects trailing bytes).
+        if to_cbor(&entry) != bytes {
+            return Err(EncodingError::NotCanonical);
+        }
+        Ok(SignedEntry {
+            entry,
+            bytes: bytes.to_vec(),
+            id: Hash::of(bytes),
+        })
+    }
+}
+
+/// Encodes any value in canonical CBOR (fixed field order, shortest integers).
+pub fn canonical_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    to_cbor(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> SecretKey {
+        SecretKey::from_seed([3; 32])
+    }
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 _./-]{0,40}"
+    }
+
+    fn arb_hash() -> impl Strategy<Value = Hash> {
+        any::<[u8; 32]>().prop_map(Hash)
+    }
+
+    fn arb_version() -> impl Strategy<Value = Version> {
+        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c)| Version::new(a, b, c))
+    }
+
+    fn arb_body() -> impl Strategy<Value = Body> {
+        prop_oneof![
+            (arb_text(), arb_version(), arb_hash())
+                .prop_map(|(reason, version, package)| Body::Approve(Approve { version, package, reason })),
+            (arb_text(), arb_version(), arb_hash(), arb_text()).prop_map(|(env, version, package, reason)| {
+                Body::Push(Push { env, version, package, reason })
+            }),
+            (arb_text(), arb_version(), arb_hash(), proptest::option::of(arb_text())).prop_map(
+                |(env, version, package, failed)| Body::Ack(Ack {
+                    env,
+                    version,
+                    package,
+                    outcome: failed.map_or(Outcome::Loaded, Outcome::Failed),
+                })
+            ),
+            (arb_text(), arb_text()).prop_map(|(name, reason)| Body::KeyRevoke(KeyRevoke { name, reason })),
+            (arb_text(), any::<[u8; 32]>(), proptest::option::of(arb_text()), any::<bool>()).prop_map(
+                |(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
+                    name,
+                    public_key: PublicKey(pk),
+                    openpgp,
+                    roles: if target { vec![Role::Target] } else { vec![Role::Author, Role::Deployer] },
+                    env: target.then(|| "dev".to_string()),
+                })
+            ),
+            (arb_version(), arb_text(), arb_hash(), arb_hash(), any::<u64>(), arb_text()).prop_map(
+                |(version, name, b3, sha, size, reason)| Body::Package(Package {
+                    version,
+                    name: name.clone(),
+                    files: vec![FileDigest { path: name, size, sha256: sha, blake3: b3 }],
+                    tarball: Artifact { blake3: b3, sha256: sha, size },
+                    openpgp_sig: reason.clone(),
+                    reason,
+                })
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(seq in any::<u64>(), prev in arb_hash(), time in any::<u64>(),
+                                    actor in arb_text(), body in arb_body()) {
+            let signed = Entry::sign(seq, prev, time, &actor, body, &key());
+            let back = SignedEntry::decode(&signed.bytes).unwrap();
+            prop_assert_eq!(&back, &signed);
+            prop_assert!(back.entry.signature_valid(&key().public()));
+        }
+
+        #[test]
+        fn any_byte_flip_is_refused_or_breaks_the_signature(body in arb_body(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let signed = Entry::sign(1, Hash::ZERO, 5, "admin", body, &key());
+            let mut bytes = signed.bytes.clone();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            if let Ok(e) = SignedEntry::decode(&bytes) {
+                prop_assert!(!e.entry.signature_valid(&key().public()));
+            }
+        }
+    }
+
+    #[test]
+    fn non_canonical_integer_is_refused() {
+        let signed = Entry::sign(
+            1,
+            Hash::ZERO,
+            5,
+            "a",
+            Body::KeyRevoke(KeyRevoke { name: "b".into(), reason: "c".into() }),
+            &key(),
+        );
+        // seq 1 is encoded as the single byte 0x01 after the "seq" key; re-encode it as 0x18 0x01.
+        let at = signed.bytes.windows(4).position(|w| w == b"seq\x01").unwrap() + 3;
+        let mut long = signed.bytes.clone();
+        long.splice(at..at + 1, [0x18, 0x01]);
+        assert_eq!(SignedEntry::decode(&long), Err(EncodingError::NotCanonical));
+        let mut trailing = signed.bytes.clone();
+        trailing.push(0);
+        assert!(SignedEntry::decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn oversize_entry_is_refused() {
+        let big = vec![0u8; MAX_ENTRY_BYTES + 1];
+        assert!(matches!(SignedEntry::decode(&big), Err(EncodingError::TooLarge { .. })));
+    }
+}

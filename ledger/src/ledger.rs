@@ -1,0 +1,137 @@
+//! The appender: a store plus the state folded from it.
+
+use crate::bytes::Hash;
+use crate::entry::{Body, Entry, SignedEntry};
+use crate::keys::SecretKey;
+use crate::replay::{replay_onto, ReplayError, Signatures};
+use crate::rules::{check, RuleError};
+use crate::state::State;
+use crate::storage::{LedgerStore, StorageError};
+
+/// Why an append or open failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The entry breaks a rule; nothing was written.
+    #[error(transparent)]
+    Refused(#[from] RuleError),
+    /// Storage failed; nothing was reported appended.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The stored ledger does not replay.
+    #[error("the stored ledger is corrupt at {0}; restore it from an export or mirror")]
+    Corrupt(ReplayError),
+}
+
+/// A ledger: the only way entries get into a store.
+///
+/// Architecture Invariant: every entry is checked by [`check`] against the folded state before
+/// it is written, and the state is only ever changed by folding written entries.
+pub struct Ledger<S: LedgerStore> {
+    store: S,
+    state: State,
+}
+
+impl<S: LedgerStore> Ledger<S> {
+    /// Opens a store and folds its entries. Signatures were checked when appended.
+    pub fn open(store: S) -> Result<Self, LedgerError> {
+        let state = fold(&store)?;
+        Ok(Ledger { store, state })
+    }
+
+    /// The folded state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Signs `body` as the next entry (time never goes backwards) and appends it.
+    pub fn sign_append(&mut self, actor: &str, key: &SecretKey, time_ms: u64, body: Body) -> Result<SignedEntry, LedgerError> {
+        let entry = self.sign_next(actor, key, time_ms, body);
+        self.append(entry.clone())?;
+        Ok(entry)
+    }
+
+    /// Signs `body` as the next entry without appending it.
+    pub fn sign_next(&self, actor: &str, key: &SecretKey, time_ms: u64, body: Body) -> SignedEntry {
+        let time_ms = time_ms.max(self.state.last_time_ms);
+        Entry::sign(self.state.len, self.state.head, time_ms, actor, body, key)
+    }
+
+    /// Checks and durably appends one entry.
+    pub fn append(&mut self, entry: SignedEntry) -> Result<(), LedgerError> {
+        check(&self.state, &entry)?;
+        self.store.append(entry.entry.seq, &[&entry.bytes])?;
+        self.state.apply(&entry);
+        Ok(())
+    }
+
+    /// Checks and durably appends many entries with one flush: all or none.
+    pub fn append_batch(&mut self, entries: &[SignedEntry]) -> Result<(), LedgerError> {
+        let Some(first) = entries.first() else { return Ok(()) };
+        let mut next = self.state.clone();
+        let result = replay_onto(&mut next, entries.iter().map(|e| e.bytes.as_slice()), Signatures::Verify);
+        if let Err(e) = result {
+            return Err(match e.kind {
+                crate::replay::ReplayErrorKind::Rule(r) => LedgerError::Refused(r),
+                crate::replay::ReplayErrorKind::BadSignature { actor } => RuleError::BadSignature { actor }.into(),
+                crate::replay::ReplayErrorKind::Encoding(_) => LedgerError::Corrupt(e),
+            });
+        }
+        let slices: Vec<&[u8]> = entries.iter().map(|e| e.bytes.as_slice()).collect();
+        self.store.append(first.entry.seq, &slices)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Signs a batch of bodies as consecutive entries (chained), without appending them.
+    pub fn sign_batch(&self, actor: &str, key: &SecretKey, time_ms: u64, bodies: Vec<Body>) -> Vec<SignedEntry> {
+        let time_ms = time_ms.max(self.state.last_time_ms);
+        let (mut seq, mut prev) = (self.state.len, self.state.head);
+        bodies
+            .into_iter()
+            .map(|body| {
+                let e = Entry::sign(seq, prev, time_ms, actor, body, key);
+                seq += 1;
+                prev = e.id;
+                e
+            })
+            .collect()
+    }
+
+    /// Every entry, decoded, from `from` on.
+    pub fn entries(&self, from: u64) -> impl Iterator<Item = Result<SignedEntry, LedgerError>> + '_ {
+        self.store.scan(from).enumerate().map(move |(i, bytes)| {
+            let bytes = bytes?;
+            SignedEntry::decode(&bytes).map_err(|e| {
+                LedgerError::Corrupt(ReplayError { seq: from + i as u64, kind: e.into() })
+            })
+        })
+    }
+
+    /// Id of the last entry.
+    pub fn head(&self) -> Hash {
+        self.state.head
+    }
+}
+
+fn fold<S: LedgerStore>(store: &S) -> Result<State, LedgerError> {
+    let mut state = State::default();
+    let mut buf = Vec::with_capacity(1024);
+    let mut iter = store.scan(0);
+    loop {
+        // Replay in slices so a large ledger is not held in memory twice.
+        buf.clear();
+        for bytes in iter.by_ref().take(4096) {
+            buf.push(bytes?);
+        }
+        if buf.is_empty() {
+            return Ok(state);
+        }
+        replay_onto(&mut state, buf.iter().map(|b| b.as_slice()), Signatures::TrustLocalStore)
+            .map_err(LedgerError::Corrupt)?;
+    }
+}

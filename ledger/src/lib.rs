@@ -1,0 +1,34 @@
+//! The ledger core of pd: entry types, their canonical encoding, the pure rule-and-fold
+//! that decides whether an entry is valid, the export format and the storage trait.
+//!
+//! The core does no I/O of its own (storage comes in through [`LedgerStore`]), reads no
+//! clock and draws no randomness: time and keys are arguments.
+#![warn(missing_docs)]
+
+pub mod bytes;
+pub mod entry;
+pub mod export;
+pub mod keys;
+pub mod ledger;
+pub mod limits;
+pub mod replay;
+pub mod rules;
+#[cfg(feature = "sled")]
+pub mod sled_store;
+pub mod state;
+pub mod storage;
+pub mod version;
+
+pub use bytes::{Hash, PublicKey, Signature};
+pub use entry::{
+    Ack, Approve, Artifact, Body, EncodingError, Entry, FileDigest, Genesis, KeyDecl, KeyRevoke,
+    Outcome, Package, Push, Role, Rollback, SignedEntry,
+};
+pub use export::{Export, ExportArtifact, Head};
+pub use keys::SecretKey;
+pub use ledger::{Ledger, LedgerError};
+pub use replay::{replay, ReplayError, ReplayErrorKind, Signatures};
+pub use rules::{check, check_rules, RuleError};
+pub use state::{EnvState, State};
+pub use storage::{LedgerStore, StorageError};
+pub use version::{Bump, Version};

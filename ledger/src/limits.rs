@@ -1,0 +1,22 @@
+//! Limits on everything in an entry that comes from outside. One place, each one tested.
+
+/// Largest encoded entry, in bytes. A package of `MAX_FILES` long paths fits.
+pub const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
+/// Longest key, environment or policy name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest reason or failure text, in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Most environments in a ledger.
+pub const MAX_ENVS: usize = 16;
+/// Most keys declared in the genesis entry.
+pub const MAX_GENESIS_KEYS: usize = 64;
+/// Most files in one package.
+pub const MAX_FILES: usize = 10_000;
+/// Longest file path inside a package, in bytes.
+pub const MAX_PATH_BYTES: usize = 255;
+/// Largest armored OpenPGP certificate or signature, in bytes.
+pub const MAX_OPENPGP_BYTES: usize = 64 * 1024;
+/// Most approvals a ledger may require per package.
+pub const MAX_APPROVALS_REQUIRED: u32 = 16;
+/// Largest export file `pd-verify` reads, in bytes.
+pub const MAX_EXPORT_BYTES: u64 = 16 * 1024 * 1024 * 1024;

@@ -1,0 +1,531 @@
+//! The one rule: is this entry valid given the state folded so far?
+//!
+//! Architecture Invariant: the appender, the CLI, the server, the agent and `pd-verify` all
+//! decide validity here, and nowhere else.
+
+use std::collections::BTreeSet;
+
+use crate::bytes::{Hash, PublicKey};
+use crate::entry::{
+    Ack, Approve, Body, Entry, Genesis, KeyDecl, KeyRevoke, Package, Push, Role, Rollback,
+    SignedEntry,
+};
+use crate::limits::*;
+use crate::state::State;
+use crate::version::Version;
+
+/// Why an entry was refused. Each message says what was wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// `seq` is not the next position.
+    #[error("entry has seq {got}, but the next position is {expected} (another writer appended first: reload and retry)")]
+    Seq {
+        /// Next position.
+        expected: u64,
+        /// The entry's.
+        got: u64,
+    },
+    /// `prev` is not the current head.
+    #[error("entry does not chain: prev is {got}, head is {expected}")]
+    Prev {
+        /// Current head.
+        expected: Hash,
+        /// The entry's.
+        got: Hash,
+    },
+    /// The clock went backwards.
+    #[error("entry time {time_ms} is before the previous entry's {last_ms}: fix the clock of the signer")]
+    TimeWentBack {
+        /// The entry's.
+        time_ms: u64,
+        /// The previous entry's.
+        last_ms: u64,
+    },
+    /// The first entry is not genesis, or a later one is.
+    #[error("a genesis entry must come first and only first")]
+    Genesis,
+    /// The signer is not enrolled.
+    #[error("key {actor:?} is not enrolled in this ledger: ask an admin to run `pd key new {actor} --role …`")]
+    UnknownKey {
+        /// Signer.
+        actor: String,
+    },
+    /// The signer was revoked.
+    #[error("key {actor:?} was revoked ({reason}) and cannot act")]
+    RevokedKey {
+        /// Signer.
+        actor: String,
+        /// Why it was revoked.
+        reason: String,
+    },
+    /// The signer lacks the role.
+    #[error("key {actor:?} lacks the {role} role needed to {action}")]
+    MissingRole {
+        /// Signer.
+        actor: String,
+        /// The role needed.
+        role: Role,
+        /// What it tried.
+        action: &'static str,
+    },
+    /// The signature does not verify.
+    #[error("signature by {actor:?} does not verify: the entry was altered or signed by another key")]
+    BadSignature {
+        /// Claimed signer.
+        actor: String,
+    },
+    /// A field is malformed or over a limit.
+    #[error("invalid {field}: {problem}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key name or public key is already enrolled.
+    #[error("key {name:?} (or its public key) is already enrolled; pick another name")]
+    DuplicateKey {
+        /// The name.
+        name: String,
+    },
+    /// No such environment.
+    #[error("unknown environment {env:?}; this ledger has: {known}")]
+    UnknownEnv {
+        /// The name given.
+        env: String,
+        /// The ledger's environments.
+        known: String,
+    },
+    /// Revoking the last admin would lock the ledger.
+    #[error("{name:?} is the last active admin; enroll another admin before revoking it")]
+    LastAdmin {
+        /// The key.
+        name: String,
+    },
+    /// Versions must rise.
+    #[error("version {version} is not above the latest package {latest}; use --bump or a higher --version")]
+    VersionNotIncreasing {
+        /// Proposed.
+        version: Version,
+        /// Latest recorded.
+        latest: Version,
+    },
+    /// The same tarball was already packaged.
+    #[error("these exact bytes are already packaged as {version}")]
+    DuplicatePackage {
+        /// The existing version.
+        version: Version,
+    },
+    /// No such package, or version and hash disagree.
+    #[error("no package {version} with tarball {package} in this ledger; see `pd ledger log`")]
+    UnknownPackage {
+        /// Version named.
+        version: Version,
+        /// Hash named.
+        package: Hash,
+    },
+    /// An author approving their own package.
+    #[error("{actor:?} authored {version} and cannot approve it: another approver must")]
+    SelfApproval {
+        /// Signer.
+        actor: String,
+        /// Package.
+        version: Version,
+    },
+    /// A second approval by the same key.
+    #[error("{actor:?} already approved {version}")]
+    DuplicateApproval {
+        /// Signer.
+        actor: String,
+        /// Package.
+        version: Version,
+    },
+    /// Not enough approvals.
+    #[error("{version} has {have} of {need} required approvals: an approver must run `pd ledger approve {version} --reason …`")]
+    NotApproved {
+        /// Package.
+        version: Version,
+        /// Approvals so far.
+        have: usize,
+        /// Approvals needed.
+        need: u32,
+    },
+    /// Promotion order skipped.
+    #[error("{version} cannot go to {env} before it is fully adopted in {before}{}", waiting_for(.laggards))]
+    PromotionSkip {
+        /// Package.
+        version: Version,
+        /// Where it was pushed.
+        env: String,
+        /// The environment before it.
+        before: String,
+        /// Targets of `before` that have not loaded it (empty if it was never pushed there).
+        laggards: Vec<String>,
+    },
+    /// A push that would not move forward.
+    #[error("{env} already wants {current}; pushing {version} would not move forward (to go back, use `pd ledger rollback {env}`)")]
+    NotForward {
+        /// Environment.
+        env: String,
+        /// Proposed.
+        version: Version,
+        /// Current desired.
+        current: Version,
+    },
+    /// A rollback to a version the environment never had.
+    #[error("cannot roll {env} back to {version}: {problem}")]
+    BadRollback {
+        /// Environment.
+        env: String,
+        /// Proposed.
+        version: Version,
+        /// Why not.
+        problem: String,
+    },
+    /// An ack that is not about the desired version of the target's environment.
+    #[error("ack refused: {problem}")]
+    BadAck {
+        /// Why.
+        problem: String,
+    },
+}
+
+fn waiting_for(laggards: &[String]) -> String {
+    if laggards.is_empty() {
+        String::new()
+    } else {
+        format!(" (waiting for {})", laggards.join(", "))
+    }
+}
+
+/// Full check: chain, rules and the Ed25519 signature.
+pub fn check(state: &State, signed: &SignedEntry) -> Result<(), RuleError> {
+    let key = check_rules(state, signed)?;
+    if !signed.entry.signature_valid(&key) {
+        return Err(RuleError::BadSignature {
+            actor: signed.entry.actor.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Everything but the signature, which callers may verify in batches. Returns the key the
+/// signature must verify against.
+pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, RuleError> {
+    let e = &signed.entry;
+    if e.seq != state.len {
+        return Err(RuleError::Seq {
+            expected: state.len,
+            got: e.seq,
+        });
+    }
+    if e.prev != state.head {
+        return Err(RuleError::Prev {
+            expected: state.head,
+            got: e.prev,
+        });
+    }
+    if e.time_ms < state.last_time_ms {
+        return Err(RuleError::TimeWentBack {
+            time_ms: e.time_ms,
+            last_ms: state.last_time_ms,
+        });
+    }
+    if let Body::Genesis(g) = &e.body {
+        return check_genesis(state, e, g);
+    }
+    if state.len == 0 {
+        return Err(RuleError::Genesis);
+    }
+    let key = match &e.body {
+        Body::Genesis(_) => unreachable!("handled above"),
+        Body::KeyAdd(k) => check_key_add(state, e, k),
+        Body::KeyRevoke(r) => check_key_revoke(state, e, r),
+        Body::Package(p) => check_package(state, e, p),
+        Body::Approve(a) => check_approve(state, e, a),
+        Body::Push(p) => check_push(state, e, p),
+        Body::Ack(a) => check_ack(state, e, a),
+        Body::Rollback(r) => check_rollback(state, e, r),
+    }?;
+    Ok(key)
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> RuleError {
+    RuleError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Key and environment names: lowercase letters, digits, `.`, `_`, `-`; starting alphanumeric.
+pub fn check_name(field: &'static str, name: &str) -> Result<(), RuleError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{name:?} must be 1-{MAX_NAME_BYTES} characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"),
+        ))
+    }
+}
+
+fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), RuleError> {
+    if required && text.trim().is_empty() {
+        return Err(invalid(field, "must not be empty: say why, for the audit trail"));
+    }
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(invalid(field, format!("{} bytes is over the limit of {MAX_TEXT_BYTES}", text.len())));
+    }
+    Ok(())
+}
+
+/// The signer's key, which must be active and hold `role`.
+fn authorize(state: &State, e: &Entry, role: Role, action: &'static str) -> Result<PublicKey, RuleError> {
+    let key = state.keys.get(&e.actor).ok_or_else(|| RuleError::UnknownKey {
+        actor: e.actor.clone(),
+    })?;
+    if let Some((_, reason)) = &key.revoked {
+        return Err(RuleError::RevokedKey {
+            actor: e.actor.clone(),
+            reason: reason.clone(),
+        });
+    }
+    if !key.decl.roles.contains(&role) {
+        return Err(RuleError::MissingRole {
+            actor: e.actor.clone(),
+            role,
+            action,
+        });
+    }
+    Ok(key.decl.public_key)
+}
+
+fn check_env(state: &State, env: &str) -> Result<(), RuleError> {
+    if state.env_index(env).is_some() {
+        Ok(())
+    } else {
+        Err(RuleError::UnknownEnv {
+            env: env.chars().take(MAX_NAME_BYTES).collect(),
+            known: state.envs.join(", "),
+        })
+    }
+}
+
+fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, RuleError> {
+    if state.len != 0 || e.prev != Hash::ZERO {
+        return Err(RuleError::Genesis);
+    }
+    if g.envs.is_empty() || g.envs.len() > MAX_ENVS {
+        return Err(invalid("envs", format!("need 1 to {MAX_ENVS} environments")));
+    }
+    let mut seen = BTreeSet::new();
+    for env in &g.envs {
+        check_name("environment name", env)?;
+        if !seen.insert(env) {
+            return Err(invalid("envs", format!("{env:?} is listed twice")));
+        }
+    }
+    if g.approvals_required == 0 || g.approvals_required > MAX_APPROVALS_REQUIRED {
+        return Err(invalid("approvals_required", format!("must be 1 to {MAX_APPROVALS_REQUIRED}")));
+    }
+    if g.keys.is_empty() || g.keys.len() > MAX_GENESIS_KEYS {
+        return Err(invalid("keys", format!("need 1 to {MAX_GENESIS_KEYS} keys")));
+    }
+    // Check the declared keys against a scratch state that knows the environments.
+    let mut scratch = State::default();
+    scratch.envs = g.envs.clone();
+    for k in &g.keys {
+        check_key_decl(&scratch, k)?;
+        scratch.keys.insert(
+            k.name.clone(),
+            crate::state::KeyState {
+                decl: k.clone(),
+                added_seq: 0,
+                revoked: None,
+            },
+        );
+    }
+    authorize(&scratch, e, Role::Admin, "sign the genesis entry")
+}
+
+fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
+    check_name("key name", &k.name)?;
+    let taken = state.keys.values().any(|old| old.decl.name == k.name || old.decl.public_key == k.public_key);
+    if taken {
+        return Err(RuleError::DuplicateKey { name: k.name.clone() });
+    }
+    if k.roles.is_empty() || !k.roles.windows(2).all(|w| w[0] < w[1]) {
+        return Err(invalid("roles", "need at least one role, listed once each in canonical order"));
+    }
+    let is_target = k.roles.contains(&Role::Target);
+    match (&k.env, is_target) {
+        (Some(env), true) if k.roles.len() == 1 => check_env(state, env)?,
+        (_, true) => return Err(invalid("roles", "a target key holds only the target role and names exactly one environment (--env)")),
+        (Some(_), false) => return Err(invalid("env", "only target keys are bound to an environment")),
+        (None, false) => {}
+    }
+    match &k.openpgp {
+        Some(cert) if cert.len() > MAX_OPENPGP_BYTES => Err(invalid("openpgp", format!("certificate over {MAX_OPENPGP_BYTES} bytes"))),
+        None if k.roles.contains(&Role::Author) => Err(invalid("openpgp", "an author key needs an OpenPGP certificate to sign packages")),
+        _ => Ok(()),
+    }
+}
+
+fn check_key_add(state: &State, e: &Entry, k: &KeyDecl) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Admin, "enroll keys")?;
+    check_key_decl(state, k)?;
+    Ok(key)
+}
+
+fn check_key_revoke(state: &State, e: &Entry, r: &KeyRevoke) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Admin, "revoke keys")?;
+    check_text("reason", &r.reason, true)?;
+    let target = state.active_key(&r.name).ok_or_else(|| RuleError::UnknownKey { actor: r.name.clone() })?;
+    if target.decl.roles.contains(&Role::Admin) {
+        let admins = state.keys.values().filter(|k| k.revoked.is_none() && k.decl.roles.contains(&Role::Admin)).count();
+        if admins <= 1 {
+            return Err(RuleError::LastAdmin { name: r.name.clone() });
+        }
+    }
+    Ok(key)
+}
+
+fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Author, "package policies")?;
+    check_text("reason", &p.reason, true)?;
+    let name_ok = !p.name.is_empty()
+        && p.name.len() <= MAX_NAME_BYTES
+        && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !name_ok {
+        return Err(invalid("policy name", format!("{:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '.', '_', '-'", p.name)));
+    }
+    if let Some(latest) = state.latest_package() {
+        if p.version <= latest.package.version {
+            return Err(RuleError::VersionNotIncreasing { version: p.version, latest: latest.package.version });
+        }
+    }
+    if let Some(old) = state.package_by_hash(&p.tarball.blake3) {
+        return Err(RuleError::DuplicatePackage { version: old.package.version });
+    }
+    if p.files.is_empty() || p.files.len() > MAX_FILES {
+        return Err(invalid("files", format!("a package holds 1 to {MAX_FILES} files")));
+    }
+    if !p.files.windows(2).all(|w| w[0].path < w[1].path) {
+        return Err(invalid("files", "paths must be sorted and unique"));
+    }
+    for f in &p.files {
+        check_path(&f.path)?;
+    }
+    if p.openpgp_sig.is_empty() || p.openpgp_sig.len() > MAX_OPENPGP_BYTES {
+        return Err(invalid("openpgp_sig", format!("must be 1 to {MAX_OPENPGP_BYTES} bytes")));
+    }
+    Ok(key)
+}
+
+/// A relative path inside a package: no absolute paths, `..`, empty parts or odd bytes.
+pub fn check_path(path: &str) -> Result<(), RuleError> {
+    let ok = !path.is_empty()
+        && path.len() <= MAX_PATH_BYTES
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && !path.bytes().any(|b| b < 0x20 || b == 0x7f)
+        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("file path", format!("{:?} must be a relative path without '.', '..' or empty parts, at most {MAX_PATH_BYTES} bytes", path)))
+    }
+}
+
+/// The package a version and hash name together.
+fn named_package<'s>(state: &'s State, version: Version, package: &Hash) -> Result<&'s crate::state::PackageState, RuleError> {
+    state
+        .package(version)
+        .filter(|p| &p.package.tarball.blake3 == package)
+        .ok_or(RuleError::UnknownPackage { version, package: *package })
+}
+
+fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Approver, "approve packages")?;
+    check_text("reason", &a.reason, true)?;
+    let pkg = named_package(state, a.version, &a.package)?;
+    if pkg.author == e.actor {
+        return Err(RuleError::SelfApproval { actor: e.actor.clone(), version: a.version });
+    }
+    if pkg.approvals.iter().any(|x| x.approver == e.actor) {
+        return Err(RuleError::DuplicateApproval { actor: e.actor.clone(), version: a.version });
+    }
+    Ok(key)
+}
+
+/// Whether `version` may be pushed to `env` now: approved, in promotion order, forward.
+pub fn check_promotion(state: &State, env: &str, version: Version, package: &Hash) -> Result<(), RuleError> {
+    check_env(state, env)?;
+    let pkg = named_package(state, version, package)?;
+    if !state.is_approved(pkg) {
+        return Err(RuleError::NotApproved { version, have: pkg.approvals.len(), need: state.approvals_required });
+    }
+    let idx = state.env_index(env).unwrap_or(0);
+    if idx > 0 {
+        let before = &state.envs[idx - 1];
+        if !state.fully_adopted(before, version) {
+            let pushed = state.env.get(before).and_then(|e| e.desired.as_ref()).is_some_and(|d| d.version == version);
+            let laggards = if pushed { state.laggards(before, version) } else { Vec::new() };
+            return Err(RuleError::PromotionSkip { version, env: env.to_string(), before: before.clone(), laggards });
+        }
+    }
+    if let Some(current) = state.env.get(env).and_then(|e| e.desired.as_ref()) {
+        if version <= current.version {
+            return Err(RuleError::NotForward { env: env.to_string(), version, current: current.version });
+        }
+    }
+    Ok(())
+}
+
+fn check_push(state: &State, e: &Entry, p: &Push) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Deployer, "push versions")?;
+    check_text("reason", &p.reason, true)?;
+    check_promotion(state, &p.env, p.version, &p.package)?;
+    Ok(key)
+}
+
+fn check_ack(state: &State, e: &Entry, a: &Ack) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Target, "acknowledge versions")?;
+    if let crate::entry::Outcome::Failed(error) = &a.outcome {
+        check_text("error", error, true)?;
+    }
+    let bound = state.keys.get(&e.actor).and_then(|k| k.decl.env.as_deref());
+    if bound != Some(a.env.as_str()) {
+        return Err(RuleError::BadAck { problem: format!("{} is a target of {}, not of {:?}", e.actor, bound.unwrap_or("no environment"), a.env) });
+    }
+    let desired = state.env.get(&a.env).and_then(|x| x.desired.as_ref());
+    match desired {
+        Some(d) if d.version == a.version && d.package == a.package => Ok(key),
+        Some(d) => Err(RuleError::BadAck { problem: format!("{} wants {}, not {}", a.env, d.version, a.version) }),
+        None => Err(RuleError::BadAck { problem: format!("nothing was pushed to {} yet", a.env) }),
+    }
+}
+
+fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Deployer, "roll back")?;
+    check_text("reason", &r.reason, true)?;
+    check_env(state, &r.env)?;
+    named_package(state, r.version, &r.package)?;
+    let env = &state.env[&r.env];
+    let bad = |problem: &str| RuleError::BadRollback { env: r.env.clone(), version: r.version, problem: problem.to_string() };
+    match &env.desired {
+        None => return Err(bad("nothing was ever pushed there")),
+        Some(d) if d.version == r.version => return Err(bad("it is already the desired version")),
+        Some(_) => {}
+    }
+    if !env.history.iter().any(|d| d.version == r.version) {
+        return Err(bad("it was never deployed there; roll back only to a version the environment had"));
+    }
+    Ok(key)
+}
