@@ -1,0 +1,177 @@
+//! The pd home: config, secret keys, the ledger and the artifact store under one directory.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pd_ledger::sled_store::SledStore;
+use pd_ledger::{Ledger, SecretKey, StorageError};
+use pd_store::{FsStore, PgpKey};
+use serde::{Deserialize, Serialize};
+
+/// Settings kept in `config.toml` under the home.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The acting key when neither `--as` nor `PD_ACTOR` is given.
+    pub actor: String,
+}
+
+/// An opened home directory.
+pub struct Home {
+    /// Its path.
+    pub dir: PathBuf,
+    /// Its config.
+    pub config: Config,
+}
+
+const CONFIG: &str = "config.toml";
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+impl Home {
+    /// Opens an initialized home.
+    pub fn open(dir: &Path) -> Result<Home> {
+        let path = dir.join(CONFIG);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("no pd home at {}: run `pd init` there, or point --home / PD_HOME at one", dir.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let config = toml::from_str(&text).with_context(|| format!("{} is not a valid pd config", path.display()))?;
+        Ok(Home { dir: dir.to_path_buf(), config })
+    }
+
+    /// Writes a new home's config (the caller created the directory).
+    pub fn create(dir: &Path, config: Config) -> Result<Home> {
+        fs::create_dir_all(dir.join("keys"))?;
+        set_mode(&dir.join("keys"), 0o700)?;
+        write_file_atomic(&dir.join(CONFIG), toml::to_string(&config)?.as_bytes())?;
+        Ok(Home { dir: dir.to_path_buf(), config })
+    }
+
+    /// Opens the ledger, waiting a while if another pd process holds it.
+    pub fn ledger(&self) -> Result<Ledger<SledStore>> {
+        let path = self.dir.join("ledger");
+        let start = Instant::now();
+        let mut warned = false;
+        let store = loop {
+            match SledStore::open(&path) {
+                Ok(s) => break s,
+                Err(StorageError::Locked) if start.elapsed() < LOCK_WAIT => {
+                    if !warned {
+                        eprintln!("waiting for another pd process to release the ledger…");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e).with_context(|| format!("opening the ledger in {}", path.display())),
+            }
+        };
+        Ok(Ledger::open(store)?)
+    }
+
+    /// The artifact store.
+    pub fn store(&self) -> Result<FsStore> {
+        Ok(FsStore::open(&self.dir.join("objects"))?)
+    }
+
+    fn key_path(&self, name: &str, ext: &str) -> PathBuf {
+        self.dir.join("keys").join(format!("{name}.{ext}"))
+    }
+
+    /// The Ed25519 secret key of `name`.
+    pub fn secret_key(&self, name: &str) -> Result<SecretKey> {
+        let path = self.key_path(name, "ed25519");
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!(
+                "no secret key {name:?} in this home ({}): act as a key that lives here with --as, or create one with `pd key new`",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("reading {}", path.display())),
+        })?;
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut seed)
+            .map_err(|_| anyhow::anyhow!("{} is not a pd secret key file", path.display()))?;
+        Ok(SecretKey::from_seed(seed))
+    }
+
+    /// The OpenPGP secret key of `name`.
+    pub fn pgp_key(&self, name: &str) -> Result<PgpKey> {
+        let path = self.key_path(name, "openpgp");
+        let bytes = fs::read(&path).with_context(|| format!("no OpenPGP secret key for {name:?} at {}", path.display()))?;
+        Ok(PgpKey::from_secret_bytes(&bytes)?)
+    }
+
+    /// Writes a new key's secret files, readable only by their owner. Refuses to overwrite.
+    pub fn save_keys(&self, name: &str, key: &SecretKey, pgp: &PgpKey) -> Result<()> {
+        let ed = self.key_path(name, "ed25519");
+        let pg = self.key_path(name, "openpgp");
+        write_secret(&ed, format!("{}\n", hex::encode(key.seed())).as_bytes())?;
+        if let Err(e) = write_secret(&pg, &pgp.to_secret_bytes()?) {
+            let _ = fs::remove_file(&ed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes a key's secret files (after a refused enrollment).
+    pub fn forget_keys(&self, name: &str) {
+        let _ = fs::remove_file(self.key_path(name, "ed25519"));
+        let _ = fs::remove_file(self.key_path(name, "openpgp"));
+    }
+}
+
+/// Draws a fresh Ed25519 key from the OS.
+pub fn new_secret_key() -> Result<SecretKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+    Ok(SecretKey::from_seed(seed))
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!("{} already exists; pd never overwrites a secret key", path.display()),
+        _ => anyhow::Error::new(e).context(format!("creating {}", path.display())),
+    })?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a synced temp file and a rename: never half-written.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,533 @@
+//! `pd ledger`: package, approve, deploy, ack, roll back, log, show, export.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
+use pd_ledger::state::PackageState;
+use pd_ledger::{
+    Ack, Approve, Artifact, Body, Bump, FileDigest, Hash, Outcome, Package, Push, Rollback,
+    SignedEntry, State, Version,
+};
+use pd_store::BlobStore;
+
+use crate::home::{self, Home};
+use crate::{output, refuse, Ctx};
+
+/// Ledger subcommands.
+#[derive(Subcommand)]
+pub enum LedgerCmd {
+    /// Build a deterministic, signed package of policy files and record it.
+    Package(PackageArgs),
+    /// Approve a package (an approver who did not author it).
+    Approve {
+        /// The package, e.g. PD-23.1.0.
+        version: Version,
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Push an approved package to the next environment in promotion order.
+    Deploy(DeployArgs),
+    /// As a target key: record that this target loaded (or failed to load) a version.
+    Ack {
+        /// The version loaded.
+        version: Version,
+        /// Record a failed load with this error instead.
+        #[arg(long, value_name = "ERROR")]
+        failed: Option<String>,
+    },
+    /// Make an earlier version desired again in one environment.
+    Rollback {
+        /// The environment.
+        env: String,
+        /// The version to return to (default: the one before the current).
+        #[arg(long)]
+        to: Option<Version>,
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List every entry.
+    Log,
+    /// Show one entry (by seq) or one package (by version) in full.
+    Show {
+        /// A seq number or a version such as PD-23.1.0.
+        what: String,
+    },
+    /// Write the whole ledger, with a signed head, to one file for `pd-verify`.
+    Export {
+        /// Output file.
+        file: PathBuf,
+        /// Include every package tarball, so the verifier checks hashes and OpenPGP signatures.
+        #[arg(long)]
+        with_artifacts: bool,
+    },
+}
+
+/// Arguments of `pd ledger package`.
+#[derive(Args)]
+pub struct PackageArgs {
+    /// Policy files or directories.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Why (recorded in the ledger).
+    #[arg(long)]
+    reason: String,
+    /// Raise the latest version's major, minor (default) or patch part.
+    #[arg(long, value_enum, conflicts_with = "version")]
+    bump: Option<BumpArg>,
+    /// Exact version instead of a bump.
+    #[arg(long)]
+    version: Option<Version>,
+    /// Policy name (default: the first file's name without extension).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `--bump` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BumpArg {
+    /// x+1.0.0
+    Major,
+    /// x.y+1.0
+    Minor,
+    /// x.y.z+1
+    Patch,
+}
+
+/// Arguments of `pd ledger deploy`.
+#[derive(Args)]
+pub struct DeployArgs {
+    /// A policy file (finds the package holding exactly it) or a version such as PD-23.1.0.
+    target: String,
+    /// Why (recorded in the ledger).
+    #[arg(long)]
+    reason: String,
+    /// Push to this environment (default: the next one in promotion order).
+    #[arg(long)]
+    env: Option<String>,
+    /// Return after the push instead of waiting for the targets to acknowledge.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for acknowledgements.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// Runs a ledger subcommand.
+pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
+    match cmd {
+        LedgerCmd::Package(a) => package(ctx, a),
+        LedgerCmd::Approve { version, reason } => approve(ctx, version, reason),
+        LedgerCmd::Deploy(a) => deploy(ctx, a),
+        LedgerCmd::Ack { version, failed } => ack(ctx, version, failed),
+        LedgerCmd::Rollback { env, to, reason } => rollback(ctx, env, to, reason),
+        LedgerCmd::Log => log(ctx),
+        LedgerCmd::Show { what } => show(ctx, &what),
+        LedgerCmd::Export { file, with_artifacts } => export(ctx, &file, with_artifacts),
+    }
+}
+
+/// The package with this version, or a refusal that says how to find one.
+pub fn package_of(state: &State, version: Version) -> Result<&PackageState> {
+    match state.package(version) {
+        Some(p) => Ok(p),
+        None => refuse!("no package {version} in this ledger; `pd ledger log` lists the packages"),
+    }
+}
+
+fn next_version(state: &State, a: &PackageArgs) -> Result<Version> {
+    if let Some(v) = a.version {
+        return Ok(v);
+    }
+    let bump = match a.bump.unwrap_or(BumpArg::Minor) {
+        BumpArg::Major => Bump::Major,
+        BumpArg::Minor => Bump::Minor,
+        BumpArg::Patch => Bump::Patch,
+    };
+    let latest = state.latest_package().map(|p| p.package.version).unwrap_or_default();
+    latest.bump(bump).context("version number overflow; pass --version")
+}
+
+fn policy_name(a: &PackageArgs) -> String {
+    if let Some(n) = &a.name {
+        return n.clone();
+    }
+    let first = &a.files[0];
+    let stem = if first.is_dir() { first.file_name() } else { first.file_stem() };
+    let stem = stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "policy".into());
+    stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(64).collect()
+}
+
+fn hash(bytes: [u8; 32]) -> Hash {
+    Hash(bytes)
+}
+
+fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
+    let home = ctx.home()?;
+    let actor = ctx.actor(&home);
+    let key = home.secret_key(&actor)?;
+    let pgp = home.pgp_key(&actor)?;
+    let mut ledger = home.ledger()?;
+    let limits = pd_store::Limits::default();
+    let files = pd_store::tarball::collect(&a.files, &limits)?;
+    let version = next_version(ledger.state(), &a)?;
+    let name = policy_name(&a);
+    let built = pd_store::tarball::build(&name, &version.to_string(), &files, &limits)?;
+    let sig = pgp.sign_detached_armored(&built.bytes)?;
+    let body = Body::Package(Package {
+        version,
+        name: name.clone(),
+        files: built
+            .files
+            .iter()
+            .map(|f| FileDigest { path: f.path.clone(), size: f.size, sha256: hash(f.sha256), blake3: hash(f.blake3) })
+            .collect(),
+        tarball: Artifact { blake3: hash(built.digest.blake3), sha256: hash(built.digest.sha256), size: built.digest.size },
+        openpgp_sig: sig.clone(),
+        reason: a.reason,
+    });
+    let entry = ledger.sign_next(&actor, &key, home::now_ms(), body);
+    // Every check before any write: the rule, then the signature as a verifier will see it.
+    pd_ledger::check(ledger.state(), &entry)?;
+    let cert = ledger.state().keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
+    pd_store::openpgp::verify_detached(cert.as_deref().unwrap_or_default(), &built.bytes, &sig)?;
+    let store = home.store()?;
+    let existed = store.contains(&built.digest.blake3)?;
+    store.put(&built.bytes)?;
+    if let Err(e) = ledger.append(entry.clone()) {
+        if !existed {
+            let _ = std::fs::remove_file(store.path_of(&built.digest.blake3));
+        }
+        return Err(e.into());
+    }
+    report_package(ctx, &entry, &built, &pgp.fingerprint())
+}
+
+fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Built, fpr: &str) -> Result<()> {
+    let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
+    if ctx.json {
+        return output::json(&serde_json::json!({
+            "version": p.version, "name": p.name, "seq": entry.entry.seq, "entry_id": entry.id,
+            "tarball": p.tarball, "files": p.files, "openpgp_fingerprint": fpr,
+        }));
+    }
+    let n = built.files.len();
+    output::ok(format!("packaged as {} ({}: {n} file{}, {})", p.version, p.name, if n == 1 { "" } else { "s" }, output::size(p.tarball.size)));
+    output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(fpr)));
+    println!("  sha256  {}", p.tarball.sha256);
+    println!("  blake3  {}", p.tarball.blake3);
+    println!("  entry   #{} {}", entry.entry.seq, entry.id.short());
+    output::next(format!("an approver runs `pd ledger approve {} --reason \"…\"`", p.version));
+    Ok(())
+}
+
+/// Opens the home, ledger and acting key, then signs and appends `make(state)`.
+fn append_with(ctx: &Ctx, make: impl FnOnce(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
+    let home = ctx.home()?;
+    let actor = ctx.actor(&home);
+    let key = home.secret_key(&actor)?;
+    let mut ledger = home.ledger()?;
+    let body = make(ledger.state(), &actor)?;
+    let entry = ledger.sign_append(&actor, &key, home::now_ms(), body)?;
+    Ok((entry, ledger.state().clone()))
+}
+
+fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
+    let (entry, state) = append_with(ctx, |state, _| {
+        let package = package_of(state, version)?.package.tarball.blake3;
+        Ok(Body::Approve(Approve { version, package, reason }))
+    })?;
+    let pkg = package_of(&state, version)?;
+    let (have, need) = (pkg.approvals.len(), state.approvals_required);
+    if ctx.json {
+        return output::json(&serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need }));
+    }
+    output::ok(format!("{version} approved by {} ({have} of {need} approvals) at #{}", entry.entry.actor, entry.entry.seq));
+    if have >= need as usize {
+        output::next(format!("pd ledger deploy {version} --reason \"…\""));
+    }
+    Ok(())
+}
+
+/// Finds the version `deploy` means: a version, or the newest package holding exactly a file.
+fn deploy_version(state: &State, target: &str) -> Result<Version> {
+    let path = std::path::Path::new(target);
+    if !path.exists() {
+        return match target.parse() {
+            Ok(v) => Ok(package_of(state, v)?.package.version),
+            Err(_) => anyhow::bail!("{target:?} is neither a file nor a version such as PD-23.1.0"),
+        };
+    }
+    let files = pd_store::tarball::collect(&[path.to_path_buf()], &pd_store::Limits::default())?;
+    let wanted: Vec<(String, [u8; 32])> = files
+        .iter()
+        .map(|f| (f.path.clone(), pd_store::ArtifactDigest::of(&f.bytes).blake3))
+        .collect();
+    let found = state.packages.iter().rev().find(|p| {
+        p.package.files.len() == wanted.len()
+            && p.package.files.iter().zip(&wanted).all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
+    });
+    match found {
+        Some(p) => Ok(p.package.version),
+        None => refuse!("no package holds exactly {target}; package it first: pd ledger package {target} --reason \"…\""),
+    }
+}
+
+/// The first environment, in promotion order, that does not want `version` yet.
+fn next_env(state: &State, version: Version) -> Result<String> {
+    let next = state.envs.iter().find(|env| {
+        let desired = state.env.get(*env).and_then(|e| e.desired.as_ref());
+        desired.is_none_or(|d| d.version < version)
+    });
+    match next {
+        Some(env) => Ok(env.clone()),
+        None => refuse!("{version} is already desired in every environment ({})", state.envs.join(", ")),
+    }
+}
+
+fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
+    let (entry, state) = append_with(ctx, |state, _| {
+        let version = deploy_version(state, &a.target)?;
+        let env = match &a.env {
+            Some(e) => e.clone(),
+            None => next_env(state, version)?,
+        };
+        let package = package_of(state, version)?.package.tarball.blake3;
+        Ok(Body::Push(Push { env, version, package, reason: a.reason.clone() }))
+    })?;
+    let Body::Push(push) = &entry.entry.body else { unreachable!("built as a push") };
+    let expected = state.targets(&push.env).count();
+    if !ctx.json {
+        output::ok(format!("{} pushed to {} at #{}", push.version, push.env, entry.entry.seq));
+        output::working(format!("deploying to {}… ({expected} target{})", push.env, if expected == 1 { "" } else { "s" }));
+    }
+    if a.no_wait {
+        if ctx.json {
+            return output::json(&serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": false }));
+        }
+        output::next(format!("targets in {} acknowledge with `pd ledger ack {}`; `pd state {}` shows progress", push.env, push.version, push.env));
+        return Ok(());
+    }
+    wait_for_acks(ctx, &push.env, push.version, a.timeout)?;
+    if ctx.json {
+        return output::json(&serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": true }));
+    }
+    if let Some(next) = state.env_index(&push.env).and_then(|i| state.envs.get(i + 1)) {
+        output::next(format!("pd ledger deploy {} --reason \"…\" (promotes to {next})", push.version));
+    }
+    Ok(())
+}
+
+/// Polls the ledger until every target of `env` acknowledged `version`, one failed, or time runs out.
+fn wait_for_acks(ctx: &Ctx, env: &str, version: Version, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Open and close each round so the targets' `pd ledger ack` can take the ledger.
+        let state = ctx.home()?.ledger()?.state().clone();
+        let reports = state.env.get(env).map(|e| e.reports.clone()).unwrap_or_default();
+        let failed: Vec<String> = reports
+            .iter()
+            .filter_map(|(t, r)| match &r.outcome {
+                Outcome::Failed(err) if r.version == version => Some(format!("{t}: {err}")),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            refuse!("{version} failed to load in {env}: {}; roll back with `pd ledger rollback {env} --reason \"…\"`", failed.join("; "));
+        }
+        let laggards = state.laggards(env, version);
+        if laggards.is_empty() {
+            let n = state.targets(env).count();
+            if !ctx.json {
+                output::ok(format!("all targets acknowledged ({n}/{n} in {env})"));
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            refuse!("timed out waiting for {} in {env} to acknowledge {version}", laggards.join(", "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
+    let (entry, _) = append_with(ctx, |state, actor| {
+        let Some(env) = state.keys.get(actor).and_then(|k| k.decl.env.clone()) else {
+            refuse!("{actor} is not a target key; act as a target with --as NAME");
+        };
+        let package = package_of(state, version)?.package.tarball.blake3;
+        let outcome = failed.map_or(Outcome::Loaded, Outcome::Failed);
+        Ok(Body::Ack(Ack { env, version, package, outcome }))
+    })?;
+    let Body::Ack(a) = &entry.entry.body else { unreachable!("built as an ack") };
+    if ctx.json {
+        return output::json(&serde_json::json!({ "target": entry.entry.actor, "env": a.env, "version": a.version, "outcome": a.outcome, "seq": entry.entry.seq }));
+    }
+    match &a.outcome {
+        Outcome::Loaded => output::ok(format!("{} loaded {} in {} (#{})", entry.entry.actor, a.version, a.env, entry.entry.seq)),
+        Outcome::Failed(e) => println!("✘ {} failed to load {} in {}: {e} (#{})", entry.entry.actor, a.version, a.env, entry.entry.seq),
+    }
+    Ok(())
+}
+
+/// The version before the current one in an environment's history.
+fn previous_version(state: &State, env: &str) -> Result<Version> {
+    let Some(e) = state.env.get(env) else {
+        refuse!("unknown environment {env:?}; this ledger has: {}", state.envs.join(", "));
+    };
+    let Some(current) = e.desired.as_ref().map(|d| d.version) else {
+        refuse!("nothing was ever deployed to {env}; there is nothing to roll back");
+    };
+    match e.history.iter().rev().map(|d| d.version).find(|v| *v != current) {
+        Some(v) => Ok(v),
+        None => refuse!("{env} has had only {current}; there is no earlier version to return to"),
+    }
+}
+
+fn rollback(ctx: &Ctx, env: String, to: Option<Version>, reason: String) -> Result<()> {
+    let mut from = None;
+    let (entry, _) = append_with(ctx, |state, _| {
+        from = state.env.get(&env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
+        let version = match to {
+            Some(v) => v,
+            None => previous_version(state, &env)?,
+        };
+        let package = package_of(state, version)?.package.tarball.blake3;
+        Ok(Body::Rollback(Rollback { env: env.clone(), version, package, reason }))
+    })?;
+    let Body::Rollback(r) = &entry.entry.body else { unreachable!("built as a rollback") };
+    if ctx.json {
+        return output::json(&serde_json::json!({ "env": r.env, "version": r.version, "from": from, "seq": entry.entry.seq }));
+    }
+    let was = from.map(|v| format!(" (was {v})")).unwrap_or_default();
+    output::ok(format!("{} rolled back to {}{was} at #{}", r.env, r.version, entry.entry.seq));
+    Ok(())
+}
+
+/// One line about an entry.
+pub fn summary(body: &Body) -> String {
+    match body {
+        Body::Genesis(g) => format!("ledger {} · {} · {} approval(s)", g.ledger_id.short(), g.envs.join(" → "), g.approvals_required),
+        Body::KeyAdd(k) => {
+            let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
+            format!("{} ({}){}", k.name, roles.join(","), k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default())
+        }
+        Body::KeyRevoke(r) => format!("{}: {}", r.name, r.reason),
+        Body::Package(p) => format!("{} {} sha256:{} · {}", p.version, p.name, &p.tarball.sha256.to_hex()[..12], p.reason),
+        Body::Approve(a) => format!("{} · {}", a.version, a.reason),
+        Body::Push(p) => format!("{} → {} · {}", p.version, p.env, p.reason),
+        Body::Ack(a) => match &a.outcome {
+            Outcome::Loaded => format!("{} loaded in {}", a.version, a.env),
+            Outcome::Failed(e) => format!("{} FAILED in {}: {e}", a.version, a.env),
+        },
+        Body::Rollback(r) => format!("{} ← {} · {}", r.env, r.version, r.reason),
+    }
+}
+
+fn entry_json(e: &SignedEntry) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.entry.seq, "id": e.id, "prev": e.entry.prev, "time_ms": e.entry.time_ms,
+        "time": output::time(e.entry.time_ms), "actor": e.entry.actor, "kind": e.entry.body.kind(),
+        "body": e.entry.body, "sig": e.entry.sig,
+    })
+}
+
+fn log(ctx: &Ctx) -> Result<()> {
+    let home = ctx.home()?;
+    let ledger = home.ledger()?;
+    if ctx.json {
+        let all: Vec<_> = ledger.entries(0).map(|e| e.map(|e| entry_json(&e))).collect::<Result<_, _>>()?;
+        return output::json(&all);
+    }
+    for e in ledger.entries(0) {
+        let e = e?;
+        println!("#{:<5} {} {:<12} {:<10} {}", e.entry.seq, output::time(e.entry.time_ms), e.entry.actor, e.entry.body.kind(), summary(&e.entry.body));
+    }
+    Ok(())
+}
+
+fn show(ctx: &Ctx, what: &str) -> Result<()> {
+    let home = ctx.home()?;
+    let ledger = home.ledger()?;
+    let state = ledger.state();
+    let seq = match what.parse::<u64>() {
+        Ok(seq) => seq,
+        Err(_) => match what.parse::<Version>() {
+            Ok(v) => package_of(state, v)?.seq,
+            Err(_) => anyhow::bail!("{what:?} is neither a seq number nor a version such as PD-23.1.0"),
+        },
+    };
+    let Some(entry) = ledger.entries(seq).next().transpose()? else {
+        refuse!("no entry #{seq}: the ledger has {} entries", state.len);
+    };
+    let approvals = match &entry.entry.body {
+        Body::Package(p) => package_of(state, p.version)?.approvals.clone(),
+        _ => Vec::new(),
+    };
+    if ctx.json {
+        let mut v = entry_json(&entry);
+        v["approvals"] = serde_json::to_value(&approvals)?;
+        return output::json(&v);
+    }
+    println!("entry #{} {}", entry.entry.seq, entry.entry.body.kind());
+    println!("  id      {}\n  prev    {}\n  time    {}\n  actor   {}", entry.id, entry.entry.prev, output::time(entry.entry.time_ms), entry.entry.actor);
+    println!("  summary {}", summary(&entry.entry.body));
+    if let Body::Package(p) = &entry.entry.body {
+        println!("  tarball sha256 {}\n          blake3 {}\n          size   {}", p.tarball.sha256, p.tarball.blake3, p.tarball.size);
+        for f in &p.files {
+            println!("  file    {} ({} B) sha256 {}", f.path, f.size, f.sha256);
+        }
+        for a in &approvals {
+            println!("  approved by {} at #{}: {}", a.approver, a.seq, a.reason);
+        }
+        println!("  reason  {}\n{}", p.reason, p.openpgp_sig.trim_end());
+    }
+    println!("  sig     {}", entry.entry.sig);
+    Ok(())
+}
+
+fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()> {
+    let home = ctx.home()?;
+    let actor = ctx.actor(&home);
+    let key = home.secret_key(&actor)?;
+    let ledger = home.ledger()?;
+    let state = ledger.state();
+    let entries = ledger
+        .entries(0)
+        .map(|e| e.map(|e| serde_bytes::ByteBuf::from(e.bytes)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let artifacts = if with_artifacts { artifacts(&home, state)? } else { Vec::new() };
+    let head = Head::sign(state, &actor, home::now_ms(), &key);
+    let export = Export { format: FORMAT.to_string(), entries, artifacts, head };
+    let bytes = export.encode();
+    home::write_file_atomic(file, &bytes)?;
+    if ctx.json {
+        return output::json(&serde_json::json!({ "file": file, "entries": state.len, "artifacts": export.artifacts.len(), "bytes": bytes.len(), "head": state.head }));
+    }
+    output::ok(format!(
+        "exported {} entries and {} artifacts ({}) to {}",
+        state.len,
+        export.artifacts.len(),
+        output::size(bytes.len() as u64),
+        file.display()
+    ));
+    println!("  head #{} {} signed by {actor}", state.len.saturating_sub(1), state.head);
+    output::next(format!("pd-verify {}", file.display()));
+    Ok(())
+}
+
+fn artifacts(home: &Home, state: &State) -> Result<Vec<ExportArtifact>> {
+    let store = home.store()?;
+    let mut out: Vec<ExportArtifact> = Vec::with_capacity(state.packages.len());
+    for p in &state.packages {
+        let hash = p.package.tarball.blake3;
+        let bytes = store.get(&hash.0).with_context(|| format!("artifact of {}", p.package.version))?;
+        out.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
+    }
+    out.sort_by_key(|a| a.blake3);
+    Ok(out)
+}

@@ -1,0 +1,58 @@
+//! How pd talks: `✔` lines for humans, JSON for scripts.
+
+use serde::Serialize;
+
+/// A finished step.
+pub fn ok(line: impl std::fmt::Display) {
+    println!("✔ {line}");
+}
+
+/// A step under way.
+pub fn working(line: impl std::fmt::Display) {
+    println!("⟳ {line}");
+}
+
+/// The suggested next command.
+pub fn next(line: impl std::fmt::Display) {
+    println!("next: {line}");
+}
+
+/// Pretty JSON on stdout.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// An error and its causes on one line.
+pub fn chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+/// UTC time of a ledger timestamp.
+pub fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Bytes for humans.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

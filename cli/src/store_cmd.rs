@@ -1,0 +1,42 @@
+//! `pd store`: content-addressed reads.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use pd_ledger::{Hash, Version};
+use pd_store::BlobStore;
+
+use crate::ledger_cmd::package_of;
+use crate::{home, output, Ctx};
+
+/// Store subcommands.
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Copy an artifact out of the store, verifying its BLAKE3 on the way.
+    Get {
+        /// BLAKE3 hash (64 hex digits) or a package version such as PD-23.1.0.
+        hash: String,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+/// Runs a store subcommand.
+pub fn run(ctx: &Ctx, cmd: StoreCmd) -> Result<()> {
+    let StoreCmd::Get { hash, output } = cmd;
+    let home = ctx.home()?;
+    let key = match (Hash::from_hex(&hash), hash.parse::<Version>()) {
+        (Ok(h), _) => h,
+        (Err(_), Ok(v)) => package_of(home.ledger()?.state(), v)?.package.tarball.blake3,
+        (Err(e), Err(_)) => anyhow::bail!("{e}; pass a BLAKE3 hash or a version such as PD-23.1.0"),
+    };
+    let bytes = home.store()?.get(&key.0)?;
+    home::write_file_atomic(&output, &bytes)?;
+    if ctx.json {
+        return output::json(&serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }));
+    }
+    output::ok(format!("{} verified ({}) → {}", key.short(), output::size(bytes.len() as u64), output.display()));
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The promise to auditors: any single-byte change, truncation, reordering or duplication of
+//! an export is rejected.
+
+use pd_ledger::export::{Export, Head, FORMAT};
+use pd_ledger::storage::MemStore;
+use pd_ledger::*;
+use proptest::prelude::*;
+
+/// A small but varied ledger: genesis, keys, a package, approval, push, ack, rollback.
+fn ledger() -> Export {
+    let admin = SecretKey::from_seed([1; 32]);
+    let carol = SecretKey::from_seed([2; 32]);
+    let dev1 = SecretKey::from_seed([3; 32]);
+    let decl = |name: &str, k: &SecretKey, roles: Vec<Role>, env: Option<&str>| KeyDecl {
+        name: name.into(),
+        public_key: k.public(),
+        openpgp: Some("CERT".into()),
+        roles,
+        env: env.map(String::from),
+    };
+    let mut l = Ledger::open(MemStore::default()).unwrap();
+    let mut t = 1_000;
+    let mut add = |l: &mut Ledger<MemStore>, who: &str, k: &SecretKey, body: Body| {
+        t += 1;
+        l.sign_append(who, k, t, body).unwrap();
+    };
+    add(&mut l, "admin", &admin, Body::Genesis(Genesis {
+        ledger_id: Hash([7; 32]),
+        envs: vec!["dev".into(), "prod".into()],
+        approvals_required: 1,
+        keys: vec![decl("admin", &admin, vec![Role::Admin, Role::Author, Role::Deployer], None)],
+    }));
+    add(&mut l, "admin", &admin, Body::KeyAdd(decl("carol", &carol, vec![Role::Approver], None)));
+    add(&mut l, "admin", &admin, Body::KeyAdd(decl("dev-1", &dev1, vec![Role::Target], Some("dev"))));
+    let mut versions = Vec::new();
+    for i in 1..=2u32 {
+        let v = Version::new(1, i, 0);
+        let h = Hash([i as u8; 32]);
+        versions.push((v, h));
+        add(&mut l, "admin", &admin, Body::Package(Package {
+            version: v,
+            name: "p".into(),
+            files: vec![FileDigest { path: "p.yaml".into(), size: 3, sha256: h, blake3: h }],
+            tarball: Artifact { blake3: h, sha256: h, size: 9 },
+            openpgp_sig: "SIG".into(),
+            reason: "r".into(),
+        }));
+        add(&mut l, "carol", &carol, Body::Approve(Approve { version: v, package: h, reason: "ok".into() }));
+        add(&mut l, "admin", &admin, Body::Push(Push { env: "dev".into(), version: v, package: h, reason: "go".into() }));
+        add(&mut l, "dev-1", &dev1, Body::Ack(Ack { env: "dev".into(), version: v, package: h, outcome: Outcome::Loaded }));
+    }
+    let (v, h) = versions[0];
+    add(&mut l, "admin", &admin, Body::Rollback(Rollback { env: "dev".into(), version: v, package: h, reason: "back".into() }));
+    let entries = l.entries(0).map(|e| serde_bytes::ByteBuf::from(e.unwrap().bytes)).collect();
+    let head = Head::sign(l.state(), "admin", 99_999, &admin);
+    Export { format: FORMAT.into(), entries, artifacts: vec![], head }
+}
+
+#[test]
+fn the_untouched_export_verifies() {
+    let bytes = ledger().encode();
+    let report = pd_verify::verify_bytes(&bytes).unwrap();
+    assert_eq!(report.state.len, 12);
+    assert_eq!(report.state.env["dev"].desired.as_ref().unwrap().version, Version::new(1, 1, 0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn any_single_byte_change_is_rejected(pos in any::<prop::sample::Index>(), delta in 1u8..=255) {
+        let mut bytes = ledger().encode();
+        let i = pos.index(bytes.len());
+        bytes[i] = bytes[i].wrapping_add(delta);
+        prop_assert!(pd_verify::verify_bytes(&bytes).is_err(), "byte {} changed by {} was accepted", i, delta);
+    }
+
+    #[test]
+    fn any_truncation_is_rejected(cut in any::<prop::sample::Index>()) {
+        let bytes = ledger().encode();
+        let n = cut.index(bytes.len());
+        prop_assert!(pd_verify::verify_bytes(&bytes[..n]).is_err());
+    }
+
+    #[test]
+    fn reordering_dropping_or_duplicating_entries_is_rejected(a in 0usize..12, b in 0usize..12, op in 0u8..3) {
+        let mut export = ledger();
+        match op {
+            0 => { prop_assume!(a != b); export.entries.swap(a, b); }
+            1 => { export.entries.remove(a); }
+            _ => { let e = export.entries[a].clone(); export.entries.insert(b, e); }
+        }
+        prop_assert!(pd_verify::verify_bytes(&export.encode()).is_err());
+    }
+}
+
+#[test]
+fn dropping_the_last_entries_is_caught_by_the_signed_head() {
+    let mut export = ledger();
+    export.entries.pop();
+    match pd_verify::verify_bytes(&export.encode()) {
+        Err(pd_verify::VerifyError::Head(m)) => assert!(m.contains("covers 12 entries but the export holds 11"), "{m}"),
+        other => panic!("expected a head error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_forged_entry_is_named() {
+    let mut export = ledger();
+    let mallory = SecretKey::from_seed([66; 32]);
+    // Re-sign entry 5 (carol's approval) with another key, keeping the chain intact up to it.
+    let old = SignedEntry::decode(&export.entries[5]).unwrap().entry;
+    let forged = Entry::sign(old.seq, old.prev, old.time_ms, &old.actor, old.body.clone(), &mallory);
+    export.entries[5] = serde_bytes::ByteBuf::from(forged.bytes);
+    match pd_verify::verify_bytes(&export.encode()) {
+        Err(pd_verify::VerifyError::Entry(e)) => {
+            assert_eq!(e.seq, 5);
+            assert!(matches!(e.kind, replay::ReplayErrorKind::BadSignature { .. }), "{e}");
+        }
+        other => panic!("expected entry 5 to be named, got {other:?}"),
+    }
+}
