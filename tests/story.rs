@@ -83,7 +83,7 @@ fn init_keys_package_approve_deploy_ack_promote_rollback_export_verify() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["artifacts_checked"], 2);
-    assert_eq!(report["entries"], log.len() as u64 + 1);
+    assert_eq!(report["entries"], log.len() as u64);
     assert_eq!(report["envs"]["prod"]["desired"]["version"], "PD-23.0.0");
 }
 

@@ -14,7 +14,10 @@ pub struct SledStore {
 
 fn io(e: sled::Error) -> StorageError {
     match e {
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StorageError::Locked,
+        // sled reports a held file lock as an I/O error with this text (sled 0.34).
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
+            StorageError::Locked
+        }
         other => StorageError::Io(other.to_string()),
     }
 }
@@ -106,6 +109,25 @@ mod tests {
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.len().unwrap(), 2, "entries survive reopening");
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_ledger_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "sled_store::tests::open_locked_child", "--nocapture"])
+            .env("PD_LOCK_TEST_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    /// Runs in a child process of the test above: sled's lock is per process.
+    #[test]
+    fn open_locked_child() {
+        let Some(dir) = std::env::var_os("PD_LOCK_TEST_DIR") else { return };
+        assert!(matches!(SledStore::open(std::path::Path::new(&dir)), Err(StorageError::Locked)));
     }
 
     #[test]
