@@ -37,12 +37,19 @@ impl Home {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("no pd home at {}: run `pd init` there, or point --home / PD_HOME at one", dir.display())
+                bail!(
+                    "no pd home at {}: run `pd init` there, or point --home / PD_HOME at one",
+                    dir.display()
+                )
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let config = toml::from_str(&text).with_context(|| format!("{} is not a valid pd config", path.display()))?;
-        Ok(Home { dir: dir.to_path_buf(), config })
+        let config = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid pd config", path.display()))?;
+        Ok(Home {
+            dir: dir.to_path_buf(),
+            config,
+        })
     }
 
     /// Writes a new home's config (the caller created the directory).
@@ -50,7 +57,10 @@ impl Home {
         fs::create_dir_all(dir.join("keys"))?;
         set_mode(&dir.join("keys"), 0o700)?;
         write_file_atomic(&dir.join(CONFIG), toml::to_string(&config)?.as_bytes())?;
-        Ok(Home { dir: dir.to_path_buf(), config })
+        Ok(Home {
+            dir: dir.to_path_buf(),
+            config,
+        })
     }
 
     /// Opens the ledger, waiting a while if another pd process holds it.
@@ -68,7 +78,10 @@ impl Home {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => return Err(e).with_context(|| format!("opening the ledger in {}", path.display())),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("opening the ledger in {}", path.display()))
+                }
             }
         };
         Ok(Ledger::open(store)?)
@@ -102,7 +115,8 @@ impl Home {
     /// The OpenPGP secret key of `name`.
     pub fn pgp_key(&self, name: &str) -> Result<PgpKey> {
         let path = self.key_path(name, "openpgp");
-        let bytes = fs::read(&path).with_context(|| format!("no OpenPGP secret key for {name:?} at {}", path.display()))?;
+        let bytes = fs::read(&path)
+            .with_context(|| format!("no OpenPGP secret key for {name:?} at {}", path.display()))?;
         Ok(PgpKey::from_secret_bytes(&bytes)?)
     }
 
@@ -138,7 +152,10 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!("{} already exists; pd never overwrites a secret key", path.display()),
+        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+            "{} already exists; pd never overwrites a secret key",
+            path.display()
+        ),
         _ => anyhow::Error::new(e).context(format!("creating {}", path.display())),
     })?;
     f.write_all(bytes)?;
@@ -162,10 +179,12 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

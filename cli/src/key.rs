@@ -86,8 +86,17 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
         }));
     }
     let env = a.env.map(|e| format!(" in {e}")).unwrap_or_default();
-    output::ok(format!("key {} ({}){env} enrolled by {actor} at #{}", a.name, roles.join(", "), entry.entry.seq));
-    output::ok(format!("OpenPGP {} · secret kept in {}", pgp.fingerprint(), home.dir.join("keys").display()));
+    output::ok(format!(
+        "key {} ({}){env} enrolled by {actor} at #{}",
+        a.name,
+        roles.join(", "),
+        entry.entry.seq
+    ));
+    output::ok(format!(
+        "OpenPGP {} · secret kept in {}",
+        pgp.fingerprint(),
+        home.dir.join("keys").display()
+    ));
     Ok(())
 }
 
@@ -96,7 +105,15 @@ fn revoke(ctx: &Ctx, name: String, reason: String) -> Result<()> {
     let actor = ctx.actor(&home);
     let signer = home.secret_key(&actor)?;
     let mut ledger = home.ledger()?;
-    let e = ledger.sign_append(&actor, &signer, home::now_ms(), Body::KeyRevoke(KeyRevoke { name: name.clone(), reason }))?;
+    let e = ledger.sign_append(
+        &actor,
+        &signer,
+        home::now_ms(),
+        Body::KeyRevoke(KeyRevoke {
+            name: name.clone(),
+            reason,
+        }),
+    )?;
     if ctx.json {
         return output::json(&serde_json::json!({ "revoked": name, "seq": e.entry.seq }));
     }
@@ -121,12 +138,22 @@ fn list(ctx: &Ctx) -> Result<()> {
     }
     for k in keys {
         let roles: Vec<&str> = k.decl.roles.iter().map(|r| r.as_str()).collect();
-        let env = k.decl.env.as_ref().map(|e| format!(" env={e}")).unwrap_or_default();
+        let env = k
+            .decl
+            .env
+            .as_ref()
+            .map(|e| format!(" env={e}"))
+            .unwrap_or_default();
         let status = match &k.revoked {
             Some((seq, reason)) => format!("revoked at #{seq}: {reason}"),
             None => "active".to_string(),
         };
-        println!("{:<16} {:<28}{env} added #{} · {status}", k.decl.name, roles.join(","), k.added_seq);
+        println!(
+            "{:<16} {:<28}{env} added #{} · {status}",
+            k.decl.name,
+            roles.join(","),
+            k.added_seq
+        );
     }
     Ok(())
 }

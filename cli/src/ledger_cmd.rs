@@ -127,7 +127,10 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
         LedgerCmd::Rollback { env, to, reason } => rollback(ctx, env, to, reason),
         LedgerCmd::Log => log(ctx),
         LedgerCmd::Show { what } => show(ctx, &what),
-        LedgerCmd::Export { file, with_artifacts } => export(ctx, &file, with_artifacts),
+        LedgerCmd::Export {
+            file,
+            with_artifacts,
+        } => export(ctx, &file, with_artifacts),
     }
 }
 
@@ -148,8 +151,13 @@ fn next_version(state: &State, a: &PackageArgs) -> Result<Version> {
         BumpArg::Minor => Bump::Minor,
         BumpArg::Patch => Bump::Patch,
     };
-    let latest = state.latest_package().map(|p| p.package.version).unwrap_or_default();
-    latest.bump(bump).context("version number overflow; pass --version")
+    let latest = state
+        .latest_package()
+        .map(|p| p.package.version)
+        .unwrap_or_default();
+    latest
+        .bump(bump)
+        .context("version number overflow; pass --version")
 }
 
 fn policy_name(a: &PackageArgs) -> String {
@@ -157,9 +165,24 @@ fn policy_name(a: &PackageArgs) -> String {
         return n.clone();
     }
     let first = &a.files[0];
-    let stem = if first.is_dir() { first.file_name() } else { first.file_stem() };
-    let stem = stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "policy".into());
-    stem.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(64).collect()
+    let stem = if first.is_dir() {
+        first.file_name()
+    } else {
+        first.file_stem()
+    };
+    let stem = stem
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "policy".into());
+    stem.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
 }
 
 fn hash(bytes: [u8; 32]) -> Hash {
@@ -184,16 +207,29 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
         files: built
             .files
             .iter()
-            .map(|f| FileDigest { path: f.path.clone(), size: f.size, sha256: hash(f.sha256), blake3: hash(f.blake3) })
+            .map(|f| FileDigest {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: hash(f.sha256),
+                blake3: hash(f.blake3),
+            })
             .collect(),
-        tarball: Artifact { blake3: hash(built.digest.blake3), sha256: hash(built.digest.sha256), size: built.digest.size },
+        tarball: Artifact {
+            blake3: hash(built.digest.blake3),
+            sha256: hash(built.digest.sha256),
+            size: built.digest.size,
+        },
         openpgp_sig: sig.clone(),
         reason: a.reason,
     });
     let entry = ledger.sign_next(&actor, &key, home::now_ms(), body);
     // Every check before any write: the rule, then the signature as a verifier will see it.
     pd_ledger::check(ledger.state(), &entry)?;
-    let cert = ledger.state().keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
+    let cert = ledger
+        .state()
+        .keys
+        .get(&actor)
+        .and_then(|k| k.decl.openpgp.clone());
     pd_store::openpgp::verify_detached(cert.as_deref().unwrap_or_default(), &built.bytes, &sig)?;
     let store = home.store()?;
     let existed = store.contains(&built.digest.blake3)?;
@@ -207,8 +243,15 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     report_package(ctx, &entry, &built, &pgp.fingerprint())
 }
 
-fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Built, fpr: &str) -> Result<()> {
-    let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
+fn report_package(
+    ctx: &Ctx,
+    entry: &SignedEntry,
+    built: &pd_store::tarball::Built,
+    fpr: &str,
+) -> Result<()> {
+    let Body::Package(p) = &entry.entry.body else {
+        unreachable!("built as a package")
+    };
     if ctx.json {
         return output::json(&serde_json::json!({
             "version": p.version, "name": p.name, "seq": entry.entry.seq, "entry_id": entry.id,
@@ -216,17 +259,32 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
         }));
     }
     let n = built.files.len();
-    output::ok(format!("packaged as {} ({}: {n} file{}, {})", p.version, p.name, if n == 1 { "" } else { "s" }, output::size(p.tarball.size)));
-    output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(fpr)));
+    output::ok(format!(
+        "packaged as {} ({}: {n} file{}, {})",
+        p.version,
+        p.name,
+        if n == 1 { "" } else { "s" },
+        output::size(p.tarball.size)
+    ));
+    output::ok(format!(
+        "signature valid (OpenPGP {})",
+        pd_store::openpgp::short_fingerprint(fpr)
+    ));
     println!("  sha256  {}", p.tarball.sha256);
     println!("  blake3  {}", p.tarball.blake3);
     println!("  entry   #{} {}", entry.entry.seq, entry.id.short());
-    output::next(format!("an approver runs `pd ledger approve {} --reason \"…\"`", p.version));
+    output::next(format!(
+        "an approver runs `pd ledger approve {} --reason \"…\"`",
+        p.version
+    ));
     Ok(())
 }
 
 /// Opens the home, ledger and acting key, then signs and appends `make(state)`.
-fn append_with(ctx: &Ctx, make: impl FnOnce(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
+fn append_with(
+    ctx: &Ctx,
+    make: impl FnOnce(&State, &str) -> Result<Body>,
+) -> Result<(SignedEntry, State)> {
     let home = ctx.home()?;
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
@@ -239,14 +297,23 @@ fn append_with(ctx: &Ctx, make: impl FnOnce(&State, &str) -> Result<Body>) -> Re
 fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
     let (entry, state) = append_with(ctx, |state, _| {
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Approve(Approve { version, package, reason }))
+        Ok(Body::Approve(Approve {
+            version,
+            package,
+            reason,
+        }))
     })?;
     let pkg = package_of(&state, version)?;
     let (have, need) = (pkg.approvals.len(), state.approvals_required);
     if ctx.json {
-        return output::json(&serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need }));
+        return output::json(
+            &serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need }),
+        );
     }
-    output::ok(format!("{version} approved by {} ({have} of {need} approvals) at #{}", entry.entry.actor, entry.entry.seq));
+    output::ok(format!(
+        "{version} approved by {} ({have} of {need} approvals) at #{}",
+        entry.entry.actor, entry.entry.seq
+    ));
     if have >= need as usize {
         output::next(format!("pd ledger deploy {version} --reason \"…\""));
     }
@@ -265,11 +332,20 @@ fn deploy_version(state: &State, target: &str) -> Result<Version> {
     let files = pd_store::tarball::collect(&[path.to_path_buf()], &pd_store::Limits::default())?;
     let wanted: Vec<(String, [u8; 32])> = files
         .iter()
-        .map(|f| (f.path.clone(), pd_store::ArtifactDigest::of(&f.bytes).blake3))
+        .map(|f| {
+            (
+                f.path.clone(),
+                pd_store::ArtifactDigest::of(&f.bytes).blake3,
+            )
+        })
         .collect();
     let found = state.packages.iter().rev().find(|p| {
         p.package.files.len() == wanted.len()
-            && p.package.files.iter().zip(&wanted).all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
+            && p.package
+                .files
+                .iter()
+                .zip(&wanted)
+                .all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
     });
     match found {
         Some(p) => Ok(p.package.version),
@@ -285,7 +361,10 @@ fn next_env(state: &State, version: Version) -> Result<String> {
     });
     match next {
         Some(env) => Ok(env.clone()),
-        None => refuse!("{version} is already desired in every environment ({})", state.envs.join(", ")),
+        None => refuse!(
+            "{version} is already desired in every environment ({})",
+            state.envs.join(", ")
+        ),
     }
 }
 
@@ -297,27 +376,54 @@ fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             None => next_env(state, version)?,
         };
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Push(Push { env, version, package, reason: a.reason.clone() }))
+        Ok(Body::Push(Push {
+            env,
+            version,
+            package,
+            reason: a.reason.clone(),
+        }))
     })?;
-    let Body::Push(push) = &entry.entry.body else { unreachable!("built as a push") };
+    let Body::Push(push) = &entry.entry.body else {
+        unreachable!("built as a push")
+    };
     let expected = state.targets(&push.env).count();
     if !ctx.json {
-        output::ok(format!("{} pushed to {} at #{}", push.version, push.env, entry.entry.seq));
-        output::working(format!("deploying to {}… ({expected} target{})", push.env, if expected == 1 { "" } else { "s" }));
+        output::ok(format!(
+            "{} pushed to {} at #{}",
+            push.version, push.env, entry.entry.seq
+        ));
+        output::working(format!(
+            "deploying to {}… ({expected} target{})",
+            push.env,
+            if expected == 1 { "" } else { "s" }
+        ));
     }
     if a.no_wait {
         if ctx.json {
-            return output::json(&serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": false }));
+            return output::json(
+                &serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": false }),
+            );
         }
-        output::next(format!("targets in {} acknowledge with `pd ledger ack {}`; `pd state {}` shows progress", push.env, push.version, push.env));
+        output::next(format!(
+            "targets in {} acknowledge with `pd ledger ack {}`; `pd state {}` shows progress",
+            push.env, push.version, push.env
+        ));
         return Ok(());
     }
     wait_for_acks(ctx, &push.env, push.version, a.timeout)?;
     if ctx.json {
-        return output::json(&serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": true }));
+        return output::json(
+            &serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": true }),
+        );
     }
-    if let Some(next) = state.env_index(&push.env).and_then(|i| state.envs.get(i + 1)) {
-        output::next(format!("pd ledger deploy {} --reason \"…\" (promotes to {next})", push.version));
+    if let Some(next) = state
+        .env_index(&push.env)
+        .and_then(|i| state.envs.get(i + 1))
+    {
+        output::next(format!(
+            "pd ledger deploy {} --reason \"…\" (promotes to {next})",
+            push.version
+        ));
     }
     Ok(())
 }
@@ -328,7 +434,11 @@ fn wait_for_acks(ctx: &Ctx, env: &str, version: Version, timeout: Duration) -> R
     loop {
         // Open and close each round so the targets' `pd ledger ack` can take the ledger.
         let state = ctx.home()?.ledger()?.state().clone();
-        let reports = state.env.get(env).map(|e| e.reports.clone()).unwrap_or_default();
+        let reports = state
+            .env
+            .get(env)
+            .map(|e| e.reports.clone())
+            .unwrap_or_default();
         let failed: Vec<String> = reports
             .iter()
             .filter_map(|(t, r)| match &r.outcome {
@@ -348,7 +458,10 @@ fn wait_for_acks(ctx: &Ctx, env: &str, version: Version, timeout: Duration) -> R
             return Ok(());
         }
         if Instant::now() >= deadline {
-            refuse!("timed out waiting for {} in {env} to acknowledge {version}", laggards.join(", "));
+            refuse!(
+                "timed out waiting for {} in {env} to acknowledge {version}",
+                laggards.join(", ")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -361,15 +474,30 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
         };
         let package = package_of(state, version)?.package.tarball.blake3;
         let outcome = failed.map_or(Outcome::Loaded, Outcome::Failed);
-        Ok(Body::Ack(Ack { env, version, package, outcome }))
+        Ok(Body::Ack(Ack {
+            env,
+            version,
+            package,
+            outcome,
+        }))
     })?;
-    let Body::Ack(a) = &entry.entry.body else { unreachable!("built as an ack") };
+    let Body::Ack(a) = &entry.entry.body else {
+        unreachable!("built as an ack")
+    };
     if ctx.json {
-        return output::json(&serde_json::json!({ "target": entry.entry.actor, "env": a.env, "version": a.version, "outcome": a.outcome, "seq": entry.entry.seq }));
+        return output::json(
+            &serde_json::json!({ "target": entry.entry.actor, "env": a.env, "version": a.version, "outcome": a.outcome, "seq": entry.entry.seq }),
+        );
     }
     match &a.outcome {
-        Outcome::Loaded => output::ok(format!("{} loaded {} in {} (#{})", entry.entry.actor, a.version, a.env, entry.entry.seq)),
-        Outcome::Failed(e) => println!("✘ {} failed to load {} in {}: {e} (#{})", entry.entry.actor, a.version, a.env, entry.entry.seq),
+        Outcome::Loaded => output::ok(format!(
+            "{} loaded {} in {} (#{})",
+            entry.entry.actor, a.version, a.env, entry.entry.seq
+        )),
+        Outcome::Failed(e) => println!(
+            "✘ {} failed to load {} in {}: {e} (#{})",
+            entry.entry.actor, a.version, a.env, entry.entry.seq
+        ),
     }
     Ok(())
 }
@@ -377,12 +505,21 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
 /// The version before the current one in an environment's history.
 fn previous_version(state: &State, env: &str) -> Result<Version> {
     let Some(e) = state.env.get(env) else {
-        refuse!("unknown environment {env:?}; this ledger has: {}", state.envs.join(", "));
+        refuse!(
+            "unknown environment {env:?}; this ledger has: {}",
+            state.envs.join(", ")
+        );
     };
     let Some(current) = e.desired.as_ref().map(|d| d.version) else {
         refuse!("nothing was ever deployed to {env}; there is nothing to roll back");
     };
-    match e.history.iter().rev().map(|d| d.version).find(|v| *v != current) {
+    match e
+        .history
+        .iter()
+        .rev()
+        .map(|d| d.version)
+        .find(|v| *v != current)
+    {
         Some(v) => Ok(v),
         None => refuse!("{env} has had only {current}; there is no earlier version to return to"),
     }
@@ -391,33 +528,68 @@ fn previous_version(state: &State, env: &str) -> Result<Version> {
 fn rollback(ctx: &Ctx, env: String, to: Option<Version>, reason: String) -> Result<()> {
     let mut from = None;
     let (entry, _) = append_with(ctx, |state, _| {
-        from = state.env.get(&env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
+        from = state
+            .env
+            .get(&env)
+            .and_then(|e| e.desired.as_ref())
+            .map(|d| d.version);
         let version = match to {
             Some(v) => v,
             None => previous_version(state, &env)?,
         };
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Rollback(Rollback { env: env.clone(), version, package, reason }))
+        Ok(Body::Rollback(Rollback {
+            env: env.clone(),
+            version,
+            package,
+            reason,
+        }))
     })?;
-    let Body::Rollback(r) = &entry.entry.body else { unreachable!("built as a rollback") };
+    let Body::Rollback(r) = &entry.entry.body else {
+        unreachable!("built as a rollback")
+    };
     if ctx.json {
-        return output::json(&serde_json::json!({ "env": r.env, "version": r.version, "from": from, "seq": entry.entry.seq }));
+        return output::json(
+            &serde_json::json!({ "env": r.env, "version": r.version, "from": from, "seq": entry.entry.seq }),
+        );
     }
     let was = from.map(|v| format!(" (was {v})")).unwrap_or_default();
-    output::ok(format!("{} rolled back to {}{was} at #{}", r.env, r.version, entry.entry.seq));
+    output::ok(format!(
+        "{} rolled back to {}{was} at #{}",
+        r.env, r.version, entry.entry.seq
+    ));
     Ok(())
 }
 
 /// One line about an entry.
 pub fn summary(body: &Body) -> String {
     match body {
-        Body::Genesis(g) => format!("ledger {} · {} · {} approval(s)", g.ledger_id.short(), g.envs.join(" → "), g.approvals_required),
+        Body::Genesis(g) => format!(
+            "ledger {} · {} · {} approval(s)",
+            g.ledger_id.short(),
+            g.envs.join(" → "),
+            g.approvals_required
+        ),
         Body::KeyAdd(k) => {
             let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
-            format!("{} ({}){}", k.name, roles.join(","), k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default())
+            format!(
+                "{} ({}){}",
+                k.name,
+                roles.join(","),
+                k.env
+                    .as_ref()
+                    .map(|e| format!(" in {e}"))
+                    .unwrap_or_default()
+            )
         }
         Body::KeyRevoke(r) => format!("{}: {}", r.name, r.reason),
-        Body::Package(p) => format!("{} {} sha256:{} · {}", p.version, p.name, &p.tarball.sha256.to_hex()[..12], p.reason),
+        Body::Package(p) => format!(
+            "{} {} sha256:{} · {}",
+            p.version,
+            p.name,
+            &p.tarball.sha256.to_hex()[..12],
+            p.reason
+        ),
         Body::Approve(a) => format!("{} · {}", a.version, a.reason),
         Body::Push(p) => format!("{} → {} · {}", p.version, p.env, p.reason),
         Body::Ack(a) => match &a.outcome {
@@ -440,12 +612,22 @@ fn log(ctx: &Ctx) -> Result<()> {
     let home = ctx.home()?;
     let ledger = home.ledger()?;
     if ctx.json {
-        let all: Vec<_> = ledger.entries(0).map(|e| e.map(|e| entry_json(&e))).collect::<Result<_, _>>()?;
+        let all: Vec<_> = ledger
+            .entries(0)
+            .map(|e| e.map(|e| entry_json(&e)))
+            .collect::<Result<_, _>>()?;
         return output::json(&all);
     }
     for e in ledger.entries(0) {
         let e = e?;
-        println!("#{:<5} {} {:<12} {:<10} {}", e.entry.seq, output::time(e.entry.time_ms), e.entry.actor, e.entry.body.kind(), summary(&e.entry.body));
+        println!(
+            "#{:<5} {} {:<12} {:<10} {}",
+            e.entry.seq,
+            output::time(e.entry.time_ms),
+            e.entry.actor,
+            e.entry.body.kind(),
+            summary(&e.entry.body)
+        );
     }
     Ok(())
 }
@@ -458,7 +640,9 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
         Ok(seq) => seq,
         Err(_) => match what.parse::<Version>() {
             Ok(v) => package_of(state, v)?.seq,
-            Err(_) => anyhow::bail!("{what:?} is neither a seq number nor a version such as PD-23.1.0"),
+            Err(_) => {
+                anyhow::bail!("{what:?} is neither a seq number nor a version such as PD-23.1.0")
+            }
         },
     };
     let Some(entry) = ledger.entries(seq).next().transpose()? else {
@@ -474,10 +658,19 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
         return output::json(&v);
     }
     println!("entry #{} {}", entry.entry.seq, entry.entry.body.kind());
-    println!("  id      {}\n  prev    {}\n  time    {}\n  actor   {}", entry.id, entry.entry.prev, output::time(entry.entry.time_ms), entry.entry.actor);
+    println!(
+        "  id      {}\n  prev    {}\n  time    {}\n  actor   {}",
+        entry.id,
+        entry.entry.prev,
+        output::time(entry.entry.time_ms),
+        entry.entry.actor
+    );
     println!("  summary {}", summary(&entry.entry.body));
     if let Body::Package(p) = &entry.entry.body {
-        println!("  tarball sha256 {}\n          blake3 {}\n          size   {}", p.tarball.sha256, p.tarball.blake3, p.tarball.size);
+        println!(
+            "  tarball sha256 {}\n          blake3 {}\n          size   {}",
+            p.tarball.sha256, p.tarball.blake3, p.tarball.size
+        );
         for f in &p.files {
             println!("  file    {} ({} B) sha256 {}", f.path, f.size, f.sha256);
         }
@@ -500,13 +693,24 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
         .entries(0)
         .map(|e| e.map(|e| serde_bytes::ByteBuf::from(e.bytes)))
         .collect::<Result<Vec<_>, _>>()?;
-    let artifacts = if with_artifacts { artifacts(&home, state)? } else { Vec::new() };
+    let artifacts = if with_artifacts {
+        artifacts(&home, state)?
+    } else {
+        Vec::new()
+    };
     let head = Head::sign(state, &actor, home::now_ms(), &key);
-    let export = Export { format: FORMAT.to_string(), entries, artifacts, head };
+    let export = Export {
+        format: FORMAT.to_string(),
+        entries,
+        artifacts,
+        head,
+    };
     let bytes = export.encode();
     home::write_file_atomic(file, &bytes)?;
     if ctx.json {
-        return output::json(&serde_json::json!({ "file": file, "entries": state.len, "artifacts": export.artifacts.len(), "bytes": bytes.len(), "head": state.head }));
+        return output::json(
+            &serde_json::json!({ "file": file, "entries": state.len, "artifacts": export.artifacts.len(), "bytes": bytes.len(), "head": state.head }),
+        );
     }
     output::ok(format!(
         "exported {} entries and {} artifacts ({}) to {}",
@@ -515,7 +719,11 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
         output::size(bytes.len() as u64),
         file.display()
     ));
-    println!("  head #{} {} signed by {actor}", state.len.saturating_sub(1), state.head);
+    println!(
+        "  head #{} {} signed by {actor}",
+        state.len.saturating_sub(1),
+        state.head
+    );
     output::next(format!("pd-verify {}", file.display()));
     Ok(())
 }
@@ -525,8 +733,13 @@ fn artifacts(home: &Home, state: &State) -> Result<Vec<ExportArtifact>> {
     let mut out: Vec<ExportArtifact> = Vec::with_capacity(state.packages.len());
     for p in &state.packages {
         let hash = p.package.tarball.blake3;
-        let bytes = store.get(&hash.0).with_context(|| format!("artifact of {}", p.package.version))?;
-        out.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
+        let bytes = store
+            .get(&hash.0)
+            .with_context(|| format!("artifact of {}", p.package.version))?;
+        out.push(ExportArtifact {
+            blake3: hash,
+            bytes: serde_bytes::ByteBuf::from(bytes),
+        });
     }
     out.sort_by_key(|a| a.blake3);
     Ok(out)

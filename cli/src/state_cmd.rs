@@ -21,7 +21,10 @@ pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
     let state = ledger.state();
     let envs: Vec<String> = match a.env {
         Some(e) if state.env_index(&e).is_some() => vec![e],
-        Some(e) => refuse!("unknown environment {e:?}; this ledger has: {}", state.envs.join(", ")),
+        Some(e) => refuse!(
+            "unknown environment {e:?}; this ledger has: {}",
+            state.envs.join(", ")
+        ),
         None => state.envs.clone(),
     };
     if ctx.json {
@@ -66,7 +69,12 @@ fn pending(state: &State) -> Vec<serde_json::Value> {
 }
 
 fn print_text(state: &State, envs: &[String]) {
-    println!("ledger {} · {} entries · head {}", state.ledger_id.short(), state.len, state.head.short());
+    println!(
+        "ledger {} · {} entries · head {}",
+        state.ledger_id.short(),
+        state.len,
+        state.head.short()
+    );
     for env in envs {
         let e = &state.env[env];
         match &e.desired {
@@ -78,21 +86,35 @@ fn print_text(state: &State, envs: &[String]) {
                     pd_ledger::state::Via::Push => "push",
                     pd_ledger::state::Via::Rollback => "rollback",
                 };
-                println!("{env}: desired {} ({via} at #{}) · {}/{n} targets adopted", d.version, d.seq, n - lag.len());
+                println!(
+                    "{env}: desired {} ({via} at #{}) · {}/{n} targets adopted",
+                    d.version,
+                    d.seq,
+                    n - lag.len()
+                );
             }
         }
         for t in state.targets(env) {
             let line = match e.reports.get(&t.decl.name) {
                 None => "no report yet".to_string(),
                 Some(r) => match &r.outcome {
-                    Outcome::Loaded => format!("{} loaded at {}", r.version, output::time(r.time_ms)),
-                    Outcome::Failed(err) => format!("{} FAILED at {}: {err}", r.version, output::time(r.time_ms)),
+                    Outcome::Loaded => {
+                        format!("{} loaded at {}", r.version, output::time(r.time_ms))
+                    }
+                    Outcome::Failed(err) => {
+                        format!("{} FAILED at {}: {err}", r.version, output::time(r.time_ms))
+                    }
                 },
             };
             println!("  {:<16} {line}", t.decl.name);
         }
     }
     for p in pending(state) {
-        println!("pending approval: {} ({} of {})", p["version"].as_str().unwrap_or("?"), p["approvals"], p["required"]);
+        println!(
+            "pending approval: {} ({} of {})",
+            p["version"].as_str().unwrap_or("?"),
+            p["approvals"],
+            p["required"]
+        );
     }
 }

@@ -134,7 +134,9 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: use admin, author, approver, deployer or target"))
+            .ok_or_else(|| {
+                format!("unknown role {s:?}: use admin, author, approver, deployer or target")
+            })
     }
 }
 
@@ -419,39 +421,81 @@ mod tests {
 
     fn arb_body() -> impl Strategy<Value = Body> {
         prop_oneof![
-            (arb_text(), arb_version(), arb_hash())
-                .prop_map(|(reason, version, package)| Body::Approve(Approve { version, package, reason })),
-            (arb_text(), arb_version(), arb_hash(), arb_text()).prop_map(|(env, version, package, reason)| {
-                Body::Push(Push { env, version, package, reason })
+            (arb_text(), arb_version(), arb_hash()).prop_map(|(reason, version, package)| {
+                Body::Approve(Approve {
+                    version,
+                    package,
+                    reason,
+                })
             }),
-            (arb_text(), arb_version(), arb_hash(), proptest::option::of(arb_text())).prop_map(
-                |(env, version, package, failed)| Body::Ack(Ack {
+            (arb_text(), arb_version(), arb_hash(), arb_text()).prop_map(
+                |(env, version, package, reason)| {
+                    Body::Push(Push {
+                        env,
+                        version,
+                        package,
+                        reason,
+                    })
+                }
+            ),
+            (
+                arb_text(),
+                arb_version(),
+                arb_hash(),
+                proptest::option::of(arb_text())
+            )
+                .prop_map(|(env, version, package, failed)| Body::Ack(Ack {
                     env,
                     version,
                     package,
                     outcome: failed.map_or(Outcome::Loaded, Outcome::Failed),
-                })
-            ),
-            (arb_text(), arb_text()).prop_map(|(name, reason)| Body::KeyRevoke(KeyRevoke { name, reason })),
-            (arb_text(), any::<[u8; 32]>(), proptest::option::of(arb_text()), any::<bool>()).prop_map(
-                |(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
+                })),
+            (arb_text(), arb_text())
+                .prop_map(|(name, reason)| Body::KeyRevoke(KeyRevoke { name, reason })),
+            (
+                arb_text(),
+                any::<[u8; 32]>(),
+                proptest::option::of(arb_text()),
+                any::<bool>()
+            )
+                .prop_map(|(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
                     name,
                     public_key: PublicKey(pk),
                     openpgp,
-                    roles: if target { vec![Role::Target] } else { vec![Role::Author, Role::Deployer] },
+                    roles: if target {
+                        vec![Role::Target]
+                    } else {
+                        vec![Role::Author, Role::Deployer]
+                    },
                     env: target.then(|| "dev".to_string()),
-                })
-            ),
-            (arb_version(), arb_text(), arb_hash(), arb_hash(), any::<u64>(), arb_text()).prop_map(
-                |(version, name, b3, sha, size, reason)| Body::Package(Package {
-                    version,
-                    name: name.clone(),
-                    files: vec![FileDigest { path: name, size, sha256: sha, blake3: b3 }],
-                    tarball: Artifact { blake3: b3, sha256: sha, size },
-                    openpgp_sig: reason.clone(),
-                    reason,
-                })
-            ),
+                })),
+            (
+                arb_version(),
+                arb_text(),
+                arb_hash(),
+                arb_hash(),
+                any::<u64>(),
+                arb_text()
+            )
+                .prop_map(|(version, name, b3, sha, size, reason)| Body::Package(
+                    Package {
+                        version,
+                        name: name.clone(),
+                        files: vec![FileDigest {
+                            path: name,
+                            size,
+                            sha256: sha,
+                            blake3: b3
+                        }],
+                        tarball: Artifact {
+                            blake3: b3,
+                            sha256: sha,
+                            size
+                        },
+                        openpgp_sig: reason.clone(),
+                        reason,
+                    }
+                )),
         ]
     }
 
@@ -484,11 +528,19 @@ mod tests {
             Hash::ZERO,
             5,
             "a",
-            Body::KeyRevoke(KeyRevoke { name: "b".into(), reason: "c".into() }),
+            Body::KeyRevoke(KeyRevoke {
+                name: "b".into(),
+                reason: "c".into(),
+            }),
             &key(),
         );
         // seq 1 is encoded as the single byte 0x01 after the "seq" key; re-encode it as 0x18 0x01.
-        let at = signed.bytes.windows(4).position(|w| w == b"seq\x01").unwrap() + 3;
+        let at = signed
+            .bytes
+            .windows(4)
+            .position(|w| w == b"seq\x01")
+            .unwrap()
+            + 3;
         let mut long = signed.bytes.clone();
         long.splice(at..at + 1, [0x18, 0x01]);
         assert_eq!(SignedEntry::decode(&long), Err(EncodingError::NotCanonical));
@@ -500,6 +552,9 @@ mod tests {
     #[test]
     fn oversize_entry_is_refused() {
         let big = vec![0u8; MAX_ENTRY_BYTES + 1];
-        assert!(matches!(SignedEntry::decode(&big), Err(EncodingError::TooLarge { .. })));
+        assert!(matches!(
+            SignedEntry::decode(&big),
+            Err(EncodingError::TooLarge { .. })
+        ));
     }
 }

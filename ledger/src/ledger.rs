@@ -49,7 +49,13 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// Signs `body` as the next entry (time never goes backwards) and appends it.
-    pub fn sign_append(&mut self, actor: &str, key: &SecretKey, time_ms: u64, body: Body) -> Result<SignedEntry, LedgerError> {
+    pub fn sign_append(
+        &mut self,
+        actor: &str,
+        key: &SecretKey,
+        time_ms: u64,
+        body: Body,
+    ) -> Result<SignedEntry, LedgerError> {
         let entry = self.sign_next(actor, key, time_ms, body);
         self.append(entry.clone())?;
         Ok(entry)
@@ -71,13 +77,21 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// Checks and durably appends many entries with one flush: all or none.
     pub fn append_batch(&mut self, entries: &[SignedEntry]) -> Result<(), LedgerError> {
-        let Some(first) = entries.first() else { return Ok(()) };
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
         let mut next = self.state.clone();
-        let result = replay_onto(&mut next, entries.iter().map(|e| e.bytes.as_slice()), Signatures::Verify);
+        let result = replay_onto(
+            &mut next,
+            entries.iter().map(|e| e.bytes.as_slice()),
+            Signatures::Verify,
+        );
         if let Err(e) = result {
             return Err(match e.kind {
                 crate::replay::ReplayErrorKind::Rule(r) => LedgerError::Refused(r),
-                crate::replay::ReplayErrorKind::BadSignature { actor } => RuleError::BadSignature { actor }.into(),
+                crate::replay::ReplayErrorKind::BadSignature { actor } => {
+                    RuleError::BadSignature { actor }.into()
+                }
                 crate::replay::ReplayErrorKind::Encoding(_) => LedgerError::Corrupt(e),
             });
         }
@@ -88,7 +102,13 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// Signs a batch of bodies as consecutive entries (chained), without appending them.
-    pub fn sign_batch(&self, actor: &str, key: &SecretKey, time_ms: u64, bodies: Vec<Body>) -> Vec<SignedEntry> {
+    pub fn sign_batch(
+        &self,
+        actor: &str,
+        key: &SecretKey,
+        time_ms: u64,
+        bodies: Vec<Body>,
+    ) -> Vec<SignedEntry> {
         let time_ms = time_ms.max(self.state.last_time_ms);
         let (mut seq, mut prev) = (self.state.len, self.state.head);
         bodies
@@ -103,11 +123,17 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// Every entry, decoded, from `from` on.
-    pub fn entries(&self, from: u64) -> impl Iterator<Item = Result<SignedEntry, LedgerError>> + '_ {
+    pub fn entries(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<SignedEntry, LedgerError>> + '_ {
         self.store.scan(from).enumerate().map(move |(i, bytes)| {
             let bytes = bytes?;
             SignedEntry::decode(&bytes).map_err(|e| {
-                LedgerError::Corrupt(ReplayError { seq: from + i as u64, kind: e.into() })
+                LedgerError::Corrupt(ReplayError {
+                    seq: from + i as u64,
+                    kind: e.into(),
+                })
             })
         })
     }
@@ -131,7 +157,11 @@ fn fold<S: LedgerStore>(store: &S) -> Result<State, LedgerError> {
         if buf.is_empty() {
             return Ok(state);
         }
-        replay_onto(&mut state, buf.iter().map(|b| b.as_slice()), Signatures::TrustLocalStore)
-            .map_err(LedgerError::Corrupt)?;
+        replay_onto(
+            &mut state,
+            buf.iter().map(|b| b.as_slice()),
+            Signatures::TrustLocalStore,
+        )
+        .map_err(LedgerError::Corrupt)?;
     }
 }

@@ -69,7 +69,9 @@ pub enum RuleError {
         action: &'static str,
     },
     /// The signature does not verify.
-    #[error("signature by {actor:?} does not verify: the entry was altered or signed by another key")]
+    #[error(
+        "signature by {actor:?} does not verify: the entry was altered or signed by another key"
+    )]
     BadSignature {
         /// Claimed signer.
         actor: String,
@@ -261,7 +263,10 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> RuleError {
 pub fn check_name(field: &'static str, name: &str) -> Result<(), RuleError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
@@ -277,19 +282,33 @@ pub fn check_name(field: &'static str, name: &str) -> Result<(), RuleError> {
 
 fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), RuleError> {
     if required && text.trim().is_empty() {
-        return Err(invalid(field, "must not be empty: say why, for the audit trail"));
+        return Err(invalid(
+            field,
+            "must not be empty: say why, for the audit trail",
+        ));
     }
     if text.len() > MAX_TEXT_BYTES {
-        return Err(invalid(field, format!("{} bytes is over the limit of {MAX_TEXT_BYTES}", text.len())));
+        return Err(invalid(
+            field,
+            format!("{} bytes is over the limit of {MAX_TEXT_BYTES}", text.len()),
+        ));
     }
     Ok(())
 }
 
 /// The signer's key, which must be active and hold `role`.
-fn authorize(state: &State, e: &Entry, role: Role, action: &'static str) -> Result<PublicKey, RuleError> {
-    let key = state.keys.get(&e.actor).ok_or_else(|| RuleError::UnknownKey {
-        actor: e.actor.clone(),
-    })?;
+fn authorize(
+    state: &State,
+    e: &Entry,
+    role: Role,
+    action: &'static str,
+) -> Result<PublicKey, RuleError> {
+    let key = state
+        .keys
+        .get(&e.actor)
+        .ok_or_else(|| RuleError::UnknownKey {
+            actor: e.actor.clone(),
+        })?;
     if let Some((_, reason)) = &key.revoked {
         return Err(RuleError::RevokedKey {
             actor: e.actor.clone(),
@@ -322,7 +341,10 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
         return Err(RuleError::Genesis);
     }
     if g.envs.is_empty() || g.envs.len() > MAX_ENVS {
-        return Err(invalid("envs", format!("need 1 to {MAX_ENVS} environments")));
+        return Err(invalid(
+            "envs",
+            format!("need 1 to {MAX_ENVS} environments"),
+        ));
     }
     let mut seen = BTreeSet::new();
     for env in &g.envs {
@@ -332,10 +354,16 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
         }
     }
     if g.approvals_required == 0 || g.approvals_required > MAX_APPROVALS_REQUIRED {
-        return Err(invalid("approvals_required", format!("must be 1 to {MAX_APPROVALS_REQUIRED}")));
+        return Err(invalid(
+            "approvals_required",
+            format!("must be 1 to {MAX_APPROVALS_REQUIRED}"),
+        ));
     }
     if g.keys.is_empty() || g.keys.len() > MAX_GENESIS_KEYS {
-        return Err(invalid("keys", format!("need 1 to {MAX_GENESIS_KEYS} keys")));
+        return Err(invalid(
+            "keys",
+            format!("need 1 to {MAX_GENESIS_KEYS} keys"),
+        ));
     }
     // Check the declared keys against a scratch state that knows the environments.
     let mut scratch = State::default();
@@ -356,23 +384,47 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
 
 fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
     check_name("key name", &k.name)?;
-    let taken = state.keys.values().any(|old| old.decl.name == k.name || old.decl.public_key == k.public_key);
+    let taken = state
+        .keys
+        .values()
+        .any(|old| old.decl.name == k.name || old.decl.public_key == k.public_key);
     if taken {
-        return Err(RuleError::DuplicateKey { name: k.name.clone() });
+        return Err(RuleError::DuplicateKey {
+            name: k.name.clone(),
+        });
     }
     if k.roles.is_empty() || !k.roles.windows(2).all(|w| w[0] < w[1]) {
-        return Err(invalid("roles", "need at least one role, listed once each in canonical order"));
+        return Err(invalid(
+            "roles",
+            "need at least one role, listed once each in canonical order",
+        ));
     }
     let is_target = k.roles.contains(&Role::Target);
     match (&k.env, is_target) {
         (Some(env), true) if k.roles.len() == 1 => check_env(state, env)?,
-        (_, true) => return Err(invalid("roles", "a target key holds only the target role and names exactly one environment (--env)")),
-        (Some(_), false) => return Err(invalid("env", "only target keys are bound to an environment")),
+        (_, true) => {
+            return Err(invalid(
+                "roles",
+                "a target key holds only the target role and names exactly one environment (--env)",
+            ))
+        }
+        (Some(_), false) => {
+            return Err(invalid(
+                "env",
+                "only target keys are bound to an environment",
+            ))
+        }
         (None, false) => {}
     }
     match &k.openpgp {
-        Some(cert) if cert.len() > MAX_OPENPGP_BYTES => Err(invalid("openpgp", format!("certificate over {MAX_OPENPGP_BYTES} bytes"))),
-        None if k.roles.contains(&Role::Author) => Err(invalid("openpgp", "an author key needs an OpenPGP certificate to sign packages")),
+        Some(cert) if cert.len() > MAX_OPENPGP_BYTES => Err(invalid(
+            "openpgp",
+            format!("certificate over {MAX_OPENPGP_BYTES} bytes"),
+        )),
+        None if k.roles.contains(&Role::Author) => Err(invalid(
+            "openpgp",
+            "an author key needs an OpenPGP certificate to sign packages",
+        )),
         _ => Ok(()),
     }
 }
@@ -386,11 +438,21 @@ fn check_key_add(state: &State, e: &Entry, k: &KeyDecl) -> Result<PublicKey, Rul
 fn check_key_revoke(state: &State, e: &Entry, r: &KeyRevoke) -> Result<PublicKey, RuleError> {
     let key = authorize(state, e, Role::Admin, "revoke keys")?;
     check_text("reason", &r.reason, true)?;
-    let target = state.active_key(&r.name).ok_or_else(|| RuleError::UnknownKey { actor: r.name.clone() })?;
+    let target = state
+        .active_key(&r.name)
+        .ok_or_else(|| RuleError::UnknownKey {
+            actor: r.name.clone(),
+        })?;
     if target.decl.roles.contains(&Role::Admin) {
-        let admins = state.keys.values().filter(|k| k.revoked.is_none() && k.decl.roles.contains(&Role::Admin)).count();
+        let admins = state
+            .keys
+            .values()
+            .filter(|k| k.revoked.is_none() && k.decl.roles.contains(&Role::Admin))
+            .count();
         if admins <= 1 {
-            return Err(RuleError::LastAdmin { name: r.name.clone() });
+            return Err(RuleError::LastAdmin {
+                name: r.name.clone(),
+            });
         }
     }
     Ok(key)
@@ -401,20 +463,36 @@ fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, Rul
     check_text("reason", &p.reason, true)?;
     let name_ok = !p.name.is_empty()
         && p.name.len() <= MAX_NAME_BYTES
-        && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && p.name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !name_ok {
-        return Err(invalid("policy name", format!("{:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '.', '_', '-'", p.name)));
+        return Err(invalid(
+            "policy name",
+            format!(
+                "{:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '.', '_', '-'",
+                p.name
+            ),
+        ));
     }
     if let Some(latest) = state.latest_package() {
         if p.version <= latest.package.version {
-            return Err(RuleError::VersionNotIncreasing { version: p.version, latest: latest.package.version });
+            return Err(RuleError::VersionNotIncreasing {
+                version: p.version,
+                latest: latest.package.version,
+            });
         }
     }
     if let Some(old) = state.package_by_hash(&p.tarball.blake3) {
-        return Err(RuleError::DuplicatePackage { version: old.package.version });
+        return Err(RuleError::DuplicatePackage {
+            version: old.package.version,
+        });
     }
     if p.files.is_empty() || p.files.len() > MAX_FILES {
-        return Err(invalid("files", format!("a package holds 1 to {MAX_FILES} files")));
+        return Err(invalid(
+            "files",
+            format!("a package holds 1 to {MAX_FILES} files"),
+        ));
     }
     if !p.files.windows(2).all(|w| w[0].path < w[1].path) {
         return Err(invalid("files", "paths must be sorted and unique"));
@@ -423,7 +501,10 @@ fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, Rul
         check_path(&f.path)?;
     }
     if p.openpgp_sig.is_empty() || p.openpgp_sig.len() > MAX_OPENPGP_BYTES {
-        return Err(invalid("openpgp_sig", format!("must be 1 to {MAX_OPENPGP_BYTES} bytes")));
+        return Err(invalid(
+            "openpgp_sig",
+            format!("must be 1 to {MAX_OPENPGP_BYTES} bytes"),
+        ));
     }
     Ok(key)
 }
@@ -435,7 +516,9 @@ pub fn check_path(path: &str) -> Result<(), RuleError> {
         && !path.starts_with('/')
         && !path.contains('\\')
         && !path.bytes().any(|b| b < 0x20 || b == 0x7f)
-        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
     if ok {
         Ok(())
     } else {
@@ -444,11 +527,18 @@ pub fn check_path(path: &str) -> Result<(), RuleError> {
 }
 
 /// The package a version and hash name together.
-fn named_package<'s>(state: &'s State, version: Version, package: &Hash) -> Result<&'s crate::state::PackageState, RuleError> {
+fn named_package<'s>(
+    state: &'s State,
+    version: Version,
+    package: &Hash,
+) -> Result<&'s crate::state::PackageState, RuleError> {
     state
         .package(version)
         .filter(|p| &p.package.tarball.blake3 == package)
-        .ok_or(RuleError::UnknownPackage { version, package: *package })
+        .ok_or(RuleError::UnknownPackage {
+            version,
+            package: *package,
+        })
 }
 
 fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, RuleError> {
@@ -456,33 +546,65 @@ fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, Rul
     check_text("reason", &a.reason, true)?;
     let pkg = named_package(state, a.version, &a.package)?;
     if pkg.author == e.actor {
-        return Err(RuleError::SelfApproval { actor: e.actor.clone(), version: a.version });
+        return Err(RuleError::SelfApproval {
+            actor: e.actor.clone(),
+            version: a.version,
+        });
     }
     if pkg.approvals.iter().any(|x| x.approver == e.actor) {
-        return Err(RuleError::DuplicateApproval { actor: e.actor.clone(), version: a.version });
+        return Err(RuleError::DuplicateApproval {
+            actor: e.actor.clone(),
+            version: a.version,
+        });
     }
     Ok(key)
 }
 
 /// Whether `version` may be pushed to `env` now: approved, in promotion order, forward.
-pub fn check_promotion(state: &State, env: &str, version: Version, package: &Hash) -> Result<(), RuleError> {
+pub fn check_promotion(
+    state: &State,
+    env: &str,
+    version: Version,
+    package: &Hash,
+) -> Result<(), RuleError> {
     check_env(state, env)?;
     let pkg = named_package(state, version, package)?;
     if !state.is_approved(pkg) {
-        return Err(RuleError::NotApproved { version, have: pkg.approvals.len(), need: state.approvals_required });
+        return Err(RuleError::NotApproved {
+            version,
+            have: pkg.approvals.len(),
+            need: state.approvals_required,
+        });
     }
     let idx = state.env_index(env).unwrap_or(0);
     if idx > 0 {
         let before = &state.envs[idx - 1];
         if !state.fully_adopted(before, version) {
-            let pushed = state.env.get(before).and_then(|e| e.desired.as_ref()).is_some_and(|d| d.version == version);
-            let laggards = if pushed { state.laggards(before, version) } else { Vec::new() };
-            return Err(RuleError::PromotionSkip { version, env: env.to_string(), before: before.clone(), laggards });
+            let pushed = state
+                .env
+                .get(before)
+                .and_then(|e| e.desired.as_ref())
+                .is_some_and(|d| d.version == version);
+            let laggards = if pushed {
+                state.laggards(before, version)
+            } else {
+                Vec::new()
+            };
+            return Err(RuleError::PromotionSkip {
+                version,
+                env: env.to_string(),
+                before: before.clone(),
+                laggards,
+            });
         }
     }
     if let Some(current) = state.env.get(env).and_then(|e| e.desired.as_ref()) {
         if version <= current.version {
-            return Err(RuleError::NotForward { env: env.to_string(), version, current: current.version });
+            return Err(RuleError::NotForward {
+                env: env.to_string(),
+                version,
+                current: current.version,
+            });
         }
     }
     Ok(())
@@ -502,13 +624,24 @@ fn check_ack(state: &State, e: &Entry, a: &Ack) -> Result<PublicKey, RuleError> 
     }
     let bound = state.keys.get(&e.actor).and_then(|k| k.decl.env.as_deref());
     if bound != Some(a.env.as_str()) {
-        return Err(RuleError::BadAck { problem: format!("{} is a target of {}, not of {:?}", e.actor, bound.unwrap_or("no environment"), a.env) });
+        return Err(RuleError::BadAck {
+            problem: format!(
+                "{} is a target of {}, not of {:?}",
+                e.actor,
+                bound.unwrap_or("no environment"),
+                a.env
+            ),
+        });
     }
     let desired = state.env.get(&a.env).and_then(|x| x.desired.as_ref());
     match desired {
         Some(d) if d.version == a.version && d.package == a.package => Ok(key),
-        Some(d) => Err(RuleError::BadAck { problem: format!("{} wants {}, not {}", a.env, d.version, a.version) }),
-        None => Err(RuleError::BadAck { problem: format!("nothing was pushed to {} yet", a.env) }),
+        Some(d) => Err(RuleError::BadAck {
+            problem: format!("{} wants {}, not {}", a.env, d.version, a.version),
+        }),
+        None => Err(RuleError::BadAck {
+            problem: format!("nothing was pushed to {} yet", a.env),
+        }),
     }
 }
 
@@ -518,14 +651,20 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     check_env(state, &r.env)?;
     named_package(state, r.version, &r.package)?;
     let env = &state.env[&r.env];
-    let bad = |problem: &str| RuleError::BadRollback { env: r.env.clone(), version: r.version, problem: problem.to_string() };
+    let bad = |problem: &str| RuleError::BadRollback {
+        env: r.env.clone(),
+        version: r.version,
+        problem: problem.to_string(),
+    };
     match &env.desired {
         None => return Err(bad("nothing was ever pushed there")),
         Some(d) if d.version == r.version => return Err(bad("it is already the desired version")),
         Some(_) => {}
     }
     if !env.history.iter().any(|d| d.version == r.version) {
-        return Err(bad("it was never deployed there; roll back only to a version the environment had"));
+        return Err(bad(
+            "it was never deployed there; roll back only to a version the environment had",
+        ));
     }
     Ok(key)
 }

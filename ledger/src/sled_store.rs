@@ -15,7 +15,10 @@ pub struct SledStore {
 fn io(e: sled::Error) -> StorageError {
     match e {
         // sled reports a held file lock as an I/O error with this text (sled 0.34).
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") => {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock") =>
+        {
             StorageError::Locked
         }
         other => StorageError::Io(other.to_string()),
@@ -51,7 +54,11 @@ impl LedgerStore for SledStore {
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.entries.get(seq.to_be_bytes()).map_err(io)?.map(|v| v.to_vec()))
+        Ok(self
+            .entries
+            .get(seq.to_be_bytes())
+            .map_err(io)?
+            .map(|v| v.to_vec()))
     }
 
     fn scan(&self, from: u64) -> Box<dyn Iterator<Item = Result<Vec<u8>, StorageError>> + '_> {
@@ -60,7 +67,9 @@ impl LedgerStore for SledStore {
             let (k, v) = kv.map_err(io)?;
             let seq = seq_of(&k)?;
             if seq != expected {
-                return Err(StorageError::Io(format!("ledger has a gap: expected seq {expected}, found {seq}")));
+                return Err(StorageError::Io(format!(
+                    "ledger has a gap: expected seq {expected}, found {seq}"
+                )));
             }
             expected += 1;
             Ok(v.to_vec())
@@ -68,8 +77,16 @@ impl LedgerStore for SledStore {
     }
 
     fn append(&self, first_seq: u64, entries: &[&[u8]]) -> Result<(), StorageError> {
-        if first_seq > 0 && !self.entries.contains_key((first_seq - 1).to_be_bytes()).map_err(io)? {
-            return Err(StorageError::Gap { seq: first_seq, len: self.len()? });
+        if first_seq > 0
+            && !self
+                .entries
+                .contains_key((first_seq - 1).to_be_bytes())
+                .map_err(io)?
+        {
+            return Err(StorageError::Gap {
+                seq: first_seq,
+                len: self.len()?,
+            });
         }
         let result = self.entries.transaction(|tx| {
             for (i, bytes) in entries.iter().enumerate() {
@@ -101,8 +118,14 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         s.append(0, &[b"a", b"b"]).unwrap();
         assert_eq!(s.len().unwrap(), 2);
-        assert!(matches!(s.append(1, &[b"x"]), Err(StorageError::Conflict { seq: 1 })));
-        assert!(matches!(s.append(5, &[b"x"]), Err(StorageError::Gap { .. })));
+        assert!(matches!(
+            s.append(1, &[b"x"]),
+            Err(StorageError::Conflict { seq: 1 })
+        ));
+        assert!(matches!(
+            s.append(5, &[b"x"]),
+            Err(StorageError::Gap { .. })
+        ));
         assert_eq!(s.get(1).unwrap().as_deref(), Some(&b"b"[..]));
         let all: Vec<_> = s.scan(0).collect::<Result<_, _>>().unwrap();
         assert_eq!(all, vec![b"a".to_vec(), b"b".to_vec()]);
@@ -116,18 +139,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = SledStore::open(dir.path()).unwrap();
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "sled_store::tests::open_locked_child", "--nocapture"])
+            .args([
+                "--exact",
+                "sled_store::tests::open_locked_child",
+                "--nocapture",
+            ])
             .env("PD_LOCK_TEST_DIR", dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     /// Runs in a child process of the test above: sled's lock is per process.
     #[test]
     fn open_locked_child() {
-        let Some(dir) = std::env::var_os("PD_LOCK_TEST_DIR") else { return };
-        assert!(matches!(SledStore::open(std::path::Path::new(&dir)), Err(StorageError::Locked)));
+        let Some(dir) = std::env::var_os("PD_LOCK_TEST_DIR") else {
+            return;
+        };
+        assert!(matches!(
+            SledStore::open(std::path::Path::new(&dir)),
+            Err(StorageError::Locked)
+        ));
     }
 
     #[test]

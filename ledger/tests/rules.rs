@@ -32,11 +32,20 @@ impl World {
             ledger_id: Hash([9; 32]),
             envs: vec!["dev".into(), "staging".into(), "prod".into()],
             approvals_required: 1,
-            keys: vec![decl(ADMIN, &admin, &[Role::Admin, Role::Author, Role::Deployer], None)],
+            keys: vec![decl(
+                ADMIN,
+                &admin,
+                &[Role::Admin, Role::Author, Role::Deployer],
+                None,
+            )],
         });
         let mut ledger = Ledger::open(MemStore::default()).unwrap();
         ledger.sign_append(ADMIN, &admin, 1, genesis).unwrap();
-        let mut w = World { ledger, keys: vec![(ADMIN, admin)], time: 1 };
+        let mut w = World {
+            ledger,
+            keys: vec![(ADMIN, admin)],
+            time: 1,
+        };
         for (name, seed, roles, env) in [
             ("carol", 2, vec![Role::Approver], None),
             ("dev-1", 3, vec![Role::Target], Some("dev")),
@@ -52,8 +61,15 @@ impl World {
 
     fn try_as(&mut self, actor: &str, body: Body) -> Result<(), LedgerError> {
         self.time += 1;
-        let k = &self.keys.iter().find(|(n, _)| *n == actor).expect("test key").1;
-        self.ledger.sign_append(actor, k, self.time, body).map(|_| ())
+        let k = &self
+            .keys
+            .iter()
+            .find(|(n, _)| *n == actor)
+            .expect("test key")
+            .1;
+        self.ledger
+            .sign_append(actor, k, self.time, body)
+            .map(|_| ())
     }
 
     fn ok(&mut self, actor: &str, body: Body) {
@@ -66,32 +82,62 @@ impl World {
             Err(LedgerError::Refused(e)) => e,
             other => panic!("expected a refusal, got {other:?}"),
         };
-        assert_eq!(self.ledger.state().head, before, "a refusal changes nothing");
+        assert_eq!(
+            self.ledger.state().head,
+            before,
+            "a refusal changes nothing"
+        );
         err
     }
 
     fn package(&mut self, v: Version) -> Hash {
         let h = Hash::of(v.to_string().as_bytes());
-        self.ok(ADMIN, Body::Package(Package {
-            version: v,
-            name: "llm_policy".into(),
-            files: vec![FileDigest { path: "llm_policy.yaml".into(), size: 1, sha256: h, blake3: h }],
-            tarball: Artifact { blake3: h, sha256: h, size: 10 },
-            openpgp_sig: "SIG".into(),
-            reason: "r".into(),
-        }));
+        self.ok(
+            ADMIN,
+            Body::Package(Package {
+                version: v,
+                name: "llm_policy".into(),
+                files: vec![FileDigest {
+                    path: "llm_policy.yaml".into(),
+                    size: 1,
+                    sha256: h,
+                    blake3: h,
+                }],
+                tarball: Artifact {
+                    blake3: h,
+                    sha256: h,
+                    size: 10,
+                },
+                openpgp_sig: "SIG".into(),
+                reason: "r".into(),
+            }),
+        );
         h
     }
 }
 
 fn push(env: &str, v: Version, h: Hash) -> Body {
-    Body::Push(Push { env: env.into(), version: v, package: h, reason: "go".into() })
+    Body::Push(Push {
+        env: env.into(),
+        version: v,
+        package: h,
+        reason: "go".into(),
+    })
 }
 fn ack(env: &str, v: Version, h: Hash) -> Body {
-    Body::Ack(Ack { env: env.into(), version: v, package: h, outcome: Outcome::Loaded })
+    Body::Ack(Ack {
+        env: env.into(),
+        version: v,
+        package: h,
+        outcome: Outcome::Loaded,
+    })
 }
 fn approve(v: Version, h: Hash) -> Body {
-    Body::Approve(Approve { version: v, package: h, reason: "lgtm".into() })
+    Body::Approve(Approve {
+        version: v,
+        package: h,
+        reason: "lgtm".into(),
+    })
 }
 
 #[test]
@@ -99,61 +145,147 @@ fn the_story_and_its_refusals() {
     let mut w = World::new();
     let v1 = Version::new(23, 0, 0);
     let h1 = w.package(v1);
-    assert!(matches!(w.refused(ADMIN, push("dev", v1, h1)), RuleError::NotApproved { have: 0, need: 1, .. }));
-    assert!(matches!(w.refused(ADMIN, approve(v1, h1)), RuleError::MissingRole { .. }));
-    assert!(matches!(w.refused("carol", push("dev", v1, h1)), RuleError::MissingRole { role: Role::Deployer, .. }));
+    assert!(matches!(
+        w.refused(ADMIN, push("dev", v1, h1)),
+        RuleError::NotApproved {
+            have: 0,
+            need: 1,
+            ..
+        }
+    ));
+    assert!(matches!(
+        w.refused(ADMIN, approve(v1, h1)),
+        RuleError::MissingRole { .. }
+    ));
+    assert!(matches!(
+        w.refused("carol", push("dev", v1, h1)),
+        RuleError::MissingRole {
+            role: Role::Deployer,
+            ..
+        }
+    ));
     w.ok("carol", approve(v1, h1));
-    assert!(matches!(w.refused("carol", approve(v1, h1)), RuleError::DuplicateApproval { .. }));
-    assert!(matches!(w.refused(ADMIN, push("staging", v1, h1)), RuleError::PromotionSkip { .. }));
+    assert!(matches!(
+        w.refused("carol", approve(v1, h1)),
+        RuleError::DuplicateApproval { .. }
+    ));
+    assert!(matches!(
+        w.refused(ADMIN, push("staging", v1, h1)),
+        RuleError::PromotionSkip { .. }
+    ));
     w.ok(ADMIN, push("dev", v1, h1));
-    assert!(matches!(w.refused(ADMIN, push("dev", v1, h1)), RuleError::NotForward { .. }));
+    assert!(matches!(
+        w.refused(ADMIN, push("dev", v1, h1)),
+        RuleError::NotForward { .. }
+    ));
     w.ok("dev-1", ack("dev", v1, h1));
     match w.refused(ADMIN, push("staging", v1, h1)) {
-        RuleError::PromotionSkip { laggards, .. } => assert_eq!(laggards, vec!["dev-2".to_string()]),
+        RuleError::PromotionSkip { laggards, .. } => {
+            assert_eq!(laggards, vec!["dev-2".to_string()])
+        }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(w.refused("dev-1", ack("staging", v1, h1)), RuleError::BadAck { .. }));
+    assert!(matches!(
+        w.refused("dev-1", ack("staging", v1, h1)),
+        RuleError::BadAck { .. }
+    ));
     w.ok("dev-2", ack("dev", v1, h1));
     w.ok(ADMIN, push("staging", v1, h1));
 
     let v2 = Version::new(23, 1, 0);
-    assert!(matches!(w.refused(ADMIN, Body::Package(Package {
-        version: v1,
-        name: "x".into(),
-        files: vec![],
-        tarball: Artifact { blake3: Hash([1; 32]), sha256: Hash([1; 32]), size: 1 },
-        openpgp_sig: "S".into(),
-        reason: "r".into(),
-    })), RuleError::VersionNotIncreasing { .. }));
+    assert!(matches!(
+        w.refused(
+            ADMIN,
+            Body::Package(Package {
+                version: v1,
+                name: "x".into(),
+                files: vec![],
+                tarball: Artifact {
+                    blake3: Hash([1; 32]),
+                    sha256: Hash([1; 32]),
+                    size: 1
+                },
+                openpgp_sig: "S".into(),
+                reason: "r".into(),
+            })
+        ),
+        RuleError::VersionNotIncreasing { .. }
+    ));
     let h2 = w.package(v2);
     w.ok("carol", approve(v2, h2));
     w.ok(ADMIN, push("dev", v2, h2));
-    assert!(matches!(w.refused("dev-1", ack("dev", v1, h1)), RuleError::BadAck { .. }), "stale ack");
+    assert!(
+        matches!(
+            w.refused("dev-1", ack("dev", v1, h1)),
+            RuleError::BadAck { .. }
+        ),
+        "stale ack"
+    );
     assert!(matches!(
-        w.refused(ADMIN, Body::Rollback(Rollback { env: "dev".into(), version: v2, package: h2, reason: "x".into() })),
+        w.refused(
+            ADMIN,
+            Body::Rollback(Rollback {
+                env: "dev".into(),
+                version: v2,
+                package: h2,
+                reason: "x".into()
+            })
+        ),
         RuleError::BadRollback { .. }
     ));
-    w.ok(ADMIN, Body::Rollback(Rollback { env: "dev".into(), version: v1, package: h1, reason: "errors".into() }));
+    w.ok(
+        ADMIN,
+        Body::Rollback(Rollback {
+            env: "dev".into(),
+            version: v1,
+            package: h1,
+            reason: "errors".into(),
+        }),
+    );
     let dev = &w.ledger.state().env["dev"];
     assert_eq!(dev.desired.as_ref().map(|d| d.version), Some(v1));
     assert_eq!(dev.history.len(), 3);
 
-    w.ok(ADMIN, Body::KeyRevoke(KeyRevoke { name: "carol".into(), reason: "left".into() }));
-    assert!(matches!(w.refused("carol", approve(v2, h2)), RuleError::RevokedKey { .. }));
+    w.ok(
+        ADMIN,
+        Body::KeyRevoke(KeyRevoke {
+            name: "carol".into(),
+            reason: "left".into(),
+        }),
+    );
     assert!(matches!(
-        w.refused(ADMIN, Body::KeyRevoke(KeyRevoke { name: ADMIN.into(), reason: "x".into() })),
+        w.refused("carol", approve(v2, h2)),
+        RuleError::RevokedKey { .. }
+    ));
+    assert!(matches!(
+        w.refused(
+            ADMIN,
+            Body::KeyRevoke(KeyRevoke {
+                name: ADMIN.into(),
+                reason: "x".into()
+            })
+        ),
         RuleError::LastAdmin { .. }
     ));
     assert!(matches!(
-        w.refused(ADMIN, Body::KeyAdd(decl("carol", &key(77), &[Role::Approver], None))),
+        w.refused(
+            ADMIN,
+            Body::KeyAdd(decl("carol", &key(77), &[Role::Approver], None))
+        ),
         RuleError::DuplicateKey { .. }
     ));
     assert!(matches!(
-        w.refused(ADMIN, Body::KeyAdd(decl("t", &key(78), &[Role::Target], Some("qa")))),
+        w.refused(
+            ADMIN,
+            Body::KeyAdd(decl("t", &key(78), &[Role::Target], Some("qa")))
+        ),
         RuleError::UnknownEnv { .. }
     ));
     assert!(matches!(
-        w.refused(ADMIN, Body::KeyAdd(decl("Bad Name", &key(79), &[Role::Approver], None))),
+        w.refused(
+            ADMIN,
+            Body::KeyAdd(decl("Bad Name", &key(79), &[Role::Approver], None))
+        ),
         RuleError::Invalid { .. }
     ));
 }
@@ -162,19 +294,37 @@ fn the_story_and_its_refusals() {
 fn self_approval_is_refused() {
     let mut w = World::new();
     let k = key(40);
-    w.ok(ADMIN, Body::KeyAdd(decl("dana", &k, &[Role::Author, Role::Approver], None)));
+    w.ok(
+        ADMIN,
+        Body::KeyAdd(decl("dana", &k, &[Role::Author, Role::Approver], None)),
+    );
     w.keys.push(("dana", k));
     let h = Hash([5; 32]);
     let v = Version::new(1, 0, 0);
-    w.ok("dana", Body::Package(Package {
-        version: v,
-        name: "p".into(),
-        files: vec![FileDigest { path: "p.yaml".into(), size: 1, sha256: h, blake3: h }],
-        tarball: Artifact { blake3: h, sha256: h, size: 1 },
-        openpgp_sig: "S".into(),
-        reason: "r".into(),
-    }));
-    assert!(matches!(w.refused("dana", approve(v, h)), RuleError::SelfApproval { .. }));
+    w.ok(
+        "dana",
+        Body::Package(Package {
+            version: v,
+            name: "p".into(),
+            files: vec![FileDigest {
+                path: "p.yaml".into(),
+                size: 1,
+                sha256: h,
+                blake3: h,
+            }],
+            tarball: Artifact {
+                blake3: h,
+                sha256: h,
+                size: 1,
+            },
+            openpgp_sig: "S".into(),
+            reason: "r".into(),
+        }),
+    );
+    assert!(matches!(
+        w.refused("dana", approve(v, h)),
+        RuleError::SelfApproval { .. }
+    ));
 }
 
 #[test]
@@ -182,10 +332,34 @@ fn forged_signature_and_broken_chain_are_refused() {
     let mut w = World::new();
     let state = w.ledger.state().clone();
     let mallory = key(66);
-    let forged = w.ledger.sign_next(ADMIN, &mallory, 100, Body::KeyRevoke(KeyRevoke { name: "carol".into(), reason: "x".into() }));
-    assert!(matches!(w.ledger.append(forged), Err(LedgerError::Refused(RuleError::BadSignature { .. }))));
-    let stale = Entry::sign(state.len, Hash([1; 32]), 100, ADMIN, Body::KeyRevoke(KeyRevoke { name: "carol".into(), reason: "x".into() }), &key(1));
-    assert!(matches!(w.ledger.append(stale), Err(LedgerError::Refused(RuleError::Prev { .. }))));
+    let forged = w.ledger.sign_next(
+        ADMIN,
+        &mallory,
+        100,
+        Body::KeyRevoke(KeyRevoke {
+            name: "carol".into(),
+            reason: "x".into(),
+        }),
+    );
+    assert!(matches!(
+        w.ledger.append(forged),
+        Err(LedgerError::Refused(RuleError::BadSignature { .. }))
+    ));
+    let stale = Entry::sign(
+        state.len,
+        Hash([1; 32]),
+        100,
+        ADMIN,
+        Body::KeyRevoke(KeyRevoke {
+            name: "carol".into(),
+            reason: "x".into(),
+        }),
+        &key(1),
+    );
+    assert!(matches!(
+        w.ledger.append(stale),
+        Err(LedgerError::Refused(RuleError::Prev { .. }))
+    ));
     assert_eq!(w.ledger.state().len, state.len);
 }
 
@@ -196,8 +370,13 @@ fn batch_append_is_all_or_nothing() {
     let admin = key(1);
     let good = Body::KeyAdd(decl("ed", &key(50), &[Role::Approver], None));
     let bad = Body::KeyAdd(decl("ed", &key(51), &[Role::Approver], None));
-    let batch = w.ledger.sign_batch(ADMIN, &admin, 10, vec![good.clone(), bad]);
-    assert!(matches!(w.ledger.append_batch(&batch), Err(LedgerError::Refused(RuleError::DuplicateKey { .. }))));
+    let batch = w
+        .ledger
+        .sign_batch(ADMIN, &admin, 10, vec![good.clone(), bad]);
+    assert!(matches!(
+        w.ledger.append_batch(&batch),
+        Err(LedgerError::Refused(RuleError::DuplicateKey { .. }))
+    ));
     assert_eq!(w.ledger.state().len, len);
     assert_eq!(w.ledger.store().len().unwrap(), len);
     let batch = w.ledger.sign_batch(ADMIN, &admin, 10, vec![good]);
@@ -205,7 +384,12 @@ fn batch_append_is_all_or_nothing() {
     assert_eq!(w.ledger.store().len().unwrap(), len + 1);
     // Reopening folds to the same state.
     let reopened = replay(
-        w.ledger.entries(0).map(|e| e.unwrap().bytes).collect::<Vec<_>>().iter().map(|b| b.as_slice()),
+        w.ledger
+            .entries(0)
+            .map(|e| e.unwrap().bytes)
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|b| b.as_slice()),
         Signatures::Verify,
     )
     .unwrap();

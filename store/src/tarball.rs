@@ -163,17 +163,29 @@ pub enum TarballError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TarballError + '_ {
-    move |source| TarballError::Io { path: path.to_path_buf(), source }
+    move |source| TarballError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn check_path(path: &str, limits: &Limits) -> Result<(), TarballError> {
     if path == MANIFEST {
-        return Err(TarballError::BadPath { path: path.into(), why: format!("{MANIFEST} is reserved for pd's manifest") });
+        return Err(TarballError::BadPath {
+            path: path.into(),
+            why: format!("{MANIFEST} is reserved for pd's manifest"),
+        });
     }
     if path.len() > limits.max_path_bytes {
-        return Err(TarballError::BadPath { path: path.into(), why: format!("longer than {} bytes", limits.max_path_bytes) });
+        return Err(TarballError::BadPath {
+            path: path.into(),
+            why: format!("longer than {} bytes", limits.max_path_bytes),
+        });
     }
-    pd_ledger::rules::check_path(path).map_err(|e| TarballError::BadPath { path: path.into(), why: e.to_string() })
+    pd_ledger::rules::check_path(path).map_err(|e| TarballError::BadPath {
+        path: path.into(),
+        why: e.to_string(),
+    })
 }
 
 /// Reads policy files: a file becomes one entry named by its file name, a directory
@@ -185,24 +197,47 @@ pub fn collect(paths: &[PathBuf], limits: &Limits) -> Result<Vec<PolicyFile>, Ta
         if meta.is_dir() {
             walk(p, "", &mut files, limits)?;
         } else {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             add_file(p, name, &meta, &mut files, limits)?;
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     if let Some(w) = files.windows(2).find(|w| w[0].path == w[1].path) {
-        return Err(TarballError::DuplicatePath { path: w[0].path.clone() });
+        return Err(TarballError::DuplicatePath {
+            path: w[0].path.clone(),
+        });
     }
     Ok(files)
 }
 
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<PolicyFile>, limits: &Limits) -> Result<(), TarballError> {
-    let mut entries: Vec<_> = fs::read_dir(dir).map_err(io_err(dir))?.collect::<Result<_, _>>().map_err(io_err(dir))?;
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    out: &mut Vec<PolicyFile>,
+    limits: &Limits,
+) -> Result<(), TarballError> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        let name = e.file_name().into_string().map_err(|n| TarballError::BadPath { path: n.to_string_lossy().into(), why: "not UTF-8".into() })?;
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let name = e
+            .file_name()
+            .into_string()
+            .map_err(|n| TarballError::BadPath {
+                path: n.to_string_lossy().into(),
+                why: "not UTF-8".into(),
+            })?;
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
         if meta.is_dir() {
             walk(&path, &rel, out, limits)?;
@@ -213,16 +248,29 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<PolicyFile>, limits: &Limits) ->
     Ok(())
 }
 
-fn add_file(path: &Path, rel: String, meta: &fs::Metadata, out: &mut Vec<PolicyFile>, limits: &Limits) -> Result<(), TarballError> {
+fn add_file(
+    path: &Path,
+    rel: String,
+    meta: &fs::Metadata,
+    out: &mut Vec<PolicyFile>,
+    limits: &Limits,
+) -> Result<(), TarballError> {
     if !meta.is_file() {
-        return Err(TarballError::NotRegular { path: path.display().to_string() });
+        return Err(TarballError::NotRegular {
+            path: path.display().to_string(),
+        });
     }
     check_path(&rel, limits)?;
     if meta.len() > limits.max_file_bytes {
-        return Err(TarballError::FileTooLarge { path: rel, limit: limits.max_file_bytes });
+        return Err(TarballError::FileTooLarge {
+            path: rel,
+            limit: limits.max_file_bytes,
+        });
     }
     if out.len() >= limits.max_files {
-        return Err(TarballError::TooManyFiles { limit: limits.max_files });
+        return Err(TarballError::TooManyFiles {
+            limit: limits.max_files,
+        });
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
     out.push(PolicyFile { path: rel, bytes });
@@ -230,9 +278,16 @@ fn add_file(path: &Path, rel: String, meta: &fs::Metadata, out: &mut Vec<PolicyF
 }
 
 /// Builds the deterministic `.tar.gz`: same files and version, same bytes, on any machine.
-pub fn build(name: &str, version: &str, files: &[PolicyFile], limits: &Limits) -> Result<Built, TarballError> {
+pub fn build(
+    name: &str,
+    version: &str,
+    files: &[PolicyFile],
+    limits: &Limits,
+) -> Result<Built, TarballError> {
     if files.len() > limits.max_files {
-        return Err(TarballError::TooManyFiles { limit: limits.max_files });
+        return Err(TarballError::TooManyFiles {
+            limit: limits.max_files,
+        });
     }
     let mut sorted: Vec<&PolicyFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
@@ -240,35 +295,67 @@ pub fn build(name: &str, version: &str, files: &[PolicyFile], limits: &Limits) -
     for (i, f) in sorted.iter().enumerate() {
         check_path(&f.path, limits)?;
         if i > 0 && sorted[i - 1].path == f.path {
-            return Err(TarballError::DuplicatePath { path: f.path.clone() });
+            return Err(TarballError::DuplicatePath {
+                path: f.path.clone(),
+            });
         }
         if f.bytes.len() as u64 > limits.max_file_bytes {
-            return Err(TarballError::FileTooLarge { path: f.path.clone(), limit: limits.max_file_bytes });
+            return Err(TarballError::FileTooLarge {
+                path: f.path.clone(),
+                limit: limits.max_file_bytes,
+            });
         }
         let d = ArtifactDigest::of(&f.bytes);
-        digests.push(FileDigest { path: f.path.clone(), size: d.size, sha256: d.sha256, blake3: d.blake3 });
+        digests.push(FileDigest {
+            path: f.path.clone(),
+            size: d.size,
+            sha256: d.sha256,
+            blake3: d.blake3,
+        });
     }
     let manifest = Manifest {
         name: name.to_string(),
         version: version.to_string(),
         files: digests
             .iter()
-            .map(|d| ManifestFile { path: d.path.clone(), size: d.size, sha256: hex::encode(d.sha256), blake3: hex::encode(d.blake3) })
+            .map(|d| ManifestFile {
+                path: d.path.clone(),
+                size: d.size,
+                sha256: hex::encode(d.sha256),
+                blake3: hex::encode(d.blake3),
+            })
             .collect(),
     };
-    let mut manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| TarballError::Manifest(e.to_string()))?;
+    let mut manifest_bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| TarballError::Manifest(e.to_string()))?;
     manifest_bytes.push(b'\n');
-    let bytes = write_tar_gz(std::iter::once((MANIFEST, manifest_bytes.as_slice())).chain(sorted.iter().map(|f| (f.path.as_str(), f.bytes.as_slice()))))
-        .map_err(io_err(Path::new("<tarball in memory>")))?;
+    let bytes = write_tar_gz(
+        std::iter::once((MANIFEST, manifest_bytes.as_slice()))
+            .chain(sorted.iter().map(|f| (f.path.as_str(), f.bytes.as_slice()))),
+    )
+    .map_err(io_err(Path::new("<tarball in memory>")))?;
     if bytes.len() as u64 > limits.max_tarball_bytes {
-        return Err(TarballError::TarballTooLarge { size: bytes.len() as u64, limit: limits.max_tarball_bytes });
+        return Err(TarballError::TarballTooLarge {
+            size: bytes.len() as u64,
+            limit: limits.max_tarball_bytes,
+        });
     }
-    Ok(Built { digest: ArtifactDigest::of(&bytes), bytes, files: digests, manifest })
+    Ok(Built {
+        digest: ArtifactDigest::of(&bytes),
+        bytes,
+        files: digests,
+        manifest,
+    })
 }
 
-fn write_tar_gz<'a>(members: impl Iterator<Item = (&'a str, &'a [u8])>) -> std::io::Result<Vec<u8>> {
+fn write_tar_gz<'a>(
+    members: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> std::io::Result<Vec<u8>> {
     // Fixed gzip header: no name, no comment, mtime 0, OS "unknown"; fixed level.
-    let gz = flate2::GzBuilder::new().mtime(0).operating_system(255).write(Vec::new(), flate2::Compression::new(6));
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(Vec::new(), flate2::Compression::new(6));
     let mut tar = tar::Builder::new(gz);
     for (path, bytes) in members {
         let mut h = tar::Header::new_ustar();
@@ -323,50 +410,94 @@ impl std::error::Error for CapExceeded {}
 pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
     let size = bytes.len() as u64;
     if size > limits.max_tarball_bytes {
-        return Err(TarballError::TarballTooLarge { size, limit: limits.max_tarball_bytes });
+        return Err(TarballError::TarballTooLarge {
+            size,
+            limit: limits.max_tarball_bytes,
+        });
     }
     let by_ratio = size.saturating_mul(limits.max_ratio).max(RATIO_FLOOR_BYTES);
     let cap = by_ratio.min(limits.max_unpacked_bytes);
-    let over = || if by_ratio < limits.max_unpacked_bytes { TarballError::Bomb { ratio: limits.max_ratio } } else { TarballError::UnpackedTooLarge { limit: limits.max_unpacked_bytes } };
-    let map = |e: std::io::Error| if e.get_ref().is_some_and(|i| i.is::<CapExceeded>()) { over() } else { TarballError::Malformed(e.to_string()) };
-    let reader = Capped { inner: flate2::read::GzDecoder::new(bytes), left: cap };
+    let over = || {
+        if by_ratio < limits.max_unpacked_bytes {
+            TarballError::Bomb {
+                ratio: limits.max_ratio,
+            }
+        } else {
+            TarballError::UnpackedTooLarge {
+                limit: limits.max_unpacked_bytes,
+            }
+        }
+    };
+    let map = |e: std::io::Error| {
+        if e.get_ref().is_some_and(|i| i.is::<CapExceeded>()) {
+            over()
+        } else {
+            TarballError::Malformed(e.to_string())
+        }
+    };
+    let reader = Capped {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: cap,
+    };
     let mut archive = tar::Archive::new(reader);
     let mut members: Vec<PolicyFile> = Vec::new();
     let mut total = 0u64;
     for entry in archive.entries().map_err(map)? {
         let mut entry = entry.map_err(map)?;
-        let path = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| TarballError::BadPath { path: "<non UTF-8>".into(), why: "not UTF-8".into() })?;
+        let path = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| {
+            TarballError::BadPath {
+                path: "<non UTF-8>".into(),
+                why: "not UTF-8".into(),
+            }
+        })?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             return Err(TarballError::NotRegular { path });
         }
         if members.is_empty() && path != MANIFEST {
-            return Err(TarballError::Manifest(format!("the first member must be {MANIFEST}, found {path:?}")));
+            return Err(TarballError::Manifest(format!(
+                "the first member must be {MANIFEST}, found {path:?}"
+            )));
         }
         if !members.is_empty() {
             check_path(&path, limits)?;
         }
         if members.len() > limits.max_files {
-            return Err(TarballError::TooManyFiles { limit: limits.max_files });
+            return Err(TarballError::TooManyFiles {
+                limit: limits.max_files,
+            });
         }
         let len = entry.header().size().map_err(map)?;
-        let limit = if members.is_empty() { MAX_MANIFEST_BYTES } else { limits.max_file_bytes };
+        let limit = if members.is_empty() {
+            MAX_MANIFEST_BYTES
+        } else {
+            limits.max_file_bytes
+        };
         if len > limit {
             return Err(TarballError::FileTooLarge { path, limit });
         }
         total += len;
         if total > limits.max_unpacked_bytes {
-            return Err(TarballError::UnpackedTooLarge { limit: limits.max_unpacked_bytes });
+            return Err(TarballError::UnpackedTooLarge {
+                limit: limits.max_unpacked_bytes,
+            });
         }
         let mut data = Vec::with_capacity(len as usize);
-        entry.by_ref().take(len).read_to_end(&mut data).map_err(map)?;
+        entry
+            .by_ref()
+            .take(len)
+            .read_to_end(&mut data)
+            .map_err(map)?;
         if data.len() as u64 != len {
             return Err(TarballError::Malformed(format!("{path} is truncated")));
         }
         members.push(PolicyFile { path, bytes: data });
     }
     let mut members = members.into_iter();
-    let manifest_file = members.next().ok_or_else(|| TarballError::Manifest(format!("{MANIFEST} is missing")))?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_file.bytes).map_err(|e| TarballError::Manifest(e.to_string()))?;
+    let manifest_file = members
+        .next()
+        .ok_or_else(|| TarballError::Manifest(format!("{MANIFEST} is missing")))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_file.bytes)
+        .map_err(|e| TarballError::Manifest(e.to_string()))?;
     let files: Vec<PolicyFile> = members.collect();
     check_manifest(&manifest, &files)?;
     Ok(Contents { manifest, files })
@@ -374,15 +505,28 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
 
 fn check_manifest(m: &Manifest, files: &[PolicyFile]) -> Result<(), TarballError> {
     if m.files.len() != files.len() {
-        return Err(TarballError::Manifest(format!("lists {} files but the tarball holds {}", m.files.len(), files.len())));
+        return Err(TarballError::Manifest(format!(
+            "lists {} files but the tarball holds {}",
+            m.files.len(),
+            files.len()
+        )));
     }
     for (i, (mf, f)) in m.files.iter().zip(files).enumerate() {
         if i > 0 && files[i - 1].path >= f.path {
-            return Err(TarballError::DuplicatePath { path: f.path.clone() });
+            return Err(TarballError::DuplicatePath {
+                path: f.path.clone(),
+            });
         }
         let d = ArtifactDigest::of(&f.bytes);
-        if mf.path != f.path || mf.size != d.size || mf.sha256 != hex::encode(d.sha256) || mf.blake3 != hex::encode(d.blake3) {
-            return Err(TarballError::Manifest(format!("{} does not match its manifest entry", f.path)));
+        if mf.path != f.path
+            || mf.size != d.size
+            || mf.sha256 != hex::encode(d.sha256)
+            || mf.blake3 != hex::encode(d.blake3)
+        {
+            return Err(TarballError::Manifest(format!(
+                "{} does not match its manifest entry",
+                f.path
+            )));
         }
     }
     Ok(())
@@ -400,7 +544,11 @@ pub fn unpack(bytes: &[u8], dir: &Path, limits: &Limits) -> Result<Manifest, Tar
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        let mut out = fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         out.write_all(&f.bytes).map_err(io_err(&path))?;
         out.sync_all().map_err(io_err(&path))?;
     }

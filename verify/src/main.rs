@@ -9,7 +9,12 @@ use clap::Parser;
 /// authorization rule, the signed head (so truncation is caught) and, when the export carries
 /// artifacts, their hashes, contents and OpenPGP signatures. Prints the derived state.
 #[derive(Parser)]
-#[command(name = "pd-verify", version, about, after_help = "Exit codes:\n  0  every check holds\n  1  a check failed (the first bad entry is named)\n  2  the file cannot be read or the arguments are wrong")]
+#[command(
+    name = "pd-verify",
+    version,
+    about,
+    after_help = "Exit codes:\n  0  every check holds\n  1  a check failed (the first bad entry is named)\n  2  the file cannot be read or the arguments are wrong"
+)]
 struct Args {
     /// The export file written by `pd ledger export`.
     export: PathBuf,
@@ -35,7 +40,10 @@ fn main() -> ExitCode {
                     pd_verify::VerifyError::Entry(r) => (Some(r.seq), r.kind.to_string()),
                     other => (None, other.to_string()),
                 };
-                println!("{}", serde_json::json!({ "ok": false, "error": { "seq": seq, "message": message } }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": { "seq": seq, "message": message } })
+                );
             }
             eprintln!("✘ {e}");
             ExitCode::from(e.exit_code())

@@ -24,36 +24,117 @@ fn ledger() -> Export {
         t += 1;
         l.sign_append(who, k, t, body).unwrap();
     };
-    add(&mut l, "admin", &admin, Body::Genesis(Genesis {
-        ledger_id: Hash([7; 32]),
-        envs: vec!["dev".into(), "prod".into()],
-        approvals_required: 1,
-        keys: vec![decl("admin", &admin, vec![Role::Admin, Role::Author, Role::Deployer], None)],
-    }));
-    add(&mut l, "admin", &admin, Body::KeyAdd(decl("carol", &carol, vec![Role::Approver], None)));
-    add(&mut l, "admin", &admin, Body::KeyAdd(decl("dev-1", &dev1, vec![Role::Target], Some("dev"))));
+    add(
+        &mut l,
+        "admin",
+        &admin,
+        Body::Genesis(Genesis {
+            ledger_id: Hash([7; 32]),
+            envs: vec!["dev".into(), "prod".into()],
+            approvals_required: 1,
+            keys: vec![decl(
+                "admin",
+                &admin,
+                vec![Role::Admin, Role::Author, Role::Deployer],
+                None,
+            )],
+        }),
+    );
+    add(
+        &mut l,
+        "admin",
+        &admin,
+        Body::KeyAdd(decl("carol", &carol, vec![Role::Approver], None)),
+    );
+    add(
+        &mut l,
+        "admin",
+        &admin,
+        Body::KeyAdd(decl("dev-1", &dev1, vec![Role::Target], Some("dev"))),
+    );
     let mut versions = Vec::new();
     for i in 1..=2u32 {
         let v = Version::new(1, i, 0);
         let h = Hash([i as u8; 32]);
         versions.push((v, h));
-        add(&mut l, "admin", &admin, Body::Package(Package {
-            version: v,
-            name: "p".into(),
-            files: vec![FileDigest { path: "p.yaml".into(), size: 3, sha256: h, blake3: h }],
-            tarball: Artifact { blake3: h, sha256: h, size: 9 },
-            openpgp_sig: "SIG".into(),
-            reason: "r".into(),
-        }));
-        add(&mut l, "carol", &carol, Body::Approve(Approve { version: v, package: h, reason: "ok".into() }));
-        add(&mut l, "admin", &admin, Body::Push(Push { env: "dev".into(), version: v, package: h, reason: "go".into() }));
-        add(&mut l, "dev-1", &dev1, Body::Ack(Ack { env: "dev".into(), version: v, package: h, outcome: Outcome::Loaded }));
+        add(
+            &mut l,
+            "admin",
+            &admin,
+            Body::Package(Package {
+                version: v,
+                name: "p".into(),
+                files: vec![FileDigest {
+                    path: "p.yaml".into(),
+                    size: 3,
+                    sha256: h,
+                    blake3: h,
+                }],
+                tarball: Artifact {
+                    blake3: h,
+                    sha256: h,
+                    size: 9,
+                },
+                openpgp_sig: "SIG".into(),
+                reason: "r".into(),
+            }),
+        );
+        add(
+            &mut l,
+            "carol",
+            &carol,
+            Body::Approve(Approve {
+                version: v,
+                package: h,
+                reason: "ok".into(),
+            }),
+        );
+        add(
+            &mut l,
+            "admin",
+            &admin,
+            Body::Push(Push {
+                env: "dev".into(),
+                version: v,
+                package: h,
+                reason: "go".into(),
+            }),
+        );
+        add(
+            &mut l,
+            "dev-1",
+            &dev1,
+            Body::Ack(Ack {
+                env: "dev".into(),
+                version: v,
+                package: h,
+                outcome: Outcome::Loaded,
+            }),
+        );
     }
     let (v, h) = versions[0];
-    add(&mut l, "admin", &admin, Body::Rollback(Rollback { env: "dev".into(), version: v, package: h, reason: "back".into() }));
-    let entries = l.entries(0).map(|e| serde_bytes::ByteBuf::from(e.unwrap().bytes)).collect();
+    add(
+        &mut l,
+        "admin",
+        &admin,
+        Body::Rollback(Rollback {
+            env: "dev".into(),
+            version: v,
+            package: h,
+            reason: "back".into(),
+        }),
+    );
+    let entries = l
+        .entries(0)
+        .map(|e| serde_bytes::ByteBuf::from(e.unwrap().bytes))
+        .collect();
     let head = Head::sign(l.state(), "admin", 99_999, &admin);
-    Export { format: FORMAT.into(), entries, artifacts: vec![], head }
+    Export {
+        format: FORMAT.into(),
+        entries,
+        artifacts: vec![],
+        head,
+    }
 }
 
 #[test]
@@ -61,7 +142,10 @@ fn the_untouched_export_verifies() {
     let bytes = ledger().encode();
     let report = pd_verify::verify_bytes(&bytes).unwrap();
     assert_eq!(report.state.len, 12);
-    assert_eq!(report.state.env["dev"].desired.as_ref().unwrap().version, Version::new(1, 1, 0));
+    assert_eq!(
+        report.state.env["dev"].desired.as_ref().unwrap().version,
+        Version::new(1, 1, 0)
+    );
 }
 
 proptest! {
@@ -99,7 +183,10 @@ fn dropping_the_last_entries_is_caught_by_the_signed_head() {
     let mut export = ledger();
     export.entries.pop();
     match pd_verify::verify_bytes(&export.encode()) {
-        Err(pd_verify::VerifyError::Head(m)) => assert!(m.contains("covers 12 entries but the export holds 11"), "{m}"),
+        Err(pd_verify::VerifyError::Head(m)) => assert!(
+            m.contains("covers 12 entries but the export holds 11"),
+            "{m}"
+        ),
         other => panic!("expected a head error, got {other:?}"),
     }
 }
@@ -110,12 +197,22 @@ fn a_forged_entry_is_named() {
     let mallory = SecretKey::from_seed([66; 32]);
     // Re-sign entry 5 (carol's approval) with another key, keeping the chain intact up to it.
     let old = SignedEntry::decode(&export.entries[5]).unwrap().entry;
-    let forged = Entry::sign(old.seq, old.prev, old.time_ms, &old.actor, old.body.clone(), &mallory);
+    let forged = Entry::sign(
+        old.seq,
+        old.prev,
+        old.time_ms,
+        &old.actor,
+        old.body.clone(),
+        &mallory,
+    );
     export.entries[5] = serde_bytes::ByteBuf::from(forged.bytes);
     match pd_verify::verify_bytes(&export.encode()) {
         Err(pd_verify::VerifyError::Entry(e)) => {
             assert_eq!(e.seq, 5);
-            assert!(matches!(e.kind, replay::ReplayErrorKind::BadSignature { .. }), "{e}");
+            assert!(
+                matches!(e.kind, replay::ReplayErrorKind::BadSignature { .. }),
+                "{e}"
+            );
         }
         other => panic!("expected entry 5 to be named, got {other:?}"),
     }

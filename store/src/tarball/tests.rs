@@ -3,8 +3,14 @@ use proptest::prelude::*;
 
 fn files() -> Vec<PolicyFile> {
     vec![
-        PolicyFile { path: "llm_policy.yaml".into(), bytes: b"models: {}\n".to_vec() },
-        PolicyFile { path: "extra/roles.yaml".into(), bytes: b"roles: []\n".to_vec() },
+        PolicyFile {
+            path: "llm_policy.yaml".into(),
+            bytes: b"models: {}\n".to_vec(),
+        },
+        PolicyFile {
+            path: "extra/roles.yaml".into(),
+            bytes: b"roles: []\n".to_vec(),
+        },
     ]
 }
 
@@ -31,7 +37,12 @@ fn manifest_for(files: &[(&str, &[u8])]) -> Vec<u8> {
             .iter()
             .map(|(p, b)| {
                 let d = ArtifactDigest::of(b);
-                ManifestFile { path: p.to_string(), size: d.size, sha256: hex::encode(d.sha256), blake3: hex::encode(d.blake3) }
+                ManifestFile {
+                    path: p.to_string(),
+                    size: d.size,
+                    sha256: hex::encode(d.sha256),
+                    blake3: hex::encode(d.blake3),
+                }
             })
             .collect(),
     };
@@ -70,13 +81,31 @@ proptest! {
 fn links_absolute_paths_and_dotdot_are_refused() {
     let l = Limits::default();
     let m = manifest_for(&[]);
-    let link = raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"evil", tar::EntryType::Symlink, b"")]);
-    assert!(matches!(read(&link, &l), Err(TarballError::NotRegular { .. })));
-    let dev = raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"dev", tar::EntryType::Char, b"")]);
-    assert!(matches!(read(&dev, &l), Err(TarballError::NotRegular { .. })));
-    let abs = raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"/etc/passwd", tar::EntryType::Regular, b"x")]);
+    let link = raw_tar(&[
+        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
+        (b"evil", tar::EntryType::Symlink, b""),
+    ]);
+    assert!(matches!(
+        read(&link, &l),
+        Err(TarballError::NotRegular { .. })
+    ));
+    let dev = raw_tar(&[
+        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
+        (b"dev", tar::EntryType::Char, b""),
+    ]);
+    assert!(matches!(
+        read(&dev, &l),
+        Err(TarballError::NotRegular { .. })
+    ));
+    let abs = raw_tar(&[
+        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
+        (b"/etc/passwd", tar::EntryType::Regular, b"x"),
+    ]);
     assert!(matches!(read(&abs, &l), Err(TarballError::BadPath { .. })));
-    let up = raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"a/../../x", tar::EntryType::Regular, b"x")]);
+    let up = raw_tar(&[
+        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
+        (b"a/../../x", tar::EntryType::Regular, b"x"),
+    ]);
     assert!(matches!(read(&up, &l), Err(TarballError::BadPath { .. })));
     let first = raw_tar(&[(b"a.yaml", tar::EntryType::Regular, b"x")]);
     assert!(matches!(read(&first, &l), Err(TarballError::Manifest(_))));
@@ -86,20 +115,36 @@ fn links_absolute_paths_and_dotdot_are_refused() {
 fn manifest_must_match_the_files() {
     let l = Limits::default();
     let m = manifest_for(&[("a.yaml", b"one")]);
-    let lying = raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"a.yaml", tar::EntryType::Regular, b"two")]);
+    let lying = raw_tar(&[
+        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
+        (b"a.yaml", tar::EntryType::Regular, b"two"),
+    ]);
     assert!(matches!(read(&lying, &l), Err(TarballError::Manifest(_))));
-    let extra = raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"a.yaml", tar::EntryType::Regular, b"one"), (b"b.yaml", tar::EntryType::Regular, b"x")]);
+    let extra = raw_tar(&[
+        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
+        (b"a.yaml", tar::EntryType::Regular, b"one"),
+        (b"b.yaml", tar::EntryType::Regular, b"x"),
+    ]);
     assert!(matches!(read(&extra, &l), Err(TarballError::Manifest(_))));
-    assert!(matches!(read(b"not gzip at all", &l), Err(TarballError::Malformed(_))));
+    assert!(matches!(
+        read(b"not gzip at all", &l),
+        Err(TarballError::Malformed(_))
+    ));
 }
 
 #[test]
 fn a_gzip_bomb_is_stopped() {
     let zeros = vec![0u8; 50 << 20];
     let m = manifest_for(&[("z.yaml", &zeros)]);
-    let bomb = raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"z.yaml", tar::EntryType::Regular, &zeros)]);
+    let bomb = raw_tar(&[
+        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
+        (b"z.yaml", tar::EntryType::Regular, &zeros),
+    ]);
     assert!(bomb.len() < 200_000, "compressed to {}", bomb.len());
-    assert!(matches!(read(&bomb, &Limits::default()), Err(TarballError::Bomb { .. })));
+    assert!(matches!(
+        read(&bomb, &Limits::default()),
+        Err(TarballError::Bomb { .. })
+    ));
 }
 
 #[test]
@@ -110,17 +155,47 @@ fn every_limit_is_enforced() {
         f(&mut l);
         l
     };
-    assert!(matches!(build("p", "v", &files(), &tiny(|l| l.max_files = 1)), Err(TarballError::TooManyFiles { .. })));
-    assert!(matches!(read(&built.bytes, &tiny(|l| l.max_files = 1)), Err(TarballError::TooManyFiles { .. })));
-    assert!(matches!(build("p", "v", &files(), &tiny(|l| l.max_file_bytes = 5)), Err(TarballError::FileTooLarge { .. })));
-    assert!(matches!(read(&built.bytes, &tiny(|l| l.max_file_bytes = 5)), Err(TarballError::FileTooLarge { .. })));
-    assert!(matches!(build("p", "v", &files(), &tiny(|l| l.max_tarball_bytes = 10)), Err(TarballError::TarballTooLarge { .. })));
-    assert!(matches!(read(&built.bytes, &tiny(|l| l.max_tarball_bytes = 10)), Err(TarballError::TarballTooLarge { .. })));
-    assert!(matches!(read(&built.bytes, &tiny(|l| l.max_unpacked_bytes = 600)), Err(TarballError::UnpackedTooLarge { .. })));
-    assert!(matches!(build("p", "v", &files(), &tiny(|l| l.max_path_bytes = 8)), Err(TarballError::BadPath { .. })));
-    let big = vec![PolicyFile { path: "z.yaml".into(), bytes: vec![0; 3 << 20] }];
+    assert!(matches!(
+        build("p", "v", &files(), &tiny(|l| l.max_files = 1)),
+        Err(TarballError::TooManyFiles { .. })
+    ));
+    assert!(matches!(
+        read(&built.bytes, &tiny(|l| l.max_files = 1)),
+        Err(TarballError::TooManyFiles { .. })
+    ));
+    assert!(matches!(
+        build("p", "v", &files(), &tiny(|l| l.max_file_bytes = 5)),
+        Err(TarballError::FileTooLarge { .. })
+    ));
+    assert!(matches!(
+        read(&built.bytes, &tiny(|l| l.max_file_bytes = 5)),
+        Err(TarballError::FileTooLarge { .. })
+    ));
+    assert!(matches!(
+        build("p", "v", &files(), &tiny(|l| l.max_tarball_bytes = 10)),
+        Err(TarballError::TarballTooLarge { .. })
+    ));
+    assert!(matches!(
+        read(&built.bytes, &tiny(|l| l.max_tarball_bytes = 10)),
+        Err(TarballError::TarballTooLarge { .. })
+    ));
+    assert!(matches!(
+        read(&built.bytes, &tiny(|l| l.max_unpacked_bytes = 600)),
+        Err(TarballError::UnpackedTooLarge { .. })
+    ));
+    assert!(matches!(
+        build("p", "v", &files(), &tiny(|l| l.max_path_bytes = 8)),
+        Err(TarballError::BadPath { .. })
+    ));
+    let big = vec![PolicyFile {
+        path: "z.yaml".into(),
+        bytes: vec![0; 3 << 20],
+    }];
     let bomb = build("p", "v", &big, &Limits::default()).unwrap();
-    assert!(matches!(read(&bomb.bytes, &tiny(|l| l.max_ratio = 2)), Err(TarballError::Bomb { ratio: 2 })));
+    assert!(matches!(
+        read(&bomb.bytes, &tiny(|l| l.max_ratio = 2)),
+        Err(TarballError::Bomb { ratio: 2 })
+    ));
 }
 
 #[test]
@@ -132,14 +207,23 @@ fn collect_names_files_walks_dirs_and_refuses_links() {
     fs::write(gov.join("sub/b.yaml"), "b").unwrap();
     let one = collect(&[gov.join("llm_policy.yaml")], &Limits::default()).unwrap();
     assert_eq!(one[0].path, "llm_policy.yaml");
-    let all = collect(&[gov.clone()], &Limits::default()).unwrap();
+    let all = collect(std::slice::from_ref(&gov), &Limits::default()).unwrap();
     let paths: Vec<_> = all.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["llm_policy.yaml", "sub/b.yaml"]);
-    assert!(matches!(collect(&[gov.join("llm_policy.yaml"), gov.clone()], &Limits::default()), Err(TarballError::DuplicatePath { .. })));
+    assert!(matches!(
+        collect(
+            &[gov.join("llm_policy.yaml"), gov.clone()],
+            &Limits::default()
+        ),
+        Err(TarballError::DuplicatePath { .. })
+    ));
     #[cfg(unix)]
     {
         std::os::unix::fs::symlink("/etc/passwd", gov.join("link.yaml")).unwrap();
-        assert!(matches!(collect(&[gov], &Limits::default()), Err(TarballError::NotRegular { .. })));
+        assert!(matches!(
+            collect(&[gov], &Limits::default()),
+            Err(TarballError::NotRegular { .. })
+        ));
     }
 }
 
@@ -150,6 +234,12 @@ fn unpack_writes_files_into_a_new_dir_only() {
     let out = dir.path().join("v1");
     let m = unpack(&built.bytes, &out, &Limits::default()).unwrap();
     assert_eq!(m.version, "PD-1.0.0");
-    assert_eq!(fs::read(out.join("extra/roles.yaml")).unwrap(), b"roles: []\n");
-    assert!(matches!(unpack(&built.bytes, &out, &Limits::default()), Err(TarballError::DirNotEmpty(_))));
+    assert_eq!(
+        fs::read(out.join("extra/roles.yaml")).unwrap(),
+        b"roles: []\n"
+    );
+    assert!(matches!(
+        unpack(&built.bytes, &out, &Limits::default()),
+        Err(TarballError::DirNotEmpty(_))
+    ));
 }
