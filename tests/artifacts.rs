@@ -22,30 +22,13 @@ fn two_fresh_homes_build_byte_identical_tarballs() {
         let f = w.write(&format!("{dir}/llm_policy.yaml"), POLICY);
         w.ok(
             "",
-            &[
-                "ledger",
-                "package",
-                f.to_str().unwrap(),
-                "--version",
-                "23.1.0",
-                "--reason",
-                "same input",
-            ],
+            &["ledger", "package", f.to_str().unwrap(), "--version", "23.1.0", "--reason", "same input"],
         );
         let out = w.path("pkg.tgz");
-        w.ok(
-            "",
-            &["store", "get", "PD-23.1.0", "-o", out.to_str().unwrap()],
-        );
-        tarballs.push((
-            package_json(&w, "PD-23.1.0")["tarball"].clone(),
-            std::fs::read(out).unwrap(),
-        ));
+        w.ok("", &["store", "get", "PD-23.1.0", "-o", out.to_str().unwrap()]);
+        tarballs.push((package_json(&w, "PD-23.1.0")["tarball"].clone(), std::fs::read(out).unwrap()));
     }
-    assert_eq!(
-        tarballs[0].0, tarballs[1].0,
-        "same BLAKE3, SHA-256 and size"
-    );
+    assert_eq!(tarballs[0].0, tarballs[1].0, "same BLAKE3, SHA-256 and size");
     assert_eq!(tarballs[0].1, tarballs[1].1, "byte-identical tarballs");
 }
 
@@ -58,55 +41,24 @@ fn gpg_verifies_a_pd_package_signature() {
     let w = World::new();
     w.ok("", &["init"]);
     let f = w.write("llm_policy.yaml", POLICY);
-    w.ok(
-        "",
-        &["ledger", "package", f.to_str().unwrap(), "--reason", "r"],
-    );
-    let cert = w.write(
-        "admin.asc",
-        &w.ok("", &["key", "export", "admin", "--openpgp"]),
-    );
-    let sig = w.write(
-        "pkg.tgz.asc",
-        package_json(&w, "PD-0.1.0")["openpgp_sig"]
-            .as_str()
-            .unwrap(),
-    );
+    w.ok("", &["ledger", "package", f.to_str().unwrap(), "--reason", "r"]);
+    let cert = w.write("admin.asc", &w.ok("", &["key", "export", "admin", "--openpgp"]));
+    let sig = w.write("pkg.tgz.asc", package_json(&w, "PD-0.1.0")["openpgp_sig"].as_str().unwrap());
     let tgz = w.path("pkg.tgz");
-    w.ok(
-        "",
-        &["store", "get", "PD-0.1.0", "-o", tgz.to_str().unwrap()],
-    );
+    w.ok("", &["store", "get", "PD-0.1.0", "-o", tgz.to_str().unwrap()]);
     let gnupg = w.path("gnupg");
     std::fs::create_dir(&gnupg).unwrap();
     let gpg = |args: &[&std::path::Path]| {
-        Command::new("gpg")
-            .arg("--batch")
-            .arg("--homedir")
-            .arg(&gnupg)
-            .args(args)
-            .output()
-            .unwrap()
+        Command::new("gpg").arg("--batch").arg("--homedir").arg(&gnupg).args(args).output().unwrap()
     };
     let out = gpg(&["--import".as_ref(), &cert]);
     assert!(out.status.success(), "{}", text(&out));
     let out = gpg(&["--verify".as_ref(), &sig, &tgz]);
-    assert!(
-        out.status.success(),
-        "gpg --verify rejected pd's signature: {}",
-        text(&out)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Good signature"),
-        "{}",
-        text(&out)
-    );
+    assert!(out.status.success(), "gpg --verify rejected pd's signature: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Good signature"), "{}", text(&out));
 
     let mut bytes = std::fs::read(&tgz).unwrap();
     bytes[20] ^= 1;
     std::fs::write(&tgz, bytes).unwrap();
-    assert!(
-        !gpg(&["--verify".as_ref(), &sig, &tgz]).status.success(),
-        "a changed tarball must fail"
-    );
+    assert!(!gpg(&["--verify".as_ref(), &sig, &tgz]).status.success(), "a changed tarball must fail");
 }

@@ -8,10 +8,7 @@ use std::process::{Command, Output};
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -92,11 +89,7 @@ impl World {
         let before = self.snapshot();
         let out = self.pd(actor, args).output().expect("run pd");
         assert_eq!(out.status.code(), Some(code), "pd {args:?}: {}", text(&out));
-        assert_eq!(
-            self.snapshot(),
-            before,
-            "pd {args:?} was refused but changed the home"
-        );
+        assert_eq!(self.snapshot(), before, "pd {args:?} was refused but changed the home");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -107,18 +100,12 @@ impl World {
 
     /// The ledger as JSON plus every file under the home with its size.
     pub fn snapshot(&self) -> Snapshot {
-        let out = self
-            .pd("", &["ledger", "log", "--json"])
-            .output()
-            .expect("run pd");
+        let out = self.pd("", &["ledger", "log", "--json"]).output().expect("run pd");
         let mut files = Vec::new();
         walk(&self.home, &self.home, &mut files);
         files.retain(|(p, _)| !p.starts_with("ledger/"));
         files.sort();
-        Snapshot {
-            log: String::from_utf8_lossy(&out.stdout).into_owned(),
-            files,
-        }
+        Snapshot { log: String::from_utf8_lossy(&out.stdout).into_owned(), files }
     }
 
     /// `pd ledger log --json`, parsed.
@@ -133,10 +120,7 @@ impl World {
 
     /// Runs `pd-verify ARGS…`.
     pub fn verify(&self, args: &[&str]) -> Output {
-        Command::new(bin("pd-verify"))
-            .args(args)
-            .output()
-            .expect("run pd-verify")
+        Command::new(bin("pd-verify")).args(args).output().expect("run pd-verify")
     }
 
     /// init, an approver `carol` and one target per environment (`dev-1`, `staging-1`, `prod-1`).
@@ -145,18 +129,7 @@ impl World {
         w.ok("", &["init"]);
         w.ok("", &["key", "new", "carol", "--role", "approver"]);
         for env in ["dev", "staging", "prod"] {
-            w.ok(
-                "",
-                &[
-                    "key",
-                    "new",
-                    &format!("{env}-1"),
-                    "--role",
-                    "target",
-                    "--env",
-                    env,
-                ],
-            );
+            w.ok("", &["key", "new", &format!("{env}-1"), "--role", "target", "--env", env]);
         }
         w
     }
@@ -171,11 +144,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
         if p.is_dir() {
             walk(root, &p, out);
         } else {
-            let rel = p
-                .strip_prefix(root)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .into_owned();
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().into_owned();
             out.push((rel, e.metadata().map(|m| m.len()).unwrap_or(0)));
         }
     }

@@ -7,12 +7,7 @@ const POLICY: &str = "models:\n  claude:\n    allowed_roles: [nsf_research_staff
 fn version_of(log: &[serde_json::Value], kind: &str) -> Vec<String> {
     log.iter()
         .filter(|e| e["kind"] == kind)
-        .map(|e| {
-            e["body"][kind]["version"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
+        .map(|e| e["body"][kind]["version"].as_str().unwrap_or_default().to_string())
         .collect()
 }
 
@@ -22,72 +17,22 @@ fn init_keys_package_approve_deploy_ack_promote_rollback_export_verify() {
     let policy = w.write("governance/llm_policy.yaml", POLICY);
     let p = policy.to_str().unwrap();
 
-    let out = w.ok(
-        "",
-        &[
-            "ledger",
-            "package",
-            p,
-            "--version",
-            "23.0.0",
-            "--reason",
-            "baseline",
-        ],
-    );
+    let out = w.ok("", &["ledger", "package", p, "--version", "23.0.0", "--reason", "baseline"]);
     assert!(out.contains("✔ packaged as PD-23.0.0"), "{out}");
     assert!(out.contains("✔ signature valid (OpenPGP "), "{out}");
-    w.ok(
-        "carol",
-        &["ledger", "approve", "PD-23.0.0", "--reason", "reviewed"],
-    );
-    for (env, target) in [
-        ("dev", "dev-1"),
-        ("staging", "staging-1"),
-        ("prod", "prod-1"),
-    ] {
-        let out = w.ok(
-            "",
-            &["ledger", "deploy", p, "--reason", "baseline", "--no-wait"],
-        );
+    w.ok("carol", &["ledger", "approve", "PD-23.0.0", "--reason", "reviewed"]);
+    for (env, target) in [("dev", "dev-1"), ("staging", "staging-1"), ("prod", "prod-1")] {
+        let out = w.ok("", &["ledger", "deploy", p, "--reason", "baseline", "--no-wait"]);
         assert!(out.contains(&format!("PD-23.0.0 pushed to {env}")), "{out}");
         w.ok(target, &["ledger", "ack", "PD-23.0.0"]);
     }
 
-    std::fs::write(
-        &policy,
-        format!("{POLICY}  openai:\n    daily_budget_usd: 50\n"),
-    )
-    .unwrap();
-    let out = w.ok(
-        "",
-        &[
-            "ledger",
-            "package",
-            p,
-            "--reason",
-            "Enable OpenAI GPT for nsf_research_staff",
-        ],
-    );
-    assert!(
-        out.contains("✔ packaged as PD-23.1.0"),
-        "default bump is minor: {out}"
-    );
-    w.ok(
-        "carol",
-        &["ledger", "approve", "PD-23.1.0", "--reason", "HITL"],
-    );
+    std::fs::write(&policy, format!("{POLICY}  openai:\n    daily_budget_usd: 50\n")).unwrap();
+    let out = w.ok("", &["ledger", "package", p, "--reason", "Enable OpenAI GPT for nsf_research_staff"]);
+    assert!(out.contains("✔ packaged as PD-23.1.0"), "default bump is minor: {out}");
+    w.ok("carol", &["ledger", "approve", "PD-23.1.0", "--reason", "HITL"]);
     // With a waiting deploy the acks come from another process: run it after the ack exists.
-    w.ok(
-        "",
-        &[
-            "ledger",
-            "deploy",
-            "PD-23.1.0",
-            "--reason",
-            "go",
-            "--no-wait",
-        ],
-    );
+    w.ok("", &["ledger", "deploy", "PD-23.1.0", "--reason", "go", "--no-wait"]);
     w.ok("dev-1", &["ledger", "ack", "PD-23.1.0"]);
     let out = w.ok("", &["ledger", "deploy", p, "--reason", "go", "--no-wait"]);
     assert!(out.contains("pushed to staging"), "{out}");
@@ -100,14 +45,8 @@ fn init_keys_package_approve_deploy_ack_promote_rollback_export_verify() {
     assert_eq!(state["envs"][2]["desired"], "PD-23.1.0");
     assert_eq!(state["envs"][2]["laggards"], serde_json::json!([]));
 
-    let out = w.ok(
-        "",
-        &["ledger", "rollback", "prod", "--reason", "error spike"],
-    );
-    assert!(
-        out.contains("prod rolled back to PD-23.0.0 (was PD-23.1.0)"),
-        "{out}"
-    );
+    let out = w.ok("", &["ledger", "rollback", "prod", "--reason", "error spike"]);
+    assert!(out.contains("prod rolled back to PD-23.0.0 (was PD-23.1.0)"), "{out}");
     let state = w.state();
     assert_eq!(state["envs"][2]["desired"], "PD-23.0.0");
     assert_eq!(state["envs"][2]["via"], "rollback");
@@ -137,25 +76,12 @@ fn init_keys_package_approve_deploy_ack_promote_rollback_export_verify() {
     );
 
     let tgz = w.path("out.tgz");
-    w.ok(
-        "",
-        &["store", "get", "PD-23.1.0", "-o", tgz.to_str().unwrap()],
-    );
-    let sha = show["body"]["package"]["tarball"]["sha256"]
-        .as_str()
-        .unwrap();
+    w.ok("", &["store", "get", "PD-23.1.0", "-o", tgz.to_str().unwrap()]);
+    let sha = show["body"]["package"]["tarball"]["sha256"].as_str().unwrap();
     assert_eq!(sha256_hex(&std::fs::read(&tgz).unwrap()), sha);
 
     let export = w.path("audit.pdx");
-    w.ok(
-        "",
-        &[
-            "ledger",
-            "export",
-            export.to_str().unwrap(),
-            "--with-artifacts",
-        ],
-    );
+    w.ok("", &["ledger", "export", export.to_str().unwrap(), "--with-artifacts"]);
     let out = w.verify(&[export.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let out = w.verify(&["--json", export.to_str().unwrap()]);
@@ -177,11 +103,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
             c.wait_with_output()
         })
         .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
 
 #[test]
@@ -194,79 +116,29 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
     let err = w.refused("", &["ledger", "deploy", p, "--reason", "x", "--no-wait"]);
     assert!(err.contains("pd ledger package"), "{err}");
     // Malformed input: a missing file, an empty reason, a bad version.
-    w.refused_with(
-        2,
-        "",
-        &["ledger", "package", "missing.yaml", "--reason", "x"],
-    );
+    w.refused_with(2, "", &["ledger", "package", "missing.yaml", "--reason", "x"]);
     let err = w.refused("", &["ledger", "package", p, "--reason", " "]);
     assert!(err.contains("reason"), "{err}");
     w.refused_with(2, "", &["ledger", "approve", "PD-1.x", "--reason", "x"]);
 
     w.ok("", &["ledger", "package", p, "--reason", "first"]);
-    let err = w.refused(
-        "",
-        &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"],
-    );
+    let err = w.refused("", &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"]);
     assert!(err.contains("0 of 1 required approvals"), "{err}");
     // The admin is the author: it lacks the approver role, and an author-approver may not self-approve.
     let err = w.refused("", &["ledger", "approve", "PD-0.1.0", "--reason", "x"]);
     assert!(err.contains("lacks the approver role"), "{err}");
-    w.ok(
-        "",
-        &[
-            "key", "new", "dana", "--role", "author", "--role", "approver",
-        ],
-    );
+    w.ok("", &["key", "new", "dana", "--role", "author", "--role", "approver"]);
     let p2 = w.write("other.yaml", "x: 1\n");
-    w.ok(
-        "dana",
-        &[
-            "ledger",
-            "package",
-            p2.to_str().unwrap(),
-            "--reason",
-            "mine",
-        ],
-    );
-    let err = w.refused(
-        "dana",
-        &["ledger", "approve", "PD-0.2.0", "--reason", "self"],
-    );
-    assert!(
-        err.contains("authored PD-0.2.0 and cannot approve it"),
-        "{err}"
-    );
+    w.ok("dana", &["ledger", "package", p2.to_str().unwrap(), "--reason", "mine"]);
+    let err = w.refused("dana", &["ledger", "approve", "PD-0.2.0", "--reason", "self"]);
+    assert!(err.contains("authored PD-0.2.0 and cannot approve it"), "{err}");
 
-    w.ok(
-        "carol",
-        &["ledger", "approve", "PD-0.1.0", "--reason", "ok"],
-    );
-    let err = w.refused(
-        "",
-        &[
-            "ledger",
-            "deploy",
-            "PD-0.1.0",
-            "--env",
-            "staging",
-            "--reason",
-            "skip",
-            "--no-wait",
-        ],
-    );
-    assert!(
-        err.contains("cannot go to staging before it is fully adopted in dev"),
-        "{err}"
-    );
-    w.ok(
-        "",
-        &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"],
-    );
-    let err = w.refused(
-        "",
-        &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"],
-    );
+    w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
+    let err =
+        w.refused("", &["ledger", "deploy", "PD-0.1.0", "--env", "staging", "--reason", "skip", "--no-wait"]);
+    assert!(err.contains("cannot go to staging before it is fully adopted in dev"), "{err}");
+    w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"]);
+    let err = w.refused("", &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"]);
     assert!(err.contains("waiting for dev-1"), "{err}");
     let err = w.refused("staging-1", &["ledger", "ack", "PD-0.1.0"]);
     assert!(err.contains("ack refused"), "{err}");
@@ -275,11 +147,7 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
     w.ok("", &["key", "revoke", "carol", "--reason", "left the team"]);
     let err = w.refused("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "x"]);
     assert!(err.contains("was revoked"), "{err}");
-    let err = w.refused_with(
-        2,
-        "nobody",
-        &["ledger", "approve", "PD-0.2.0", "--reason", "x"],
-    );
+    let err = w.refused_with(2, "nobody", &["ledger", "approve", "PD-0.2.0", "--reason", "x"]);
     assert!(err.contains("no secret key \"nobody\""), "{err}");
     w.refused("", &["key", "revoke", "admin", "--reason", "oops"]);
 
@@ -303,6 +171,12 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
     w.refused("", &["store", "get", &hash, "-o", out.to_str().unwrap()]);
     assert!(!out.exists());
 
+    // Secret keys are readable by their owner only.
+    use std::os::unix::fs::PermissionsExt;
+    for f in std::fs::read_dir(w.home.join("keys")).unwrap().flatten() {
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{}", f.path().display());
+    }
+
     // init never overwrites.
     w.refused("", &["init"]);
 }
@@ -311,12 +185,7 @@ fn find_object(dir: &std::path::Path) -> std::path::PathBuf {
     let mut found = Vec::new();
     for d in std::fs::read_dir(dir).unwrap().flatten() {
         if d.path().is_dir() {
-            found.extend(
-                std::fs::read_dir(d.path())
-                    .unwrap()
-                    .flatten()
-                    .map(|f| f.path()),
-            );
+            found.extend(std::fs::read_dir(d.path()).unwrap().flatten().map(|f| f.path()));
         }
     }
     found.sort();
@@ -327,80 +196,27 @@ fn find_object(dir: &std::path::Path) -> std::path::PathBuf {
 fn a_waiting_deploy_returns_when_the_targets_ack() {
     let w = World::standard();
     let policy = w.write("llm_policy.yaml", POLICY);
-    w.ok(
-        "",
-        &[
-            "ledger",
-            "package",
-            policy.to_str().unwrap(),
-            "--reason",
-            "r",
-        ],
-    );
-    w.ok(
-        "carol",
-        &["ledger", "approve", "PD-0.1.0", "--reason", "ok"],
-    );
-    let deploy = w
-        .pd(
-            "",
-            &[
-                "ledger",
-                "deploy",
-                "PD-0.1.0",
-                "--reason",
-                "go",
-                "--timeout",
-                "60s",
-            ],
-        )
+    w.ok("", &["ledger", "package", policy.to_str().unwrap(), "--reason", "r"]);
+    w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
+    let mut deploy = w
+        .pd("", &["ledger", "deploy", "PD-0.1.0", "--reason", "go", "--timeout", "60s"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The target acknowledges from its own process; the deploy's poll sees it.
+    // Wait for the deploy's own report that its push is in the ledger, then acknowledge from
+    // the target's process; the deploy's poll sees the ack.
+    use std::io::BufRead;
+    let stdout = std::io::BufReader::new(deploy.stdout.take().unwrap());
+    let mut lines = stdout.lines().map_while(Result::ok);
+    assert!(lines.by_ref().any(|l| l.contains("pushed to dev")), "deploy never reported its push");
     w.ok("dev-1", &["ledger", "ack", "PD-0.1.0"]);
-    let out = deploy.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        stdout.contains("✔ all targets acknowledged (1/1 in dev)"),
-        "{stdout}"
-    );
+    let rest: Vec<String> = lines.collect();
+    assert!(deploy.wait().unwrap().success(), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("✔ all targets acknowledged (1/1 in dev)")), "{rest:?}");
 
-    w.ok(
-        "",
-        &[
-            "ledger",
-            "deploy",
-            "PD-0.1.0",
-            "--reason",
-            "go",
-            "--no-wait",
-        ],
-    );
-    w.ok(
-        "staging-1",
-        &[
-            "ledger",
-            "ack",
-            "PD-0.1.0",
-            "--failed",
-            "parse error at line 3",
-        ],
-    );
-    let err = w.refused_with(
-        1,
-        "",
-        &[
-            "ledger",
-            "deploy",
-            "PD-0.1.0",
-            "--reason",
-            "go",
-            "--timeout",
-            "5s",
-        ],
-    );
+    w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "go", "--no-wait"]);
+    w.ok("staging-1", &["ledger", "ack", "PD-0.1.0", "--failed", "parse error at line 3"]);
+    let err = w.refused_with(1, "", &["ledger", "deploy", "PD-0.1.0", "--reason", "go", "--timeout", "5s"]);
     assert!(err.contains("fully adopted in staging"), "{err}");
 }
 
@@ -408,42 +224,17 @@ fn a_waiting_deploy_returns_when_the_targets_ack() {
 fn tampered_exports_fail_verification_naming_the_entry() {
     let w = World::standard();
     let policy = w.write("llm_policy.yaml", POLICY);
-    w.ok(
-        "",
-        &[
-            "ledger",
-            "package",
-            policy.to_str().unwrap(),
-            "--reason",
-            "tamper-me-here",
-        ],
-    );
-    w.ok(
-        "carol",
-        &["ledger", "approve", "PD-0.1.0", "--reason", "fine"],
-    );
-    let package_seq = w.log().iter().find(|e| e["kind"] == "package").unwrap()["seq"]
-        .as_u64()
-        .unwrap();
+    w.ok("", &["ledger", "package", policy.to_str().unwrap(), "--reason", "tamper-me-here"]);
+    w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "fine"]);
+    let package_seq = w.log().iter().find(|e| e["kind"] == "package").unwrap()["seq"].as_u64().unwrap();
     let export = w.path("e.pdx");
-    w.ok(
-        "",
-        &[
-            "ledger",
-            "export",
-            export.to_str().unwrap(),
-            "--with-artifacts",
-        ],
-    );
+    w.ok("", &["ledger", "export", export.to_str().unwrap(), "--with-artifacts"]);
     let good = std::fs::read(&export).unwrap();
     assert!(w.verify(&[export.to_str().unwrap()]).status.success());
 
     // Alter one letter of the package entry's reason: only that entry's signature breaks.
     let needle = b"tamper-me-here";
-    let pos = good
-        .windows(needle.len())
-        .position(|x| x == needle)
-        .expect("reason inside the export");
+    let pos = good.windows(needle.len()).position(|x| x == needle).expect("reason inside the export");
     let mut bad = good.clone();
     bad[pos] = b'T';
     std::fs::write(&export, &bad).unwrap();

@@ -46,16 +46,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let policy = dir.join("governance").join("llm_policy.yaml");
     std::fs::create_dir_all(policy.parent().unwrap_or(&dir))?;
     std::fs::write(&policy, BASELINE)?;
-    let step = Step {
-        home: &home,
-        policy: &policy,
-    };
+    let step = Step { home: &home, policy: &policy };
     story(&step)?;
     let export = dir.join("audit.pdx");
-    step.pd(
-        "",
-        &format!("ledger export {} --with-artifacts", export.display()),
-    )?;
+    step.pd("", &format!("ledger export {} --with-artifacts", export.display()))?;
     println!("\n$ pd-verify {}", export.display());
     let report = pd_verify::verify_file(&export).context("pd-verify on the demo's export")?;
     pd_verify::print_report(&report);
@@ -82,21 +76,10 @@ impl Step<'_> {
     }
 
     fn run(&self, actor: &str, args: &str, expect: Expect) -> Result<()> {
-        let shown = args.replace(
-            &self.policy.display().to_string(),
-            "governance/llm_policy.yaml",
-        );
-        let who = if actor.is_empty() {
-            String::new()
-        } else {
-            format!("--as {actor} ")
-        };
+        let shown = args.replace(&self.policy.display().to_string(), "governance/llm_policy.yaml");
+        let who = if actor.is_empty() { String::new() } else { format!("--as {actor} ") };
         println!("\n$ pd {who}{shown}");
-        let mut argv = vec![
-            "pd".to_string(),
-            "--home".into(),
-            self.home.display().to_string(),
-        ];
+        let mut argv = vec!["pd".to_string(), "--home".into(), self.home.display().to_string()];
         if !actor.is_empty() {
             argv.extend(["--as".to_string(), actor.to_string()]);
         }
@@ -138,22 +121,11 @@ fn story(s: &Step) -> Result<()> {
     let p = s.policy.display().to_string();
     s.pd("", "init")?;
     s.pd("", "key new carol --role approver")?;
-    for (t, env) in [
-        ("dev-1", "dev"),
-        ("dev-2", "dev"),
-        ("staging-1", "staging"),
-        ("prod-1", "prod"),
-    ] {
+    for (t, env) in [("dev-1", "dev"), ("dev-2", "dev"), ("staging-1", "staging"), ("prod-1", "prod")] {
         s.pd("", &format!("key new {t} --role target --env {env}"))?;
     }
-    s.pd(
-        "",
-        &format!("ledger package {p} --version 23.0.0 --reason \"Baseline: Claude for NSF staff\""),
-    )?;
-    s.pd(
-        "carol",
-        "ledger approve PD-23.0.0 --reason \"Reviewed in HITL\"",
-    )?;
+    s.pd("", &format!("ledger package {p} --version 23.0.0 --reason \"Baseline: Claude for NSF staff\""))?;
+    s.pd("carol", "ledger approve PD-23.0.0 --reason \"Reviewed in HITL\"")?;
     roll_out(s, "PD-23.0.0", "Baseline rollout")?;
 
     println!("\n# Governance adds an openai block to llm_policy.yaml");
@@ -162,39 +134,20 @@ fn story(s: &Step) -> Result<()> {
     std::fs::write(s.policy, text)?;
     s.refused(
         "",
-        &format!(
-            "ledger deploy {p} --reason \"Enable OpenAI GPT for nsf_research_staff\" --no-wait"
-        ),
+        &format!("ledger deploy {p} --reason \"Enable OpenAI GPT for nsf_research_staff\" --no-wait"),
     )?;
-    s.pd(
-        "",
-        &format!("ledger package {p} --reason \"Enable OpenAI GPT for nsf_research_staff\""),
-    )?;
+    s.pd("", &format!("ledger package {p} --reason \"Enable OpenAI GPT for nsf_research_staff\""))?;
     s.refused(
         "",
-        &format!(
-            "ledger deploy {p} --reason \"Enable OpenAI GPT for nsf_research_staff\" --no-wait"
-        ),
+        &format!("ledger deploy {p} --reason \"Enable OpenAI GPT for nsf_research_staff\" --no-wait"),
     )?;
-    s.refused(
-        "",
-        "ledger approve PD-23.1.0 --reason \"I wrote it, ship it\"",
-    )?;
-    s.pd(
-        "carol",
-        "ledger approve PD-23.1.0 --reason \"Approved in HITL by Carol\"",
-    )?;
-    s.refused(
-        "",
-        "ledger deploy PD-23.1.0 --env prod --reason \"skip ahead\" --no-wait",
-    )?;
+    s.refused("", "ledger approve PD-23.1.0 --reason \"I wrote it, ship it\"")?;
+    s.pd("carol", "ledger approve PD-23.1.0 --reason \"Approved in HITL by Carol\"")?;
+    s.refused("", "ledger deploy PD-23.1.0 --env prod --reason \"skip ahead\" --no-wait")?;
     roll_out(s, "PD-23.1.0", "Enable OpenAI GPT for nsf_research_staff")?;
 
     println!("\n# Error rates spike in prod: one command rolls it back");
-    s.pd(
-        "",
-        "ledger rollback prod --reason \"Error rate spike after PD-23.1.0\"",
-    )?;
+    s.pd("", "ledger rollback prod --reason \"Error rate spike after PD-23.1.0\"")?;
     s.pd("prod-1", "ledger ack PD-23.0.0")?;
     s.pd("", "state")?;
     s.pd("", "ledger log")
@@ -203,10 +156,7 @@ fn story(s: &Step) -> Result<()> {
 /// Deploys dev → staging → prod, each target acknowledging before the next promotion.
 fn roll_out(s: &Step, version: &str, reason: &str) -> Result<()> {
     for targets in [&["dev-1", "dev-2"][..], &["staging-1"], &["prod-1"]] {
-        s.pd(
-            "",
-            &format!("ledger deploy {version} --reason \"{reason}\" --no-wait"),
-        )?;
+        s.pd("", &format!("ledger deploy {version} --reason \"{reason}\" --no-wait"))?;
         for t in targets {
             s.pd(t, &format!("ledger ack {version}"))?;
         }

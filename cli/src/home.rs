@@ -44,12 +44,9 @@ impl Home {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let config = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid pd config", path.display()))?;
-        Ok(Home {
-            dir: dir.to_path_buf(),
-            config,
-        })
+        let config =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid pd config", path.display()))?;
+        Ok(Home { dir: dir.to_path_buf(), config })
     }
 
     /// Writes a new home's config (the caller created the directory).
@@ -57,10 +54,7 @@ impl Home {
         fs::create_dir_all(dir.join("keys"))?;
         set_mode(&dir.join("keys"), 0o700)?;
         write_file_atomic(&dir.join(CONFIG), toml::to_string(&config)?.as_bytes())?;
-        Ok(Home {
-            dir: dir.to_path_buf(),
-            config,
-        })
+        Ok(Home { dir: dir.to_path_buf(), config })
     }
 
     /// Opens the ledger, waiting a while if another pd process holds it.
@@ -78,10 +72,7 @@ impl Home {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("opening the ledger in {}", path.display()))
-                }
+                Err(e) => return Err(e).with_context(|| format!("opening the ledger in {}", path.display())),
             }
         };
         Ok(Ledger::open(store)?)
@@ -152,10 +143,9 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
-            "{} already exists; pd never overwrites a secret key",
-            path.display()
-        ),
+        std::io::ErrorKind::AlreadyExists => {
+            anyhow::anyhow!("{} already exists; pd never overwrites a secret key", path.display())
+        }
         _ => anyhow::Error::new(e).context(format!("creating {}", path.display())),
     })?;
     f.write_all(bytes)?;
@@ -183,14 +173,11 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("creating a temp file in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

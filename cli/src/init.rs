@@ -26,25 +26,14 @@ const ADMIN: &str = "admin";
 pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
     let dir = &ctx.home_dir;
     if dir.join("config.toml").exists() || dir.join("ledger").exists() {
-        refuse!(
-            "{} already holds a pd ledger; pd init never overwrites one",
-            dir.display()
-        );
+        refuse!("{} already holds a pd ledger; pd init never overwrites one", dir.display());
     }
     if dir.exists() && dir.read_dir()?.next().is_some() {
-        refuse!(
-            "{} exists and is not empty; choose another --home",
-            dir.display()
-        );
+        refuse!("{} exists and is not empty; choose another --home", dir.display());
     }
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".pd-init-")
-        .tempdir_in(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".pd-init-").tempdir_in(parent)?;
     let (id, fpr) = build(tmp.path(), &args)?;
     if dir.exists() {
         std::fs::remove_dir(dir)?;
@@ -56,12 +45,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
 }
 
 fn build(dir: &std::path::Path, args: &InitArgs) -> Result<(Hash, String)> {
-    let home = Home::create(
-        dir,
-        Config {
-            actor: ADMIN.to_string(),
-        },
-    )?;
+    let home = Home::create(dir, Config { actor: ADMIN.to_string() })?;
     let key = home::new_secret_key()?;
     let pgp = pd_store::openpgp::generate(&format!("{ADMIN} (pd)"))?;
     let mut id = [0u8; 32];
@@ -91,19 +75,9 @@ fn report(ctx: &Ctx, args: &InitArgs, id: Hash, fpr: &str) -> Result<()> {
             "approvals_required": args.approvals, "admin": ADMIN, "openpgp_fingerprint": fpr,
         }));
     }
-    output::ok(format!(
-        "created ledger {} in {}",
-        id.short(),
-        ctx.home_dir.display()
-    ));
-    output::ok(format!(
-        "environments {} · approvals required: {}",
-        args.envs.join(" → "),
-        args.approvals
-    ));
-    output::ok(format!(
-        "key {ADMIN} (admin, author, deployer) · OpenPGP {fpr}"
-    ));
+    output::ok(format!("created ledger {} in {}", id.short(), ctx.home_dir.display()));
+    output::ok(format!("environments {} · approvals required: {}", args.envs.join(" → "), args.approvals));
+    output::ok(format!("key {ADMIN} (admin, author, deployer) · OpenPGP {fpr}"));
     output::next("pd key new carol --role approver");
     Ok(())
 }

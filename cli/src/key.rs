@@ -92,11 +92,7 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
         roles.join(", "),
         entry.entry.seq
     ));
-    output::ok(format!(
-        "OpenPGP {} · secret kept in {}",
-        pgp.fingerprint(),
-        home.dir.join("keys").display()
-    ));
+    output::ok(format!("OpenPGP {} · secret kept in {}", pgp.fingerprint(), home.dir.join("keys").display()));
     Ok(())
 }
 
@@ -109,10 +105,7 @@ fn revoke(ctx: &Ctx, name: String, reason: String) -> Result<()> {
         &actor,
         &signer,
         home::now_ms(),
-        Body::KeyRevoke(KeyRevoke {
-            name: name.clone(),
-            reason,
-        }),
+        Body::KeyRevoke(KeyRevoke { name: name.clone(), reason }),
     )?;
     if ctx.json {
         return output::json(&serde_json::json!({ "revoked": name, "seq": e.entry.seq }));
@@ -138,22 +131,12 @@ fn list(ctx: &Ctx) -> Result<()> {
     }
     for k in keys {
         let roles: Vec<&str> = k.decl.roles.iter().map(|r| r.as_str()).collect();
-        let env = k
-            .decl
-            .env
-            .as_ref()
-            .map(|e| format!(" env={e}"))
-            .unwrap_or_default();
+        let env = k.decl.env.as_ref().map(|e| format!(" env={e}")).unwrap_or_default();
         let status = match &k.revoked {
             Some((seq, reason)) => format!("revoked at #{seq}: {reason}"),
             None => "active".to_string(),
         };
-        println!(
-            "{:<16} {:<28}{env} added #{} · {status}",
-            k.decl.name,
-            roles.join(","),
-            k.added_seq
-        );
+        println!("{:<16} {:<28}{env} added #{} · {status}", k.decl.name, roles.join(","), k.added_seq);
     }
     Ok(())
 }

@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::state::PackageState;
 use pd_ledger::{
-    Ack, Approve, Artifact, Body, Bump, FileDigest, Hash, Outcome, Package, Push, Rollback,
-    SignedEntry, State, Version,
+    Ack, Approve, Artifact, Body, Bump, FileDigest, Hash, Outcome, Package, Push, Rollback, SignedEntry,
+    State, Version,
 };
 use pd_store::BlobStore;
 
@@ -127,10 +127,7 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
         LedgerCmd::Rollback { env, to, reason } => rollback(ctx, env, to, reason),
         LedgerCmd::Log => log(ctx),
         LedgerCmd::Show { what } => show(ctx, &what),
-        LedgerCmd::Export {
-            file,
-            with_artifacts,
-        } => export(ctx, &file, with_artifacts),
+        LedgerCmd::Export { file, with_artifacts } => export(ctx, &file, with_artifacts),
     }
 }
 
@@ -151,13 +148,8 @@ fn next_version(state: &State, a: &PackageArgs) -> Result<Version> {
         BumpArg::Minor => Bump::Minor,
         BumpArg::Patch => Bump::Patch,
     };
-    let latest = state
-        .latest_package()
-        .map(|p| p.package.version)
-        .unwrap_or_default();
-    latest
-        .bump(bump)
-        .context("version number overflow; pass --version")
+    let latest = state.latest_package().map(|p| p.package.version).unwrap_or_default();
+    latest.bump(bump).context("version number overflow; pass --version")
 }
 
 fn policy_name(a: &PackageArgs) -> String {
@@ -165,22 +157,10 @@ fn policy_name(a: &PackageArgs) -> String {
         return n.clone();
     }
     let first = &a.files[0];
-    let stem = if first.is_dir() {
-        first.file_name()
-    } else {
-        first.file_stem()
-    };
-    let stem = stem
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "policy".into());
+    let stem = if first.is_dir() { first.file_name() } else { first.file_stem() };
+    let stem = stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "policy".into());
     stem.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
         .take(64)
         .collect()
 }
@@ -225,11 +205,7 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     let entry = ledger.sign_next(&actor, &key, home::now_ms(), body);
     // Every check before any write: the rule, then the signature as a verifier will see it.
     pd_ledger::check(ledger.state(), &entry)?;
-    let cert = ledger
-        .state()
-        .keys
-        .get(&actor)
-        .and_then(|k| k.decl.openpgp.clone());
+    let cert = ledger.state().keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
     pd_store::openpgp::verify_detached(cert.as_deref().unwrap_or_default(), &built.bytes, &sig)?;
     let store = home.store()?;
     let existed = store.contains(&built.digest.blake3)?;
@@ -243,15 +219,8 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     report_package(ctx, &entry, &built, &pgp.fingerprint())
 }
 
-fn report_package(
-    ctx: &Ctx,
-    entry: &SignedEntry,
-    built: &pd_store::tarball::Built,
-    fpr: &str,
-) -> Result<()> {
-    let Body::Package(p) = &entry.entry.body else {
-        unreachable!("built as a package")
-    };
+fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Built, fpr: &str) -> Result<()> {
+    let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
     if ctx.json {
         return output::json(&serde_json::json!({
             "version": p.version, "name": p.name, "seq": entry.entry.seq, "entry_id": entry.id,
@@ -266,25 +235,16 @@ fn report_package(
         if n == 1 { "" } else { "s" },
         output::size(p.tarball.size)
     ));
-    output::ok(format!(
-        "signature valid (OpenPGP {})",
-        pd_store::openpgp::short_fingerprint(fpr)
-    ));
+    output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(fpr)));
     println!("  sha256  {}", p.tarball.sha256);
     println!("  blake3  {}", p.tarball.blake3);
     println!("  entry   #{} {}", entry.entry.seq, entry.id.short());
-    output::next(format!(
-        "an approver runs `pd ledger approve {} --reason \"…\"`",
-        p.version
-    ));
+    output::next(format!("an approver runs `pd ledger approve {} --reason \"…\"`", p.version));
     Ok(())
 }
 
 /// Opens the home, ledger and acting key, then signs and appends `make(state)`.
-fn append_with(
-    ctx: &Ctx,
-    make: impl FnOnce(&State, &str) -> Result<Body>,
-) -> Result<(SignedEntry, State)> {
+fn append_with(ctx: &Ctx, make: impl FnOnce(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
     let home = ctx.home()?;
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
@@ -297,11 +257,7 @@ fn append_with(
 fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
     let (entry, state) = append_with(ctx, |state, _| {
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Approve(Approve {
-            version,
-            package,
-            reason,
-        }))
+        Ok(Body::Approve(Approve { version, package, reason }))
     })?;
     let pkg = package_of(&state, version)?;
     let (have, need) = (pkg.approvals.len(), state.approvals_required);
@@ -330,26 +286,17 @@ fn deploy_version(state: &State, target: &str) -> Result<Version> {
         };
     }
     let files = pd_store::tarball::collect(&[path.to_path_buf()], &pd_store::Limits::default())?;
-    let wanted: Vec<(String, [u8; 32])> = files
-        .iter()
-        .map(|f| {
-            (
-                f.path.clone(),
-                pd_store::ArtifactDigest::of(&f.bytes).blake3,
-            )
-        })
-        .collect();
+    let wanted: Vec<(String, [u8; 32])> =
+        files.iter().map(|f| (f.path.clone(), pd_store::ArtifactDigest::of(&f.bytes).blake3)).collect();
     let found = state.packages.iter().rev().find(|p| {
         p.package.files.len() == wanted.len()
-            && p.package
-                .files
-                .iter()
-                .zip(&wanted)
-                .all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
+            && p.package.files.iter().zip(&wanted).all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
     });
     match found {
         Some(p) => Ok(p.package.version),
-        None => refuse!("no package holds exactly {target}; package it first: pd ledger package {target} --reason \"…\""),
+        None => refuse!(
+            "no package holds exactly {target}; package it first: pd ledger package {target} --reason \"…\""
+        ),
     }
 }
 
@@ -361,10 +308,7 @@ fn next_env(state: &State, version: Version) -> Result<String> {
     });
     match next {
         Some(env) => Ok(env.clone()),
-        None => refuse!(
-            "{version} is already desired in every environment ({})",
-            state.envs.join(", ")
-        ),
+        None => refuse!("{version} is already desired in every environment ({})", state.envs.join(", ")),
     }
 }
 
@@ -376,22 +320,12 @@ fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             None => next_env(state, version)?,
         };
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Push(Push {
-            env,
-            version,
-            package,
-            reason: a.reason.clone(),
-        }))
+        Ok(Body::Push(Push { env, version, package, reason: a.reason.clone() }))
     })?;
-    let Body::Push(push) = &entry.entry.body else {
-        unreachable!("built as a push")
-    };
+    let Body::Push(push) = &entry.entry.body else { unreachable!("built as a push") };
     let expected = state.targets(&push.env).count();
     if !ctx.json {
-        output::ok(format!(
-            "{} pushed to {} at #{}",
-            push.version, push.env, entry.entry.seq
-        ));
+        output::ok(format!("{} pushed to {} at #{}", push.version, push.env, entry.entry.seq));
         output::working(format!(
             "deploying to {}… ({expected} target{})",
             push.env,
@@ -416,14 +350,8 @@ fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             &serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": true }),
         );
     }
-    if let Some(next) = state
-        .env_index(&push.env)
-        .and_then(|i| state.envs.get(i + 1))
-    {
-        output::next(format!(
-            "pd ledger deploy {} --reason \"…\" (promotes to {next})",
-            push.version
-        ));
+    if let Some(next) = state.env_index(&push.env).and_then(|i| state.envs.get(i + 1)) {
+        output::next(format!("pd ledger deploy {} --reason \"…\" (promotes to {next})", push.version));
     }
     Ok(())
 }
@@ -431,14 +359,18 @@ fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
 /// Polls the ledger until every target of `env` acknowledged `version`, one failed, or time runs out.
 fn wait_for_acks(ctx: &Ctx, env: &str, version: Version, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
+    let bar = indicatif::ProgressBar::new(0).with_message(format!("{env}: targets acknowledged {version}"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("⟳ {msg} {pos}/{len} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if ctx.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     loop {
         // Open and close each round so the targets' `pd ledger ack` can take the ledger.
         let state = ctx.home()?.ledger()?.state().clone();
-        let reports = state
-            .env
-            .get(env)
-            .map(|e| e.reports.clone())
-            .unwrap_or_default();
+        let reports = state.env.get(env).map(|e| e.reports.clone()).unwrap_or_default();
         let failed: Vec<String> = reports
             .iter()
             .filter_map(|(t, r)| match &r.outcome {
@@ -446,22 +378,24 @@ fn wait_for_acks(ctx: &Ctx, env: &str, version: Version, timeout: Duration) -> R
                 _ => None,
             })
             .collect();
+        let laggards = state.laggards(env, version);
+        let n = state.targets(env).count();
+        bar.set_length(n as u64);
+        bar.set_position((n - laggards.len()) as u64);
         if !failed.is_empty() {
+            bar.abandon();
             refuse!("{version} failed to load in {env}: {}; roll back with `pd ledger rollback {env} --reason \"…\"`", failed.join("; "));
         }
-        let laggards = state.laggards(env, version);
         if laggards.is_empty() {
-            let n = state.targets(env).count();
+            bar.finish_and_clear();
             if !ctx.json {
                 output::ok(format!("all targets acknowledged ({n}/{n} in {env})"));
             }
             return Ok(());
         }
         if Instant::now() >= deadline {
-            refuse!(
-                "timed out waiting for {} in {env} to acknowledge {version}",
-                laggards.join(", ")
-            );
+            bar.abandon();
+            refuse!("timed out waiting for {} in {env} to acknowledge {version}", laggards.join(", "));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -474,16 +408,9 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
         };
         let package = package_of(state, version)?.package.tarball.blake3;
         let outcome = failed.map_or(Outcome::Loaded, Outcome::Failed);
-        Ok(Body::Ack(Ack {
-            env,
-            version,
-            package,
-            outcome,
-        }))
+        Ok(Body::Ack(Ack { env, version, package, outcome }))
     })?;
-    let Body::Ack(a) = &entry.entry.body else {
-        unreachable!("built as an ack")
-    };
+    let Body::Ack(a) = &entry.entry.body else { unreachable!("built as an ack") };
     if ctx.json {
         return output::json(
             &serde_json::json!({ "target": entry.entry.actor, "env": a.env, "version": a.version, "outcome": a.outcome, "seq": entry.entry.seq }),
@@ -505,21 +432,12 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
 /// The version before the current one in an environment's history.
 fn previous_version(state: &State, env: &str) -> Result<Version> {
     let Some(e) = state.env.get(env) else {
-        refuse!(
-            "unknown environment {env:?}; this ledger has: {}",
-            state.envs.join(", ")
-        );
+        refuse!("unknown environment {env:?}; this ledger has: {}", state.envs.join(", "));
     };
     let Some(current) = e.desired.as_ref().map(|d| d.version) else {
         refuse!("nothing was ever deployed to {env}; there is nothing to roll back");
     };
-    match e
-        .history
-        .iter()
-        .rev()
-        .map(|d| d.version)
-        .find(|v| *v != current)
-    {
+    match e.history.iter().rev().map(|d| d.version).find(|v| *v != current) {
         Some(v) => Ok(v),
         None => refuse!("{env} has had only {current}; there is no earlier version to return to"),
     }
@@ -528,36 +446,22 @@ fn previous_version(state: &State, env: &str) -> Result<Version> {
 fn rollback(ctx: &Ctx, env: String, to: Option<Version>, reason: String) -> Result<()> {
     let mut from = None;
     let (entry, _) = append_with(ctx, |state, _| {
-        from = state
-            .env
-            .get(&env)
-            .and_then(|e| e.desired.as_ref())
-            .map(|d| d.version);
+        from = state.env.get(&env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
         let version = match to {
             Some(v) => v,
             None => previous_version(state, &env)?,
         };
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Rollback(Rollback {
-            env: env.clone(),
-            version,
-            package,
-            reason,
-        }))
+        Ok(Body::Rollback(Rollback { env: env.clone(), version, package, reason }))
     })?;
-    let Body::Rollback(r) = &entry.entry.body else {
-        unreachable!("built as a rollback")
-    };
+    let Body::Rollback(r) = &entry.entry.body else { unreachable!("built as a rollback") };
     if ctx.json {
         return output::json(
             &serde_json::json!({ "env": r.env, "version": r.version, "from": from, "seq": entry.entry.seq }),
         );
     }
     let was = from.map(|v| format!(" (was {v})")).unwrap_or_default();
-    output::ok(format!(
-        "{} rolled back to {}{was} at #{}",
-        r.env, r.version, entry.entry.seq
-    ));
+    output::ok(format!("{} rolled back to {}{was} at #{}", r.env, r.version, entry.entry.seq));
     Ok(())
 }
 
@@ -576,20 +480,13 @@ pub fn summary(body: &Body) -> String {
                 "{} ({}){}",
                 k.name,
                 roles.join(","),
-                k.env
-                    .as_ref()
-                    .map(|e| format!(" in {e}"))
-                    .unwrap_or_default()
+                k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default()
             )
         }
         Body::KeyRevoke(r) => format!("{}: {}", r.name, r.reason),
-        Body::Package(p) => format!(
-            "{} {} sha256:{} · {}",
-            p.version,
-            p.name,
-            &p.tarball.sha256.to_hex()[..12],
-            p.reason
-        ),
+        Body::Package(p) => {
+            format!("{} {} sha256:{} · {}", p.version, p.name, &p.tarball.sha256.to_hex()[..12], p.reason)
+        }
         Body::Approve(a) => format!("{} · {}", a.version, a.reason),
         Body::Push(p) => format!("{} → {} · {}", p.version, p.env, p.reason),
         Body::Ack(a) => match &a.outcome {
@@ -612,10 +509,7 @@ fn log(ctx: &Ctx) -> Result<()> {
     let home = ctx.home()?;
     let ledger = home.ledger()?;
     if ctx.json {
-        let all: Vec<_> = ledger
-            .entries(0)
-            .map(|e| e.map(|e| entry_json(&e)))
-            .collect::<Result<_, _>>()?;
+        let all: Vec<_> = ledger.entries(0).map(|e| e.map(|e| entry_json(&e))).collect::<Result<_, _>>()?;
         return output::json(&all);
     }
     for e in ledger.entries(0) {
@@ -693,18 +587,9 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
         .entries(0)
         .map(|e| e.map(|e| serde_bytes::ByteBuf::from(e.bytes)))
         .collect::<Result<Vec<_>, _>>()?;
-    let artifacts = if with_artifacts {
-        artifacts(&home, state)?
-    } else {
-        Vec::new()
-    };
+    let artifacts = if with_artifacts { artifacts(&home, state)? } else { Vec::new() };
     let head = Head::sign(state, &actor, home::now_ms(), &key);
-    let export = Export {
-        format: FORMAT.to_string(),
-        entries,
-        artifacts,
-        head,
-    };
+    let export = Export { format: FORMAT.to_string(), entries, artifacts, head };
     let bytes = export.encode();
     home::write_file_atomic(file, &bytes)?;
     if ctx.json {
@@ -719,11 +604,7 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
         output::size(bytes.len() as u64),
         file.display()
     ));
-    println!(
-        "  head #{} {} signed by {actor}",
-        state.len.saturating_sub(1),
-        state.head
-    );
+    println!("  head #{} {} signed by {actor}", state.len.saturating_sub(1), state.head);
     output::next(format!("pd-verify {}", file.display()));
     Ok(())
 }
@@ -733,13 +614,8 @@ fn artifacts(home: &Home, state: &State) -> Result<Vec<ExportArtifact>> {
     let mut out: Vec<ExportArtifact> = Vec::with_capacity(state.packages.len());
     for p in &state.packages {
         let hash = p.package.tarball.blake3;
-        let bytes = store
-            .get(&hash.0)
-            .with_context(|| format!("artifact of {}", p.package.version))?;
-        out.push(ExportArtifact {
-            blake3: hash,
-            bytes: serde_bytes::ByteBuf::from(bytes),
-        });
+        let bytes = store.get(&hash.0).with_context(|| format!("artifact of {}", p.package.version))?;
+        out.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
     }
     out.sort_by_key(|a| a.blake3);
     Ok(out)

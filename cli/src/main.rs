@@ -30,13 +30,7 @@ Exit codes:
 #[command(name = "pd", version, about, after_help = EXIT_CODES)]
 struct Cli {
     /// The pd home: ledger, artifact store, keys and config.
-    #[arg(
-        long,
-        env = "PD_HOME",
-        default_value = ".pd",
-        global = true,
-        value_name = "DIR"
-    )]
+    #[arg(long, env = "PD_HOME", default_value = ".pd", global = true, value_name = "DIR")]
     home: PathBuf,
     /// The key to act as (default: the home's configured actor, `admin` after `pd init`).
     #[arg(long = "as", env = "PD_ACTOR", global = true, value_name = "NAME")]
@@ -91,9 +85,7 @@ impl Ctx {
 
     /// The acting key's name.
     pub fn actor(&self, home: &Home) -> String {
-        self.actor
-            .clone()
-            .unwrap_or_else(|| home.config.actor.clone())
+        self.actor.clone().unwrap_or_else(|| home.config.actor.clone())
     }
 }
 
@@ -117,11 +109,7 @@ where
     T: Into<OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args)?;
-    let ctx = Ctx {
-        home_dir: cli.home,
-        actor: cli.actor,
-        json: cli.json,
-    };
+    let ctx = Ctx { home_dir: cli.home, actor: cli.actor, json: cli.json };
     match cli.cmd {
         Cmd::Init(a) => init::run(&ctx, a),
         Cmd::Key { cmd } => key::run(&ctx, cmd),
@@ -136,16 +124,10 @@ where
 fn exit_code(err: &anyhow::Error) -> u8 {
     let refused = err.chain().any(|e| {
         e.is::<Refused>()
-            || matches!(
-                e.downcast_ref::<pd_ledger::LedgerError>(),
-                Some(pd_ledger::LedgerError::Refused(_))
-            )
+            || matches!(e.downcast_ref::<pd_ledger::LedgerError>(), Some(pd_ledger::LedgerError::Refused(_)))
             || e.is::<pd_ledger::RuleError>()
             || e.is::<pd_store::PgpError>()
-            || matches!(
-                e.downcast_ref::<pd_store::StoreError>(),
-                Some(pd_store::StoreError::Corrupt { .. })
-            )
+            || matches!(e.downcast_ref::<pd_store::StoreError>(), Some(pd_store::StoreError::Corrupt { .. }))
     });
     if refused {
         1

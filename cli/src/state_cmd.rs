@@ -21,10 +21,7 @@ pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
     let state = ledger.state();
     let envs: Vec<String> = match a.env {
         Some(e) if state.env_index(&e).is_some() => vec![e],
-        Some(e) => refuse!(
-            "unknown environment {e:?}; this ledger has: {}",
-            state.envs.join(", ")
-        ),
+        Some(e) => refuse!("unknown environment {e:?}; this ledger has: {}", state.envs.join(", ")),
         None => state.envs.clone(),
     };
     if ctx.json {
@@ -69,12 +66,7 @@ fn pending(state: &State) -> Vec<serde_json::Value> {
 }
 
 fn print_text(state: &State, envs: &[String]) {
-    println!(
-        "ledger {} · {} entries · head {}",
-        state.ledger_id.short(),
-        state.len,
-        state.head.short()
-    );
+    println!("ledger {} · {} entries · head {}", state.ledger_id.short(), state.len, state.head.short());
     for env in envs {
         let e = &state.env[env];
         match &e.desired {

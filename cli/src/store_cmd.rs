@@ -29,20 +29,13 @@ pub fn run(ctx: &Ctx, cmd: StoreCmd) -> Result<()> {
     let home = ctx.home()?;
     let key = match (Hash::from_hex(&hash), hash.parse::<Version>()) {
         (Ok(h), _) => h,
-        (Err(_), Ok(v)) => {
-            package_of(home.ledger()?.state(), v)?
-                .package
-                .tarball
-                .blake3
-        }
+        (Err(_), Ok(v)) => package_of(home.ledger()?.state(), v)?.package.tarball.blake3,
         (Err(e), Err(_)) => anyhow::bail!("{e}; pass a BLAKE3 hash or a version such as PD-23.1.0"),
     };
     let bytes = home.store()?.get(&key.0)?;
     home::write_file_atomic(&output, &bytes)?;
     if ctx.json {
-        return output::json(
-            &serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }),
-        );
+        return output::json(&serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }));
     }
     output::ok(format!(
         "{} verified ({}) → {}",

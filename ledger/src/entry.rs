@@ -108,13 +108,7 @@ pub enum Role {
 
 impl Role {
     /// All roles, for help texts and parsing.
-    pub const ALL: [Role; 5] = [
-        Role::Admin,
-        Role::Author,
-        Role::Approver,
-        Role::Deployer,
-        Role::Target,
-    ];
+    pub const ALL: [Role; 5] = [Role::Admin, Role::Author, Role::Approver, Role::Deployer, Role::Target];
 
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
@@ -134,9 +128,7 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown role {s:?}: use admin, author, approver, deployer or target")
-            })
+            .ok_or_else(|| format!("unknown role {s:?}: use admin, author, approver, deployer or target"))
     }
 }
 
@@ -319,30 +311,10 @@ fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
 
 impl Entry {
     /// Signs a new entry.
-    pub fn sign(
-        seq: u64,
-        prev: Hash,
-        time_ms: u64,
-        actor: &str,
-        body: Body,
-        key: &SecretKey,
-    ) -> SignedEntry {
-        let digest = Hash::of(&to_cbor(&Unsigned {
-            seq,
-            prev: &prev,
-            time_ms,
-            actor,
-            body: &body,
-        }));
+    pub fn sign(seq: u64, prev: Hash, time_ms: u64, actor: &str, body: Body, key: &SecretKey) -> SignedEntry {
+        let digest = Hash::of(&to_cbor(&Unsigned { seq, prev: &prev, time_ms, actor, body: &body }));
         let sig = key.sign(ENTRY_DOMAIN, &digest.0);
-        let entry = Entry {
-            seq,
-            prev,
-            time_ms,
-            actor: actor.to_string(),
-            body,
-            sig,
-        };
+        let entry = Entry { seq, prev, time_ms, actor: actor.to_string(), body, sig };
         let bytes = to_cbor(&entry);
         let id = Hash::of(&bytes);
         SignedEntry { entry, bytes, id }
@@ -374,10 +346,7 @@ impl SignedEntry {
     /// Decodes exactly one canonical entry.
     pub fn decode(bytes: &[u8]) -> Result<SignedEntry, EncodingError> {
         if bytes.len() > MAX_ENTRY_BYTES {
-            return Err(EncodingError::TooLarge {
-                size: bytes.len(),
-                limit: MAX_ENTRY_BYTES,
-            });
+            return Err(EncodingError::TooLarge { size: bytes.len(), limit: MAX_ENTRY_BYTES });
         }
         let entry: Entry =
             ciborium::from_reader(bytes).map_err(|e| EncodingError::Malformed(e.to_string()))?;
@@ -385,11 +354,7 @@ impl SignedEntry {
         if to_cbor(&entry) != bytes {
             return Err(EncodingError::NotCanonical);
         }
-        Ok(SignedEntry {
-            entry,
-            bytes: bytes.to_vec(),
-            id: Hash::of(bytes),
-        })
+        Ok(SignedEntry { entry, bytes: bytes.to_vec(), id: Hash::of(bytes) })
     }
 }
 
@@ -422,80 +387,39 @@ mod tests {
     fn arb_body() -> impl Strategy<Value = Body> {
         prop_oneof![
             (arb_text(), arb_version(), arb_hash()).prop_map(|(reason, version, package)| {
-                Body::Approve(Approve {
-                    version,
-                    package,
-                    reason,
-                })
+                Body::Approve(Approve { version, package, reason })
             }),
             (arb_text(), arb_version(), arb_hash(), arb_text()).prop_map(
-                |(env, version, package, reason)| {
-                    Body::Push(Push {
-                        env,
-                        version,
-                        package,
-                        reason,
-                    })
-                }
+                |(env, version, package, reason)| { Body::Push(Push { env, version, package, reason }) }
             ),
-            (
-                arb_text(),
-                arb_version(),
-                arb_hash(),
-                proptest::option::of(arb_text())
-            )
-                .prop_map(|(env, version, package, failed)| Body::Ack(Ack {
+            (arb_text(), arb_version(), arb_hash(), proptest::option::of(arb_text())).prop_map(
+                |(env, version, package, failed)| Body::Ack(Ack {
                     env,
                     version,
                     package,
                     outcome: failed.map_or(Outcome::Loaded, Outcome::Failed),
-                })),
-            (arb_text(), arb_text())
-                .prop_map(|(name, reason)| Body::KeyRevoke(KeyRevoke { name, reason })),
-            (
-                arb_text(),
-                any::<[u8; 32]>(),
-                proptest::option::of(arb_text()),
-                any::<bool>()
-            )
-                .prop_map(|(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
+                })
+            ),
+            (arb_text(), arb_text()).prop_map(|(name, reason)| Body::KeyRevoke(KeyRevoke { name, reason })),
+            (arb_text(), any::<[u8; 32]>(), proptest::option::of(arb_text()), any::<bool>()).prop_map(
+                |(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
                     name,
                     public_key: PublicKey(pk),
                     openpgp,
-                    roles: if target {
-                        vec![Role::Target]
-                    } else {
-                        vec![Role::Author, Role::Deployer]
-                    },
+                    roles: if target { vec![Role::Target] } else { vec![Role::Author, Role::Deployer] },
                     env: target.then(|| "dev".to_string()),
-                })),
-            (
-                arb_version(),
-                arb_text(),
-                arb_hash(),
-                arb_hash(),
-                any::<u64>(),
-                arb_text()
-            )
-                .prop_map(|(version, name, b3, sha, size, reason)| Body::Package(
-                    Package {
-                        version,
-                        name: name.clone(),
-                        files: vec![FileDigest {
-                            path: name,
-                            size,
-                            sha256: sha,
-                            blake3: b3
-                        }],
-                        tarball: Artifact {
-                            blake3: b3,
-                            sha256: sha,
-                            size
-                        },
-                        openpgp_sig: reason.clone(),
-                        reason,
-                    }
-                )),
+                })
+            ),
+            (arb_version(), arb_text(), arb_hash(), arb_hash(), any::<u64>(), arb_text()).prop_map(
+                |(version, name, b3, sha, size, reason)| Body::Package(Package {
+                    version,
+                    name: name.clone(),
+                    files: vec![FileDigest { path: name, size, sha256: sha, blake3: b3 }],
+                    tarball: Artifact { blake3: b3, sha256: sha, size },
+                    openpgp_sig: reason.clone(),
+                    reason,
+                })
+            ),
         ]
     }
 
@@ -528,19 +452,11 @@ mod tests {
             Hash::ZERO,
             5,
             "a",
-            Body::KeyRevoke(KeyRevoke {
-                name: "b".into(),
-                reason: "c".into(),
-            }),
+            Body::KeyRevoke(KeyRevoke { name: "b".into(), reason: "c".into() }),
             &key(),
         );
         // seq 1 is encoded as the single byte 0x01 after the "seq" key; re-encode it as 0x18 0x01.
-        let at = signed
-            .bytes
-            .windows(4)
-            .position(|w| w == b"seq\x01")
-            .unwrap()
-            + 3;
+        let at = signed.bytes.windows(4).position(|w| w == b"seq\x01").unwrap() + 3;
         let mut long = signed.bytes.clone();
         long.splice(at..at + 1, [0x18, 0x01]);
         assert_eq!(SignedEntry::decode(&long), Err(EncodingError::NotCanonical));
@@ -552,9 +468,6 @@ mod tests {
     #[test]
     fn oversize_entry_is_refused() {
         let big = vec![0u8; MAX_ENTRY_BYTES + 1];
-        assert!(matches!(
-            SignedEntry::decode(&big),
-            Err(EncodingError::TooLarge { .. })
-        ));
+        assert!(matches!(SignedEntry::decode(&big), Err(EncodingError::TooLarge { .. })));
     }
 }

@@ -119,9 +119,7 @@ impl Export {
         let export: Export =
             ciborium::from_reader(bytes).map_err(|e| ExportError::Malformed(e.to_string()))?;
         if export.format != FORMAT {
-            return Err(ExportError::Format(
-                export.format.chars().take(40).collect(),
-            ));
+            return Err(ExportError::Format(export.format.chars().take(40).collect()));
         }
         // One export has one byte form: any altered byte of framing is caught here.
         if export.encode() != bytes {

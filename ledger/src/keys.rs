@@ -69,10 +69,8 @@ pub fn verify_batch(items: &[SignedMessage]) -> Result<(), usize> {
         keys.push(VerifyingKey::from_bytes(&item.key.0).map_err(|_| i)?);
     }
     let msgs: Vec<&[u8]> = items.iter().map(|i| i.message.as_slice()).collect();
-    let sigs: Vec<ed25519_dalek::Signature> = items
-        .iter()
-        .map(|i| ed25519_dalek::Signature::from_bytes(&i.sig.0))
-        .collect();
+    let sigs: Vec<ed25519_dalek::Signature> =
+        items.iter().map(|i| ed25519_dalek::Signature::from_bytes(&i.sig.0)).collect();
     if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
         return Ok(());
     }

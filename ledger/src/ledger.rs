@@ -81,11 +81,7 @@ impl<S: LedgerStore> Ledger<S> {
             return Ok(());
         };
         let mut next = self.state.clone();
-        let result = replay_onto(
-            &mut next,
-            entries.iter().map(|e| e.bytes.as_slice()),
-            Signatures::Verify,
-        );
+        let result = replay_onto(&mut next, entries.iter().map(|e| e.bytes.as_slice()), Signatures::Verify);
         if let Err(e) = result {
             return Err(match e.kind {
                 crate::replay::ReplayErrorKind::Rule(r) => LedgerError::Refused(r),
@@ -123,18 +119,11 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// Every entry, decoded, from `from` on.
-    pub fn entries(
-        &self,
-        from: u64,
-    ) -> impl Iterator<Item = Result<SignedEntry, LedgerError>> + '_ {
+    pub fn entries(&self, from: u64) -> impl Iterator<Item = Result<SignedEntry, LedgerError>> + '_ {
         self.store.scan(from).enumerate().map(move |(i, bytes)| {
             let bytes = bytes?;
-            SignedEntry::decode(&bytes).map_err(|e| {
-                LedgerError::Corrupt(ReplayError {
-                    seq: from + i as u64,
-                    kind: e.into(),
-                })
-            })
+            SignedEntry::decode(&bytes)
+                .map_err(|e| LedgerError::Corrupt(ReplayError { seq: from + i as u64, kind: e.into() }))
         })
     }
 
@@ -157,11 +146,7 @@ fn fold<S: LedgerStore>(store: &S) -> Result<State, LedgerError> {
         if buf.is_empty() {
             return Ok(state);
         }
-        replay_onto(
-            &mut state,
-            buf.iter().map(|b| b.as_slice()),
-            Signatures::TrustLocalStore,
-        )
-        .map_err(LedgerError::Corrupt)?;
+        replay_onto(&mut state, buf.iter().map(|b| b.as_slice()), Signatures::TrustLocalStore)
+            .map_err(LedgerError::Corrupt)?;
     }
 }

@@ -21,8 +21,8 @@ pub mod version;
 
 pub use bytes::{Hash, PublicKey, Signature};
 pub use entry::{
-    Ack, Approve, Artifact, Body, EncodingError, Entry, FileDigest, Genesis, KeyDecl, KeyRevoke,
-    Outcome, Package, Push, Role, Rollback, SignedEntry,
+    Ack, Approve, Artifact, Body, EncodingError, Entry, FileDigest, Genesis, KeyDecl, KeyRevoke, Outcome,
+    Package, Push, Role, Rollback, SignedEntry,
 };
 pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;

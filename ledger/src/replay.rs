@@ -34,9 +34,7 @@ pub enum ReplayErrorKind {
     #[error(transparent)]
     Rule(#[from] RuleError),
     /// The signature does not verify.
-    #[error(
-        "signature by {actor:?} does not verify: the entry was altered or signed by another key"
-    )]
+    #[error("signature by {actor:?} does not verify: the entry was altered or signed by another key")]
     BadSignature {
         /// Claimed signer.
         actor: String,
@@ -58,28 +56,19 @@ where
 
 /// Replays `entries` on top of `state`. On error, `state` holds every entry before the bad one
 /// (when verifying signatures, up to the end of the chunk before it).
-pub fn replay_onto<'a, I>(
-    state: &mut State,
-    entries: I,
-    signatures: Signatures,
-) -> Result<(), ReplayError>
+pub fn replay_onto<'a, I>(state: &mut State, entries: I, signatures: Signatures) -> Result<(), ReplayError>
 where
     I: IntoIterator<Item = &'a [u8]>,
 {
     let mut pending = Pending::default();
     for bytes in entries {
         let seq = state.len;
-        let checked = SignedEntry::decode(bytes)
-            .map_err(|e| ReplayError {
-                seq,
-                kind: e.into(),
-            })
-            .and_then(|s| match check_rules(state, &s) {
-                Ok(key) => Ok((s, key)),
-                Err(e) => Err(ReplayError {
-                    seq,
-                    kind: e.into(),
-                }),
+        let checked =
+            SignedEntry::decode(bytes).map_err(|e| ReplayError { seq, kind: e.into() }).and_then(|s| {
+                match check_rules(state, &s) {
+                    Ok(key) => Ok((s, key)),
+                    Err(e) => Err(ReplayError { seq, kind: e.into() }),
+                }
             });
         let (signed, key) = match checked {
             Ok(x) => x,
@@ -118,9 +107,7 @@ impl Pending {
         if self.items.is_empty() {
             return Ok(());
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let part = self.items.len().div_ceil(threads);
         let first_bad = std::thread::scope(|s| {
             let handles: Vec<_> = self
@@ -143,9 +130,7 @@ impl Pending {
             None => Ok(()),
             Some(i) => Err(ReplayError {
                 seq: self.seqs[i].0,
-                kind: ReplayErrorKind::BadSignature {
-                    actor: self.seqs[i].1.clone(),
-                },
+                kind: ReplayErrorKind::BadSignature { actor: self.seqs[i].1.clone() },
             }),
         };
         self.seqs.clear();

@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::{
-    Ack, Approve, Body, Entry, Genesis, KeyDecl, KeyRevoke, Package, Push, Role, Rollback,
-    SignedEntry,
+    Ack, Approve, Body, Entry, Genesis, KeyDecl, KeyRevoke, Package, Push, Role, Rollback, SignedEntry,
 };
 use crate::limits::*;
 use crate::state::State;
@@ -45,7 +44,9 @@ pub enum RuleError {
     #[error("a genesis entry must come first and only first")]
     Genesis,
     /// The signer is not enrolled.
-    #[error("key {actor:?} is not enrolled in this ledger: ask an admin to run `pd key new {actor} --role …`")]
+    #[error(
+        "key {actor:?} is not enrolled in this ledger: ask an admin to run `pd key new {actor} --role …`"
+    )]
     UnknownKey {
         /// Signer.
         actor: String,
@@ -69,9 +70,7 @@ pub enum RuleError {
         action: &'static str,
     },
     /// The signature does not verify.
-    #[error(
-        "signature by {actor:?} does not verify: the entry was altered or signed by another key"
-    )]
+    #[error("signature by {actor:?} does not verify: the entry was altered or signed by another key")]
     BadSignature {
         /// Claimed signer.
         actor: String,
@@ -204,9 +203,7 @@ fn waiting_for(laggards: &[String]) -> String {
 pub fn check(state: &State, signed: &SignedEntry) -> Result<(), RuleError> {
     let key = check_rules(state, signed)?;
     if !signed.entry.signature_valid(&key) {
-        return Err(RuleError::BadSignature {
-            actor: signed.entry.actor.clone(),
-        });
+        return Err(RuleError::BadSignature { actor: signed.entry.actor.clone() });
     }
     Ok(())
 }
@@ -216,22 +213,13 @@ pub fn check(state: &State, signed: &SignedEntry) -> Result<(), RuleError> {
 pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, RuleError> {
     let e = &signed.entry;
     if e.seq != state.len {
-        return Err(RuleError::Seq {
-            expected: state.len,
-            got: e.seq,
-        });
+        return Err(RuleError::Seq { expected: state.len, got: e.seq });
     }
     if e.prev != state.head {
-        return Err(RuleError::Prev {
-            expected: state.head,
-            got: e.prev,
-        });
+        return Err(RuleError::Prev { expected: state.head, got: e.prev });
     }
     if e.time_ms < state.last_time_ms {
-        return Err(RuleError::TimeWentBack {
-            time_ms: e.time_ms,
-            last_ms: state.last_time_ms,
-        });
+        return Err(RuleError::TimeWentBack { time_ms: e.time_ms, last_ms: state.last_time_ms });
     }
     if let Body::Genesis(g) = &e.body {
         return check_genesis(state, e, g);
@@ -253,23 +241,15 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> RuleError {
-    RuleError::Invalid {
-        field,
-        problem: problem.into(),
-    }
+    RuleError::Invalid { field, problem: problem.into() }
 }
 
 /// Key and environment names: lowercase letters, digits, `.`, `_`, `-`; starting alphanumeric.
 pub fn check_name(field: &'static str, name: &str) -> Result<(), RuleError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -282,45 +262,22 @@ pub fn check_name(field: &'static str, name: &str) -> Result<(), RuleError> {
 
 fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), RuleError> {
     if required && text.trim().is_empty() {
-        return Err(invalid(
-            field,
-            "must not be empty: say why, for the audit trail",
-        ));
+        return Err(invalid(field, "must not be empty: say why, for the audit trail"));
     }
     if text.len() > MAX_TEXT_BYTES {
-        return Err(invalid(
-            field,
-            format!("{} bytes is over the limit of {MAX_TEXT_BYTES}", text.len()),
-        ));
+        return Err(invalid(field, format!("{} bytes is over the limit of {MAX_TEXT_BYTES}", text.len())));
     }
     Ok(())
 }
 
 /// The signer's key, which must be active and hold `role`.
-fn authorize(
-    state: &State,
-    e: &Entry,
-    role: Role,
-    action: &'static str,
-) -> Result<PublicKey, RuleError> {
-    let key = state
-        .keys
-        .get(&e.actor)
-        .ok_or_else(|| RuleError::UnknownKey {
-            actor: e.actor.clone(),
-        })?;
+fn authorize(state: &State, e: &Entry, role: Role, action: &'static str) -> Result<PublicKey, RuleError> {
+    let key = state.keys.get(&e.actor).ok_or_else(|| RuleError::UnknownKey { actor: e.actor.clone() })?;
     if let Some((_, reason)) = &key.revoked {
-        return Err(RuleError::RevokedKey {
-            actor: e.actor.clone(),
-            reason: reason.clone(),
-        });
+        return Err(RuleError::RevokedKey { actor: e.actor.clone(), reason: reason.clone() });
     }
     if !key.decl.roles.contains(&role) {
-        return Err(RuleError::MissingRole {
-            actor: e.actor.clone(),
-            role,
-            action,
-        });
+        return Err(RuleError::MissingRole { actor: e.actor.clone(), role, action });
     }
     Ok(key.decl.public_key)
 }
@@ -341,10 +298,7 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
         return Err(RuleError::Genesis);
     }
     if g.envs.is_empty() || g.envs.len() > MAX_ENVS {
-        return Err(invalid(
-            "envs",
-            format!("need 1 to {MAX_ENVS} environments"),
-        ));
+        return Err(invalid("envs", format!("need 1 to {MAX_ENVS} environments")));
     }
     let mut seen = BTreeSet::new();
     for env in &g.envs {
@@ -354,50 +308,31 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
         }
     }
     if g.approvals_required == 0 || g.approvals_required > MAX_APPROVALS_REQUIRED {
-        return Err(invalid(
-            "approvals_required",
-            format!("must be 1 to {MAX_APPROVALS_REQUIRED}"),
-        ));
+        return Err(invalid("approvals_required", format!("must be 1 to {MAX_APPROVALS_REQUIRED}")));
     }
     if g.keys.is_empty() || g.keys.len() > MAX_GENESIS_KEYS {
-        return Err(invalid(
-            "keys",
-            format!("need 1 to {MAX_GENESIS_KEYS} keys"),
-        ));
+        return Err(invalid("keys", format!("need 1 to {MAX_GENESIS_KEYS} keys")));
     }
     // Check the declared keys against a scratch state that knows the environments.
     let mut scratch = State::default();
     scratch.envs = g.envs.clone();
     for k in &g.keys {
         check_key_decl(&scratch, k)?;
-        scratch.keys.insert(
-            k.name.clone(),
-            crate::state::KeyState {
-                decl: k.clone(),
-                added_seq: 0,
-                revoked: None,
-            },
-        );
+        scratch
+            .keys
+            .insert(k.name.clone(), crate::state::KeyState { decl: k.clone(), added_seq: 0, revoked: None });
     }
     authorize(&scratch, e, Role::Admin, "sign the genesis entry")
 }
 
 fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
     check_name("key name", &k.name)?;
-    let taken = state
-        .keys
-        .values()
-        .any(|old| old.decl.name == k.name || old.decl.public_key == k.public_key);
+    let taken = state.keys.values().any(|old| old.decl.name == k.name || old.decl.public_key == k.public_key);
     if taken {
-        return Err(RuleError::DuplicateKey {
-            name: k.name.clone(),
-        });
+        return Err(RuleError::DuplicateKey { name: k.name.clone() });
     }
     if k.roles.is_empty() || !k.roles.windows(2).all(|w| w[0] < w[1]) {
-        return Err(invalid(
-            "roles",
-            "need at least one role, listed once each in canonical order",
-        ));
+        return Err(invalid("roles", "need at least one role, listed once each in canonical order"));
     }
     let is_target = k.roles.contains(&Role::Target);
     match (&k.env, is_target) {
@@ -408,23 +343,16 @@ fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
                 "a target key holds only the target role and names exactly one environment (--env)",
             ))
         }
-        (Some(_), false) => {
-            return Err(invalid(
-                "env",
-                "only target keys are bound to an environment",
-            ))
-        }
+        (Some(_), false) => return Err(invalid("env", "only target keys are bound to an environment")),
         (None, false) => {}
     }
     match &k.openpgp {
-        Some(cert) if cert.len() > MAX_OPENPGP_BYTES => Err(invalid(
-            "openpgp",
-            format!("certificate over {MAX_OPENPGP_BYTES} bytes"),
-        )),
-        None if k.roles.contains(&Role::Author) => Err(invalid(
-            "openpgp",
-            "an author key needs an OpenPGP certificate to sign packages",
-        )),
+        Some(cert) if cert.len() > MAX_OPENPGP_BYTES => {
+            Err(invalid("openpgp", format!("certificate over {MAX_OPENPGP_BYTES} bytes")))
+        }
+        None if k.roles.contains(&Role::Author) => {
+            Err(invalid("openpgp", "an author key needs an OpenPGP certificate to sign packages"))
+        }
         _ => Ok(()),
     }
 }
@@ -438,11 +366,7 @@ fn check_key_add(state: &State, e: &Entry, k: &KeyDecl) -> Result<PublicKey, Rul
 fn check_key_revoke(state: &State, e: &Entry, r: &KeyRevoke) -> Result<PublicKey, RuleError> {
     let key = authorize(state, e, Role::Admin, "revoke keys")?;
     check_text("reason", &r.reason, true)?;
-    let target = state
-        .active_key(&r.name)
-        .ok_or_else(|| RuleError::UnknownKey {
-            actor: r.name.clone(),
-        })?;
+    let target = state.active_key(&r.name).ok_or_else(|| RuleError::UnknownKey { actor: r.name.clone() })?;
     if target.decl.roles.contains(&Role::Admin) {
         let admins = state
             .keys
@@ -450,9 +374,7 @@ fn check_key_revoke(state: &State, e: &Entry, r: &KeyRevoke) -> Result<PublicKey
             .filter(|k| k.revoked.is_none() && k.decl.roles.contains(&Role::Admin))
             .count();
         if admins <= 1 {
-            return Err(RuleError::LastAdmin {
-                name: r.name.clone(),
-            });
+            return Err(RuleError::LastAdmin { name: r.name.clone() });
         }
     }
     Ok(key)
@@ -463,16 +385,11 @@ fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, Rul
     check_text("reason", &p.reason, true)?;
     let name_ok = !p.name.is_empty()
         && p.name.len() <= MAX_NAME_BYTES
-        && p.name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !name_ok {
         return Err(invalid(
             "policy name",
-            format!(
-                "{:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '.', '_', '-'",
-                p.name
-            ),
+            format!("{:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '.', '_', '-'", p.name),
         ));
     }
     if let Some(latest) = state.latest_package() {
@@ -484,15 +401,10 @@ fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, Rul
         }
     }
     if let Some(old) = state.package_by_hash(&p.tarball.blake3) {
-        return Err(RuleError::DuplicatePackage {
-            version: old.package.version,
-        });
+        return Err(RuleError::DuplicatePackage { version: old.package.version });
     }
     if p.files.is_empty() || p.files.len() > MAX_FILES {
-        return Err(invalid(
-            "files",
-            format!("a package holds 1 to {MAX_FILES} files"),
-        ));
+        return Err(invalid("files", format!("a package holds 1 to {MAX_FILES} files")));
     }
     if !p.files.windows(2).all(|w| w[0].path < w[1].path) {
         return Err(invalid("files", "paths must be sorted and unique"));
@@ -501,10 +413,7 @@ fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, Rul
         check_path(&f.path)?;
     }
     if p.openpgp_sig.is_empty() || p.openpgp_sig.len() > MAX_OPENPGP_BYTES {
-        return Err(invalid(
-            "openpgp_sig",
-            format!("must be 1 to {MAX_OPENPGP_BYTES} bytes"),
-        ));
+        return Err(invalid("openpgp_sig", format!("must be 1 to {MAX_OPENPGP_BYTES} bytes")));
     }
     Ok(key)
 }
@@ -516,9 +425,7 @@ pub fn check_path(path: &str) -> Result<(), RuleError> {
         && !path.starts_with('/')
         && !path.contains('\\')
         && !path.bytes().any(|b| b < 0x20 || b == 0x7f)
-        && path
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..");
+        && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
     if ok {
         Ok(())
     } else {
@@ -535,10 +442,7 @@ fn named_package<'s>(
     state
         .package(version)
         .filter(|p| &p.package.tarball.blake3 == package)
-        .ok_or(RuleError::UnknownPackage {
-            version,
-            package: *package,
-        })
+        .ok_or(RuleError::UnknownPackage { version, package: *package })
 }
 
 fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, RuleError> {
@@ -546,27 +450,16 @@ fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, Rul
     check_text("reason", &a.reason, true)?;
     let pkg = named_package(state, a.version, &a.package)?;
     if pkg.author == e.actor {
-        return Err(RuleError::SelfApproval {
-            actor: e.actor.clone(),
-            version: a.version,
-        });
+        return Err(RuleError::SelfApproval { actor: e.actor.clone(), version: a.version });
     }
     if pkg.approvals.iter().any(|x| x.approver == e.actor) {
-        return Err(RuleError::DuplicateApproval {
-            actor: e.actor.clone(),
-            version: a.version,
-        });
+        return Err(RuleError::DuplicateApproval { actor: e.actor.clone(), version: a.version });
     }
     Ok(key)
 }
 
 /// Whether `version` may be pushed to `env` now: approved, in promotion order, forward.
-pub fn check_promotion(
-    state: &State,
-    env: &str,
-    version: Version,
-    package: &Hash,
-) -> Result<(), RuleError> {
+pub fn check_promotion(state: &State, env: &str, version: Version, package: &Hash) -> Result<(), RuleError> {
     check_env(state, env)?;
     let pkg = named_package(state, version, package)?;
     if !state.is_approved(pkg) {
@@ -580,16 +473,9 @@ pub fn check_promotion(
     if idx > 0 {
         let before = &state.envs[idx - 1];
         if !state.fully_adopted(before, version) {
-            let pushed = state
-                .env
-                .get(before)
-                .and_then(|e| e.desired.as_ref())
-                .is_some_and(|d| d.version == version);
-            let laggards = if pushed {
-                state.laggards(before, version)
-            } else {
-                Vec::new()
-            };
+            let pushed =
+                state.env.get(before).and_then(|e| e.desired.as_ref()).is_some_and(|d| d.version == version);
+            let laggards = if pushed { state.laggards(before, version) } else { Vec::new() };
             return Err(RuleError::PromotionSkip {
                 version,
                 env: env.to_string(),
@@ -600,11 +486,7 @@ pub fn check_promotion(
     }
     if let Some(current) = state.env.get(env).and_then(|e| e.desired.as_ref()) {
         if version <= current.version {
-            return Err(RuleError::NotForward {
-                env: env.to_string(),
-                version,
-                current: current.version,
-            });
+            return Err(RuleError::NotForward { env: env.to_string(), version, current: current.version });
         }
     }
     Ok(())
@@ -636,12 +518,10 @@ fn check_ack(state: &State, e: &Entry, a: &Ack) -> Result<PublicKey, RuleError> 
     let desired = state.env.get(&a.env).and_then(|x| x.desired.as_ref());
     match desired {
         Some(d) if d.version == a.version && d.package == a.package => Ok(key),
-        Some(d) => Err(RuleError::BadAck {
-            problem: format!("{} wants {}, not {}", a.env, d.version, a.version),
-        }),
-        None => Err(RuleError::BadAck {
-            problem: format!("nothing was pushed to {} yet", a.env),
-        }),
+        Some(d) => {
+            Err(RuleError::BadAck { problem: format!("{} wants {}, not {}", a.env, d.version, a.version) })
+        }
+        None => Err(RuleError::BadAck { problem: format!("nothing was pushed to {} yet", a.env) }),
     }
 }
 
@@ -662,9 +542,7 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
         Some(_) => {}
     }
     if !env.history.iter().any(|d| d.version == r.version) {
-        return Err(bad(
-            "it was never deployed there; roll back only to a version the environment had",
-        ));
+        return Err(bad("it was never deployed there; roll back only to a version the environment had"));
     }
     Ok(key)
 }

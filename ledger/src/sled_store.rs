@@ -28,20 +28,15 @@ fn io(e: sled::Error) -> StorageError {
 impl SledStore {
     /// Opens (or creates) the database at `dir`. Fails with `Locked` if another process has it.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(io)?;
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(io)?;
         let entries = db.open_tree("entries").map_err(io)?;
         Ok(SledStore { db, entries })
     }
 }
 
 fn seq_of(key: &[u8]) -> Result<u64, StorageError> {
-    let arr: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StorageError::Io(format!("corrupt ledger key of {} bytes", key.len())))?;
+    let arr: [u8; 8] =
+        key.try_into().map_err(|_| StorageError::Io(format!("corrupt ledger key of {} bytes", key.len())))?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -54,11 +49,7 @@ impl LedgerStore for SledStore {
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .entries
-            .get(seq.to_be_bytes())
-            .map_err(io)?
-            .map(|v| v.to_vec()))
+        Ok(self.entries.get(seq.to_be_bytes()).map_err(io)?.map(|v| v.to_vec()))
     }
 
     fn scan(&self, from: u64) -> Box<dyn Iterator<Item = Result<Vec<u8>, StorageError>> + '_> {
@@ -77,16 +68,8 @@ impl LedgerStore for SledStore {
     }
 
     fn append(&self, first_seq: u64, entries: &[&[u8]]) -> Result<(), StorageError> {
-        if first_seq > 0
-            && !self
-                .entries
-                .contains_key((first_seq - 1).to_be_bytes())
-                .map_err(io)?
-        {
-            return Err(StorageError::Gap {
-                seq: first_seq,
-                len: self.len()?,
-            });
+        if first_seq > 0 && !self.entries.contains_key((first_seq - 1).to_be_bytes()).map_err(io)? {
+            return Err(StorageError::Gap { seq: first_seq, len: self.len()? });
         }
         let result = self.entries.transaction(|tx| {
             for (i, bytes) in entries.iter().enumerate() {
@@ -118,14 +101,8 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         s.append(0, &[b"a", b"b"]).unwrap();
         assert_eq!(s.len().unwrap(), 2);
-        assert!(matches!(
-            s.append(1, &[b"x"]),
-            Err(StorageError::Conflict { seq: 1 })
-        ));
-        assert!(matches!(
-            s.append(5, &[b"x"]),
-            Err(StorageError::Gap { .. })
-        ));
+        assert!(matches!(s.append(1, &[b"x"]), Err(StorageError::Conflict { seq: 1 })));
+        assert!(matches!(s.append(5, &[b"x"]), Err(StorageError::Gap { .. })));
         assert_eq!(s.get(1).unwrap().as_deref(), Some(&b"b"[..]));
         let all: Vec<_> = s.scan(0).collect::<Result<_, _>>().unwrap();
         assert_eq!(all, vec![b"a".to_vec(), b"b".to_vec()]);
@@ -139,19 +116,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = SledStore::open(dir.path()).unwrap();
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "sled_store::tests::open_locked_child",
-                "--nocapture",
-            ])
+            .args(["--exact", "sled_store::tests::open_locked_child", "--nocapture"])
             .env("PD_LOCK_TEST_DIR", dir.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }
 
     /// Runs in a child process of the test above: sled's lock is per process.
@@ -160,10 +129,7 @@ mod tests {
         let Some(dir) = std::env::var_os("PD_LOCK_TEST_DIR") else {
             return;
         };
-        assert!(matches!(
-            SledStore::open(std::path::Path::new(&dir)),
-            Err(StorageError::Locked)
-        ));
+        assert!(matches!(SledStore::open(std::path::Path::new(&dir)), Err(StorageError::Locked)));
     }
 
     #[test]

@@ -126,10 +126,7 @@ pub struct EnvState {
 impl State {
     /// The package with this version.
     pub fn package(&self, version: Version) -> Option<&PackageState> {
-        self.packages
-            .binary_search_by(|p| p.package.version.cmp(&version))
-            .ok()
-            .map(|i| &self.packages[i])
+        self.packages.binary_search_by(|p| p.package.version.cmp(&version)).ok().map(|i| &self.packages[i])
     }
 
     /// The package whose tarball has this BLAKE3.
@@ -150,9 +147,7 @@ impl State {
     /// Active target keys of an environment.
     pub fn targets<'a>(&'a self, env: &'a str) -> impl Iterator<Item = &'a KeyState> + 'a {
         self.keys.values().filter(move |k| {
-            k.revoked.is_none()
-                && k.decl.roles.contains(&Role::Target)
-                && k.decl.env.as_deref() == Some(env)
+            k.revoked.is_none() && k.decl.roles.contains(&Role::Target) && k.decl.env.as_deref() == Some(env)
         })
     }
 
@@ -236,11 +231,7 @@ impl State {
                     seq: e.seq,
                     time_ms: e.time_ms,
                 };
-                self.env
-                    .entry(a.env.clone())
-                    .or_default()
-                    .reports
-                    .insert(e.actor.clone(), report);
+                self.env.entry(a.env.clone()).or_default().reports.insert(e.actor.clone(), report);
             }
         }
         self.len += 1;
@@ -249,29 +240,12 @@ impl State {
     }
 
     fn add_key(&mut self, decl: &KeyDecl, seq: u64) {
-        let key = KeyState {
-            decl: decl.clone(),
-            added_seq: seq,
-            revoked: None,
-        };
+        let key = KeyState { decl: decl.clone(), added_seq: seq, revoked: None };
         self.keys.insert(decl.name.clone(), key);
     }
 
-    fn set_desired(
-        &mut self,
-        env: &str,
-        version: Version,
-        package: Hash,
-        e: &crate::entry::Entry,
-        via: Via,
-    ) {
-        let d = Desired {
-            version,
-            package,
-            seq: e.seq,
-            time_ms: e.time_ms,
-            via,
-        };
+    fn set_desired(&mut self, env: &str, version: Version, package: Hash, e: &crate::entry::Entry, via: Via) {
+        let d = Desired { version, package, seq: e.seq, time_ms: e.time_ms, via };
         let env = self.env.entry(env.to_string()).or_default();
         env.history.push(d.clone());
         env.desired = Some(d);

@@ -9,9 +9,7 @@ pub enum StorageError {
     #[error("the ledger is in use by another pd process; wait for it to finish and retry")]
     Locked,
     /// An entry already exists at that position.
-    #[error(
-        "an entry already exists at seq {seq}: another writer appended first; reload and retry"
-    )]
+    #[error("an entry already exists at seq {seq}: another writer appended first; reload and retry")]
     Conflict {
         /// The taken position.
         seq: u64,
@@ -68,13 +66,7 @@ impl LedgerStore for MemStore {
     }
 
     fn scan(&self, from: u64) -> Box<dyn Iterator<Item = Result<Vec<u8>, StorageError>> + '_> {
-        let all: Vec<_> = self
-            .lock()
-            .iter()
-            .skip(from as usize)
-            .cloned()
-            .map(Ok)
-            .collect();
+        let all: Vec<_> = self.lock().iter().skip(from as usize).cloned().map(Ok).collect();
         Box::new(all.into_iter())
     }
 
@@ -85,10 +77,7 @@ impl LedgerStore for MemStore {
             return Err(StorageError::Conflict { seq: first_seq });
         }
         if first_seq > len {
-            return Err(StorageError::Gap {
-                seq: first_seq,
-                len,
-            });
+            return Err(StorageError::Gap { seq: first_seq, len });
         }
         v.extend(entries.iter().map(|e| e.to_vec()));
         Ok(())

@@ -30,11 +30,7 @@ pub enum Bump {
 impl Version {
     /// Builds a version.
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Version {
-            major,
-            minor,
-            patch,
-        }
+        Version { major, minor, patch }
     }
 
     /// The version after this one; `None` on overflow.
@@ -66,9 +62,8 @@ impl FromStr for Version {
         let err = || ParseVersionError(s.chars().take(40).collect());
         let body = s.strip_prefix("PD-").unwrap_or(s);
         let mut parts = body.split('.').map(|p| {
-            let canonical = !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && (p == "0" || !p.starts_with('0'));
+            let canonical =
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'));
             if canonical {
                 p.parse::<u32>().ok()
             } else {
@@ -107,25 +102,11 @@ mod tests {
 
     #[test]
     fn parse_table() {
-        let ok = [
-            ("PD-23.1.0", (23, 1, 0)),
-            ("0.1.0", (0, 1, 0)),
-            ("PD-1.20.300", (1, 20, 300)),
-        ];
+        let ok = [("PD-23.1.0", (23, 1, 0)), ("0.1.0", (0, 1, 0)), ("PD-1.20.300", (1, 20, 300))];
         for (s, (a, b, c)) in ok {
             assert_eq!(s.parse::<Version>().unwrap(), Version::new(a, b, c), "{s}");
         }
-        for bad in [
-            "",
-            "PD-",
-            "1.2",
-            "1.2.3.4",
-            "01.2.3",
-            "1.-2.3",
-            "v1.2.3",
-            "1.2.3 ",
-            "4294967296.0.0",
-        ] {
+        for bad in ["", "PD-", "1.2", "1.2.3.4", "01.2.3", "1.-2.3", "v1.2.3", "1.2.3 ", "4294967296.0.0"] {
             assert!(bad.parse::<Version>().is_err(), "{bad:?} must be refused");
         }
     }

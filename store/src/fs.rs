@@ -47,19 +47,14 @@ pub struct FsStore {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
 impl FsStore {
     /// Opens (creating) the store at `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
-        Ok(FsStore {
-            dir: dir.to_path_buf(),
-        })
+        Ok(FsStore { dir: dir.to_path_buf() })
     }
 
     /// Where the object `blake3` lives.
@@ -103,11 +98,7 @@ impl BlobStore for FsStore {
         }
         let dir = path.parent().unwrap_or(&self.dir);
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            hex::encode(&hash[..8])
-        ));
+        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), hex::encode(&hash[..8])));
         let written = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(bytes)?;
@@ -128,17 +119,12 @@ impl BlobStore for FsStore {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    hash: hex::encode(blake3),
-                })
+                return Err(StoreError::NotFound { hash: hex::encode(blake3) })
             }
             Err(e) => return Err(io(&path)(e)),
         };
         if blake3::hash(&bytes).as_bytes() != blake3 {
-            return Err(StoreError::Corrupt {
-                hash: hex::encode(blake3),
-                path,
-            });
+            return Err(StoreError::Corrupt { hash: hex::encode(blake3), path });
         }
         Ok(bytes)
     }
@@ -161,11 +147,8 @@ mod tests {
         assert_eq!(s.get(&h).unwrap(), b"policy");
         assert!(s.contains(&h).unwrap());
         assert_eq!(s.list().unwrap(), vec![h]);
-        let names: Vec<_> = fs::read_dir(s.path_of(&h).parent().unwrap())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let names: Vec<_> =
+            fs::read_dir(s.path_of(&h).parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 1, "no temp files left: {names:?}");
     }
 

@@ -3,9 +3,7 @@
 use std::io::Write;
 
 use pgp::cert::prelude::*;
-use pgp::parse::stream::{
-    DetachedVerifierBuilder, MessageLayer, MessageStructure, VerificationHelper,
-};
+use pgp::parse::stream::{DetachedVerifierBuilder, MessageLayer, MessageStructure, VerificationHelper};
 use pgp::parse::Parse;
 use pgp::policy::StandardPolicy;
 use pgp::serialize::stream::{Armorer, Message, Signer};
@@ -33,10 +31,7 @@ pub enum PgpError {
 }
 
 fn invalid(what: &'static str) -> impl FnOnce(pgp::anyhow::Error) -> PgpError {
-    move |e| PgpError::Invalid {
-        what,
-        problem: e.to_string(),
-    }
+    move |e| PgpError::Invalid { what, problem: e.to_string() }
 }
 
 /// A certificate with its secret keys.
@@ -76,15 +71,9 @@ impl PgpKey {
 
     /// The ASCII-armored public certificate (no secret material).
     pub fn public_armored(&self) -> Result<String, PgpError> {
-        let bytes = self
-            .cert
-            .armored()
-            .to_vec()
-            .map_err(invalid("certificate"))?;
-        String::from_utf8(bytes).map_err(|e| PgpError::Invalid {
-            what: "certificate",
-            problem: e.to_string(),
-        })
+        let bytes = self.cert.armored().to_vec().map_err(invalid("certificate"))?;
+        String::from_utf8(bytes)
+            .map_err(|e| PgpError::Invalid { what: "certificate", problem: e.to_string() })
     }
 
     /// Uppercase hex fingerprint.
@@ -105,34 +94,21 @@ impl PgpKey {
             .revoked(false)
             .for_signing()
             .next()
-            .ok_or(PgpError::Invalid {
-                what: "secret key",
-                problem: "no usable signing key".into(),
-            })?;
-        let keypair = key
-            .key()
-            .clone()
-            .into_keypair()
-            .map_err(invalid("secret key"))?;
+            .ok_or(PgpError::Invalid { what: "secret key", problem: "no usable signing key".into() })?;
+        let keypair = key.key().clone().into_keypair().map_err(invalid("secret key"))?;
         let mut sink = Vec::new();
         let message = Message::new(&mut sink);
-        let message = Armorer::new(message)
-            .kind(pgp::armor::Kind::Signature)
-            .build()
-            .map_err(invalid("signature"))?;
+        let message =
+            Armorer::new(message).kind(pgp::armor::Kind::Signature).build().map_err(invalid("signature"))?;
         let mut signer = Signer::new(message, keypair)
             .and_then(|s| s.hash_algo(HashAlgorithm::SHA512))
             .and_then(|s| s.detached().build())
             .map_err(invalid("signature"))?;
-        signer.write_all(data).map_err(|e| PgpError::Invalid {
-            what: "signature",
-            problem: e.to_string(),
-        })?;
+        signer
+            .write_all(data)
+            .map_err(|e| PgpError::Invalid { what: "signature", problem: e.to_string() })?;
         signer.finalize().map_err(invalid("signature"))?;
-        String::from_utf8(sink).map_err(|e| PgpError::Invalid {
-            what: "signature",
-            problem: e.to_string(),
-        })
+        String::from_utf8(sink).map_err(|e| PgpError::Invalid { what: "signature", problem: e.to_string() })
     }
 }
 
@@ -157,8 +133,7 @@ fn public_cert(cert_armored: &str) -> Result<Cert, PgpError> {
     if cert.is_tsk() {
         return Err(PgpError::Invalid {
             what: "certificate",
-            problem: "it contains secret key material; only public certificates are accepted"
-                .into(),
+            problem: "it contains secret key material; only public certificates are accepted".into(),
         });
     }
     Ok(cert)
@@ -202,9 +177,7 @@ pub fn verify_detached(cert_armored: &str, data: &[u8], sig_armored: &str) -> Re
     let mut verifier = DetachedVerifierBuilder::from_bytes(sig_armored.as_bytes())
         .and_then(|b| b.with_policy(&policy, None, Helper { cert }))
         .map_err(|e| PgpError::BadSignature(e.to_string()))?;
-    verifier
-        .verify_bytes(data)
-        .map_err(|e| PgpError::BadSignature(e.to_string()))
+    verifier.verify_bytes(data).map_err(|e| PgpError::BadSignature(e.to_string()))
 }
 
 #[cfg(test)]
@@ -218,10 +191,7 @@ mod tests {
         let sig = k.sign_detached_armored(b"tarball").unwrap();
         assert!(sig.starts_with("-----BEGIN PGP SIGNATURE-----"));
         verify_detached(&cert, b"tarball", &sig).unwrap();
-        assert!(matches!(
-            verify_detached(&cert, b"tarbalL", &sig),
-            Err(PgpError::BadSignature(_))
-        ));
+        assert!(matches!(verify_detached(&cert, b"tarbalL", &sig), Err(PgpError::BadSignature(_))));
         let other = generate("b (pd)").unwrap();
         let other_sig = other.sign_detached_armored(b"tarball").unwrap();
         assert!(verify_detached(&cert, b"tarball", &other_sig).is_err());
@@ -247,11 +217,7 @@ mod tests {
 
     #[test]
     fn gpg_verifies_our_signature() {
-        if std::process::Command::new("gpg")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
+        if std::process::Command::new("gpg").arg("--version").output().is_err() {
             eprintln!("skipped: gpg is not installed, so the interoperability check cannot run");
             return;
         }
@@ -259,18 +225,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gnupg = dir.path().join("gnupg");
         std::fs::create_dir(&gnupg).unwrap();
-        let (cert, data, sig) = (
-            dir.path().join("cert.asc"),
-            dir.path().join("data.tgz"),
-            dir.path().join("data.tgz.asc"),
-        );
+        let (cert, data, sig) =
+            (dir.path().join("cert.asc"), dir.path().join("data.tgz"), dir.path().join("data.tgz.asc"));
         std::fs::write(&cert, k.public_armored().unwrap()).unwrap();
         std::fs::write(&data, b"\x1f\x8bpolicy bytes").unwrap();
-        std::fs::write(
-            &sig,
-            k.sign_detached_armored(b"\x1f\x8bpolicy bytes").unwrap(),
-        )
-        .unwrap();
+        std::fs::write(&sig, k.sign_detached_armored(b"\x1f\x8bpolicy bytes").unwrap()).unwrap();
         let gpg = |args: &[&std::ffi::OsStr]| {
             std::process::Command::new("gpg")
                 .arg("--batch")
@@ -281,22 +240,10 @@ mod tests {
                 .unwrap()
         };
         let out = gpg(&["--import".as_ref(), cert.as_os_str()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let out = gpg(&["--verify".as_ref(), sig.as_os_str(), data.as_os_str()]);
-        assert!(
-            out.status.success(),
-            "gpg --verify: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "gpg --verify: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::write(&data, b"\x1f\x8bpolicy bytez").unwrap();
-        assert!(
-            !gpg(&["--verify".as_ref(), sig.as_os_str(), data.as_os_str()])
-                .status
-                .success()
-        );
+        assert!(!gpg(&["--verify".as_ref(), sig.as_os_str(), data.as_os_str()]).status.success());
     }
 }

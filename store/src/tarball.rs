@@ -163,10 +163,7 @@ pub enum TarballError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TarballError + '_ {
-    move |source| TarballError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TarballError::Io { path: path.to_path_buf(), source }
 }
 
 fn check_path(path: &str, limits: &Limits) -> Result<(), TarballError> {
@@ -182,10 +179,8 @@ fn check_path(path: &str, limits: &Limits) -> Result<(), TarballError> {
             why: format!("longer than {} bytes", limits.max_path_bytes),
         });
     }
-    pd_ledger::rules::check_path(path).map_err(|e| TarballError::BadPath {
-        path: path.into(),
-        why: e.to_string(),
-    })
+    pd_ledger::rules::check_path(path)
+        .map_err(|e| TarballError::BadPath { path: path.into(), why: e.to_string() })
 }
 
 /// Reads policy files: a file becomes one entry named by its file name, a directory
@@ -197,47 +192,28 @@ pub fn collect(paths: &[PathBuf], limits: &Limits) -> Result<Vec<PolicyFile>, Ta
         if meta.is_dir() {
             walk(p, "", &mut files, limits)?;
         } else {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             add_file(p, name, &meta, &mut files, limits)?;
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     if let Some(w) = files.windows(2).find(|w| w[0].path == w[1].path) {
-        return Err(TarballError::DuplicatePath {
-            path: w[0].path.clone(),
-        });
+        return Err(TarballError::DuplicatePath { path: w[0].path.clone() });
     }
     Ok(files)
 }
 
-fn walk(
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<PolicyFile>,
-    limits: &Limits,
-) -> Result<(), TarballError> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .collect::<Result<_, _>>()
-        .map_err(io_err(dir))?;
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<PolicyFile>, limits: &Limits) -> Result<(), TarballError> {
+    let mut entries: Vec<_> =
+        fs::read_dir(dir).map_err(io_err(dir))?.collect::<Result<_, _>>().map_err(io_err(dir))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        let name = e
-            .file_name()
-            .into_string()
-            .map_err(|n| TarballError::BadPath {
-                path: n.to_string_lossy().into(),
-                why: "not UTF-8".into(),
-            })?;
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let name = e.file_name().into_string().map_err(|n| TarballError::BadPath {
+            path: n.to_string_lossy().into(),
+            why: "not UTF-8".into(),
+        })?;
+        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
         if meta.is_dir() {
             walk(&path, &rel, out, limits)?;
@@ -256,21 +232,14 @@ fn add_file(
     limits: &Limits,
 ) -> Result<(), TarballError> {
     if !meta.is_file() {
-        return Err(TarballError::NotRegular {
-            path: path.display().to_string(),
-        });
+        return Err(TarballError::NotRegular { path: path.display().to_string() });
     }
     check_path(&rel, limits)?;
     if meta.len() > limits.max_file_bytes {
-        return Err(TarballError::FileTooLarge {
-            path: rel,
-            limit: limits.max_file_bytes,
-        });
+        return Err(TarballError::FileTooLarge { path: rel, limit: limits.max_file_bytes });
     }
     if out.len() >= limits.max_files {
-        return Err(TarballError::TooManyFiles {
-            limit: limits.max_files,
-        });
+        return Err(TarballError::TooManyFiles { limit: limits.max_files });
     }
     let bytes = fs::read(path).map_err(io_err(path))?;
     out.push(PolicyFile { path: rel, bytes });
@@ -285,9 +254,7 @@ pub fn build(
     limits: &Limits,
 ) -> Result<Built, TarballError> {
     if files.len() > limits.max_files {
-        return Err(TarballError::TooManyFiles {
-            limit: limits.max_files,
-        });
+        return Err(TarballError::TooManyFiles { limit: limits.max_files });
     }
     let mut sorted: Vec<&PolicyFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
@@ -295,23 +262,13 @@ pub fn build(
     for (i, f) in sorted.iter().enumerate() {
         check_path(&f.path, limits)?;
         if i > 0 && sorted[i - 1].path == f.path {
-            return Err(TarballError::DuplicatePath {
-                path: f.path.clone(),
-            });
+            return Err(TarballError::DuplicatePath { path: f.path.clone() });
         }
         if f.bytes.len() as u64 > limits.max_file_bytes {
-            return Err(TarballError::FileTooLarge {
-                path: f.path.clone(),
-                limit: limits.max_file_bytes,
-            });
+            return Err(TarballError::FileTooLarge { path: f.path.clone(), limit: limits.max_file_bytes });
         }
         let d = ArtifactDigest::of(&f.bytes);
-        digests.push(FileDigest {
-            path: f.path.clone(),
-            size: d.size,
-            sha256: d.sha256,
-            blake3: d.blake3,
-        });
+        digests.push(FileDigest { path: f.path.clone(), size: d.size, sha256: d.sha256, blake3: d.blake3 });
     }
     let manifest = Manifest {
         name: name.to_string(),
@@ -340,17 +297,10 @@ pub fn build(
             limit: limits.max_tarball_bytes,
         });
     }
-    Ok(Built {
-        digest: ArtifactDigest::of(&bytes),
-        bytes,
-        files: digests,
-        manifest,
-    })
+    Ok(Built { digest: ArtifactDigest::of(&bytes), bytes, files: digests, manifest })
 }
 
-fn write_tar_gz<'a>(
-    members: impl Iterator<Item = (&'a str, &'a [u8])>,
-) -> std::io::Result<Vec<u8>> {
+fn write_tar_gz<'a>(members: impl Iterator<Item = (&'a str, &'a [u8])>) -> std::io::Result<Vec<u8>> {
     // Fixed gzip header: no name, no comment, mtime 0, OS "unknown"; fixed level.
     let gz = flate2::GzBuilder::new()
         .mtime(0)
@@ -410,22 +360,15 @@ impl std::error::Error for CapExceeded {}
 pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
     let size = bytes.len() as u64;
     if size > limits.max_tarball_bytes {
-        return Err(TarballError::TarballTooLarge {
-            size,
-            limit: limits.max_tarball_bytes,
-        });
+        return Err(TarballError::TarballTooLarge { size, limit: limits.max_tarball_bytes });
     }
     let by_ratio = size.saturating_mul(limits.max_ratio).max(RATIO_FLOOR_BYTES);
     let cap = by_ratio.min(limits.max_unpacked_bytes);
     let over = || {
         if by_ratio < limits.max_unpacked_bytes {
-            TarballError::Bomb {
-                ratio: limits.max_ratio,
-            }
+            TarballError::Bomb { ratio: limits.max_ratio }
         } else {
-            TarballError::UnpackedTooLarge {
-                limit: limits.max_unpacked_bytes,
-            }
+            TarballError::UnpackedTooLarge { limit: limits.max_unpacked_bytes }
         }
     };
     let map = |e: std::io::Error| {
@@ -435,21 +378,14 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
             TarballError::Malformed(e.to_string())
         }
     };
-    let reader = Capped {
-        inner: flate2::read::GzDecoder::new(bytes),
-        left: cap,
-    };
+    let reader = Capped { inner: flate2::read::GzDecoder::new(bytes), left: cap };
     let mut archive = tar::Archive::new(reader);
     let mut members: Vec<PolicyFile> = Vec::new();
     let mut total = 0u64;
     for entry in archive.entries().map_err(map)? {
         let mut entry = entry.map_err(map)?;
-        let path = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| {
-            TarballError::BadPath {
-                path: "<non UTF-8>".into(),
-                why: "not UTF-8".into(),
-            }
-        })?;
+        let path = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| TarballError::BadPath { path: "<non UTF-8>".into(), why: "not UTF-8".into() })?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             return Err(TarballError::NotRegular { path });
         }
@@ -462,42 +398,29 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
             check_path(&path, limits)?;
         }
         if members.len() > limits.max_files {
-            return Err(TarballError::TooManyFiles {
-                limit: limits.max_files,
-            });
+            return Err(TarballError::TooManyFiles { limit: limits.max_files });
         }
         let len = entry.header().size().map_err(map)?;
-        let limit = if members.is_empty() {
-            MAX_MANIFEST_BYTES
-        } else {
-            limits.max_file_bytes
-        };
+        let limit = if members.is_empty() { MAX_MANIFEST_BYTES } else { limits.max_file_bytes };
         if len > limit {
             return Err(TarballError::FileTooLarge { path, limit });
         }
         total += len;
         if total > limits.max_unpacked_bytes {
-            return Err(TarballError::UnpackedTooLarge {
-                limit: limits.max_unpacked_bytes,
-            });
+            return Err(TarballError::UnpackedTooLarge { limit: limits.max_unpacked_bytes });
         }
         let mut data = Vec::with_capacity(len as usize);
-        entry
-            .by_ref()
-            .take(len)
-            .read_to_end(&mut data)
-            .map_err(map)?;
+        entry.by_ref().take(len).read_to_end(&mut data).map_err(map)?;
         if data.len() as u64 != len {
             return Err(TarballError::Malformed(format!("{path} is truncated")));
         }
         members.push(PolicyFile { path, bytes: data });
     }
     let mut members = members.into_iter();
-    let manifest_file = members
-        .next()
-        .ok_or_else(|| TarballError::Manifest(format!("{MANIFEST} is missing")))?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_file.bytes)
-        .map_err(|e| TarballError::Manifest(e.to_string()))?;
+    let manifest_file =
+        members.next().ok_or_else(|| TarballError::Manifest(format!("{MANIFEST} is missing")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_file.bytes).map_err(|e| TarballError::Manifest(e.to_string()))?;
     let files: Vec<PolicyFile> = members.collect();
     check_manifest(&manifest, &files)?;
     Ok(Contents { manifest, files })
@@ -513,9 +436,7 @@ fn check_manifest(m: &Manifest, files: &[PolicyFile]) -> Result<(), TarballError
     }
     for (i, (mf, f)) in m.files.iter().zip(files).enumerate() {
         if i > 0 && files[i - 1].path >= f.path {
-            return Err(TarballError::DuplicatePath {
-                path: f.path.clone(),
-            });
+            return Err(TarballError::DuplicatePath { path: f.path.clone() });
         }
         let d = ArtifactDigest::of(&f.bytes);
         if mf.path != f.path
@@ -523,10 +444,7 @@ fn check_manifest(m: &Manifest, files: &[PolicyFile]) -> Result<(), TarballError
             || mf.sha256 != hex::encode(d.sha256)
             || mf.blake3 != hex::encode(d.blake3)
         {
-            return Err(TarballError::Manifest(format!(
-                "{} does not match its manifest entry",
-                f.path
-            )));
+            return Err(TarballError::Manifest(format!("{} does not match its manifest entry", f.path)));
         }
     }
     Ok(())
@@ -544,11 +462,8 @@ pub fn unpack(bytes: &[u8], dir: &Path, limits: &Limits) -> Result<Manifest, Tar
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err(parent))?;
         }
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let mut out =
+            fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
         out.write_all(&f.bytes).map_err(io_err(&path))?;
         out.sync_all().map_err(io_err(&path))?;
     }

@@ -65,10 +65,7 @@ impl VerifyError {
 
 /// Verifies an export file.
 pub fn verify_file(path: &Path) -> Result<Report, VerifyError> {
-    let read_err = |source| VerifyError::Read {
-        path: path.display().to_string(),
-        source,
-    };
+    let read_err = |source| VerifyError::Read { path: path.display().to_string(), source };
     let len = std::fs::metadata(path).map_err(read_err)?.len();
     if len > pd_ledger::limits::MAX_EXPORT_BYTES {
         return Err(ExportError::Malformed(format!(
@@ -84,17 +81,10 @@ pub fn verify_file(path: &Path) -> Result<Report, VerifyError> {
 /// Verifies export bytes.
 pub fn verify_bytes(bytes: &[u8]) -> Result<Report, VerifyError> {
     let export = Export::decode(bytes)?;
-    let state = replay(
-        export.entries.iter().map(|e| e.as_slice()),
-        Signatures::Verify,
-    )?;
+    let state = replay(export.entries.iter().map(|e| e.as_slice()), Signatures::Verify)?;
     check_head(&state, &export.head)?;
     let artifacts_checked = check_artifacts(&state, &export)?;
-    Ok(Report {
-        state,
-        head: export.head,
-        artifacts_checked,
-    })
+    Ok(Report { state, head: export.head, artifacts_checked })
 }
 
 fn check_head(state: &State, head: &Head) -> Result<(), VerifyError> {
@@ -109,10 +99,7 @@ fn check_head(state: &State, head: &Head) -> Result<(), VerifyError> {
         return fail("it names another head or ledger than the entries replay to".into());
     }
     let Some(key) = state.active_key(&head.actor) else {
-        return fail(format!(
-            "signer {:?} is not an active key of this ledger",
-            head.actor
-        ));
+        return fail(format!("signer {:?} is not an active key of this ledger", head.actor));
     };
     if !head.signature_valid(&key.decl.public_key) {
         return fail(format!("signature by {:?} does not verify", head.actor));
@@ -124,35 +111,26 @@ fn check_artifacts(state: &State, export: &Export) -> Result<usize, VerifyError>
     if export.artifacts.is_empty() {
         return Ok(0);
     }
-    if !export
-        .artifacts
-        .windows(2)
-        .all(|w| w[0].blake3 < w[1].blake3)
-    {
+    if !export.artifacts.windows(2).all(|w| w[0].blake3 < w[1].blake3) {
         return Err(VerifyError::Artifact {
             hash: export.artifacts[0].blake3,
             problem: "artifacts are not sorted and unique".into(),
         });
     }
     for a in &export.artifacts {
-        let problem = |p: String| VerifyError::Artifact {
-            hash: a.blake3,
-            problem: p,
-        };
+        let problem = |p: String| VerifyError::Artifact { hash: a.blake3, problem: p };
         if Hash::of(&a.bytes) != a.blake3 {
             return Err(problem("its bytes do not hash to its BLAKE3".into()));
         }
-        let pkg = state
-            .package_by_hash(&a.blake3)
-            .ok_or_else(|| problem("no package entry names it".into()))?;
+        let pkg =
+            state.package_by_hash(&a.blake3).ok_or_else(|| problem("no package entry names it".into()))?;
         check_package_artifact(state, pkg, &a.bytes).map_err(problem)?;
     }
-    if let Some(missing) = state.packages.iter().find(|p| {
-        export
-            .artifacts
-            .binary_search_by(|a| a.blake3.cmp(&p.package.tarball.blake3))
-            .is_err()
-    }) {
+    if let Some(missing) = state
+        .packages
+        .iter()
+        .find(|p| export.artifacts.binary_search_by(|a| a.blake3.cmp(&p.package.tarball.blake3)).is_err())
+    {
         return Err(VerifyError::Artifact {
             hash: missing.package.tarball.blake3,
             problem: format!(
@@ -165,21 +143,14 @@ fn check_artifacts(state: &State, export: &Export) -> Result<usize, VerifyError>
 }
 
 /// Checks a tarball against its package entry: size, SHA-256, contents, OpenPGP signature.
-pub fn check_package_artifact(
-    state: &State,
-    pkg: &PackageState,
-    bytes: &[u8],
-) -> Result<(), String> {
+pub fn check_package_artifact(state: &State, pkg: &PackageState, bytes: &[u8]) -> Result<(), String> {
     let p = &pkg.package;
     let digest = pd_store::ArtifactDigest::of(bytes);
     if digest.blake3 != p.tarball.blake3.0
         || digest.sha256 != p.tarball.sha256.0
         || digest.size != p.tarball.size
     {
-        return Err(format!(
-            "{}: size or hashes differ from the package entry",
-            p.version
-        ));
+        return Err(format!("{}: size or hashes differ from the package entry", p.version));
     }
     let contents = pd_store::tarball::read(bytes, &pd_store::Limits::default())
         .map_err(|e| format!("{}: {e}", p.version))?;
@@ -192,21 +163,11 @@ pub fn check_package_artifact(
                 && a.blake3 == b.blake3.to_hex()
         });
     if m.name != p.name || m.version != p.version.to_string() || !files_match {
-        return Err(format!(
-            "{}: the tarball's manifest does not match the package entry",
-            p.version
-        ));
+        return Err(format!("{}: the tarball's manifest does not match the package entry", p.version));
     }
-    let cert = state
-        .keys
-        .get(&pkg.author)
-        .and_then(|k| k.decl.openpgp.as_deref());
-    let cert = cert.ok_or_else(|| {
-        format!(
-            "{}: author {} has no OpenPGP certificate",
-            p.version, pkg.author
-        )
-    })?;
+    let cert = state.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.as_deref());
+    let cert =
+        cert.ok_or_else(|| format!("{}: author {} has no OpenPGP certificate", p.version, pkg.author))?;
     pd_store::openpgp::verify_detached(cert, bytes, &p.openpgp_sig)
         .map_err(|e| format!("{}: OpenPGP signature: {e}", p.version))
 }
@@ -219,12 +180,7 @@ pub fn print_report(r: &Report) {
         s.ledger_id.short(),
         s.len
     );
-    println!(
-        "✔ signed head #{} {} by {} matches",
-        s.len.saturating_sub(1),
-        s.head.short(),
-        r.head.actor
-    );
+    println!("✔ signed head #{} {} by {} matches", s.len.saturating_sub(1), s.head.short(), r.head.actor);
     if r.artifacts_checked > 0 {
         println!(
             "✔ {} artifacts: BLAKE3, SHA-256, contents and OpenPGP signatures hold",

@@ -32,26 +32,11 @@ fn ledger() -> Export {
             ledger_id: Hash([7; 32]),
             envs: vec!["dev".into(), "prod".into()],
             approvals_required: 1,
-            keys: vec![decl(
-                "admin",
-                &admin,
-                vec![Role::Admin, Role::Author, Role::Deployer],
-                None,
-            )],
+            keys: vec![decl("admin", &admin, vec![Role::Admin, Role::Author, Role::Deployer], None)],
         }),
     );
-    add(
-        &mut l,
-        "admin",
-        &admin,
-        Body::KeyAdd(decl("carol", &carol, vec![Role::Approver], None)),
-    );
-    add(
-        &mut l,
-        "admin",
-        &admin,
-        Body::KeyAdd(decl("dev-1", &dev1, vec![Role::Target], Some("dev"))),
-    );
+    add(&mut l, "admin", &admin, Body::KeyAdd(decl("carol", &carol, vec![Role::Approver], None)));
+    add(&mut l, "admin", &admin, Body::KeyAdd(decl("dev-1", &dev1, vec![Role::Target], Some("dev"))));
     let mut versions = Vec::new();
     for i in 1..=2u32 {
         let v = Version::new(1, i, 0);
@@ -64,52 +49,24 @@ fn ledger() -> Export {
             Body::Package(Package {
                 version: v,
                 name: "p".into(),
-                files: vec![FileDigest {
-                    path: "p.yaml".into(),
-                    size: 3,
-                    sha256: h,
-                    blake3: h,
-                }],
-                tarball: Artifact {
-                    blake3: h,
-                    sha256: h,
-                    size: 9,
-                },
+                files: vec![FileDigest { path: "p.yaml".into(), size: 3, sha256: h, blake3: h }],
+                tarball: Artifact { blake3: h, sha256: h, size: 9 },
                 openpgp_sig: "SIG".into(),
                 reason: "r".into(),
             }),
         );
-        add(
-            &mut l,
-            "carol",
-            &carol,
-            Body::Approve(Approve {
-                version: v,
-                package: h,
-                reason: "ok".into(),
-            }),
-        );
+        add(&mut l, "carol", &carol, Body::Approve(Approve { version: v, package: h, reason: "ok".into() }));
         add(
             &mut l,
             "admin",
             &admin,
-            Body::Push(Push {
-                env: "dev".into(),
-                version: v,
-                package: h,
-                reason: "go".into(),
-            }),
+            Body::Push(Push { env: "dev".into(), version: v, package: h, reason: "go".into() }),
         );
         add(
             &mut l,
             "dev-1",
             &dev1,
-            Body::Ack(Ack {
-                env: "dev".into(),
-                version: v,
-                package: h,
-                outcome: Outcome::Loaded,
-            }),
+            Body::Ack(Ack { env: "dev".into(), version: v, package: h, outcome: Outcome::Loaded }),
         );
     }
     let (v, h) = versions[0];
@@ -117,24 +74,11 @@ fn ledger() -> Export {
         &mut l,
         "admin",
         &admin,
-        Body::Rollback(Rollback {
-            env: "dev".into(),
-            version: v,
-            package: h,
-            reason: "back".into(),
-        }),
+        Body::Rollback(Rollback { env: "dev".into(), version: v, package: h, reason: "back".into() }),
     );
-    let entries = l
-        .entries(0)
-        .map(|e| serde_bytes::ByteBuf::from(e.unwrap().bytes))
-        .collect();
+    let entries = l.entries(0).map(|e| serde_bytes::ByteBuf::from(e.unwrap().bytes)).collect();
     let head = Head::sign(l.state(), "admin", 99_999, &admin);
-    Export {
-        format: FORMAT.into(),
-        entries,
-        artifacts: vec![],
-        head,
-    }
+    Export { format: FORMAT.into(), entries, artifacts: vec![], head }
 }
 
 #[test]
@@ -142,10 +86,7 @@ fn the_untouched_export_verifies() {
     let bytes = ledger().encode();
     let report = pd_verify::verify_bytes(&bytes).unwrap();
     assert_eq!(report.state.len, 12);
-    assert_eq!(
-        report.state.env["dev"].desired.as_ref().unwrap().version,
-        Version::new(1, 1, 0)
-    );
+    assert_eq!(report.state.env["dev"].desired.as_ref().unwrap().version, Version::new(1, 1, 0));
 }
 
 proptest! {
@@ -183,10 +124,9 @@ fn dropping_the_last_entries_is_caught_by_the_signed_head() {
     let mut export = ledger();
     export.entries.pop();
     match pd_verify::verify_bytes(&export.encode()) {
-        Err(pd_verify::VerifyError::Head(m)) => assert!(
-            m.contains("covers 12 entries but the export holds 11"),
-            "{m}"
-        ),
+        Err(pd_verify::VerifyError::Head(m)) => {
+            assert!(m.contains("covers 12 entries but the export holds 11"), "{m}")
+        }
         other => panic!("expected a head error, got {other:?}"),
     }
 }
@@ -197,23 +137,30 @@ fn a_forged_entry_is_named() {
     let mallory = SecretKey::from_seed([66; 32]);
     // Re-sign entry 5 (carol's approval) with another key, keeping the chain intact up to it.
     let old = SignedEntry::decode(&export.entries[5]).unwrap().entry;
-    let forged = Entry::sign(
-        old.seq,
-        old.prev,
-        old.time_ms,
-        &old.actor,
-        old.body.clone(),
-        &mallory,
-    );
+    let forged = Entry::sign(old.seq, old.prev, old.time_ms, &old.actor, old.body.clone(), &mallory);
     export.entries[5] = serde_bytes::ByteBuf::from(forged.bytes);
     match pd_verify::verify_bytes(&export.encode()) {
         Err(pd_verify::VerifyError::Entry(e)) => {
             assert_eq!(e.seq, 5);
-            assert!(
-                matches!(e.kind, replay::ReplayErrorKind::BadSignature { .. }),
-                "{e}"
-            );
+            assert!(matches!(e.kind, replay::ReplayErrorKind::BadSignature { .. }), "{e}");
         }
         other => panic!("expected entry 5 to be named, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_export_over_the_size_limit_is_refused_before_reading() {
+    let dir = std::env::temp_dir().join(format!("pd-verify-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("huge.pdx");
+    // Sparse: takes no disk space.
+    std::fs::File::create(&path).unwrap().set_len(pd_ledger::limits::MAX_EXPORT_BYTES + 1).unwrap();
+    let result = pd_verify::verify_file(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+    match result {
+        Err(pd_verify::VerifyError::Export(e)) => {
+            assert!(e.to_string().contains("over the limit"), "{e}")
+        }
+        other => panic!("expected a size refusal, got {other:?}"),
     }
 }

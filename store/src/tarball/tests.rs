@@ -3,14 +3,8 @@ use proptest::prelude::*;
 
 fn files() -> Vec<PolicyFile> {
     vec![
-        PolicyFile {
-            path: "llm_policy.yaml".into(),
-            bytes: b"models: {}\n".to_vec(),
-        },
-        PolicyFile {
-            path: "extra/roles.yaml".into(),
-            bytes: b"roles: []\n".to_vec(),
-        },
+        PolicyFile { path: "llm_policy.yaml".into(), bytes: b"models: {}\n".to_vec() },
+        PolicyFile { path: "extra/roles.yaml".into(), bytes: b"roles: []\n".to_vec() },
     ]
 }
 
@@ -85,18 +79,10 @@ fn links_absolute_paths_and_dotdot_are_refused() {
         (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
         (b"evil", tar::EntryType::Symlink, b""),
     ]);
-    assert!(matches!(
-        read(&link, &l),
-        Err(TarballError::NotRegular { .. })
-    ));
-    let dev = raw_tar(&[
-        (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
-        (b"dev", tar::EntryType::Char, b""),
-    ]);
-    assert!(matches!(
-        read(&dev, &l),
-        Err(TarballError::NotRegular { .. })
-    ));
+    assert!(matches!(read(&link, &l), Err(TarballError::NotRegular { .. })));
+    let dev =
+        raw_tar(&[(MANIFEST.as_bytes(), tar::EntryType::Regular, &m), (b"dev", tar::EntryType::Char, b"")]);
+    assert!(matches!(read(&dev, &l), Err(TarballError::NotRegular { .. })));
     let abs = raw_tar(&[
         (MANIFEST.as_bytes(), tar::EntryType::Regular, &m),
         (b"/etc/passwd", tar::EntryType::Regular, b"x"),
@@ -126,10 +112,7 @@ fn manifest_must_match_the_files() {
         (b"b.yaml", tar::EntryType::Regular, b"x"),
     ]);
     assert!(matches!(read(&extra, &l), Err(TarballError::Manifest(_))));
-    assert!(matches!(
-        read(b"not gzip at all", &l),
-        Err(TarballError::Malformed(_))
-    ));
+    assert!(matches!(read(b"not gzip at all", &l), Err(TarballError::Malformed(_))));
 }
 
 #[test]
@@ -141,10 +124,7 @@ fn a_gzip_bomb_is_stopped() {
         (b"z.yaml", tar::EntryType::Regular, &zeros),
     ]);
     assert!(bomb.len() < 200_000, "compressed to {}", bomb.len());
-    assert!(matches!(
-        read(&bomb, &Limits::default()),
-        Err(TarballError::Bomb { .. })
-    ));
+    assert!(matches!(read(&bomb, &Limits::default()), Err(TarballError::Bomb { .. })));
 }
 
 #[test]
@@ -159,10 +139,7 @@ fn every_limit_is_enforced() {
         build("p", "v", &files(), &tiny(|l| l.max_files = 1)),
         Err(TarballError::TooManyFiles { .. })
     ));
-    assert!(matches!(
-        read(&built.bytes, &tiny(|l| l.max_files = 1)),
-        Err(TarballError::TooManyFiles { .. })
-    ));
+    assert!(matches!(read(&built.bytes, &tiny(|l| l.max_files = 1)), Err(TarballError::TooManyFiles { .. })));
     assert!(matches!(
         build("p", "v", &files(), &tiny(|l| l.max_file_bytes = 5)),
         Err(TarballError::FileTooLarge { .. })
@@ -187,15 +164,9 @@ fn every_limit_is_enforced() {
         build("p", "v", &files(), &tiny(|l| l.max_path_bytes = 8)),
         Err(TarballError::BadPath { .. })
     ));
-    let big = vec![PolicyFile {
-        path: "z.yaml".into(),
-        bytes: vec![0; 3 << 20],
-    }];
+    let big = vec![PolicyFile { path: "z.yaml".into(), bytes: vec![0; 3 << 20] }];
     let bomb = build("p", "v", &big, &Limits::default()).unwrap();
-    assert!(matches!(
-        read(&bomb.bytes, &tiny(|l| l.max_ratio = 2)),
-        Err(TarballError::Bomb { ratio: 2 })
-    ));
+    assert!(matches!(read(&bomb.bytes, &tiny(|l| l.max_ratio = 2)), Err(TarballError::Bomb { ratio: 2 })));
 }
 
 #[test]
@@ -211,19 +182,13 @@ fn collect_names_files_walks_dirs_and_refuses_links() {
     let paths: Vec<_> = all.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["llm_policy.yaml", "sub/b.yaml"]);
     assert!(matches!(
-        collect(
-            &[gov.join("llm_policy.yaml"), gov.clone()],
-            &Limits::default()
-        ),
+        collect(&[gov.join("llm_policy.yaml"), gov.clone()], &Limits::default()),
         Err(TarballError::DuplicatePath { .. })
     ));
     #[cfg(unix)]
     {
         std::os::unix::fs::symlink("/etc/passwd", gov.join("link.yaml")).unwrap();
-        assert!(matches!(
-            collect(&[gov], &Limits::default()),
-            Err(TarballError::NotRegular { .. })
-        ));
+        assert!(matches!(collect(&[gov], &Limits::default()), Err(TarballError::NotRegular { .. })));
     }
 }
 
@@ -234,12 +199,6 @@ fn unpack_writes_files_into_a_new_dir_only() {
     let out = dir.path().join("v1");
     let m = unpack(&built.bytes, &out, &Limits::default()).unwrap();
     assert_eq!(m.version, "PD-1.0.0");
-    assert_eq!(
-        fs::read(out.join("extra/roles.yaml")).unwrap(),
-        b"roles: []\n"
-    );
-    assert!(matches!(
-        unpack(&built.bytes, &out, &Limits::default()),
-        Err(TarballError::DirNotEmpty(_))
-    ));
+    assert_eq!(fs::read(out.join("extra/roles.yaml")).unwrap(), b"roles: []\n");
+    assert!(matches!(unpack(&built.bytes, &out, &Limits::default()), Err(TarballError::DirNotEmpty(_))));
 }
