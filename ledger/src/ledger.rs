@@ -3,8 +3,8 @@
 use crate::bytes::Hash;
 use crate::entry::{Body, Entry, SignedEntry};
 use crate::keys::SecretKey;
-use crate::replay::{replay_onto, ReplayError, Signatures};
-use crate::rules::{check, RuleError};
+use crate::replay::{replay_onto, Pending, ReplayError, ReplayErrorKind, Signatures};
+use crate::rules::{check, check_rules, RuleError};
 use crate::state::State;
 use crate::storage::{LedgerStore, StorageError};
 
@@ -75,22 +75,28 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(())
     }
 
-    /// Checks and durably appends many entries with one flush: all or none.
+    /// Checks and durably appends many entries with one flush: all or none. Rules are checked
+    /// in order against the state as it grows; signatures in one parallel batch.
     pub fn append_batch(&mut self, entries: &[SignedEntry]) -> Result<(), LedgerError> {
-        let Some(first) = entries.first() else {
-            return Ok(());
-        };
+        let Some(first) = entries.first() else { return Ok(()) };
         let mut next = self.state.clone();
-        let result = replay_onto(&mut next, entries.iter().map(|e| e.bytes.as_slice()), Signatures::Verify);
-        if let Err(e) = result {
-            return Err(match e.kind {
-                crate::replay::ReplayErrorKind::Rule(r) => LedgerError::Refused(r),
-                crate::replay::ReplayErrorKind::BadSignature { actor } => {
-                    RuleError::BadSignature { actor }.into()
-                }
-                crate::replay::ReplayErrorKind::Encoding(_) => LedgerError::Corrupt(e),
-            });
+        let mut signatures = Pending::default();
+        for e in entries {
+            debug_assert_eq!(
+                crate::entry::canonical_cbor(&e.entry),
+                e.bytes,
+                "SignedEntry bytes are its encoding"
+            );
+            let key = check_rules(&next, e)?;
+            signatures.push(e, key);
+            next.apply(e);
         }
+        signatures.verify().map_err(|e| match e.kind {
+            ReplayErrorKind::BadSignature { actor } => {
+                LedgerError::Refused(RuleError::BadSignature { actor })
+            }
+            _ => LedgerError::Corrupt(e),
+        })?;
         let slices: Vec<&[u8]> = entries.iter().map(|e| e.bytes.as_slice()).collect();
         self.store.append(first.entry.seq, &slices)?;
         self.state = next;

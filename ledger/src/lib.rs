@@ -17,6 +17,8 @@ pub mod rules;
 pub mod sled_store;
 pub mod state;
 pub mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod version;
 
 pub use bytes::{Hash, PublicKey, Signature};

@@ -96,14 +96,20 @@ where
 
 /// Signatures waiting for a batch check.
 #[derive(Default)]
-struct Pending {
+pub(crate) struct Pending {
     seqs: Vec<(u64, String)>,
     items: Vec<SignedMessage>,
 }
 
 impl Pending {
+    /// Queues the signature of an entry whose rules passed, to be checked against `key`.
+    pub(crate) fn push(&mut self, signed: &SignedEntry, key: crate::PublicKey) {
+        self.seqs.push((signed.entry.seq, signed.entry.actor.clone()));
+        self.items.push(SignedMessage { key, message: signed.entry.signed_message(), sig: signed.entry.sig });
+    }
+
     /// Verifies and clears the batch, split over the machine's cores.
-    fn verify(&mut self) -> Result<(), ReplayError> {
+    pub(crate) fn verify(&mut self) -> Result<(), ReplayError> {
         if self.items.is_empty() {
             return Ok(());
         }

@@ -2,14 +2,16 @@
 
 use std::path::Path;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-
 use crate::storage::{LedgerStore, StorageError};
 
-/// A ledger in a sled database directory.
+/// A ledger in a sled database directory. Clones share the database: a server reads
+/// through one clone while it appends through another.
+#[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     entries: sled::Tree,
+    /// Serializes appends within the process; sled's file lock excludes other processes.
+    append_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 fn io(e: sled::Error) -> StorageError {
@@ -30,7 +32,7 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(io)?;
         let entries = db.open_tree("entries").map_err(io)?;
-        Ok(SledStore { db, entries })
+        Ok(SledStore { db, entries, append_lock: Default::default() })
     }
 }
 
@@ -68,23 +70,21 @@ impl LedgerStore for SledStore {
     }
 
     fn append(&self, first_seq: u64, entries: &[&[u8]]) -> Result<(), StorageError> {
+        // sled's file lock gives one process the database and the mutex one appender within
+        // it, so checking the first position and applying one atomic batch is an
+        // insert-if-absent: nobody can write between the two.
+        let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
         if first_seq > 0 && !self.entries.contains_key((first_seq - 1).to_be_bytes()).map_err(io)? {
             return Err(StorageError::Gap { seq: first_seq, len: self.len()? });
         }
-        let result = self.entries.transaction(|tx| {
-            for (i, bytes) in entries.iter().enumerate() {
-                let seq = first_seq + i as u64;
-                if tx.insert(&seq.to_be_bytes(), *bytes)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(seq));
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(seq)) => return Err(StorageError::Conflict { seq }),
-            Err(TransactionError::Storage(e)) => return Err(io(e)),
+        if self.entries.contains_key(first_seq.to_be_bytes()).map_err(io)? {
+            return Err(StorageError::Conflict { seq: first_seq });
         }
+        let mut batch = sled::Batch::default();
+        for (i, bytes) in entries.iter().enumerate() {
+            batch.insert(&(first_seq + i as u64).to_be_bytes(), *bytes);
+        }
+        self.entries.apply_batch(batch).map_err(io)?;
         // Durable before reported.
         self.db.flush().map_err(io)?;
         Ok(())

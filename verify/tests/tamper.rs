@@ -3,6 +3,7 @@
 
 use pd_ledger::export::{Export, Head, FORMAT};
 use pd_ledger::storage::MemStore;
+use pd_ledger::testkit::{decl, package};
 use pd_ledger::*;
 use proptest::prelude::*;
 
@@ -11,13 +12,6 @@ fn ledger() -> Export {
     let admin = SecretKey::from_seed([1; 32]);
     let carol = SecretKey::from_seed([2; 32]);
     let dev1 = SecretKey::from_seed([3; 32]);
-    let decl = |name: &str, k: &SecretKey, roles: Vec<Role>, env: Option<&str>| KeyDecl {
-        name: name.into(),
-        public_key: k.public(),
-        openpgp: Some("CERT".into()),
-        roles,
-        env: env.map(String::from),
-    };
     let mut l = Ledger::open(MemStore::default()).unwrap();
     let mut t = 1_000;
     let mut add = |l: &mut Ledger<MemStore>, who: &str, k: &SecretKey, body: Body| {
@@ -32,29 +26,17 @@ fn ledger() -> Export {
             ledger_id: Hash([7; 32]),
             envs: vec!["dev".into(), "prod".into()],
             approvals_required: 1,
-            keys: vec![decl("admin", &admin, vec![Role::Admin, Role::Author, Role::Deployer], None)],
+            keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer], None)],
         }),
     );
-    add(&mut l, "admin", &admin, Body::KeyAdd(decl("carol", &carol, vec![Role::Approver], None)));
-    add(&mut l, "admin", &admin, Body::KeyAdd(decl("dev-1", &dev1, vec![Role::Target], Some("dev"))));
+    add(&mut l, "admin", &admin, Body::KeyAdd(decl("carol", &carol, &[Role::Approver], None)));
+    add(&mut l, "admin", &admin, Body::KeyAdd(decl("dev-1", &dev1, &[Role::Target], Some("dev"))));
     let mut versions = Vec::new();
     for i in 1..=2u32 {
         let v = Version::new(1, i, 0);
         let h = Hash([i as u8; 32]);
         versions.push((v, h));
-        add(
-            &mut l,
-            "admin",
-            &admin,
-            Body::Package(Package {
-                version: v,
-                name: "p".into(),
-                files: vec![FileDigest { path: "p.yaml".into(), size: 3, sha256: h, blake3: h }],
-                tarball: Artifact { blake3: h, sha256: h, size: 9 },
-                openpgp_sig: "SIG".into(),
-                reason: "r".into(),
-            }),
-        );
+        add(&mut l, "admin", &admin, package(v, h));
         add(&mut l, "carol", &carol, Body::Approve(Approve { version: v, package: h, reason: "ok".into() }));
         add(
             &mut l,

@@ -1,0 +1,104 @@
+//! Ledgers for tests and benches (feature `testkit`, enabled only by dev-dependencies).
+
+use crate::storage::LedgerStore;
+use crate::*;
+
+/// A key declaration with a placeholder OpenPGP certificate.
+pub fn decl(name: &str, key: &SecretKey, roles: &[Role], env: Option<&str>) -> KeyDecl {
+    KeyDecl {
+        name: name.into(),
+        public_key: key.public(),
+        openpgp: Some("CERT".into()),
+        roles: roles.to_vec(),
+        env: env.map(String::from),
+    }
+}
+
+/// A package body whose tarball hash is `hash`.
+pub fn package(version: Version, hash: Hash) -> Body {
+    Body::Package(Package {
+        version,
+        name: "p".into(),
+        files: vec![FileDigest { path: "p.yaml".into(), size: 1, sha256: hash, blake3: hash }],
+        tarball: Artifact { blake3: hash, sha256: hash, size: 1 },
+        openpgp_sig: "SIG".into(),
+        reason: "test".into(),
+    })
+}
+
+/// A ledger where `dev-1` may acknowledge [`Deployed::version`] any number of times.
+pub struct Deployed<S: LedgerStore> {
+    /// The ledger.
+    pub ledger: Ledger<S>,
+    /// `admin`: admin, author, deployer.
+    pub admin: SecretKey,
+    /// `dev-1`: the target in `dev`.
+    pub target: SecretKey,
+    /// The pushed version.
+    pub version: Version,
+    /// Its tarball hash.
+    pub package: Hash,
+}
+
+/// Genesis (one env, `dev`), an approver, a target, a package, its approval and a push.
+pub fn deployed<S: LedgerStore>(store: S) -> Deployed<S> {
+    let admin = SecretKey::from_seed([1; 32]);
+    let carol = SecretKey::from_seed([2; 32]);
+    let target = SecretKey::from_seed([3; 32]);
+    let (version, hash) = (Version::new(1, 0, 0), Hash([5; 32]));
+    let genesis = Body::Genesis(Genesis {
+        ledger_id: Hash([9; 32]),
+        envs: vec!["dev".into()],
+        approvals_required: 1,
+        keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer], None)],
+    });
+    let mut ledger = Ledger::open(store).expect("empty store opens");
+    let steps = [
+        ("admin", &admin, genesis),
+        ("admin", &admin, Body::KeyAdd(decl("carol", &carol, &[Role::Approver], None))),
+        ("admin", &admin, Body::KeyAdd(decl("dev-1", &target, &[Role::Target], Some("dev")))),
+        ("admin", &admin, package(version, hash)),
+        ("carol", &carol, Body::Approve(Approve { version, package: hash, reason: "ok".into() })),
+        (
+            "admin",
+            &admin,
+            Body::Push(Push { env: "dev".into(), version, package: hash, reason: "go".into() }),
+        ),
+    ];
+    for (actor, key, body) in steps {
+        ledger.sign_append(actor, key, 1, body).expect("fixture entry is valid");
+    }
+    Deployed { ledger, admin, target, version, package: hash }
+}
+
+impl<S: LedgerStore> Deployed<S> {
+    /// A `loaded` ack of the pushed version.
+    pub fn ack(&self) -> Body {
+        Body::Ack(Ack {
+            env: "dev".into(),
+            version: self.version,
+            package: self.package,
+            outcome: Outcome::Loaded,
+        })
+    }
+
+    /// Appends `n` acks by `dev-1` in batches of up to 10,000.
+    pub fn append_acks(&mut self, n: usize) {
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(10_000);
+            let bodies = (0..k).map(|_| self.ack()).collect();
+            let batch = self.ledger.sign_batch("dev-1", &self.target, 2, bodies);
+            self.ledger.append_batch(&batch).expect("acks are valid");
+            left -= k;
+        }
+    }
+
+    /// An export of the whole ledger with a head signed by `admin`.
+    pub fn export(&self) -> crate::export::Export {
+        let entries =
+            self.ledger.entries(0).map(|e| serde_bytes::ByteBuf::from(e.expect("entry").bytes)).collect();
+        let head = crate::export::Head::sign(self.ledger.state(), "admin", 3, &self.admin);
+        crate::export::Export { format: crate::export::FORMAT.into(), entries, artifacts: vec![], head }
+    }
+}
