@@ -12,14 +12,21 @@ use pd_store::{FsStore, PgpKey};
 use serde::{Deserialize, Serialize};
 
 /// Settings kept in `config.toml` under the home.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The acting key when neither `--as` nor `PD_ACTOR` is given.
     pub actor: String,
+    /// The `pd serve` to use when `--server` / `PD_SERVER` is not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Whether `pd ledger deploy` rolls back a failed environment without `--auto-rollback`.
+    #[serde(default)]
+    pub auto_rollback: bool,
 }
 
 /// An opened home directory.
+#[derive(Clone)]
 pub struct Home {
     /// Its path.
     pub dir: PathBuf,
@@ -90,17 +97,13 @@ impl Home {
     /// The Ed25519 secret key of `name`.
     pub fn secret_key(&self, name: &str) -> Result<SecretKey> {
         let path = self.key_path(name, "ed25519");
-        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!(
+        if !path.exists() {
+            bail!(
                 "no secret key {name:?} in this home ({}): act as a key that lives here with --as, or create one with `pd key new`",
                 path.display()
-            ),
-            _ => anyhow::Error::new(e).context(format!("reading {}", path.display())),
-        })?;
-        let mut seed = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut seed)
-            .map_err(|_| anyhow::anyhow!("{} is not a pd secret key file", path.display()))?;
-        Ok(SecretKey::from_seed(seed))
+            );
+        }
+        read_key_file(&path)
     }
 
     /// The OpenPGP secret key of `name`.
@@ -128,6 +131,15 @@ impl Home {
         let _ = fs::remove_file(self.key_path(name, "ed25519"));
         let _ = fs::remove_file(self.key_path(name, "openpgp"));
     }
+}
+
+/// Reads a secret key file as pd writes them: 64 hex digits.
+pub fn read_key_file(path: &Path) -> Result<SecretKey> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .map_err(|_| anyhow::anyhow!("{} is not a pd secret key file (64 hex digits)", path.display()))?;
+    Ok(SecretKey::from_seed(seed))
 }
 
 /// Draws a fresh Ed25519 key from the OS.

@@ -45,7 +45,7 @@ pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
 }
 
 fn build(dir: &std::path::Path, args: &InitArgs) -> Result<(Hash, String)> {
-    let home = Home::create(dir, Config { actor: ADMIN.to_string() })?;
+    let home = Home::create(dir, Config { actor: ADMIN.to_string(), server: None, auto_rollback: false })?;
     let key = home::new_secret_key()?;
     let pgp = pd_store::openpgp::generate(&format!("{ADMIN} (pd)"))?;
     let mut id = [0u8; 32];

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use pd_ledger::{Body, KeyDecl, KeyRevoke, Role};
 
+use crate::backend::{precheck, Backend};
 use crate::{home, output, refuse, Ctx};
 
 /// Key subcommands.
@@ -55,10 +56,10 @@ pub fn run(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
 }
 
 fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
-    let home = ctx.home()?;
+    let (home, mut backend) = Backend::of_home(ctx)?;
     let actor = ctx.actor(&home);
     let signer = home.secret_key(&actor)?;
-    let mut ledger = home.ledger()?;
+    let state = backend.state()?;
     a.roles.sort();
     a.roles.dedup();
     let key = home::new_secret_key()?;
@@ -71,13 +72,15 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
         env: a.env.clone(),
     };
     // Refuse before touching the disk; then write the secret, then the entry.
-    let entry = ledger.sign_next(&actor, &signer, home::now_ms(), Body::KeyAdd(decl));
-    pd_ledger::check(ledger.state(), &entry)?;
+    precheck(&state, &actor, &signer, Body::KeyAdd(decl.clone()))?;
     home.save_keys(&a.name, &key, &pgp)?;
-    if let Err(e) = ledger.append(entry.clone()) {
-        home.forget_keys(&a.name);
-        return Err(e.into());
-    }
+    let entry = match backend.append(&actor, &signer, |_| Ok(Body::KeyAdd(decl.clone()))) {
+        Ok((entry, _)) => entry,
+        Err(e) => {
+            home.forget_keys(&a.name);
+            return Err(e);
+        }
+    };
     let roles: Vec<&str> = a.roles.iter().map(|r| r.as_str()).collect();
     if ctx.json {
         return output::json(&serde_json::json!({
@@ -97,16 +100,12 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
 }
 
 fn revoke(ctx: &Ctx, name: String, reason: String) -> Result<()> {
-    let home = ctx.home()?;
+    let (home, mut backend) = Backend::of_home(ctx)?;
     let actor = ctx.actor(&home);
     let signer = home.secret_key(&actor)?;
-    let mut ledger = home.ledger()?;
-    let e = ledger.sign_append(
-        &actor,
-        &signer,
-        home::now_ms(),
-        Body::KeyRevoke(KeyRevoke { name: name.clone(), reason }),
-    )?;
+    let (e, _) = backend.append(&actor, &signer, |_| {
+        Ok(Body::KeyRevoke(KeyRevoke { name: name.clone(), reason: reason.clone() }))
+    })?;
     if ctx.json {
         return output::json(&serde_json::json!({ "revoked": name, "seq": e.entry.seq }));
     }
@@ -115,9 +114,8 @@ fn revoke(ctx: &Ctx, name: String, reason: String) -> Result<()> {
 }
 
 fn list(ctx: &Ctx) -> Result<()> {
-    let home = ctx.home()?;
-    let ledger = home.ledger()?;
-    let keys: Vec<_> = ledger.state().keys.values().collect();
+    let state = Backend::open(ctx, ctx.home().ok())?.state()?;
+    let keys: Vec<_> = state.keys.values().collect();
     if ctx.json {
         let rows: Vec<_> = keys
             .iter()
@@ -142,9 +140,8 @@ fn list(ctx: &Ctx) -> Result<()> {
 }
 
 fn export(ctx: &Ctx, name: &str, openpgp: bool) -> Result<()> {
-    let home = ctx.home()?;
-    let ledger = home.ledger()?;
-    let Some(key) = ledger.state().keys.get(name) else {
+    let state = Backend::open(ctx, ctx.home().ok())?.state()?;
+    let Some(key) = state.keys.get(name) else {
         refuse!("no key named {name:?} in this ledger; see `pd key list`");
     };
     match (openpgp, &key.decl.openpgp) {

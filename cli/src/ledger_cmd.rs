@@ -1,19 +1,19 @@
 //! `pd ledger`: package, approve, deploy, ack, roll back, log, show, export.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::state::PackageState;
 use pd_ledger::{
-    Ack, Approve, Artifact, Body, Bump, FileDigest, Hash, Outcome, Package, Push, Rollback, SignedEntry,
-    State, Version,
+    Ack, Approve, Artifact, Body, Bump, FileDigest, Hash, Outcome, Package, Rollback, SignedEntry, State,
+    Version,
 };
 use pd_store::BlobStore;
 
-use crate::home::{self, Home};
+use crate::backend::{precheck, Backend};
+use crate::home;
 use crate::{output, refuse, Ctx};
 
 /// Ledger subcommands.
@@ -30,7 +30,7 @@ pub enum LedgerCmd {
         reason: String,
     },
     /// Push an approved package to the next environment in promotion order.
-    Deploy(DeployArgs),
+    Deploy(crate::deploy::DeployArgs),
     /// As a target key: record that this target loaded (or failed to load) a version.
     Ack {
         /// The version loaded.
@@ -40,16 +40,7 @@ pub enum LedgerCmd {
         failed: Option<String>,
     },
     /// Make an earlier version desired again in one environment.
-    Rollback {
-        /// The environment.
-        env: String,
-        /// The version to return to (default: the one before the current).
-        #[arg(long)]
-        to: Option<Version>,
-        /// Why (recorded in the ledger).
-        #[arg(long)]
-        reason: String,
-    },
+    Rollback(RollbackArgs),
     /// List every entry.
     Log,
     /// Show one entry (by seq) or one package (by version) in full.
@@ -98,23 +89,23 @@ pub enum BumpArg {
     Patch,
 }
 
-/// Arguments of `pd ledger deploy`.
+/// Arguments of `pd ledger rollback`.
 #[derive(Args)]
-pub struct DeployArgs {
-    /// A policy file (finds the package holding exactly it) or a version such as PD-23.1.0.
-    target: String,
+pub struct RollbackArgs {
+    /// The environment.
+    env: String,
+    /// The version to return to (default: the one before the current).
+    #[arg(long)]
+    to: Option<Version>,
     /// Why (recorded in the ledger).
     #[arg(long)]
     reason: String,
-    /// Push to this environment (default: the next one in promotion order).
-    #[arg(long)]
-    env: Option<String>,
-    /// Return after the push instead of waiting for the targets to acknowledge.
+    /// With a server: return after the entry instead of waiting for the targets.
     #[arg(long)]
     no_wait: bool,
-    /// How long to wait for acknowledgements.
+    /// With a server: how long to wait for the targets to run the version again.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    timeout: std::time::Duration,
 }
 
 /// Runs a ledger subcommand.
@@ -122,9 +113,9 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
     match cmd {
         LedgerCmd::Package(a) => package(ctx, a),
         LedgerCmd::Approve { version, reason } => approve(ctx, version, reason),
-        LedgerCmd::Deploy(a) => deploy(ctx, a),
+        LedgerCmd::Deploy(a) => crate::deploy::run(ctx, a),
         LedgerCmd::Ack { version, failed } => ack(ctx, version, failed),
-        LedgerCmd::Rollback { env, to, reason } => rollback(ctx, env, to, reason),
+        LedgerCmd::Rollback(a) => rollback(ctx, a),
         LedgerCmd::Log => log(ctx),
         LedgerCmd::Show { what } => show(ctx, &what),
         LedgerCmd::Export { file, with_artifacts } => export(ctx, &file, with_artifacts),
@@ -170,14 +161,14 @@ fn hash(bytes: [u8; 32]) -> Hash {
 }
 
 fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
-    let home = ctx.home()?;
+    let (home, mut backend) = Backend::of_home(ctx)?;
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
     let pgp = home.pgp_key(&actor)?;
-    let mut ledger = home.ledger()?;
+    let state = backend.state()?;
     let limits = pd_store::Limits::default();
     let files = pd_store::tarball::collect(&a.files, &limits)?;
-    let version = next_version(ledger.state(), &a)?;
+    let version = next_version(&state, &a)?;
     let name = policy_name(&a);
     let built = pd_store::tarball::build(&name, &version.to_string(), &files, &limits)?;
     let sig = pgp.sign_detached_armored(&built.bytes)?;
@@ -202,20 +193,26 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
         openpgp_sig: sig.clone(),
         reason: a.reason,
     });
-    let entry = ledger.sign_next(&actor, &key, home::now_ms(), body);
     // Every check before any write: the rule, then the signature as a verifier will see it.
-    pd_ledger::check(ledger.state(), &entry)?;
-    let cert = ledger.state().keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
+    precheck(&state, &actor, &key, body.clone())?;
+    let cert = state.keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
     pd_store::openpgp::verify_detached(cert.as_deref().unwrap_or_default(), &built.bytes, &sig)?;
-    let store = home.store()?;
-    let existed = store.contains(&built.digest.blake3)?;
-    store.put(&built.bytes)?;
-    if let Err(e) = ledger.append(entry.clone()) {
-        if !existed {
-            let _ = std::fs::remove_file(store.path_of(&built.digest.blake3));
+    let fresh = match &backend {
+        Backend::Local(h) => Some(h.store()?).filter(|s| !s.contains(&built.digest.blake3).unwrap_or(true)),
+        Backend::Remote { .. } => None,
+    };
+    backend.put_object(&state.ledger_id, &actor, &key, &built.bytes)?;
+    let appended = backend.append(&actor, &key, |_| Ok(body.clone()));
+    let entry = match appended {
+        Ok((entry, _)) => entry,
+        Err(e) => {
+            // Leave the store as it was (a server keeps the unreferenced object: harmless).
+            if let Some(store) = fresh {
+                let _ = std::fs::remove_file(store.path_of(&built.digest.blake3));
+            }
+            return Err(e);
         }
-        return Err(e.into());
-    }
+    };
     report_package(ctx, &entry, &built, &pgp.fingerprint())
 }
 
@@ -243,21 +240,19 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
     Ok(())
 }
 
-/// Opens the home, ledger and acting key, then signs and appends `make(state)`.
-fn append_with(ctx: &Ctx, make: impl FnOnce(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
-    let home = ctx.home()?;
+/// Signs and appends `make(state)` as the acting key, on the home's ledger or the server.
+fn append_with(ctx: &Ctx, make: impl FnMut(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
+    let (home, mut backend) = Backend::of_home(ctx)?;
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
-    let mut ledger = home.ledger()?;
-    let body = make(ledger.state(), &actor)?;
-    let entry = ledger.sign_append(&actor, &key, home::now_ms(), body)?;
-    Ok((entry, ledger.state().clone()))
+    let mut make = make;
+    backend.append(&actor, &key, |st| make(st, &actor))
 }
 
 fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
     let (entry, state) = append_with(ctx, |state, _| {
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Approve(Approve { version, package, reason }))
+        Ok(Body::Approve(Approve { version, package, reason: reason.clone() }))
     })?;
     let pkg = package_of(&state, version)?;
     let (have, need) = (pkg.approvals.len(), state.approvals_required);
@@ -277,7 +272,7 @@ fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
 }
 
 /// Finds the version `deploy` means: a version, or the newest package holding exactly a file.
-fn deploy_version(state: &State, target: &str) -> Result<Version> {
+pub fn deploy_version(state: &State, target: &str) -> Result<Version> {
     let path = std::path::Path::new(target);
     if !path.exists() {
         return match target.parse() {
@@ -300,114 +295,13 @@ fn deploy_version(state: &State, target: &str) -> Result<Version> {
     }
 }
 
-/// The first environment, in promotion order, that does not want `version` yet.
-fn next_env(state: &State, version: Version) -> Result<String> {
-    let next = state.envs.iter().find(|env| {
-        let desired = state.env.get(*env).and_then(|e| e.desired.as_ref());
-        desired.is_none_or(|d| d.version < version)
-    });
-    match next {
-        Some(env) => Ok(env.clone()),
-        None => refuse!("{version} is already desired in every environment ({})", state.envs.join(", ")),
-    }
-}
-
-fn deploy(ctx: &Ctx, a: DeployArgs) -> Result<()> {
-    let (entry, state) = append_with(ctx, |state, _| {
-        let version = deploy_version(state, &a.target)?;
-        let env = match &a.env {
-            Some(e) => e.clone(),
-            None => next_env(state, version)?,
-        };
-        let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Push(Push { env, version, package, reason: a.reason.clone() }))
-    })?;
-    let Body::Push(push) = &entry.entry.body else { unreachable!("built as a push") };
-    let expected = state.targets(&push.env).count();
-    if !ctx.json {
-        output::ok(format!("{} pushed to {} at #{}", push.version, push.env, entry.entry.seq));
-        output::working(format!(
-            "deploying to {}… ({expected} target{})",
-            push.env,
-            if expected == 1 { "" } else { "s" }
-        ));
-    }
-    if a.no_wait {
-        if ctx.json {
-            return output::json(
-                &serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": false }),
-            );
-        }
-        output::next(format!(
-            "targets in {} acknowledge with `pd ledger ack {}`; `pd state {}` shows progress",
-            push.env, push.version, push.env
-        ));
-        return Ok(());
-    }
-    wait_for_acks(ctx, &push.env, push.version, a.timeout)?;
-    if ctx.json {
-        return output::json(
-            &serde_json::json!({ "version": push.version, "env": push.env, "seq": entry.entry.seq, "waited": true }),
-        );
-    }
-    if let Some(next) = state.env_index(&push.env).and_then(|i| state.envs.get(i + 1)) {
-        output::next(format!("pd ledger deploy {} --reason \"…\" (promotes to {next})", push.version));
-    }
-    Ok(())
-}
-
-/// Polls the ledger until every target of `env` acknowledged `version`, one failed, or time runs out.
-fn wait_for_acks(ctx: &Ctx, env: &str, version: Version, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let bar = indicatif::ProgressBar::new(0).with_message(format!("{env}: targets acknowledged {version}"));
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("⟳ {msg} {pos}/{len} [{elapsed}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    if ctx.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    loop {
-        // Open and close each round so the targets' `pd ledger ack` can take the ledger.
-        let state = ctx.home()?.ledger()?.state().clone();
-        let reports = state.env.get(env).map(|e| e.reports.clone()).unwrap_or_default();
-        let failed: Vec<String> = reports
-            .iter()
-            .filter_map(|(t, r)| match &r.outcome {
-                Outcome::Failed(err) if r.version == version => Some(format!("{t}: {err}")),
-                _ => None,
-            })
-            .collect();
-        let laggards = state.laggards(env, version);
-        let n = state.targets(env).count();
-        bar.set_length(n as u64);
-        bar.set_position((n - laggards.len()) as u64);
-        if !failed.is_empty() {
-            bar.abandon();
-            refuse!("{version} failed to load in {env}: {}; roll back with `pd ledger rollback {env} --reason \"…\"`", failed.join("; "));
-        }
-        if laggards.is_empty() {
-            bar.finish_and_clear();
-            if !ctx.json {
-                output::ok(format!("all targets acknowledged ({n}/{n} in {env})"));
-            }
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bar.abandon();
-            refuse!("timed out waiting for {} in {env} to acknowledge {version}", laggards.join(", "));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
     let (entry, _) = append_with(ctx, |state, actor| {
         let Some(env) = state.keys.get(actor).and_then(|k| k.decl.env.clone()) else {
             refuse!("{actor} is not a target key; act as a target with --as NAME");
         };
         let package = package_of(state, version)?.package.tarball.blake3;
-        let outcome = failed.map_or(Outcome::Loaded, Outcome::Failed);
+        let outcome = failed.clone().map_or(Outcome::Loaded, Outcome::Failed);
         Ok(Body::Ack(Ack { env, version, package, outcome }))
     })?;
     let Body::Ack(a) = &entry.entry.body else { unreachable!("built as an ack") };
@@ -430,7 +324,7 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
 }
 
 /// The version before the current one in an environment's history.
-fn previous_version(state: &State, env: &str) -> Result<Version> {
+pub fn previous_version(state: &State, env: &str) -> Result<Version> {
     let Some(e) = state.env.get(env) else {
         refuse!("unknown environment {env:?}; this ledger has: {}", state.envs.join(", "));
     };
@@ -443,25 +337,35 @@ fn previous_version(state: &State, env: &str) -> Result<Version> {
     }
 }
 
-fn rollback(ctx: &Ctx, env: String, to: Option<Version>, reason: String) -> Result<()> {
+fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<()> {
+    let (home, mut backend) = Backend::of_home(ctx)?;
+    let actor = ctx.actor(&home);
+    let key = home.secret_key(&actor)?;
     let mut from = None;
-    let (entry, _) = append_with(ctx, |state, _| {
-        from = state.env.get(&env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
-        let version = match to {
+    let (entry, _) = backend.append(&actor, &key, |state| {
+        from = state.env.get(&a.env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
+        let version = match a.to {
             Some(v) => v,
-            None => previous_version(state, &env)?,
+            None => previous_version(state, &a.env)?,
         };
         let package = package_of(state, version)?.package.tarball.blake3;
-        Ok(Body::Rollback(Rollback { env: env.clone(), version, package, reason }))
+        Ok(Body::Rollback(Rollback { env: a.env.clone(), version, package, reason: a.reason.clone() }))
     })?;
     let Body::Rollback(r) = &entry.entry.body else { unreachable!("built as a rollback") };
+    if !ctx.json {
+        let was = from.map(|v| format!(" (was {v})")).unwrap_or_default();
+        output::ok(format!("{} rolled back to {}{was} at #{}", r.env, r.version, entry.entry.seq));
+    }
+    // Over the network agents converge at once: show them. Locally targets ack by script.
+    let waited = backend.is_remote() && !a.no_wait;
+    if waited {
+        crate::deploy::converge(ctx, &mut backend, &r.env, r.version, a.timeout)?;
+    }
     if ctx.json {
         return output::json(
-            &serde_json::json!({ "env": r.env, "version": r.version, "from": from, "seq": entry.entry.seq }),
+            &serde_json::json!({ "env": r.env, "version": r.version, "from": from, "seq": entry.entry.seq, "converged": waited }),
         );
     }
-    let was = from.map(|v| format!(" (was {v})")).unwrap_or_default();
-    output::ok(format!("{} rolled back to {}{was} at #{}", r.env, r.version, entry.entry.seq));
     Ok(())
 }
 
@@ -506,14 +410,11 @@ fn entry_json(e: &SignedEntry) -> serde_json::Value {
 }
 
 fn log(ctx: &Ctx) -> Result<()> {
-    let home = ctx.home()?;
-    let ledger = home.ledger()?;
+    let entries = Backend::open(ctx, ctx.home().ok())?.entries(0)?;
     if ctx.json {
-        let all: Vec<_> = ledger.entries(0).map(|e| e.map(|e| entry_json(&e))).collect::<Result<_, _>>()?;
-        return output::json(&all);
+        return output::json(&entries.iter().map(entry_json).collect::<Vec<_>>());
     }
-    for e in ledger.entries(0) {
-        let e = e?;
+    for e in entries {
         println!(
             "#{:<5} {} {:<12} {:<10} {}",
             e.entry.seq,
@@ -527,9 +428,8 @@ fn log(ctx: &Ctx) -> Result<()> {
 }
 
 fn show(ctx: &Ctx, what: &str) -> Result<()> {
-    let home = ctx.home()?;
-    let ledger = home.ledger()?;
-    let state = ledger.state();
+    let mut backend = Backend::open(ctx, ctx.home().ok())?;
+    let state = &backend.state()?;
     let seq = match what.parse::<u64>() {
         Ok(seq) => seq,
         Err(_) => match what.parse::<Version>() {
@@ -539,7 +439,7 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
             }
         },
     };
-    let Some(entry) = ledger.entries(seq).next().transpose()? else {
+    let Some(entry) = backend.entries(seq)?.into_iter().next() else {
         refuse!("no entry #{seq}: the ledger has {} entries", state.len);
     };
     let approvals = match &entry.entry.body {
@@ -581,14 +481,14 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
     let home = ctx.home()?;
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
-    let ledger = home.ledger()?;
-    let state = ledger.state();
-    let entries = ledger
-        .entries(0)
-        .map(|e| e.map(|e| serde_bytes::ByteBuf::from(e.bytes)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let artifacts = if with_artifacts { artifacts(&home, state)? } else { Vec::new() };
-    let head = Head::sign(state, &actor, home::now_ms(), &key);
+    let mut backend = Backend::open(ctx, Some(home))?;
+    let entries: Vec<_> =
+        backend.entries(0)?.into_iter().map(|e| serde_bytes::ByteBuf::from(e.bytes)).collect();
+    // The state of exactly these entries (a server may have grown meanwhile).
+    let state =
+        &pd_ledger::replay(entries.iter().map(|b| b.as_slice()), pd_ledger::Signatures::TrustLocalStore)?;
+    let artifacts = if with_artifacts { artifacts(&mut backend, state)? } else { Vec::new() };
+    let head = Head::sign(state, &actor, home::now_ms().max(state.last_time_ms), &key);
     let export = Export { format: FORMAT.to_string(), entries, artifacts, head };
     let bytes = export.encode();
     home::write_file_atomic(file, &bytes)?;
@@ -609,12 +509,12 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
     Ok(())
 }
 
-fn artifacts(home: &Home, state: &State) -> Result<Vec<ExportArtifact>> {
-    let store = home.store()?;
+fn artifacts(backend: &mut Backend, state: &State) -> Result<Vec<ExportArtifact>> {
     let mut out: Vec<ExportArtifact> = Vec::with_capacity(state.packages.len());
     for p in &state.packages {
         let hash = p.package.tarball.blake3;
-        let bytes = store.get(&hash.0).with_context(|| format!("artifact of {}", p.package.version))?;
+        let bytes =
+            backend.get_object(&hash).with_context(|| format!("artifact of {}", p.package.version))?;
         out.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
     }
     out.sort_by_key(|a| a.blake3);

@@ -1,11 +1,14 @@
 //! `pd`: package, sign, approve, deploy and roll back governance policies, with every step
 //! recorded in a signed, hash-chained ledger.
 
+mod backend;
 mod demo;
+mod deploy;
 mod home;
 mod init;
 mod key;
 mod ledger_cmd;
+mod net;
 mod output;
 mod state_cmd;
 mod store_cmd;
@@ -35,6 +38,12 @@ struct Cli {
     /// The key to act as (default: the home's configured actor, `admin` after `pd init`).
     #[arg(long = "as", env = "PD_ACTOR", global = true, value_name = "NAME")]
     actor: Option<String>,
+    /// Use the ledger and artifacts of this `pd serve` instead of the home's own.
+    #[arg(long, env = "PD_SERVER", global = true, value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token for a server started with --require-token.
+    #[arg(long, env = "PD_TOKEN", global = true, hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -63,6 +72,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: store_cmd::StoreCmd,
     },
+    /// Serve this home's ledger and artifacts over HTTP to agents, deployers and auditors.
+    Serve(net::ServeArgs),
+    /// Run beside a target: follow one environment, verify, install, reload and acknowledge.
+    Agent(net::AgentArgs),
+    /// A small reference target: loads a policy directory on `POST /reload?ver=`.
+    ExampleTarget(net::TargetArgs),
     /// Walk the whole story on a throwaway home and show each step.
     Demo(demo::DemoArgs),
 }
@@ -73,6 +88,10 @@ pub struct Ctx {
     pub home_dir: PathBuf,
     /// `--as` / `PD_ACTOR`.
     pub actor: Option<String>,
+    /// `--server` / `PD_SERVER`.
+    pub server: Option<String>,
+    /// `--token` / `PD_TOKEN`.
+    pub token: Option<String>,
     /// `--json`.
     pub json: bool,
 }
@@ -109,13 +128,17 @@ where
     T: Into<OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args)?;
-    let ctx = Ctx { home_dir: cli.home, actor: cli.actor, json: cli.json };
+    let ctx =
+        Ctx { home_dir: cli.home, actor: cli.actor, server: cli.server, token: cli.token, json: cli.json };
     match cli.cmd {
         Cmd::Init(a) => init::run(&ctx, a),
         Cmd::Key { cmd } => key::run(&ctx, cmd),
         Cmd::Ledger { cmd } => ledger_cmd::run(&ctx, cmd),
         Cmd::State(a) => state_cmd::run(&ctx, a),
         Cmd::Store { cmd } => store_cmd::run(&ctx, cmd),
+        Cmd::Serve(a) => net::serve(&ctx, a),
+        Cmd::Agent(a) => net::agent(&ctx, a),
+        Cmd::ExampleTarget(a) => net::example_target(a),
         Cmd::Demo(a) => demo::run(a),
     }
 }
@@ -127,6 +150,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             || matches!(e.downcast_ref::<pd_ledger::LedgerError>(), Some(pd_ledger::LedgerError::Refused(_)))
             || e.is::<pd_ledger::RuleError>()
             || e.is::<pd_store::PgpError>()
+            || matches!(
+                e.downcast_ref::<pd_server::client::ClientError>(),
+                Some(pd_server::client::ClientError::Refused { status: 403 | 409 | 410, .. })
+            )
             || matches!(e.downcast_ref::<pd_store::StoreError>(), Some(pd_store::StoreError::Corrupt { .. }))
     });
     if refused {

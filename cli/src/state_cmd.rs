@@ -16,9 +16,7 @@ pub struct StateArgs {
 
 /// Prints desired versions, each target's adopted version and pending approvals.
 pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
-    let home = ctx.home()?;
-    let ledger = home.ledger()?;
-    let state = ledger.state();
+    let state = &crate::backend::Backend::open(ctx, ctx.home().ok())?.state()?;
     let envs: Vec<String> = match a.env {
         Some(e) if state.env_index(&e).is_some() => vec![e],
         Some(e) => refuse!("unknown environment {e:?}; this ledger has: {}", state.envs.join(", ")),

@@ -1,1 +1,16 @@
-//! placeholder
+//! pd over the network: `pd serve` (the HTTP API over one home), the client every other
+//! process uses to talk to it, `pd agent` (follows one environment beside a target) and a
+//! small reference target for tests and the demo.
+//!
+//! The server never signs for a user: clients sign entries at a position the server leases
+//! to them (see [`api`]), and the server checks each with the same pure rules as everyone.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod api;
+pub mod client;
+pub mod target;
+pub mod wire;
+
+pub use api::{serve, ServeOptions};
+pub use client::Client;

@@ -1,0 +1,279 @@
+//! `pd ledger deploy` and the wait behind it and behind `pd ledger rollback`: push env by
+//! env in promotion order, wait for every target to acknowledge, roll back on failure.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+use pd_ledger::state::PackageState;
+use pd_ledger::{Body, Outcome, Push, Rollback, SecretKey, State, Version};
+use serde_json::json;
+
+use crate::backend::Backend;
+use crate::ledger_cmd::{package_of, previous_version};
+use crate::{output, refuse, Ctx};
+
+/// Arguments of `pd ledger deploy`.
+#[derive(Args)]
+pub struct DeployArgs {
+    /// A policy file (finds the package holding exactly it) or a version such as PD-23.1.0.
+    target: String,
+    /// Why (recorded in the ledger).
+    #[arg(long)]
+    reason: String,
+    /// Push to this environment only (default: every environment in promotion order).
+    #[arg(long, conflicts_with = "until")]
+    env: Option<String>,
+    /// Stop after this environment.
+    #[arg(long)]
+    until: Option<String>,
+    /// Push one environment and return instead of waiting for acknowledgements.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for each environment's targets.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// When targets fail, roll the environment back to its previous version and wait for
+    /// them to converge (default: the home's `auto_rollback` setting).
+    #[arg(long)]
+    auto_rollback: bool,
+    /// Fraction of an environment's targets that may fail before it counts as failed.
+    #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
+    max_failed: f64,
+}
+
+/// How one environment's wait ended.
+#[derive(serde::Serialize)]
+pub struct Waited {
+    /// Targets expected.
+    pub targets: usize,
+    /// Targets that reported the version loaded.
+    pub loaded: usize,
+    /// Targets that reported failure, with their error.
+    pub failed: Vec<(String, String)>,
+    /// Targets that did not report in time.
+    pub missing: Vec<String>,
+}
+
+impl Waited {
+    fn adopted(&self) -> bool {
+        self.failed.is_empty() && self.missing.is_empty()
+    }
+
+    fn problems(&self) -> String {
+        let mut parts: Vec<String> = self.failed.iter().map(|(t, e)| format!("{t} failed: {e}")).collect();
+        if !self.missing.is_empty() {
+            parts.push(format!("no answer from {}", self.missing.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Runs `pd ledger deploy`.
+pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
+    let (home, mut b) = Backend::of_home(ctx)?;
+    let actor = ctx.actor(&home);
+    let key = home.secret_key(&actor)?;
+    let auto_rollback = a.auto_rollback || home.config.auto_rollback;
+    let state = b.state()?;
+    let version = crate::ledger_cmd::deploy_version(&state, &a.target)?;
+    let pkg = package_of(&state, version)?.clone();
+    check_artifact(ctx, &mut b, &state, &pkg)?;
+    let envs = plan(&state, version, &a)?;
+    if !ctx.json {
+        let names: Vec<String> = envs.iter().map(|e| format!("{e}…")).collect();
+        output::working(format!("deploying to {}", names.join(" ")));
+    }
+    let mut report = Vec::new();
+    for env in &envs {
+        let state = b.state()?;
+        let desired = state.env.get(env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
+        let mut seq = None;
+        if desired != Some(version) {
+            let (entry, _) = b.append(&actor, &key, |st| {
+                let package = package_of(st, version)?.package.tarball.blake3;
+                Ok(Body::Push(Push { env: env.clone(), version, package, reason: a.reason.clone() }))
+            })?;
+            seq = Some(entry.entry.seq);
+            if !ctx.json {
+                println!("  {version} pushed to {env} at #{}", entry.entry.seq);
+            }
+        } else if state.fully_adopted(env, version) {
+            report.push(json!({ "env": env, "outcome": "already adopted" }));
+            continue;
+        }
+        if a.no_wait {
+            if ctx.json {
+                return output::json(&json!({ "version": version, "env": env, "seq": seq, "waited": false }));
+            }
+            output::next(format!(
+                "targets in {env} acknowledge with `pd ledger ack {version}`; `pd state {env}` shows progress"
+            ));
+            return Ok(());
+        }
+        let waited = wait(ctx, &mut b, env, version, Instant::now() + a.timeout, a.max_failed)?;
+        if waited.adopted() {
+            if !ctx.json {
+                output::ok(format!("{env}: {n}/{n} targets acknowledged {version}", n = waited.targets));
+            }
+            report.push(json!({ "env": env, "seq": seq, "outcome": "adopted", "targets": waited.targets }));
+            continue;
+        }
+        let problems = waited.problems();
+        if !auto_rollback {
+            report.push(json!({ "env": env, "seq": seq, "outcome": "failed", "wait": waited }));
+            if ctx.json {
+                output::json(&json!({ "version": version, "envs": report }))?;
+            }
+            refuse!("{version} did not converge in {env}: {problems}; roll back with `pd ledger rollback {env} --reason \"…\"` or rerun with --auto-rollback");
+        }
+        let back = roll_back(ctx, &mut b, &actor, &key, env, format!("automatic: {problems}"), a.timeout)?;
+        report.push(json!({ "env": env, "seq": seq, "outcome": "rolled back", "wait": waited, "rolled_back_to": back }));
+        if ctx.json {
+            output::json(&json!({ "version": version, "envs": report }))?;
+        }
+        refuse!("{version} failed in {env} ({problems}); rolled {env} back to {back}");
+    }
+    if ctx.json {
+        return output::json(&json!({ "version": version, "envs": report }));
+    }
+    output::ok("all targets acknowledged");
+    let state = b.state()?;
+    if let Some(next) = envs.last().and_then(|e| state.env_index(e)).and_then(|i| state.envs.get(i + 1)) {
+        output::next(format!("pd ledger deploy {version} --reason \"…\" (promotes to {next})"));
+    }
+    Ok(())
+}
+
+/// Checks the package as a target will (hashes and the author's OpenPGP signature) and
+/// prints the seed's first two lines.
+fn check_artifact(ctx: &Ctx, b: &mut Backend, state: &State, pkg: &PackageState) -> Result<()> {
+    let t = &pkg.package.tarball;
+    let bytes = b.get_object(&t.blake3)?;
+    if pd_store::ArtifactDigest::of(&bytes).sha256 != t.sha256.0 {
+        refuse!("the artifact of {} does not match its recorded SHA-256", pkg.package.version);
+    }
+    let cert = state.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.clone()).unwrap_or_default();
+    pd_store::openpgp::verify_detached(&cert, &bytes, &pkg.package.openpgp_sig)?;
+    if !ctx.json {
+        let fpr = pd_store::openpgp::cert_fingerprint(&cert)?;
+        output::ok(format!("packaged as {}", pkg.package.version));
+        output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(&fpr)));
+    }
+    Ok(())
+}
+
+/// The environments to go through, in promotion order.
+fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> {
+    let known = |e: &str| -> Result<()> {
+        if state.env_index(e).is_none() {
+            refuse!("unknown environment {e:?}; this ledger has: {}", state.envs.join(", "));
+        }
+        Ok(())
+    };
+    if let Some(env) = &a.env {
+        known(env)?;
+        return Ok(vec![env.clone()]);
+    }
+    // From the first environment that has not adopted the version yet.
+    let Some(start) = state.envs.iter().position(|e| !state.fully_adopted(e, version)) else {
+        refuse!("{version} is already adopted in every environment ({})", state.envs.join(", "));
+    };
+    let end = match &a.until {
+        Some(u) => {
+            known(u)?;
+            state.env_index(u).unwrap_or(0)
+        }
+        None => state.envs.len() - 1,
+    };
+    if end < start {
+        refuse!("{version} is already adopted up to {}", state.envs[start - 1]);
+    }
+    Ok(state.envs[start..=end].to_vec())
+}
+
+/// Waits until every target of `env` reported `version`, more than `max_failed` of them
+/// failed, or `deadline` passed; shows progress.
+pub fn wait(
+    ctx: &Ctx,
+    b: &mut Backend,
+    env: &str,
+    version: Version,
+    deadline: Instant,
+    max_failed: f64,
+) -> Result<Waited> {
+    let bar = indicatif::ProgressBar::new(0).with_message(format!("{env}: targets acknowledged {version}"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("⟳ {msg} {pos}/{len} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if ctx.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut state = b.state()?;
+    loop {
+        let e = state.env.get(env);
+        let since =
+            e.and_then(|e| e.desired.as_ref()).filter(|d| d.version == version).map_or(u64::MAX, |d| d.seq);
+        let mut w = Waited { targets: 0, loaded: 0, failed: Vec::new(), missing: Vec::new() };
+        for t in state.targets(env) {
+            w.targets += 1;
+            let name = &t.decl.name;
+            match e.and_then(|e| e.reports.get(name)).filter(|r| r.version == version && r.seq > since) {
+                Some(r) => match &r.outcome {
+                    Outcome::Loaded => w.loaded += 1,
+                    Outcome::Failed(err) => w.failed.push((name.clone(), err.clone())),
+                },
+                None => w.missing.push(name.clone()),
+            }
+        }
+        bar.set_length(w.targets as u64);
+        bar.set_position(w.loaded as u64);
+        let too_many = w.failed.len() as f64 > max_failed * w.targets as f64;
+        if w.missing.is_empty() || too_many || Instant::now() >= deadline {
+            if w.adopted() {
+                bar.finish_and_clear();
+            } else {
+                bar.abandon();
+            }
+            return Ok(w);
+        }
+        state = b.wait(state.len, deadline)?;
+    }
+}
+
+/// Appends a rollback of `env` to its previous version and waits for its targets to run
+/// it again. Returns that version.
+pub fn roll_back(
+    ctx: &Ctx,
+    b: &mut Backend,
+    actor: &str,
+    key: &SecretKey,
+    env: &str,
+    reason: String,
+    timeout: Duration,
+) -> Result<Version> {
+    let (entry, _) = b.append(actor, key, |st| {
+        let version = previous_version(st, env)?;
+        let package = package_of(st, version)?.package.tarball.blake3;
+        Ok(Body::Rollback(Rollback { env: env.to_string(), version, package, reason: reason.clone() }))
+    })?;
+    let Body::Rollback(r) = &entry.entry.body else { unreachable!("built as a rollback") };
+    if !ctx.json {
+        output::working(format!("rolling {env} back to {} (#{})", r.version, entry.entry.seq));
+    }
+    converge(ctx, b, env, r.version, timeout)?;
+    Ok(r.version)
+}
+
+/// Waits for every target of `env` to report `version` loaded after a rollback.
+pub fn converge(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, timeout: Duration) -> Result<()> {
+    let w = wait(ctx, b, env, version, Instant::now() + timeout, 1.0)?;
+    if !w.adopted() {
+        refuse!("{env} did not converge back to {version}: {}", w.problems());
+    }
+    if !ctx.json {
+        output::ok(format!("{env}: {n}/{n} targets run {version} again", n = w.targets));
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! `pd serve`, `pd agent` and `pd example-target`: the long-running processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pd_ledger::sled_store::SledStore;
+use pd_ledger::{Ledger, Version};
+use pd_server::agent::{Agent, AgentConfig, Reload};
+use pd_server::{Client, ServeOptions};
+use tokio::sync::watch;
+
+use crate::Ctx;
+
+/// Arguments of `pd serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    listen: SocketAddr,
+    /// Require `Authorization: Bearer TOKEN` on every request but /healthz.
+    #[arg(long, env = "PD_SERVE_TOKEN", hide_env_values = true)]
+    require_token: Option<String>,
+    /// How long a client's turn to append lasts.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+}
+
+/// Arguments of `pd agent`.
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The environment this target belongs to.
+    #[arg(long)]
+    env: String,
+    /// Directory for versions, the `current` symlink and the agent's state.
+    #[arg(long)]
+    dir: PathBuf,
+    /// File holding the target key's secret (hex), instead of `--as NAME` from a home.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Reload webhook: the agent POSTs `URL?ver=PD-x.y.z`; non-2xx is a failed load.
+    #[arg(long, conflicts_with = "reload_cmd")]
+    reload_url: Option<String>,
+    /// Reload command (run by `sh -c` with PD_VERSION and PD_POLICY_DIR); non-zero is a failed load.
+    #[arg(long)]
+    reload_cmd: Option<String>,
+}
+
+/// Arguments of `pd example-target`.
+#[derive(Args)]
+pub struct TargetArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The policy directory to load on reload (an agent's DIR/current).
+    #[arg(long)]
+    policy_dir: PathBuf,
+    /// Fail to load this version (repeatable): shows a failing target in tests and demos.
+    #[arg(long = "refuse", value_name = "VERSION")]
+    refuse: Vec<Version>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// A watch that turns true on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Runs `pd serve` until SIGTERM or Ctrl-C.
+pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
+    init_tracing();
+    let home = ctx.home()?;
+    let ledger = home.ledger()?;
+    let store = home.store()?;
+    let actor = ctx.actor(&home);
+    let mut opts = ServeOptions::new(a.listen);
+    opts.token = a.require_token;
+    opts.lease = a.lease;
+    opts.head_signer = home.secret_key(&actor).ok().map(|k| (actor, k));
+    runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
+        println!("pd serve listening on http://{addr}");
+    }))
+}
+
+/// Runs `pd agent` until SIGTERM or Ctrl-C.
+pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
+    init_tracing();
+    let Some(url) = ctx.server.clone() else {
+        anyhow::bail!("pd agent needs --server URL (or PD_SERVER)");
+    };
+    let home = ctx.home().ok();
+    let Some(actor) = ctx.actor.clone().or_else(|| home.as_ref().map(|h| h.config.actor.clone())) else {
+        anyhow::bail!("pd agent needs --as TARGET_KEY: the target's key name in the ledger");
+    };
+    let key = match (&a.key, &home) {
+        (Some(path), _) => crate::home::read_key_file(path)?,
+        (None, Some(h)) => h.secret_key(&actor)?,
+        (None, None) => anyhow::bail!("pd agent needs --key FILE or a --home holding {actor}'s key"),
+    };
+    let reload = match (a.reload_url, a.reload_cmd) {
+        (Some(u), _) => Reload::Url(u),
+        (None, Some(c)) => Reload::Command(c),
+        (None, None) => Reload::None,
+    };
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let replica = Ledger::open(SledStore::open(&a.dir.join("ledger"))?)
+        .with_context(|| format!("opening the agent's ledger replica in {}", a.dir.display()))?;
+    let client = Client::new(&url, ctx.token.clone())?;
+    let cfg = AgentConfig { client, env: a.env.clone(), actor: actor.clone(), key, dir: a.dir, reload };
+    let agent = Agent::new(cfg, replica)?;
+    println!("pd agent {actor} following {} at {url}", a.env);
+    runtime()?.block_on(async move { agent.run(stop_on_signal()).await })
+}
+
+/// Runs `pd example-target` until SIGTERM or Ctrl-C.
+pub fn example_target(a: TargetArgs) -> Result<()> {
+    init_tracing();
+    runtime()?.block_on(async move {
+        pd_server::target::run(
+            a.listen,
+            a.policy_dir,
+            a.refuse,
+            |addr| println!("example target listening on http://{addr}"),
+            stop_on_signal(),
+        )
+        .await
+    })
+}

@@ -1,0 +1,351 @@
+//! `pd agent`: follows one environment beside a target and converges it to the desired
+//! version.
+//!
+//! The agent keeps its own replica of the ledger and checks every entry with the same rules
+//! and signatures as everyone else, so a server cannot make it run anything the ledger does
+//! not authorize. For the desired version it fetches the tarball by hash, checks BLAKE3,
+//! SHA-256, size and the author's OpenPGP signature, unpacks it into `DIR/versions/<ver>`,
+//! swaps the `DIR/current` symlink atomically, asks the target to reload, and only after the
+//! target said yes signs a `loaded` ack. Anything it cannot verify or load is acked `failed`
+//! with the reason, and the previous version stays current.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::StreamExt;
+use pd_ledger::state::{Desired, Via};
+use pd_ledger::{Ack, Body, Hash, Ledger, LedgerStore, Outcome, SecretKey, SignedEntry, Version};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::client::{Client, ClientError};
+
+/// How the agent tells its target to load a new policy.
+#[derive(Clone, Debug)]
+pub enum Reload {
+    /// `POST <url>?ver=PD-x.y.z` (the seed's webhook); non-2xx is a failed load.
+    Url(String),
+    /// `sh -c <cmd>` with `PD_VERSION` and `PD_POLICY_DIR` set; non-zero is a failed load.
+    Command(String),
+    /// Nothing to notify: the files in `DIR/current` are the deployment.
+    None,
+}
+
+/// Everything an agent needs.
+pub struct AgentConfig {
+    /// The server.
+    pub client: Client,
+    /// The environment followed.
+    pub env: String,
+    /// The target key's name in the ledger.
+    pub actor: String,
+    /// The target key.
+    pub key: SecretKey,
+    /// Where versions, the `current` link and the agent's own state live.
+    pub dir: PathBuf,
+    /// How to notify the target.
+    pub reload: Reload,
+}
+
+/// What the agent remembers across restarts (`DIR/agent.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Local {
+    /// The version the target runs, after a successful reload.
+    running: Option<(Version, Hash)>,
+    /// The desired entry (seq) this agent already reported as failed.
+    failed_seq: Option<u64>,
+}
+
+/// A running agent over a replica kept in `S`.
+pub struct Agent<S: LedgerStore> {
+    cfg: AgentConfig,
+    replica: Ledger<S>,
+    local: Local,
+    http: reqwest::Client,
+}
+
+const STATE_FILE: &str = "agent.json";
+
+impl<S: LedgerStore> Agent<S> {
+    /// An agent over `replica` (empty or from an earlier run), resuming `DIR/agent.json`.
+    pub fn new(cfg: AgentConfig, replica: Ledger<S>) -> Result<Agent<S>> {
+        std::fs::create_dir_all(cfg.dir.join("versions"))
+            .with_context(|| format!("creating {}", cfg.dir.display()))?;
+        let path = cfg.dir.join(STATE_FILE);
+        let local = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is corrupt", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Local::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        Ok(Agent { cfg, replica, local, http })
+    }
+
+    /// The version the target runs, as far as this agent knows.
+    pub fn running(&self) -> Option<Version> {
+        self.local.running.map(|(v, _)| v)
+    }
+
+    /// Follows the server until `stop` turns true: catch up, converge, then wait for events
+    /// (reconnecting with a growing pause when the server goes away).
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let mut pause = Duration::from_millis(100);
+        while !*stop.borrow() {
+            match self.follow(&mut stop).await {
+                Ok(()) => pause = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(env = %self.cfg.env, "agent: {e:#}; reconnecting in {pause:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {},
+                        _ = stop.changed() => {},
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One connection: sync, converge, and apply events until the stream ends.
+    async fn follow(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        self.cfg.client.sync(&mut self.replica, None).await?;
+        self.converge().await?;
+        let mut events = Box::pin(self.cfg.client.events(self.replica.state().len).await?);
+        loop {
+            let ev = tokio::select! {
+                ev = events.next() => ev,
+                _ = stop.changed() => return Ok(()),
+            };
+            let Some(ev) = ev else { bail!("the event stream ended") };
+            let ev = ev?;
+            let len = self.replica.state().len;
+            if ev.seq == len {
+                let bytes = hex::decode(&ev.entry).map_err(|e| anyhow!("event {}: {e}", ev.seq))?;
+                let entry = SignedEntry::decode(&bytes)?;
+                self.replica.append(entry)?;
+            } else if ev.seq > len {
+                self.cfg.client.sync(&mut self.replica, Some(ev.seq + 1)).await?;
+            }
+            let ours = ev.env.as_deref() == Some(self.cfg.env.as_str());
+            if ours && ev.kind != "ack" || matches!(ev.kind.as_str(), "key_add" | "key_revoke") {
+                self.converge().await?;
+            }
+        }
+    }
+
+    /// Brings the target to the desired version if it is not there, and makes sure the
+    /// ledger knows. Transport errors propagate (retry later); anything else is acked.
+    pub async fn converge(&mut self) -> Result<()> {
+        let st = self.replica.state();
+        let Some(desired) = st.env.get(&self.cfg.env).and_then(|e| e.desired.clone()) else {
+            return Ok(());
+        };
+        if st.active_key(&self.cfg.actor).is_none() {
+            bail!("{} is not an active key of this ledger", self.cfg.actor);
+        }
+        if self.local.running == Some((desired.version, desired.package)) {
+            let report = st.env.get(&self.cfg.env).and_then(|e| e.reports.get(&self.cfg.actor));
+            let acked = report.is_some_and(|r| {
+                r.version == desired.version && r.outcome == Outcome::Loaded && r.seq > desired.seq
+            });
+            if !acked {
+                self.ack(&desired, Outcome::Loaded).await?;
+            }
+            return Ok(());
+        }
+        if self.local.failed_seq == Some(desired.seq) {
+            return Ok(());
+        }
+        match self.adopt(&desired).await {
+            Ok(()) => {
+                self.local.running = Some((desired.version, desired.package));
+                self.save()?;
+                tracing::info!(env = %self.cfg.env, version = %desired.version, "loaded");
+                self.ack(&desired, Outcome::Loaded).await
+            }
+            Err(Adopt::Transport(e)) => Err(e.into()),
+            Err(Adopt::Refused(why)) => {
+                tracing::warn!(env = %self.cfg.env, version = %desired.version, "refused: {why}");
+                self.local.failed_seq = Some(desired.seq);
+                self.save()?;
+                self.ack(&desired, Outcome::Failed(why)).await
+            }
+        }
+    }
+
+    async fn ack(&mut self, desired: &Desired, outcome: Outcome) -> Result<()> {
+        let (env, d) = (self.cfg.env.clone(), desired.clone());
+        let now = now_ms();
+        let result = self
+            .cfg
+            .client
+            .append(&mut self.replica, &self.cfg.actor, &self.cfg.key, now, |st| {
+                let still = st.env.get(&env).and_then(|e| e.desired.as_ref());
+                if still.is_none_or(|s| s.seq != d.seq) {
+                    return Err(AckError::Stale);
+                }
+                Ok(Body::Ack(Ack {
+                    env: env.clone(),
+                    version: d.version,
+                    package: d.package,
+                    outcome: outcome.clone(),
+                }))
+            })
+            .await;
+        match result {
+            Ok(_) | Err(AckError::Stale) => Ok(()),
+            Err(AckError::Client(e)) => Err(e.into()),
+        }
+    }
+
+    /// Fetches, verifies, unpacks, switches and reloads one version.
+    async fn adopt(&mut self, desired: &Desired) -> Result<(), Adopt> {
+        let st = self.replica.state();
+        if let Some((running, _)) = self.local.running {
+            if desired.version < running && desired.via != Via::Rollback {
+                return Err(Adopt::refused(format!(
+                    "refusing to downgrade from {running} to {} without a rollback entry",
+                    desired.version
+                )));
+            }
+        }
+        let pkg = st
+            .package_by_hash(&desired.package)
+            .ok_or_else(|| Adopt::refused(format!("no package {} in the ledger", desired.package.short())))?
+            .clone();
+        let cert =
+            st.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.clone()).ok_or_else(|| {
+                Adopt::refused(format!("the author {} has no OpenPGP certificate", pkg.author))
+            })?;
+        let bytes = match self.cfg.client.get_object(&desired.package).await {
+            Ok(b) => b,
+            Err(e @ ClientError::Unreachable { .. }) => return Err(Adopt::Transport(e)),
+            Err(e) => return Err(Adopt::refused(format!("fetching the artifact: {e}"))),
+        };
+        let t = &pkg.package.tarball;
+        let digest = pd_store::ArtifactDigest::of(&bytes);
+        if digest.blake3 != t.blake3.0 || digest.sha256 != t.sha256.0 || digest.size != t.size {
+            return Err(Adopt::refused("the artifact does not match the hashes in its package entry"));
+        }
+        pd_store::openpgp::verify_detached(&cert, &bytes, &pkg.package.openpgp_sig)
+            .map_err(|e| Adopt::refused(format!("OpenPGP signature: {e}")))?;
+        let version = desired.version;
+        let dir = self.cfg.dir.clone();
+        let unpacked = tokio::task::spawn_blocking(move || install(&dir, version, &bytes))
+            .await
+            .map_err(|e| Adopt::refused(e.to_string()))?;
+        unpacked.map_err(|e| Adopt::refused(format!("unpacking: {e:#}")))?;
+        let previous = self.local.running.map(|(v, _)| v);
+        switch(&self.cfg.dir, version).map_err(|e| Adopt::refused(format!("switching: {e:#}")))?;
+        if let Err(why) = self.reload(version).await {
+            if let Some(prev) = previous {
+                let _ = switch(&self.cfg.dir, prev);
+            }
+            return Err(Adopt::refused(format!("the target did not load it: {why}")));
+        }
+        Ok(())
+    }
+
+    async fn reload(&self, version: Version) -> Result<(), String> {
+        match &self.cfg.reload {
+            Reload::None => Ok(()),
+            Reload::Url(url) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let resp = self
+                    .http
+                    .post(format!("{url}{sep}ver={version}"))
+                    .send()
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?;
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                Err(format!("{status} {}", text.trim()).chars().take(300).collect())
+            }
+            Reload::Command(cmd) => {
+                let out = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .env("PD_VERSION", version.to_string())
+                    .env("PD_POLICY_DIR", self.cfg.dir.join("current"))
+                    .output()
+                    .await
+                    .map_err(|e| format!("{cmd}: {e}"))?;
+                if out.status.success() {
+                    return Ok(());
+                }
+                let err = String::from_utf8_lossy(&out.stderr);
+                Err(format!("{cmd}: {} {}", out.status, err.trim()).chars().take(300).collect())
+            }
+        }
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = self.cfg.dir.join(STATE_FILE);
+        let tmp = self.cfg.dir.join(".agent.json.tmp");
+        let bytes = serde_json::to_vec_pretty(&self.local)?;
+        let f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut &f, &bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Why an ack was not sent.
+enum AckError {
+    /// The desired version changed meanwhile: the ack is moot.
+    Stale,
+    Client(ClientError),
+}
+
+impl From<ClientError> for AckError {
+    fn from(e: ClientError) -> AckError {
+        AckError::Client(e)
+    }
+}
+
+enum Adopt {
+    /// The server is unreachable: try again later, report nothing.
+    Transport(ClientError),
+    /// The version cannot be adopted: report it with this reason.
+    Refused(String),
+}
+
+impl Adopt {
+    fn refused(why: impl std::fmt::Display) -> Adopt {
+        Adopt::Refused(why.to_string())
+    }
+}
+
+/// Unpacks a verified tarball into `DIR/versions/<version>` (replacing what was there).
+fn install(dir: &Path, version: Version, bytes: &[u8]) -> Result<()> {
+    let versions = dir.join("versions");
+    let target = versions.join(version.to_string());
+    let tmp = versions.join(format!(".tmp-{version}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    pd_store::tarball::unpack(bytes, &tmp, &pd_store::Limits::default())?;
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&tmp, &target)?;
+    Ok(())
+}
+
+/// Points `DIR/current` at `versions/<version>` atomically (symlink + rename).
+fn switch(dir: &Path, version: Version) -> Result<()> {
+    let link = dir.join("current");
+    let tmp = dir.join(".current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp)?;
+    #[cfg(not(unix))]
+    bail!("pd agent needs symlinks (unix)");
+    std::fs::rename(&tmp, &link)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

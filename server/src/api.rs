@@ -1,0 +1,618 @@
+//! `pd serve`: the HTTP API over one home's ledger and artifact store.
+//!
+//! Appends are serialized by a *turn*: a client asks for one (`POST /v1/turn`), gets the
+//! position and head to sign for, signs locally and posts the entry with the lease
+//! (`POST /v1/entries`). Turns are granted first come, first served and expire after
+//! [`ServeOptions::lease`], so a client that vanishes holds the ledger only briefly. An
+//! entry posted without a lease is accepted if it chains to the current head, else 409.
+//! Every entry goes through [`Ledger::append`], i.e. the one pure rule function.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::stream::Stream;
+use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
+use pd_ledger::sled_store::SledStore;
+use pd_ledger::{
+    Hash, Ledger, LedgerError, LedgerStore, Role, RuleError, SecretKey, SignedEntry, StorageError,
+};
+use pd_store::{BlobStore, FsStore, StoreError};
+use serde::Deserialize;
+use tokio::sync::{watch, OwnedMutexGuard};
+
+use crate::wire::{self, ApiError, Event, HeadInfo, Receipt, Turn, TurnRequest};
+
+/// How `pd serve` runs.
+pub struct ServeOptions {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// When set, every request but `/healthz` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// The key that signs export heads (the home's acting key), if this home has one.
+    pub head_signer: Option<(String, SecretKey)>,
+    /// How long a granted turn lasts.
+    pub lease: Duration,
+    /// Largest entry or object accepted.
+    pub max_body: usize,
+}
+
+impl ServeOptions {
+    /// Defaults for `listen`.
+    pub fn new(listen: SocketAddr) -> ServeOptions {
+        ServeOptions {
+            listen,
+            token: None,
+            head_signer: None,
+            lease: Duration::from_secs(5),
+            max_body: pd_store::Limits::default().max_tarball_bytes as usize,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Metrics {
+    appends: AtomicU64,
+    refused: AtomicU64,
+    objects_served: AtomicU64,
+    object_bytes: AtomicU64,
+    event_streams: AtomicU64,
+}
+
+struct Lease {
+    _turn: OwnedMutexGuard<()>,
+    seq: u64,
+}
+
+struct Shared {
+    ledger: Mutex<Ledger<SledStore>>,
+    reader: SledStore,
+    store: FsStore,
+    /// The ledger's length after each append.
+    len: watch::Sender<u64>,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    leases: Mutex<HashMap<String, Lease>>,
+    shutdown: watch::Receiver<bool>,
+    metrics: Metrics,
+    opts: ServeOptions,
+}
+
+type App = Arc<Shared>;
+
+/// An HTTP error with a JSON body that says what to do.
+struct Error(StatusCode, String);
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+fn bad(msg: impl std::fmt::Display) -> Error {
+    Error(StatusCode::BAD_REQUEST, msg.to_string())
+}
+
+fn internal(msg: impl std::fmt::Display) -> Error {
+    tracing::error!("{msg}");
+    Error(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
+}
+
+impl From<LedgerError> for Error {
+    fn from(e: LedgerError) -> Error {
+        match e {
+            LedgerError::Refused(r @ (RuleError::Seq { .. } | RuleError::Prev { .. })) => {
+                Error(StatusCode::CONFLICT, r.to_string())
+            }
+            LedgerError::Refused(r) => Error(StatusCode::FORBIDDEN, r.to_string()),
+            LedgerError::Storage(StorageError::Conflict { seq }) => {
+                Error(StatusCode::CONFLICT, format!("seq {seq} is taken; take a new turn and retry"))
+            }
+            other => internal(other),
+        }
+    }
+}
+
+impl Shared {
+    fn head(&self) -> HeadInfo {
+        let l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let s = l.state();
+        HeadInfo { ledger_id: s.ledger_id, len: s.len, head: s.head, last_time_ms: s.last_time_ms }
+    }
+
+    /// Raw entries `from..from+limit`.
+    fn entries(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        self.reader.scan(from).take(limit).collect::<Result<_, _>>().map_err(internal)
+    }
+}
+
+/// Opens the routes over a ledger and store and serves until SIGTERM or Ctrl-C; in-flight
+/// requests (appends included) finish first. Calls `ready` with the bound address.
+pub async fn serve(
+    ledger: Ledger<SledStore>,
+    store: FsStore,
+    opts: ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(ledger, store, opts, stop_rx.clone());
+    ready(addr);
+    tracing::info!(%addr, "pd serve listening");
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    };
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The routes, for [`serve`] and for tests and benches that bring their own listener.
+pub fn router(
+    ledger: Ledger<SledStore>,
+    store: FsStore,
+    opts: ServeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Router {
+    let reader = ledger.store().clone();
+    let (len, _) = watch::channel(ledger.state().len);
+    let max_body = opts.max_body;
+    let app: App = Arc::new(Shared {
+        ledger: Mutex::new(ledger),
+        reader,
+        store,
+        len,
+        turn: Arc::new(tokio::sync::Mutex::new(())),
+        leases: Mutex::new(HashMap::new()),
+        shutdown,
+        metrics: Metrics::default(),
+        opts,
+    });
+    let v1 = Router::new()
+        .route("/v1/head", get(head))
+        .route("/v1/entries", get(entries).post(append))
+        .route("/v1/turn", post(take_turn))
+        .route("/v1/turn/{lease}", delete(release_turn))
+        .route("/v1/objects/{hash}", get(get_object).put(put_object).head(get_object))
+        .route("/v1/state", get(state))
+        .route("/v1/export", get(export))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(v1)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}
+
+async fn require_token(AxState(app): AxState<App>, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.opts.token {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given.and_then(|g| g.strip_prefix("Bearer ")) != Some(token.as_str()) {
+            return Error(
+                StatusCode::UNAUTHORIZED,
+                "this server needs `Authorization: Bearer <token>`".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct HeadQuery {
+    /// Wait until the ledger holds more than this many entries…
+    after: Option<u64>,
+    /// …or this many milliseconds passed (at most 60 s).
+    wait_ms: Option<u64>,
+}
+
+async fn head(AxState(app): AxState<App>, Query(q): Query<HeadQuery>) -> Json<HeadInfo> {
+    if let Some(after) = q.after {
+        let mut rx = app.len.subscribe();
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(60_000));
+        let _ = tokio::time::timeout(wait, rx.wait_for(|len| *len > after)).await;
+    }
+    Json(app.head())
+}
+
+#[derive(Deserialize)]
+struct EntriesQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+const MAX_PAGE: usize = 10_000;
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("json"))
+}
+
+async fn entries(
+    AxState(app): AxState<App>,
+    Query(q): Query<EntriesQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let raw = app.entries(q.from, q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))?;
+    if wants_json(&headers) {
+        let decoded = raw
+            .iter()
+            .map(|b| SignedEntry::decode(b).map(|e| entry_json(&e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(internal)?;
+        return Ok(Json(decoded).into_response());
+    }
+    let body: wire::EntryBytes = raw.into_iter().map(serde_bytes::ByteBuf::from).collect();
+    let mut out = Vec::new();
+    ciborium::into_writer(&body, &mut out).map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/cbor")], out).into_response())
+}
+
+/// An entry as JSON, for people and scripts.
+pub fn entry_json(e: &SignedEntry) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.entry.seq, "id": e.id, "prev": e.entry.prev, "time_ms": e.entry.time_ms,
+        "actor": e.entry.actor, "kind": e.entry.body.kind(), "body": e.entry.body, "sig": e.entry.sig,
+    })
+}
+
+async fn take_turn(AxState(app): AxState<App>, Json(req): Json<TurnRequest>) -> Result<Json<Turn>, Error> {
+    {
+        let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if l.state().len > 0 && l.state().active_key(&req.actor).is_none() {
+            return Err(Error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{:?} is not an active key of this ledger; an admin enrolls it with `pd key new`",
+                    req.actor
+                ),
+            ));
+        }
+    }
+    let guard = app.turn.clone().lock_owned().await;
+    let head = app.head();
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(internal)?;
+    let lease = hex::encode(id);
+    app.leases
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(lease.clone(), Lease { _turn: guard, seq: head.len });
+    let expiry = app.clone();
+    let (key, ttl) = (lease.clone(), app.opts.lease);
+    tokio::spawn(async move {
+        tokio::time::sleep(ttl).await;
+        expiry.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    });
+    Ok(Json(Turn {
+        lease,
+        seq: head.len,
+        prev: head.head,
+        min_time_ms: head.last_time_ms,
+        expires_in_ms: ttl.as_millis() as u64,
+    }))
+}
+
+async fn release_turn(AxState(app): AxState<App>, Path(lease): Path<String>) -> StatusCode {
+    match app.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&lease) {
+        Some(_) => StatusCode::NO_CONTENT,
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn append(AxState(app): AxState<App>, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+    let entry = SignedEntry::decode(&body).map_err(|e| bad(format!("not a pd entry: {e}")))?;
+    // Hold the turn for the append: either the caller's lease or a fresh wait in line.
+    let _turn = match headers.get(wire::LEASE_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(lease) => {
+            let held = app.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(lease);
+            match held {
+                Some(l) if l.seq == entry.entry.seq => l._turn,
+                Some(l) => {
+                    return Err(Error(
+                        StatusCode::CONFLICT,
+                        format!("the lease is for seq {}, the entry has seq {}", l.seq, entry.entry.seq),
+                    ))
+                }
+                None => {
+                    return Err(Error(
+                        StatusCode::GONE,
+                        "the lease expired or was used; take a new turn".into(),
+                    ))
+                }
+            }
+        }
+        None => app.turn.clone().lock_owned().await,
+    };
+    let seq = entry.entry.seq;
+    let id = entry.id;
+    let worker = app.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut l = worker.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        l.append(entry).map(|()| l.state().len)
+    })
+    .await
+    .map_err(internal)?;
+    match result {
+        Ok(len) => {
+            app.metrics.appends.fetch_add(1, Relaxed);
+            app.len.send_replace(len);
+            Ok((StatusCode::CREATED, Json(Receipt { seq, id })).into_response())
+        }
+        Err(e) => {
+            app.metrics.refused.fetch_add(1, Relaxed);
+            Err(e.into())
+        }
+    }
+}
+
+fn parse_hash(hex: &str) -> Result<Hash, Error> {
+    Hash::from_hex(hex).map_err(|_| bad(format!("{hex:?} is not a hex BLAKE3 hash (64 hex digits)")))
+}
+
+fn etag_of(hash: &Hash) -> String {
+    format!("\"{}\"", hash.to_hex())
+}
+
+async fn get_object(
+    AxState(app): AxState<App>,
+    Path(hex): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let hash = parse_hash(&hex)?;
+    let etag = etag_of(&hash);
+    let immutable = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, "public, max-age=31536000, immutable".to_string()),
+    ];
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag || v == "*")
+    {
+        return Ok((StatusCode::NOT_MODIFIED, immutable).into_response());
+    }
+    let worker = app.clone();
+    let bytes = tokio::task::spawn_blocking(move || worker.store.get(&hash.0)).await.map_err(internal)?;
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(StoreError::NotFound { hash }) => {
+            return Err(Error(StatusCode::NOT_FOUND, format!("no object {hash} on this server")))
+        }
+        Err(e) => return Err(internal(e)),
+    };
+    app.metrics.objects_served.fetch_add(1, Relaxed);
+    let total = bytes.len() as u64;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, body, content_range) = match range.map(|r| parse_range(r, total)) {
+        None => (StatusCode::OK, Bytes::from(bytes), None),
+        Some(Some((start, end))) => (
+            StatusCode::PARTIAL_CONTENT,
+            Bytes::from(bytes).slice(start as usize..=end as usize),
+            Some(format!("bytes {start}-{end}/{total}")),
+        ),
+        Some(None) => {
+            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{total}")).map_err(internal)?,
+            );
+            return Ok(r);
+        }
+    };
+    app.metrics.object_bytes.fetch_add(body.len() as u64, Relaxed);
+    let mut r = (status, immutable, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(cr) = content_range {
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).map_err(internal)?);
+    }
+    Ok(r)
+}
+
+/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range as inclusive bounds; `None` if it
+/// cannot be satisfied. Multiple ranges are not served.
+fn parse_range(spec: &str, total: u64) -> Option<(u64, u64)> {
+    let spec = spec.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (total.checked_sub(n.min(total))?, total.checked_sub(1)?)
+        }
+        (a, "") => (a.parse().ok()?, total.checked_sub(1)?),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(total.checked_sub(1)?)),
+    };
+    (start <= end && end < total).then_some((start, end))
+}
+
+async fn put_object(
+    AxState(app): AxState<App>,
+    Path(hex): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, Error> {
+    let hash = parse_hash(&hex)?;
+    if Hash::of(&body) != hash {
+        return Err(bad(format!("the body does not hash to {hex}")));
+    }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (Some(actor), Some(sig)) = (text(wire::ACTOR_HEADER), text(wire::SIGNATURE_HEADER)) else {
+        return Err(Error(StatusCode::UNAUTHORIZED, "uploads need pd-actor and pd-signature headers".into()));
+    };
+    let sig = pd_ledger::Signature::from_hex(&sig).map_err(|_| bad("pd-signature is not a hex signature"))?;
+    {
+        let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let st = l.state();
+        let Some(key) = st.active_key(&actor).filter(|k| k.decl.roles.contains(&Role::Author)) else {
+            return Err(Error(StatusCode::FORBIDDEN, format!("{actor:?} is not an active author key")));
+        };
+        let digest = wire::put_digest(&st.ledger_id, &hash);
+        if !pd_ledger::keys::verify(&key.decl.public_key, wire::PUT_DOMAIN, &digest, &sig) {
+            return Err(Error(
+                StatusCode::FORBIDDEN,
+                format!("the upload signature by {actor:?} does not verify"),
+            ));
+        }
+    }
+    let worker = app.clone();
+    tokio::task::spawn_blocking(move || worker.store.put(&body))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn state(AxState(app): AxState<App>) -> Response {
+    let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    Json(l.state()).into_response()
+}
+
+async fn export(AxState(app): AxState<App>) -> Result<Response, Error> {
+    let Some((actor, key)) = &app.opts.head_signer else {
+        return Err(Error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server has no key to sign an export head".into(),
+        ));
+    };
+    let (state, entries) = {
+        let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let st = l.state().clone();
+        let raw = app.entries(0, st.len as usize)?;
+        (st, raw)
+    };
+    let mut artifacts = Vec::with_capacity(state.packages.len());
+    for p in &state.packages {
+        let hash = p.package.tarball.blake3;
+        let bytes = app.store.get(&hash.0).map_err(internal)?;
+        artifacts.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
+    }
+    artifacts.sort_by_key(|a| a.blake3);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let head = Head::sign(&state, actor, now.max(state.last_time_ms), key);
+    let export = Export {
+        format: FORMAT.to_string(),
+        entries: entries.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+        artifacts,
+        head,
+    };
+    Ok(([(header::CONTENT_TYPE, "application/cbor")], export.encode()).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    from: Option<u64>,
+}
+
+/// Server-Sent Events: every entry from `Last-Event-ID + 1` (or `?from=`, or the current
+/// end) on, as it is appended. Push and rollback are named `policyChanged`.
+async fn events(
+    AxState(app): AxState<App>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let last_id =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let len_rx = app.len.subscribe();
+    let from = last_id.map(|id| id + 1).or(q.from).unwrap_or(*len_rx.borrow());
+    app.metrics.event_streams.fetch_add(1, Relaxed);
+    let stop = app.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (app, len_rx, stop, from, std::collections::VecDeque::new()),
+        |(app, mut len_rx, mut stop, mut next, mut queue)| async move {
+            loop {
+                if let Some(ev) = queue.pop_front() {
+                    return Some((Ok(ev), (app, len_rx, stop, next, queue)));
+                }
+                if *stop.borrow() {
+                    return None;
+                }
+                let len = *len_rx.borrow_and_update();
+                if next < len {
+                    let raw = app.entries(next, 256).ok()?;
+                    for bytes in raw {
+                        let e = SignedEntry::decode(&bytes).ok()?;
+                        let data = Event::of(&e);
+                        let ev = SseEvent::default().id(e.entry.seq.to_string()).event(data.name());
+                        queue.push_back(ev.json_data(&data).ok()?);
+                        next += 1;
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    changed = len_rx.changed() => changed.ok()?,
+                    _ = stop.changed() => return None,
+                }
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn metrics(AxState(app): AxState<App>) -> impl IntoResponse {
+    let len = *app.len.borrow();
+    let m = &app.metrics;
+    let text = format!(
+        "# HELP pd_ledger_entries Entries in the ledger.\n# TYPE pd_ledger_entries gauge\npd_ledger_entries {len}\n\
+         # HELP pd_appends_total Entries appended through this server.\n# TYPE pd_appends_total counter\npd_appends_total {}\n\
+         # HELP pd_appends_refused_total Entries refused.\n# TYPE pd_appends_refused_total counter\npd_appends_refused_total {}\n\
+         # HELP pd_objects_served_total Objects served.\n# TYPE pd_objects_served_total counter\npd_objects_served_total {}\n\
+         # HELP pd_object_bytes_total Object bytes served.\n# TYPE pd_object_bytes_total counter\npd_object_bytes_total {}\n\
+         # HELP pd_event_streams_total Event streams opened.\n# TYPE pd_event_streams_total counter\npd_event_streams_total {}\n",
+        m.appends.load(Relaxed),
+        m.refused.load(Relaxed),
+        m.objects_served.load(Relaxed),
+        m.object_bytes.load(Relaxed),
+        m.event_streams.load(Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-0", 10), Some((0, 0)));
+        assert_eq!(parse_range("bytes=2-", 10), Some((2, 9)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
+        assert_eq!(parse_range("bytes=5-100", 10), Some((5, 9)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=4-2", 10), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+        assert_eq!(parse_range("bytes=0-", 0), None);
+    }
+}
