@@ -159,3 +159,213 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A child process that printed `http://ADDR` (or a marker line) on stdout; killed on drop.
+pub struct Proc {
+    child: std::process::Child,
+    /// The URL it printed, if any.
+    pub url: String,
+}
+
+impl Proc {
+    /// Spawns `cmd`, sends its stderr to `log`, and waits until a stdout line contains
+    /// `marker`; `url` is the `http://…` on that line.
+    pub fn spawn(mut cmd: Command, log: &Path, marker: &str) -> Proc {
+        use std::io::BufRead;
+        let err = std::fs::File::create(log).expect("log file");
+        cmd.stdout(std::process::Stdio::piped()).stderr(err).stdin(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let line = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains(marker) => break l,
+                Some(Ok(_)) => continue,
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "{cmd:?} exited before printing {marker:?}: {}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_default().to_string();
+        Proc { child, url }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The port of its URL.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in URL")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 request over loopback: returns status and body.
+pub fn http(url: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_with(url, method, path, &[], body);
+    (status, body)
+}
+
+/// [`http`] with extra request headers; also returns the response head.
+pub fn http_with(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nContent-Type: application/cbor\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP response") + 4;
+    let status = String::from_utf8_lossy(&out[9..12]).parse().expect("status");
+    (status, String::from_utf8_lossy(&out[..split]).to_lowercase(), out[split..].to_vec())
+}
+
+/// A running `pd serve` over a world's home, with agents and example targets beside it.
+pub struct Net<'w> {
+    /// The world whose home the server owns.
+    pub w: &'w World,
+    /// The server.
+    pub server: Proc,
+    procs: Vec<(String, Proc)>,
+}
+
+impl<'w> Net<'w> {
+    /// Starts `pd serve` on a free loopback port.
+    pub fn start(w: &'w World) -> Net<'w> {
+        let server = Self::serve(w, 0, &[]);
+        Net { w, server, procs: Vec::new() }
+    }
+
+    /// Starts `pd serve EXTRA…` on a free loopback port.
+    pub fn start_with(w: &'w World, extra: &[&str]) -> Net<'w> {
+        let server = Self::serve(w, 0, extra);
+        Net { w, server, procs: Vec::new() }
+    }
+
+    fn serve(w: &World, port: u16, extra: &[&str]) -> Proc {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["serve", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let cmd = w.pd("", &args);
+        Proc::spawn(cmd, &w.path(&format!("serve-{port}.log")), "listening on")
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same port.
+    pub fn restart_server(&mut self) {
+        let port = self.server.port();
+        self.server.kill();
+        self.server = Self::serve(self.w, port, &[]);
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// `pd --server URL …` as `actor`, asserting success.
+    pub fn ok(&self, actor: &str, args: &[&str]) -> String {
+        let mut full = vec!["--server", self.url()];
+        full.extend_from_slice(args);
+        self.w.ok(actor, &full)
+    }
+
+    /// `pd --server URL …` as `actor`.
+    pub fn run(&self, actor: &str, args: &[&str]) -> Output {
+        let mut full = vec!["--server", self.url()];
+        full.extend_from_slice(args);
+        self.w.pd(actor, &full).output().expect("run pd")
+    }
+
+    /// `pd ledger log --json` from the server, parsed.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok("", &["ledger", "log", "--json"])).expect("log JSON")
+    }
+
+    /// Returns `check(self)` once it is `Some`, re-checking each time the ledger grows
+    /// (long-polling the server), for at most 60 s.
+    pub fn wait_for<T>(&self, check: impl Fn(&Self) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(t) = check(self) {
+                return t;
+            }
+            assert!(std::time::Instant::now() < deadline, "gave up waiting after 60 s");
+            let len = self.log().len();
+            http(self.url(), "GET", &format!("/v1/head?after={len}&wait_ms=5000"), b"");
+        }
+    }
+
+    /// The agent directory of `target`.
+    pub fn agent_dir(&self, target: &str) -> PathBuf {
+        self.w.path(&format!("agents/{target}"))
+    }
+
+    /// Starts an example target (refusing `refuse`) and the agent of key `target` in `env`.
+    pub fn agent(&mut self, target: &str, env: &str, refuse: &[&str]) {
+        let dir = self.agent_dir(target);
+        let mut t = Command::new(bin("pd"));
+        t.args(["example-target", "--listen", "127.0.0.1:0", "--policy-dir"]).arg(dir.join("current"));
+        for r in refuse {
+            t.args(["--refuse", r]);
+        }
+        let target_proc = Proc::spawn(t, &self.w.path(&format!("target-{target}.log")), "listening on");
+        let reload = format!("{}/reload", target_proc.url);
+        self.procs.push((format!("target-{target}"), target_proc));
+        self.start_agent(target, env, &reload);
+    }
+
+    fn start_agent(&mut self, target: &str, env: &str, reload: &str) {
+        let dir = self.agent_dir(target).to_string_lossy().into_owned();
+        let args = ["--server", self.url(), "agent", "--env", env, "--dir", &dir, "--reload-url", reload];
+        let cmd = self.w.pd(target, &args);
+        let p = Proc::spawn(cmd, &self.w.path(&format!("agent-{target}.log")), "following");
+        self.procs.push((format!("agent-{target}:{env}:{reload}"), p));
+    }
+
+    /// Kills the agent of `target` with SIGKILL.
+    pub fn kill_agent(&mut self, target: &str) {
+        let prefix = format!("agent-{target}:");
+        self.procs.retain(|(name, _)| !name.starts_with(&prefix));
+    }
+
+    /// Starts the agent of `target` again with its old settings (its target kept running).
+    pub fn restart_agent(&mut self, target: &str, env: &str) {
+        let t = self.procs.iter().find(|(n, _)| n == &format!("target-{target}")).expect("target running");
+        let reload = format!("{}/reload", t.1.url);
+        self.start_agent(target, env, &reload);
+    }
+
+    /// `GET /version` of `target`'s example target.
+    pub fn loaded(&self, target: &str) -> serde_json::Value {
+        let t = self.procs.iter().find(|(n, _)| n == &format!("target-{target}")).expect("target running");
+        let (status, body) = http(&t.1.url, "GET", "/version", b"");
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).expect("version JSON")
+    }
+}

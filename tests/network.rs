@@ -1,0 +1,288 @@
+//! The story over the network: a real `pd serve`, real `pd agent`s and example targets on
+//! loopback. Waiting is done by `pd ledger deploy` itself (long-polling the server), never
+//! by sleeping.
+
+use pd_e2e::{http, Net, World};
+
+/// A standard world plus `dev-2`, with PD-0.1.0 packaged and approved.
+fn world() -> World {
+    let w = World::standard();
+    w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev"]);
+    w.write("llm_policy.yaml", "max_tokens: 1000\n");
+    w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "first"]);
+    w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
+    w
+}
+
+fn package_v2(net: &Net) {
+    net.w.write("llm_policy.yaml", "max_tokens: 2000\n");
+    net.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "second"]);
+    net.ok("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "ok"]);
+}
+
+fn current_policy(net: &Net, target: &str) -> String {
+    std::fs::read_to_string(net.agent_dir(target).join("current/llm_policy.yaml")).expect("current policy")
+}
+
+fn env_state(net: &Net, env: &str) -> serde_json::Value {
+    let s: serde_json::Value = serde_json::from_str(&net.ok("", &["state", "--json"])).expect("state JSON");
+    s["envs"].as_array().expect("envs").iter().find(|e| e["env"] == env).expect("env").clone()
+}
+
+fn verify_export(net: &Net) {
+    let file = net.w.path("ledger.pdx");
+    net.ok("", &["ledger", "export", file.to_str().expect("path"), "--with-artifacts"]);
+    let out = net.w.verify(&[file.to_str().expect("path")]);
+    assert!(out.status.success(), "pd-verify: {}", pd_e2e::text(&out));
+}
+
+#[test]
+fn a_deploy_promotes_through_every_environment_as_agents_acknowledge() {
+    let w = world();
+    let mut net = Net::start(&w);
+    for (t, env) in [("dev-1", "dev"), ("dev-2", "dev"), ("staging-1", "staging"), ("prod-1", "prod")] {
+        net.agent(t, env, &[]);
+    }
+    let out =
+        net.ok("", &["ledger", "deploy", "llm_policy.yaml", "--reason", "roll out", "--timeout", "60s"]);
+    for line in [
+        "✔ packaged as PD-0.1.0",
+        "✔ signature valid (OpenPGP",
+        "⟳ deploying to dev… staging… prod…",
+        "✔ all targets acknowledged",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    for env in ["dev", "staging", "prod"] {
+        let e = env_state(&net, env);
+        assert_eq!(e["desired"], "PD-0.1.0");
+        assert_eq!(e["laggards"].as_array().map(Vec::len), Some(0), "{e}");
+    }
+    for t in ["dev-1", "dev-2", "staging-1", "prod-1"] {
+        assert_eq!(current_policy(&net, t), "max_tokens: 1000\n");
+        assert_eq!(net.loaded(t)["version"], "PD-0.1.0");
+    }
+    // The server's own export verifies too.
+    let (status, bytes) = http(net.url(), "GET", "/v1/export", b"");
+    assert_eq!(status, 200);
+    std::fs::write(w.path("served.pdx"), bytes).expect("write");
+    let out = w.verify(&[w.path("served.pdx").to_str().expect("path")]);
+    assert!(out.status.success(), "{}", pd_e2e::text(&out));
+    verify_export(&net);
+}
+
+#[test]
+fn a_target_that_fails_to_load_triggers_an_automatic_rollback() {
+    let w = world();
+    let mut net = Net::start(&w);
+    net.agent("dev-1", "dev", &[]);
+    net.agent("dev-2", "dev", &["PD-0.2.0"]);
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--timeout", "60s"]);
+    package_v2(&net);
+    let out = net.run(
+        "",
+        &[
+            "ledger",
+            "deploy",
+            "PD-0.2.0",
+            "--until",
+            "dev",
+            "--reason",
+            "v2",
+            "--auto-rollback",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let text = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("dev-2 failed") && text.contains("refuses to load PD-0.2.0"), "{text}");
+    assert!(text.contains("rolled dev back to PD-0.1.0"), "{text}");
+    let dev = env_state(&net, "dev");
+    assert_eq!(dev["desired"], "PD-0.1.0");
+    assert_eq!(dev["via"], "rollback");
+    assert_eq!(dev["laggards"].as_array().map(Vec::len), Some(0), "{dev}");
+    for t in ["dev-1", "dev-2"] {
+        assert_eq!(current_policy(&net, t), "max_tokens: 1000\n", "{t} runs the old policy again");
+        assert_eq!(net.loaded(t)["version"], "PD-0.1.0");
+    }
+    verify_export(&net);
+}
+
+#[test]
+fn an_agent_killed_mid_deploy_resumes_and_converges() {
+    let w = world();
+    let mut net = Net::start(&w);
+    net.agent("dev-1", "dev", &[]);
+    net.agent("dev-2", "dev", &[]);
+    net.kill_agent("dev-2");
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--no-wait"]);
+    net.restart_agent("dev-2", "dev");
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "wait", "--timeout", "60s"]);
+    assert_eq!(current_policy(&net, "dev-2"), "max_tokens: 1000\n");
+    // A restart after adoption acks nothing new: the agent knows what it runs.
+    let acks = |net: &Net| net.log().iter().filter(|e| e["kind"] == "ack" && e["actor"] == "dev-2").count();
+    let before = acks(&net);
+    net.kill_agent("dev-2");
+    net.restart_agent("dev-2", "dev");
+    package_v2(&net);
+    net.ok("", &["ledger", "deploy", "PD-0.2.0", "--until", "dev", "--reason", "v2", "--timeout", "60s"]);
+    assert_eq!(acks(&net), before + 1, "one ack for PD-0.2.0, none repeated for PD-0.1.0");
+}
+
+#[test]
+fn a_server_restarted_mid_deploy_loses_nothing() {
+    let w = world();
+    let mut net = Net::start(&w);
+    net.agent("dev-1", "dev", &[]);
+    net.agent("dev-2", "dev", &[]);
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--no-wait"]);
+    net.restart_server();
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "wait", "--timeout", "60s"]);
+    package_v2(&net);
+    net.restart_server();
+    net.ok("", &["ledger", "deploy", "PD-0.2.0", "--until", "dev", "--reason", "v2", "--timeout", "60s"]);
+    for t in ["dev-1", "dev-2"] {
+        assert_eq!(current_policy(&net, t), "max_tokens: 2000\n");
+    }
+    verify_export(&net);
+}
+
+#[test]
+fn agents_refuse_a_tampered_artifact_and_say_so() {
+    let w = world();
+    let mut net = Net::start(&w);
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--no-wait"]);
+    let hash =
+        serde_json::from_str::<serde_json::Value>(&net.ok("", &["ledger", "show", "PD-0.1.0", "--json"]))
+            .expect("show JSON")["body"]["package"]["tarball"]["blake3"]
+            .as_str()
+            .expect("hash")
+            .to_string();
+    let object = w.home.join("objects").join(&hash[..2]).join(&hash[2..]);
+    let mut bytes = std::fs::read(&object).expect("object");
+    bytes[20] ^= 1;
+    std::fs::write(&object, bytes).expect("tamper");
+    // A deployer's own check refuses it before waiting on anything.
+    let out = net.run("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "wait"]);
+    assert!(!out.status.success() && pd_e2e::text(&out).contains("corrupt"), "{}", pd_e2e::text(&out));
+    net.agent("dev-1", "dev", &[]);
+    net.agent("dev-2", "dev", &[]);
+    let dev = net.wait_for(|net| {
+        let dev = env_state(net, "dev");
+        let failed = dev["targets"].as_array()?.iter().filter(|t| t["outcome"]["failed"].is_string()).count();
+        (failed == 2).then_some(dev)
+    });
+    for t in dev["targets"].as_array().expect("targets") {
+        let why = t["outcome"]["failed"].as_str().expect("failed");
+        assert!(why.contains("artifact"), "{why}");
+    }
+    assert!(!net.agent_dir("dev-1").join("current").exists(), "nothing was installed");
+}
+
+#[test]
+fn replayed_and_downgrading_pushes_are_refused() {
+    let w = world();
+    let mut net = Net::start(&w);
+    net.agent("dev-1", "dev", &[]);
+    net.agent("dev-2", "dev", &[]);
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--timeout", "60s"]);
+    package_v2(&net);
+    net.ok("", &["ledger", "deploy", "PD-0.2.0", "--until", "dev", "--reason", "v2", "--timeout", "60s"]);
+    let len = net.log().len();
+    // Replay the signed push of PD-0.1.0 byte for byte.
+    let seq = net.log().iter().find(|e| e["kind"] == "push").expect("a push")["seq"].as_u64().expect("seq");
+    let (status, page) = http(net.url(), "GET", &format!("/v1/entries?from={seq}&limit=1"), b"");
+    assert_eq!(status, 200);
+    let entry = single_bstr(&page);
+    let (status, body) = http(net.url(), "POST", "/v1/entries", entry);
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    // A fresh push of the older version is refused by the rules.
+    let out = net.run("", &["ledger", "deploy", "PD-0.1.0", "--env", "dev", "--reason", "downgrade"]);
+    assert_eq!(out.status.code(), Some(1), "{}", pd_e2e::text(&out));
+    assert_eq!(net.log().len(), len, "nothing appended");
+    for t in ["dev-1", "dev-2"] {
+        assert_eq!(net.loaded(t)["version"], "PD-0.2.0");
+    }
+}
+
+/// The one byte string inside a CBOR array of one (`GET /v1/entries` with limit=1).
+fn single_bstr(cbor: &[u8]) -> &[u8] {
+    assert_eq!(cbor[0], 0x81, "an array of one");
+    let (len, start) = match cbor[1] {
+        b @ 0x40..=0x57 => ((b - 0x40) as usize, 2),
+        0x58 => (cbor[2] as usize, 3),
+        0x59 => (u16::from_be_bytes([cbor[2], cbor[3]]) as usize, 4),
+        b => panic!("unexpected CBOR byte {b:#x}"),
+    };
+    &cbor[start..start + len]
+}
+
+#[test]
+fn fifty_concurrent_appenders_neither_fork_nor_lose_entries() {
+    let w = world();
+    let net = Net::start(&w);
+    let before = net.log().len();
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            let name = format!("approver-{i}");
+            let args = ["--server", net.url(), "key", "new", name.as_str(), "--role", "approver"];
+            w.pd("", &args).stdout(std::process::Stdio::null()).spawn().expect("spawn")
+        })
+        .collect();
+    for mut c in children {
+        let status = c.wait().expect("wait");
+        assert!(status.success(), "an appender failed");
+    }
+    let log = net.log();
+    assert_eq!(log.len(), before + 50);
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64(), Some(i as u64));
+    }
+    verify_export(&net);
+}
+
+#[test]
+fn objects_are_immutable_cacheable_and_served_in_ranges() {
+    let w = world();
+    let net = Net::start(&w);
+    let show: serde_json::Value =
+        serde_json::from_str(&net.ok("", &["ledger", "show", "PD-0.1.0", "--json"])).expect("show JSON");
+    let tarball = &show["body"]["package"]["tarball"];
+    let (hash, size) = (tarball["blake3"].as_str().expect("hash"), tarball["size"].as_u64().expect("size"));
+    let path = format!("/v1/objects/{hash}");
+    let (status, head, body) = pd_e2e::http_with(net.url(), "GET", &path, &[], b"");
+    assert_eq!((status, body.len() as u64), (200, size));
+    assert!(head.contains(&format!("etag: \"{hash}\"")), "{head}");
+    assert!(head.contains("immutable"), "{head}");
+    let etag = format!("\"{hash}\"");
+    let (status, _, body) = pd_e2e::http_with(net.url(), "GET", &path, &[("If-None-Match", &etag)], b"");
+    assert_eq!((status, body.len()), (304, 0));
+    let (status, head, part) = pd_e2e::http_with(net.url(), "GET", &path, &[("Range", "bytes=2-5")], b"");
+    assert_eq!(status, 206);
+    assert_eq!(part, body_of(&net, &path)[2..=5]);
+    assert!(head.contains(&format!("content-range: bytes 2-5/{size}")), "{head}");
+    let missing = format!("/v1/objects/{}", "0".repeat(64));
+    assert_eq!(http(net.url(), "GET", &missing, b"").0, 404);
+    assert_eq!(http(net.url(), "GET", "/v1/objects/not-a-hash", b"").0, 400);
+    // Uploads need an author's signature.
+    assert_eq!(http(net.url(), "PUT", &missing, b"").0, 400, "body must hash to its name");
+    let (_, metrics) = http(net.url(), "GET", "/metrics", b"");
+    assert!(String::from_utf8_lossy(&metrics).contains("pd_objects_served_total 3"));
+    assert_eq!(http(net.url(), "GET", "/healthz", b"").0, 200);
+}
+
+fn body_of(net: &Net, path: &str) -> Vec<u8> {
+    http(net.url(), "GET", path, b"").1
+}
+
+#[test]
+fn a_server_with_a_token_refuses_requests_without_it() {
+    let w = world();
+    let net = Net::start_with(&w, &["--require-token", "s3cret"]);
+    assert_eq!(http(net.url(), "GET", "/v1/head", b"").0, 401);
+    assert_eq!(http(net.url(), "GET", "/healthz", b"").0, 200, "health stays open");
+    let out = net.run("", &["state"]);
+    assert!(!out.status.success() && pd_e2e::text(&out).contains("Bearer"), "{}", pd_e2e::text(&out));
+    net.ok("", &["--token", "s3cret", "state"]);
+}
