@@ -286,3 +286,24 @@ fn a_server_with_a_token_refuses_requests_without_it() {
     assert!(!out.status.success() && pd_e2e::text(&out).contains("Bearer"), "{}", pd_e2e::text(&out));
     net.ok("", &["--token", "s3cret", "state"]);
 }
+
+#[test]
+fn the_demo_tells_the_whole_story_and_ends_verified() {
+    let w = World::new();
+    let out = w.pd("", &["demo", "--dir", w.path("demo").to_str().expect("path")]).output().expect("run");
+    let text = pd_e2e::text(&out);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "✔ packaged as PD-23.1.0",
+        "✔ signature valid (OpenPGP",
+        "⟳ deploying to dev… staging… prod…",
+        "✔ all targets acknowledged",
+        "rolled prod back to PD-23.0.0",
+        "✔ staging: 3/3 targets run PD-23.0.0 again",
+    ] {
+        assert!(text.contains(line), "missing {line:?}:\n{text}");
+    }
+    let export = w.path("demo/audit.pdx");
+    let verified = w.verify(&["--json", export.to_str().expect("path")]);
+    assert!(verified.status.success(), "{}", pd_e2e::text(&verified));
+}

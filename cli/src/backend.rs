@@ -13,6 +13,8 @@ use crate::home::{self, Home};
 use crate::Ctx;
 
 /// A ledger and artifact store, local or remote.
+// One per process, so the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     /// The home's ledger, opened per operation so other pd processes can take turns.
     Local(Home),

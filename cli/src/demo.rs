@@ -46,10 +46,22 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let policy = dir.join("governance").join("llm_policy.yaml");
     std::fs::create_dir_all(policy.parent().unwrap_or(&dir))?;
     std::fs::write(&policy, BASELINE)?;
-    let step = Step { home: &home, policy: &policy };
-    story(&step)?;
+    let mut step = Step { home: &home, policy: &policy, server: None };
+    setup(&step)?;
+    let cluster = Cluster::start(&home, &dir)?;
+    println!(
+        "\n# pd serve runs at {}; each target runs `pd agent` beside an example target \
+         ({} of them; prod-3 cannot load PD-23.1.0)",
+        cluster.url,
+        TARGETS.len()
+    );
+    step.server = Some(cluster.url.clone());
+    let told = story(&step);
     let export = dir.join("audit.pdx");
-    step.pd("", &format!("ledger export {} --with-artifacts", export.display()))?;
+    let exported =
+        told.and_then(|()| step.pd("", &format!("ledger export {} --with-artifacts", export.display())));
+    cluster.stop()?;
+    exported?;
     println!("\n$ pd-verify {}", export.display());
     let report = pd_verify::verify_file(&export).context("pd-verify on the demo's export")?;
     pd_verify::print_report(&report);
@@ -62,6 +74,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
 struct Step<'a> {
     home: &'a Path,
     policy: &'a Path,
+    /// Once the in-process server runs, every step goes through it.
+    server: Option<String>,
 }
 
 impl Step<'_> {
@@ -80,6 +94,9 @@ impl Step<'_> {
         let who = if actor.is_empty() { String::new() } else { format!("--as {actor} ") };
         println!("\n$ pd {who}{shown}");
         let mut argv = vec!["pd".to_string(), "--home".into(), self.home.display().to_string()];
+        if let Some(url) = &self.server {
+            argv.extend(["--server".to_string(), url.clone()]);
+        }
         if !actor.is_empty() {
             argv.extend(["--as".to_string(), actor.to_string()]);
         }
@@ -117,49 +134,142 @@ fn split(args: &str) -> Vec<String> {
     out
 }
 
-fn story(s: &Step) -> Result<()> {
+/// Target keys and their environments: three per environment.
+const TARGETS: [(&str, &str); 9] = [
+    ("dev-1", "dev"),
+    ("dev-2", "dev"),
+    ("dev-3", "dev"),
+    ("staging-1", "staging"),
+    ("staging-2", "staging"),
+    ("staging-3", "staging"),
+    ("prod-1", "prod"),
+    ("prod-2", "prod"),
+    ("prod-3", "prod"),
+];
+
+/// The version the failing target cannot load.
+const BROKEN_ON_PROD_3: &str = "PD-23.1.0";
+
+/// Before the server starts: the home, its keys and the approved baseline.
+fn setup(s: &Step) -> Result<()> {
     let p = s.policy.display().to_string();
     s.pd("", "init")?;
     s.pd("", "key new carol --role approver")?;
-    for (t, env) in [("dev-1", "dev"), ("dev-2", "dev"), ("staging-1", "staging"), ("prod-1", "prod")] {
+    for (t, env) in TARGETS {
         s.pd("", &format!("key new {t} --role target --env {env}"))?;
     }
     s.pd("", &format!("ledger package {p} --version 23.0.0 --reason \"Baseline: Claude for NSF staff\""))?;
-    s.pd("carol", "ledger approve PD-23.0.0 --reason \"Reviewed in HITL\"")?;
-    roll_out(s, "PD-23.0.0", "Baseline rollout")?;
+    s.pd("carol", "ledger approve PD-23.0.0 --reason \"Reviewed in HITL\"")
+}
+
+/// The seed's story, over the network.
+fn story(s: &Step) -> Result<()> {
+    let p = s.policy.display().to_string();
+    s.pd("", &format!("ledger deploy {p} --reason \"Baseline rollout\""))?;
 
     println!("\n# Governance adds an openai block to llm_policy.yaml");
     let mut text = std::fs::read_to_string(s.policy)?;
     text.push_str(WITH_OPENAI);
     std::fs::write(s.policy, text)?;
-    s.refused(
-        "",
-        &format!("ledger deploy {p} --reason \"Enable OpenAI GPT for nsf_research_staff\" --no-wait"),
-    )?;
-    s.pd("", &format!("ledger package {p} --reason \"Enable OpenAI GPT for nsf_research_staff\""))?;
-    s.refused(
-        "",
-        &format!("ledger deploy {p} --reason \"Enable OpenAI GPT for nsf_research_staff\" --no-wait"),
-    )?;
+    let reason = "Enable OpenAI GPT for nsf_research_staff";
+    s.refused("", &format!("ledger deploy {p} --reason \"{reason}\""))?;
+    s.pd("", &format!("ledger package {p} --reason \"{reason}\""))?;
+    s.refused("", &format!("ledger deploy {p} --reason \"{reason}\""))?;
     s.refused("", "ledger approve PD-23.1.0 --reason \"I wrote it, ship it\"")?;
     s.pd("carol", "ledger approve PD-23.1.0 --reason \"Approved in HITL by Carol\"")?;
     s.refused("", "ledger deploy PD-23.1.0 --env prod --reason \"skip ahead\" --no-wait")?;
-    roll_out(s, "PD-23.1.0", "Enable OpenAI GPT for nsf_research_staff")?;
 
-    println!("\n# Error rates spike in prod: one command rolls it back");
-    s.pd("", "ledger rollback prod --reason \"Error rate spike after PD-23.1.0\"")?;
-    s.pd("prod-1", "ledger ack PD-23.0.0")?;
+    println!("\n# prod-3 cannot load it: the deploy rolls prod back by itself");
+    s.refused("", &format!("ledger deploy {p} --reason \"{reason}\" --auto-rollback --timeout 60s"))?;
+    s.pd("", "state prod")?;
+
+    println!("\n# Staging should match prod until prod-3 is fixed: one command");
+    s.pd("", "ledger rollback staging --reason \"Match prod while prod-3 is fixed\" --timeout 60s")?;
     s.pd("", "state")?;
     s.pd("", "ledger log")
 }
 
-/// Deploys dev → staging → prod, each target acknowledging before the next promotion.
-fn roll_out(s: &Step, version: &str, reason: &str) -> Result<()> {
-    for targets in [&["dev-1", "dev-2"][..], &["staging-1"], &["prod-1"]] {
-        s.pd("", &format!("ledger deploy {version} --reason \"{reason}\" --no-wait"))?;
-        for t in targets {
-            s.pd(t, &format!("ledger ack {version}"))?;
+/// The in-process server, agents and example targets of the demo.
+struct Cluster {
+    url: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+impl Cluster {
+    /// Starts everything on loopback and returns once every agent follows the server.
+    fn start(home: &Path, dir: &Path) -> Result<Cluster> {
+        let h = crate::home::Home::open(home)?;
+        let (ledger, store) = (h.ledger()?, h.store()?);
+        let mut agents = Vec::new();
+        for (name, env) in TARGETS {
+            agents.push((
+                name.to_string(),
+                env.to_string(),
+                h.secret_key(name)?,
+                dir.join("agents").join(name),
+            ));
+        }
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let url = format!("http://{}", listener.local_addr()?);
+                let opts = pd_server::ServeOptions::new(listener.local_addr()?);
+                let server =
+                    tokio::spawn(pd_server::api::serve_on(listener, ledger, store, opts, stop_rx.clone()));
+                let client = pd_server::Client::new(&url, None)?;
+                let mut tasks = Vec::new();
+                for (name, env, key, agent_dir) in agents {
+                    let refuse: Vec<pd_ledger::Version> =
+                        if name == "prod-3" { vec![BROKEN_ON_PROD_3.parse()?] } else { Vec::new() };
+                    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+                    tasks.push(tokio::spawn(pd_server::target::run(
+                        "127.0.0.1:0".parse()?,
+                        agent_dir.join("current"),
+                        refuse,
+                        move |addr| {
+                            let _ = addr_tx.send(addr);
+                        },
+                        stop_rx.clone(),
+                    )));
+                    let reload = pd_server::agent::Reload::Url(format!("http://{}/reload", addr_rx.await?));
+                    let cfg = pd_server::agent::AgentConfig {
+                        client: client.clone(),
+                        env,
+                        actor: name,
+                        key,
+                        dir: agent_dir,
+                        reload,
+                    };
+                    let replica = pd_ledger::Ledger::open(pd_ledger::storage::MemStore::default())?;
+                    tasks
+                        .push(tokio::spawn(pd_server::agent::Agent::new(cfg, replica)?.run(stop_rx.clone())));
+                }
+                let _ = ready_tx.send(url);
+                for t in tasks {
+                    t.await??;
+                }
+                server.await?
+            })
+        });
+        match ready_rx.recv() {
+            Ok(url) => Ok(Cluster { url, stop, thread }),
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e.context("starting the demo's server and agents")),
+                _ => anyhow::bail!("the demo's server thread stopped"),
+            },
         }
     }
-    Ok(())
+
+    /// Stops the server, agents and targets and waits for them.
+    fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        match self.thread.join() {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("the demo's server thread panicked"),
+        }
+    }
 }

@@ -63,7 +63,7 @@ impl Waited {
     fn problems(&self) -> String {
         let mut parts: Vec<String> = self.failed.iter().map(|(t, e)| format!("{t} failed: {e}")).collect();
         if !self.missing.is_empty() {
-            parts.push(format!("no answer from {}", self.missing.join(", ")));
+            parts.push(format!("no answer yet from {}", self.missing.join(", ")));
         }
         parts.join("; ")
     }

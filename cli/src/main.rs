@@ -21,6 +21,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::home::Home;
+use pd_server::client::ClientError;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -151,8 +152,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             || e.is::<pd_ledger::RuleError>()
             || e.is::<pd_store::PgpError>()
             || matches!(
-                e.downcast_ref::<pd_server::client::ClientError>(),
-                Some(pd_server::client::ClientError::Refused { status: 403 | 409 | 410, .. })
+                e.downcast_ref::<ClientError>(),
+                Some(ClientError::Rule(_) | ClientError::Refused { status: 403 | 409 | 410, .. })
             )
             || matches!(e.downcast_ref::<pd_store::StoreError>(), Some(pd_store::StoreError::Corrupt { .. }))
     });

@@ -145,19 +145,32 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(opts.listen).await?;
-    let addr = listener.local_addr()?;
-    let app = router(ledger, store, opts, stop_rx.clone());
-    ready(addr);
-    tracing::info!(%addr, "pd serve listening");
-    let shutdown = async move {
+    ready(listener.local_addr()?);
+    tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = stop_tx.send(true);
-    };
+    });
+    serve_on(listener, ledger, store, opts, stop_rx).await
+}
+
+/// Serves on `listener` until `stop` turns true; in-flight requests finish first.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    ledger: Ledger<SledStore>,
+    store: FsStore,
+    opts: ServeOptions,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
+    tracing::info!(addr = %listener.local_addr()?, "pd serve listening");
+    let app = router(ledger, store, opts, stop.clone());
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

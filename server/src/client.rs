@@ -35,6 +35,9 @@ pub enum ClientError {
         /// What was wrong.
         problem: String,
     },
+    /// The entry this client was about to sign breaks a rule.
+    #[error(transparent)]
+    Rule(#[from] pd_ledger::RuleError),
     /// An entry from the server failed the local check.
     #[error("the server's ledger does not verify here: {0}")]
     Ledger(#[from] pd_ledger::LedgerError),
@@ -183,7 +186,7 @@ impl Client {
             let entry = replica.sign_next(actor, key, now_ms.max(turn.min_time_ms), body);
             if let Err(e) = pd_ledger::check(replica.state(), &entry) {
                 self.release(&turn.lease).await;
-                return Err(ClientError::Ledger(e.into()).into());
+                return Err(ClientError::Rule(e).into());
             }
             match self.post_entry(&entry, Some(&turn.lease)).await {
                 Ok(_) => {
