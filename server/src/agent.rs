@@ -111,7 +111,15 @@ impl<S: LedgerStore> Agent<S> {
     async fn follow(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
         self.cfg.client.sync(&mut self.replica, None).await?;
         self.converge().await?;
-        let mut events = Box::pin(self.cfg.client.events(self.replica.state().len).await?);
+        let events = match self.cfg.client.events(self.replica.state().len).await {
+            Ok(events) => events,
+            Err(ClientError::Refused { status, message }) => {
+                tracing::warn!(env = %self.cfg.env, "no event stream ({status} {message}); polling instead");
+                return self.poll(stop).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut events = Box::pin(events);
         loop {
             let ev = tokio::select! {
                 ev = events.next() => ev,
@@ -129,6 +137,21 @@ impl<S: LedgerStore> Agent<S> {
             }
             let ours = ev.env.as_deref() == Some(self.cfg.env.as_str());
             if ours && ev.kind != "ack" || matches!(ev.kind.as_str(), "key_add" | "key_revoke") {
+                self.converge().await?;
+            }
+        }
+    }
+
+    /// Follows by long-polling the head, for servers or proxies without event streams.
+    async fn poll(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        loop {
+            let len = self.replica.state().len;
+            let head = tokio::select! {
+                head = self.cfg.client.head_after(len, Duration::from_secs(25)) => head?,
+                _ = stop.changed() => return Ok(()),
+            };
+            if head.len > len {
+                self.cfg.client.sync(&mut self.replica, Some(head.len)).await?;
                 self.converge().await?;
             }
         }
@@ -176,7 +199,7 @@ impl<S: LedgerStore> Agent<S> {
 
     async fn ack(&mut self, desired: &Desired, outcome: Outcome) -> Result<()> {
         let (env, d) = (self.cfg.env.clone(), desired.clone());
-        let now = now_ms();
+        let now = crate::now_ms();
         let result = self
             .cfg
             .client
@@ -344,8 +367,4 @@ fn switch(dir: &Path, version: Version) -> Result<()> {
     std::fs::rename(&tmp, &link)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -89,6 +89,9 @@ struct Shared {
 
 type App = Arc<Shared>;
 
+/// Deadline of every request except the long-poll and the event stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// An HTTP error with a JSON body that says what to do.
 struct Error(StatusCode, String);
 
@@ -210,16 +213,23 @@ pub fn router(
         metrics: Metrics::default(),
         opts,
     });
-    let v1 = Router::new()
-        .route("/v1/head", get(head))
+    // Requests that answer at once get a deadline; the long-poll and the stream wait by design.
+    let bounded = Router::new()
         .route("/v1/entries", get(entries).post(append))
         .route("/v1/turn", post(take_turn))
         .route("/v1/turn/{lease}", delete(release_turn))
         .route("/v1/objects/{hash}", get(get_object).put(put_object).head(get_object))
         .route("/v1/state", get(state))
         .route("/v1/export", get(export))
-        .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
+    let v1 = Router::new()
+        .route("/v1/head", get(head))
+        .route("/v1/events", get(events))
+        .merge(bounded)
         .layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -301,16 +311,30 @@ pub fn entry_json(e: &SignedEntry) -> serde_json::Value {
 }
 
 async fn take_turn(AxState(app): AxState<App>, Json(req): Json<TurnRequest>) -> Result<Json<Turn>, Error> {
+    let forbidden = |msg: String| Error(StatusCode::FORBIDDEN, msg);
     {
         let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        if l.state().len > 0 && l.state().active_key(&req.actor).is_none() {
-            return Err(Error(
-                StatusCode::FORBIDDEN,
-                format!(
+        let st = l.state();
+        // An empty ledger takes its genesis from whoever brings it; afterwards only keys.
+        if st.len > 0 {
+            let Some(key) = st.active_key(&req.actor) else {
+                return Err(forbidden(format!(
                     "{:?} is not an active key of this ledger; an admin enrolls it with `pd key new`",
                     req.actor
-                ),
-            ));
+                )));
+            };
+            let digest = wire::turn_digest(&st.ledger_id, &req.actor, req.time_ms);
+            if !pd_ledger::keys::verify(&key.decl.public_key, wire::TURN_DOMAIN, &digest, &req.sig) {
+                return Err(forbidden(format!(
+                    "the turn request signature by {:?} does not verify",
+                    req.actor
+                )));
+            }
+            if crate::now_ms().abs_diff(req.time_ms) > 60_000 {
+                return Err(forbidden(
+                    "the turn request's time is more than a minute off; fix the clock".into(),
+                ));
+            }
         }
     }
     let guard = app.turn.clone().lock_owned().await;

@@ -165,12 +165,16 @@ impl Client {
         now_ms: u64,
         mut make: impl FnMut(&State) -> Result<Body, E>,
     ) -> Result<SignedEntry, E> {
+        if replica.state().len == 0 {
+            self.sync(replica, None).await?;
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let turn: Turn = self
-                .json(self.req(reqwest::Method::POST, "/v1/turn").json(&TurnRequest { actor: actor.into() }))
-                .await?;
+            let ledger_id = replica.state().ledger_id;
+            let sig = key.sign(wire::TURN_DOMAIN, &wire::turn_digest(&ledger_id, actor, now_ms));
+            let request = TurnRequest { actor: actor.into(), time_ms: now_ms, sig };
+            let turn: Turn = self.json(self.req(reqwest::Method::POST, "/v1/turn").json(&request)).await?;
             self.sync(replica, Some(turn.seq)).await?;
             if replica.state().len != turn.seq || replica.head() != turn.prev {
                 self.release(&turn.lease).await;

@@ -14,3 +14,8 @@ pub mod wire;
 
 pub use api::{serve, ServeOptions};
 pub use client::Client;
+
+/// Milliseconds since the Unix epoch, from the system clock (0 if it is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

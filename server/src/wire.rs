@@ -31,11 +31,28 @@ pub struct Turn {
     pub expires_in_ms: u64,
 }
 
-/// `POST /v1/turn` request.
+/// `POST /v1/turn` request, signed so only enrolled keys can hold the ledger's turn.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TurnRequest {
     /// The enrolled key that will sign.
     pub actor: String,
+    /// The requester's clock; the server refuses requests more than a minute off its own.
+    pub time_ms: u64,
+    /// Ed25519 over [`turn_digest`] with [`TURN_DOMAIN`].
+    pub sig: pd_ledger::Signature,
+}
+
+/// Domain of turn-request signatures.
+pub const TURN_DOMAIN: &[u8] = b"pd/turn/v1\0";
+
+/// The digest a turn request signs: BLAKE3 of the ledger id, the actor and the time.
+pub fn turn_digest(ledger_id: &Hash, actor: &str, time_ms: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&ledger_id.0);
+    h.update(&(actor.len() as u64).to_be_bytes());
+    h.update(actor.as_bytes());
+    h.update(&time_ms.to_be_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// `POST /v1/entries` success.
