@@ -199,7 +199,7 @@ fn a_waiting_deploy_returns_when_the_targets_ack() {
     w.ok("", &["ledger", "package", policy.to_str().unwrap(), "--reason", "r"]);
     w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
     let mut deploy = w
-        .pd("", &["ledger", "deploy", "PD-0.1.0", "--reason", "go", "--timeout", "60s"])
+        .pd("", &["ledger", "deploy", "PD-0.1.0", "--reason", "go", "--until", "dev", "--timeout", "60s"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -212,12 +212,13 @@ fn a_waiting_deploy_returns_when_the_targets_ack() {
     w.ok("dev-1", &["ledger", "ack", "PD-0.1.0"]);
     let rest: Vec<String> = lines.collect();
     assert!(deploy.wait().unwrap().success(), "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("✔ all targets acknowledged (1/1 in dev)")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("✔ dev: 1/1 targets acknowledged PD-0.1.0")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("✔ all targets acknowledged")), "{rest:?}");
 
     w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "go", "--no-wait"]);
     w.ok("staging-1", &["ledger", "ack", "PD-0.1.0", "--failed", "parse error at line 3"]);
     let err = w.refused_with(1, "", &["ledger", "deploy", "PD-0.1.0", "--reason", "go", "--timeout", "5s"]);
-    assert!(err.contains("fully adopted in staging"), "{err}");
+    assert!(err.contains("staging-1 failed: parse error at line 3"), "{err}");
 }
 
 #[test]

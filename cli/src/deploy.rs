@@ -103,6 +103,10 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             continue;
         }
         if a.no_wait {
+            if seq.is_none() {
+                let waiting = state.laggards(env, version).join(", ");
+                refuse!("{version} is already pushed to {env}, waiting for {waiting}; the next environment follows once they acknowledge");
+            }
             if ctx.json {
                 return output::json(&json!({ "version": version, "env": env, "seq": seq, "waited": false }));
             }
