@@ -262,13 +262,17 @@ fn objects_are_immutable_cacheable_and_served_in_ranges() {
     assert_eq!(status, 206);
     assert_eq!(part, body_of(&net, &path)[2..=5]);
     assert!(head.contains(&format!("content-range: bytes 2-5/{size}")), "{head}");
+    // A target without a home fetches by content hash through the CLI, verified.
+    let file = w.path("fetched.tgz");
+    net.ok("", &["store", "get", hash, "-o", file.to_str().expect("path")]);
+    assert_eq!(std::fs::read(&file).expect("fetched"), body_of(&net, &path));
     let missing = format!("/v1/objects/{}", "0".repeat(64));
     assert_eq!(http(net.url(), "GET", &missing, b"").0, 404);
     assert_eq!(http(net.url(), "GET", "/v1/objects/not-a-hash", b"").0, 400);
     // Uploads need an author's signature.
     assert_eq!(http(net.url(), "PUT", &missing, b"").0, 400, "body must hash to its name");
     let (_, metrics) = http(net.url(), "GET", "/metrics", b"");
-    assert!(String::from_utf8_lossy(&metrics).contains("pd_objects_served_total 3"));
+    assert!(String::from_utf8_lossy(&metrics).contains("pd_objects_served_total 5"));
     assert_eq!(http(net.url(), "GET", "/healthz", b"").0, 200);
 }
 

@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 use pd_ledger::{Hash, Version};
-use pd_store::BlobStore;
 
+use crate::backend::Backend;
 use crate::ledger_cmd::package_of;
 use crate::{home, output, Ctx};
 
 /// Store subcommands.
 #[derive(Subcommand)]
 pub enum StoreCmd {
-    /// Copy an artifact out of the store, verifying its BLAKE3 on the way.
+    /// Copy an artifact out of the store (or a server's), verifying its BLAKE3 on the way.
     Get {
         /// BLAKE3 hash (64 hex digits) or a package version such as PD-23.1.0.
         hash: String,
@@ -26,13 +26,13 @@ pub enum StoreCmd {
 /// Runs a store subcommand.
 pub fn run(ctx: &Ctx, cmd: StoreCmd) -> Result<()> {
     let StoreCmd::Get { hash, output } = cmd;
-    let home = ctx.home()?;
+    let mut backend = Backend::open(ctx, ctx.home().ok())?;
     let key = match (Hash::from_hex(&hash), hash.parse::<Version>()) {
         (Ok(h), _) => h,
-        (Err(_), Ok(v)) => package_of(home.ledger()?.state(), v)?.package.tarball.blake3,
+        (Err(_), Ok(v)) => package_of(&backend.state()?, v)?.package.tarball.blake3,
         (Err(e), Err(_)) => anyhow::bail!("{e}; pass a BLAKE3 hash or a version such as PD-23.1.0"),
     };
-    let bytes = home.store()?.get(&key.0)?;
+    let bytes = backend.get_object(&key)?;
     home::write_file_atomic(&output, &bytes)?;
     if ctx.json {
         return output::json(&serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }));
