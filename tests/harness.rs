@@ -203,6 +203,29 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM and waits up to 30 s for the process to exit; returns whether it
+    /// exited cleanly (panics if it did not exit).
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id();
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        // Wait on a thread so a process that ignores SIGTERM fails the test instead of hanging it.
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("spawn true"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = tx.send(child.wait().map(|s| s.success()));
+            child
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                panic!("process {pid} did not exit within 30 s of SIGTERM");
+            }
+        }
+    }
+
     /// The port of its URL.
     pub fn port(&self) -> u16 {
         self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in URL")

@@ -311,3 +311,32 @@ fn the_demo_tells_the_whole_story_and_ends_verified() {
     let verified = w.verify(&["--json", export.to_str().expect("path")]);
     assert!(verified.status.success(), "{}", pd_e2e::text(&verified));
 }
+
+#[test]
+fn events_resume_after_the_last_id_and_end_on_graceful_shutdown() {
+    use std::io::{BufRead, Write};
+    let w = world();
+    let mut net = Net::start(&w);
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--no-wait"]);
+    let push = net.log().iter().find(|e| e["kind"] == "push").expect("push")["seq"].as_u64().expect("seq");
+    let addr = net.url().trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
+    let req = format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nLast-Event-ID: {}\r\n\r\n", push - 1);
+    s.write_all(req.as_bytes()).expect("write");
+    let mut lines = std::io::BufReader::new(s).lines().map_while(Result::ok);
+    // One event block: its id, event and data lines up to the blank line that ends it.
+    let field = |l: &String| ["id:", "event:", "data:"].iter().any(|f| l.starts_with(f));
+    let event: Vec<String> = lines.by_ref().skip_while(|l| !field(l)).take_while(|l| !l.is_empty()).collect();
+    assert!(event.iter().any(|l| l == "event: policyChanged"), "{event:?}");
+    let data = event.iter().find_map(|l| l.strip_prefix("data: ")).expect("data line");
+    let data: serde_json::Value = serde_json::from_str(data).expect("event JSON");
+    assert_eq!(
+        (data["seq"].as_u64(), data["env"].as_str(), data["version"].as_str()),
+        (Some(push), Some("dev"), Some("PD-0.1.0"))
+    );
+    assert!(event.iter().any(|l| l == &format!("id: {push}")), "{event:?}");
+    // SIGTERM: the server ends the open stream and exits cleanly.
+    assert!(net.server.terminate(), "pd serve exits 0 on SIGTERM with a stream open");
+    drop(lines);
+}
