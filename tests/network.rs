@@ -340,3 +340,32 @@ fn events_resume_after_the_last_id_and_end_on_graceful_shutdown() {
     assert!(net.server.terminate(), "pd serve exits 0 on SIGTERM with a stream open");
     drop(lines);
 }
+
+#[test]
+fn an_agent_with_a_key_file_and_a_reload_command_reports_a_failing_command() {
+    let w = world();
+    let mut net = Net::start(&w);
+    net.agent("dev-2", "dev", &[]);
+    let dir = net.agent_dir("dev-1");
+    let key = w.home.join("keys/dev-1.ed25519");
+    let reload = "test \"$PD_VERSION\" != PD-0.2.0 && test -f \"$PD_POLICY_DIR/llm_policy.yaml\" || { echo cannot parse >&2; exit 3; }";
+    // No home at all: the key comes from a file.
+    let mut cmd = std::process::Command::new(pd_e2e::bin("pd"));
+    cmd.args(["--home", "/nonexistent", "--server", net.url(), "--as", "dev-1", "agent", "--env", "dev"])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--key")
+        .arg(&key)
+        .args(["--reload-cmd", reload]);
+    let _agent = pd_e2e::Proc::spawn(cmd, &w.path("agent-dev-1-cmd.log"), "following");
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--timeout", "60s"]);
+    assert_eq!(current_policy(&net, "dev-1"), "max_tokens: 1000\n");
+    package_v2(&net);
+    let out = net
+        .run("", &["ledger", "deploy", "PD-0.2.0", "--until", "dev", "--reason", "v2", "--timeout", "60s"]);
+    let text = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("dev-1 failed") && text.contains("cannot parse"), "{text}");
+    // The failed load left the old version current.
+    assert_eq!(current_policy(&net, "dev-1"), "max_tokens: 1000\n");
+}
