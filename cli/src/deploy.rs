@@ -38,8 +38,15 @@ pub struct DeployArgs {
     #[arg(long)]
     auto_rollback: bool,
     /// Fraction of an environment's targets that may fail before it counts as failed.
-    #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
+    #[arg(long, default_value_t = 0.0, value_name = "RATIO", value_parser = ratio)]
     max_failed: f64,
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0 and 1 (0.1 = one target in ten)")),
+    }
 }
 
 /// How one environment's wait ended.

@@ -29,7 +29,7 @@ pub enum LedgerCmd {
         #[arg(long)]
         reason: String,
     },
-    /// Push an approved package to the next environment in promotion order.
+    /// Ship an approved package env by env in promotion order, waiting for each env's targets.
     Deploy(crate::deploy::DeployArgs),
     /// As a target key: record that this target loaded (or failed to load) a version.
     Ack {
