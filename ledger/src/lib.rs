@@ -11,6 +11,7 @@ pub mod export;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod merkle;
 pub mod replay;
 pub mod rules;
 #[cfg(feature = "sled")]
