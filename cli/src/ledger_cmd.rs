@@ -6,10 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::state::PackageState;
-use pd_ledger::{
-    Ack, Approve, Artifact, Body, Bump, FileDigest, Hash, Outcome, Package, Rollback, SignedEntry, State,
-    Version,
-};
+use pd_ledger::{Ack, Approve, Body, Bump, Outcome, Rollback, SignedEntry, State, Version};
 use pd_store::BlobStore;
 
 use crate::backend::{precheck, Backend};
@@ -156,10 +153,6 @@ fn policy_name(a: &PackageArgs) -> String {
         .collect()
 }
 
-fn hash(bytes: [u8; 32]) -> Hash {
-    Hash(bytes)
-}
-
 fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
     let actor = ctx.actor(&home);
@@ -172,27 +165,7 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     let name = policy_name(&a);
     let built = pd_store::tarball::build(&name, &version.to_string(), &files, &limits)?;
     let sig = pgp.sign_detached_armored(&built.bytes)?;
-    let body = Body::Package(Package {
-        version,
-        name: name.clone(),
-        files: built
-            .files
-            .iter()
-            .map(|f| FileDigest {
-                path: f.path.clone(),
-                size: f.size,
-                sha256: hash(f.sha256),
-                blake3: hash(f.blake3),
-            })
-            .collect(),
-        tarball: Artifact {
-            blake3: hash(built.digest.blake3),
-            sha256: hash(built.digest.sha256),
-            size: built.digest.size,
-        },
-        openpgp_sig: sig.clone(),
-        reason: a.reason,
-    });
+    let body = Body::Package(built.to_package(version, sig.clone(), a.reason));
     // Every check before any write: the rule, then the signature as a verifier will see it.
     precheck(&state, &actor, &key, body.clone())?;
     let cert = state.keys.get(&actor).and_then(|k| k.decl.openpgp.clone());

@@ -136,7 +136,7 @@ impl<H: TreeHasher> Tree<H> {
         self.levels[0].push(leaf);
         let mut level = 0;
         // Each time a level gets an even count, the last two make a complete parent.
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let n = self.levels[level].len();
             let parent = H::node(&self.levels[level][n - 2], &self.levels[level][n - 1]);
             if self.levels.len() == level + 1 {
@@ -167,7 +167,7 @@ impl<H: TreeHasher> Tree<H> {
 
     /// MTH(D[start..start+n]) for `n ≥ 1`.
     fn subtree(&self, start: u64, n: u64) -> Digest32 {
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels[level][(start >> level) as usize];
         }

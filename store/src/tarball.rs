@@ -77,6 +77,40 @@ pub struct Built {
     pub manifest: Manifest,
 }
 
+impl Built {
+    /// The ledger's record of this package: its files' and tarball's digests, the detached
+    /// OpenPGP signature and why it was made.
+    pub fn to_package(
+        &self,
+        version: pd_ledger::Version,
+        openpgp_sig: String,
+        reason: String,
+    ) -> pd_ledger::Package {
+        let hash = pd_ledger::Hash;
+        pd_ledger::Package {
+            version,
+            name: self.manifest.name.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|f| pd_ledger::FileDigest {
+                    path: f.path.clone(),
+                    size: f.size,
+                    sha256: hash(f.sha256),
+                    blake3: hash(f.blake3),
+                })
+                .collect(),
+            tarball: pd_ledger::Artifact {
+                blake3: hash(self.digest.blake3),
+                sha256: hash(self.digest.sha256),
+                size: self.digest.size,
+            },
+            openpgp_sig,
+            reason,
+        }
+    }
+}
+
 /// What a verified tarball holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contents {
