@@ -82,12 +82,17 @@ struct Shared {
     len: watch::Sender<u64>,
     turn: Arc<tokio::sync::Mutex<()>>,
     leases: Mutex<HashMap<String, Lease>>,
+    /// The latest entries as encoded events, so a thousand followers cost one encoding.
+    recent: Mutex<std::collections::VecDeque<(u64, SseEvent)>>,
     shutdown: watch::Receiver<bool>,
     metrics: Metrics,
     opts: ServeOptions,
 }
 
 type App = Arc<Shared>;
+
+/// Encoded events kept for followers.
+const RECENT_EVENTS: usize = 4096;
 
 /// Deadline of every request except the long-poll and the event stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -130,6 +135,39 @@ impl Shared {
         let l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let s = l.state();
         HeadInfo { ledger_id: s.ledger_id, len: s.len, head: s.head, last_time_ms: s.last_time_ms }
+    }
+
+    /// Events from `from` on (at most `limit`): from the recent ones when they reach back
+    /// that far, else decoded from storage.
+    fn events_from(&self, from: u64, limit: usize) -> Option<Vec<SseEvent>> {
+        {
+            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(&(first, _)) = recent.front() {
+                if first <= from {
+                    let skip = (from - first) as usize;
+                    let hit: Vec<SseEvent> =
+                        recent.iter().skip(skip).take(limit).map(|(_, e)| e.clone()).collect();
+                    if !hit.is_empty() {
+                        return Some(hit);
+                    }
+                }
+            }
+        }
+        let raw = self.entries(from, limit).ok()?;
+        raw.iter().map(|b| SignedEntry::decode(b).ok().and_then(|e| sse_event(&e))).collect()
+    }
+
+    /// Keeps the event of a just-appended entry.
+    fn remember(&self, seq: u64, event: SseEvent) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        // Only a gapless run is useful; after a gap (never expected) start over.
+        if recent.back().is_some_and(|&(last, _)| last + 1 != seq) {
+            recent.clear();
+        }
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back((seq, event));
     }
 
     /// Raw entries `from..from+limit`.
@@ -209,6 +247,7 @@ pub fn router(
         len,
         turn: Arc::new(tokio::sync::Mutex::new(())),
         leases: Mutex::new(HashMap::new()),
+        recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS)),
         shutdown,
         metrics: Metrics::default(),
         opts,
@@ -394,6 +433,7 @@ async fn append(AxState(app): AxState<App>, headers: HeaderMap, body: Bytes) -> 
     };
     let seq = entry.entry.seq;
     let id = entry.id;
+    let event = sse_event(&entry);
     let worker = app.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut l = worker.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -404,6 +444,9 @@ async fn append(AxState(app): AxState<App>, headers: HeaderMap, body: Bytes) -> 
     match result {
         Ok(len) => {
             app.metrics.appends.fetch_add(1, Relaxed);
+            if let Some(ev) = event {
+                app.remember(seq, ev);
+            }
             app.len.send_replace(len);
             Ok((StatusCode::CREATED, Json(Receipt { seq, id })).into_response())
         }
@@ -597,14 +640,9 @@ async fn events(
                 }
                 let len = *len_rx.borrow_and_update();
                 if next < len {
-                    let raw = app.entries(next, 256).ok()?;
-                    for bytes in raw {
-                        let e = SignedEntry::decode(&bytes).ok()?;
-                        let data = Event::of(&e);
-                        let ev = SseEvent::default().id(e.entry.seq.to_string()).event(data.name());
-                        queue.push_back(ev.json_data(&data).ok()?);
-                        next += 1;
-                    }
+                    let batch = app.events_from(next, 256)?;
+                    next += batch.len() as u64;
+                    queue.extend(batch);
                     continue;
                 }
                 tokio::select! {
@@ -615,6 +653,12 @@ async fn events(
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The SSE event of an entry: id = seq, name = [`Event::name`], data = [`Event`] as JSON.
+fn sse_event(e: &SignedEntry) -> Option<SseEvent> {
+    let data = Event::of(e);
+    SseEvent::default().id(e.entry.seq.to_string()).event(data.name()).json_data(&data).ok()
 }
 
 async fn metrics(AxState(app): AxState<App>) -> impl IntoResponse {
