@@ -119,24 +119,34 @@ impl<S: LedgerStore> Agent<S> {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut events = Box::pin(events);
+        // Whatever has arrived is taken together: one batch check of the signatures.
+        let mut events = Box::pin(events.ready_chunks(1024));
         loop {
-            let ev = tokio::select! {
-                ev = events.next() => ev,
+            let batch = tokio::select! {
+                batch = events.next() => batch,
                 _ = stop.changed() => return Ok(()),
             };
-            let Some(ev) = ev else { bail!("the event stream ended") };
-            let ev = ev?;
-            let len = self.replica.state().len;
-            if ev.seq == len {
-                let bytes = hex::decode(&ev.entry).map_err(|e| anyhow!("event {}: {e}", ev.seq))?;
-                let entry = SignedEntry::decode(&bytes)?;
-                self.replica.append(entry)?;
-            } else if ev.seq > len {
-                self.cfg.client.sync(&mut self.replica, Some(ev.seq + 1)).await?;
+            let Some(batch) = batch else { bail!("the event stream ended") };
+            let mut fresh = Vec::with_capacity(batch.len());
+            let mut relevant = false;
+            let mut last = None;
+            for ev in batch {
+                let ev = ev?;
+                let next = self.replica.state().len + fresh.len() as u64;
+                if ev.seq == next {
+                    let bytes = hex::decode(&ev.entry).map_err(|e| anyhow!("event {}: {e}", ev.seq))?;
+                    fresh.push(SignedEntry::decode(&bytes)?);
+                }
+                let ours = ev.env.as_deref() == Some(self.cfg.env.as_str());
+                relevant |= ours && ev.kind != "ack" || matches!(ev.kind.as_str(), "key_add" | "key_revoke");
+                last = Some(ev.seq);
             }
-            let ours = ev.env.as_deref() == Some(self.cfg.env.as_str());
-            if ours && ev.kind != "ack" || matches!(ev.kind.as_str(), "key_add" | "key_revoke") {
+            self.replica.append_batch(&fresh)?;
+            if let Some(last) = last.filter(|l| *l >= self.replica.state().len) {
+                // A gap in the stream: fetch what is missing.
+                self.cfg.client.sync(&mut self.replica, Some(last + 1)).await?;
+            }
+            if relevant {
                 self.converge().await?;
             }
         }
