@@ -41,6 +41,9 @@ pub enum ReplayErrorKind {
     },
 }
 
+/// Fewest signatures worth a thread of their own.
+const MIN_PER_THREAD: usize = 256;
+
 /// Signatures verified per batch: bounds memory on huge ledgers.
 const CHUNK: usize = 8192;
 
@@ -113,25 +116,31 @@ impl Pending {
         if self.items.is_empty() {
             return Ok(());
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        // A thread costs about as much as a few signatures: small batches stay on this one.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let threads = cores.min(self.items.len().div_ceil(MIN_PER_THREAD));
         let part = self.items.len().div_ceil(threads);
-        let first_bad = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .items
-                .chunks(part)
-                .enumerate()
-                .map(|(i, chunk)| (i * part, s.spawn(move || verify_batch(chunk))))
-                .collect();
-            // A worker that died proves nothing: count its whole part as bad (fail closed).
-            handles
-                .into_iter()
-                .filter_map(|(base, h)| match h.join() {
-                    Ok(Ok(())) => None,
-                    Ok(Err(j)) => Some(base + j),
-                    Err(_) => Some(base),
-                })
-                .min()
-        });
+        let first_bad = if threads == 1 {
+            verify_batch(&self.items).err()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .items
+                    .chunks(part)
+                    .enumerate()
+                    .map(|(i, chunk)| (i * part, s.spawn(move || verify_batch(chunk))))
+                    .collect();
+                // A worker that died proves nothing: count its whole part as bad (fail closed).
+                handles
+                    .into_iter()
+                    .filter_map(|(base, h)| match h.join() {
+                        Ok(Ok(())) => None,
+                        Ok(Err(j)) => Some(base + j),
+                        Err(_) => Some(base),
+                    })
+                    .min()
+            })
+        };
         let result = match first_bad {
             None => Ok(()),
             Some(i) => Err(ReplayError {
