@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pd_ledger::merkle::{Blake3, Tree};
 use pd_ledger::storage::MemStore;
 use pd_ledger::{Body, Hash, Ledger, SecretKey, SignedEntry, State};
 use pd_server::Client;
@@ -65,6 +66,20 @@ impl Backend {
             Backend::Remote { rt, client, replica } => {
                 rt.block_on(client.sync(replica, None))?;
                 Ok(replica.state().clone())
+            }
+        }
+    }
+
+    /// The current state and the Merkle tree over every entry, for proofs.
+    pub fn tree(&mut self) -> Result<(State, Tree<Blake3>)> {
+        match self {
+            Backend::Local(home) => {
+                let ledger = home.ledger()?;
+                Ok((ledger.state().clone(), ledger.tree().clone()))
+            }
+            Backend::Remote { rt, client, replica } => {
+                rt.block_on(client.sync(replica, None))?;
+                Ok((replica.state().clone(), replica.tree().clone()))
             }
         }
     }

@@ -63,7 +63,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     cluster.stop()?;
     exported?;
     println!("\n$ pd-verify {}", export.display());
-    let report = pd_verify::verify_file(&export).context("pd-verify on the demo's export")?;
+    let report = pd_verify::verify_file(&export, None).context("pd-verify on the demo's export")?;
     pd_verify::print_report(&report);
     if keep {
         println!("\ndemo files kept in {}", dir.display());
@@ -201,6 +201,7 @@ impl Cluster {
     fn start(home: &Path, dir: &Path) -> Result<Cluster> {
         let h = crate::home::Home::open(home)?;
         let (ledger, store) = (h.ledger()?, h.store()?);
+        let opts = crate::net::serve_options(&h, &ledger, h.config.actor.clone(), "127.0.0.1:0".parse()?);
         let mut agents = Vec::new();
         for (name, env) in TARGETS {
             agents.push((
@@ -217,7 +218,8 @@ impl Cluster {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let url = format!("http://{}", listener.local_addr()?);
-                let opts = pd_server::ServeOptions::new(listener.local_addr()?);
+                let mut opts = opts;
+                opts.listen = listener.local_addr()?;
                 let server =
                     tokio::spawn(pd_server::api::serve_on(listener, ledger, store, opts, stop_rx.clone()));
                 let client = pd_server::Client::new(&url, None)?;

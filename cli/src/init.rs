@@ -58,7 +58,7 @@ fn build(dir: &std::path::Path, args: &InitArgs) -> Result<(Hash, String)> {
             name: ADMIN.to_string(),
             public_key: key.public(),
             openpgp: Some(pgp.public_armored()?),
-            roles: vec![Role::Admin, Role::Author, Role::Deployer],
+            roles: vec![Role::Admin, Role::Author, Role::Deployer, Role::Log],
             env: None,
         }],
     };

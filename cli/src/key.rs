@@ -27,8 +27,12 @@ pub enum KeyCmd {
         /// The key's name.
         name: String,
         /// Print the armored OpenPGP certificate (for `gpg --import`) instead of the Ed25519 key.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "vkey")]
         openpgp: bool,
+        /// Print the signed-note verifier key (`name+id+key`) that checks its checkpoints,
+        /// for `pd-verify --proof … --key`.
+        #[arg(long)]
+        vkey: bool,
     },
 }
 
@@ -51,7 +55,7 @@ pub fn run(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
         KeyCmd::New(a) => new(ctx, a),
         KeyCmd::Revoke { name, reason } => revoke(ctx, name, reason),
         KeyCmd::List => list(ctx),
-        KeyCmd::Export { name, openpgp } => export(ctx, &name, openpgp),
+        KeyCmd::Export { name, openpgp, vkey } => export(ctx, &name, openpgp, vkey),
     }
 }
 
@@ -122,6 +126,7 @@ fn list(ctx: &Ctx) -> Result<()> {
             .map(|k| serde_json::json!({
                 "name": k.decl.name, "roles": k.decl.roles, "env": k.decl.env,
                 "public_key": k.decl.public_key, "added_seq": k.added_seq,
+                "vkey": pd_ledger::note::vkey(&k.decl.name, &k.decl.public_key),
                 "revoked": k.revoked.as_ref().map(|(seq, reason)| serde_json::json!({"seq": seq, "reason": reason})),
             }))
             .collect();
@@ -139,7 +144,7 @@ fn list(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn export(ctx: &Ctx, name: &str, openpgp: bool) -> Result<()> {
+fn export(ctx: &Ctx, name: &str, openpgp: bool, vkey: bool) -> Result<()> {
     let state = Backend::open(ctx, ctx.home().ok())?.state()?;
     let Some(key) = state.keys.get(name) else {
         refuse!("no key named {name:?} in this ledger; see `pd key list`");
@@ -147,6 +152,7 @@ fn export(ctx: &Ctx, name: &str, openpgp: bool) -> Result<()> {
     match (openpgp, &key.decl.openpgp) {
         (true, Some(cert)) => print!("{cert}"),
         (true, None) => refuse!("key {name:?} has no OpenPGP certificate"),
+        (false, _) if vkey => println!("{}", pd_ledger::note::vkey(name, &key.decl.public_key)),
         (false, _) => println!("{}", key.decl.public_key),
     }
     Ok(())

@@ -45,6 +45,13 @@ pub enum LedgerCmd {
         /// A seq number or a version such as PD-23.1.0.
         what: String,
     },
+    /// Append a checkpoint: a signed head of the Merkle tree over every entry so far (a
+    /// C2SP signed note). Needs a key with the log role; `pd serve` writes them on its own.
+    Checkpoint(crate::proof_cmd::CheckpointArgs),
+    /// Prove that an entry is in the ledger a checkpoint commits to (for `pd-verify --proof`).
+    Prove(crate::proof_cmd::ProveArgs),
+    /// Prove that a later checkpoint extends an earlier one (for `pd-verify --proof`).
+    Consistency(crate::proof_cmd::ConsistencyArgs),
     /// Write the whole ledger, with a signed head, to one file for `pd-verify`.
     Export {
         /// Output file.
@@ -116,6 +123,9 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
         LedgerCmd::Log => log(ctx),
         LedgerCmd::Show { what } => show(ctx, &what),
         LedgerCmd::Export { file, with_artifacts } => export(ctx, &file, with_artifacts),
+        LedgerCmd::Checkpoint(a) => crate::proof_cmd::checkpoint(ctx, a),
+        LedgerCmd::Prove(a) => crate::proof_cmd::prove(ctx, a),
+        LedgerCmd::Consistency(a) => crate::proof_cmd::consistency(ctx, a),
     }
 }
 
@@ -371,6 +381,7 @@ pub fn summary(body: &Body) -> String {
             Outcome::Failed(e) => format!("{} FAILED in {}: {e}", a.version, a.env),
         },
         Body::Rollback(r) => format!("{} ← {} · {}", r.env, r.version, r.reason),
+        Body::Checkpoint(c) => format!("{} entries · root {}", c.size, c.root.short()),
     }
 }
 

@@ -10,6 +10,7 @@ mod key;
 mod ledger_cmd;
 mod net;
 mod output;
+mod proof_cmd;
 mod state_cmd;
 mod store_cmd;
 

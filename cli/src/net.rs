@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use pd_ledger::sled_store::SledStore;
-use pd_ledger::{Ledger, Version};
+use pd_ledger::{Ledger, Role, Version};
 use pd_server::agent::{Agent, AgentConfig, Reload};
 use pd_server::{Client, ServeOptions};
 use tokio::sync::watch;
@@ -26,6 +26,14 @@ pub struct ServeArgs {
     /// How long a client's turn to append lasts.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     lease: Duration,
+    /// Write a checkpoint after this many entries (and after every push and rollback, so
+    /// agents can adopt at once); 0 turns automatic checkpoints off. They are signed by the
+    /// acting key (`--as`), which needs the log role.
+    #[arg(long, default_value_t = 1000, value_name = "ENTRIES")]
+    checkpoint_every: u64,
+    /// …and at least this often while entries keep coming.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    checkpoint_interval: Duration,
 }
 
 /// Arguments of `pd agent`.
@@ -97,14 +105,47 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let home = ctx.home()?;
     let ledger = home.ledger()?;
     let store = home.store()?;
-    let actor = ctx.actor(&home);
-    let mut opts = ServeOptions::new(a.listen);
+    let mut opts = serve_options(&home, &ledger, ctx.actor(&home), a.listen);
     opts.token = a.require_token;
     opts.lease = a.lease;
-    opts.head_signer = home.secret_key(&actor).ok().map(|k| (actor, k));
+    // Zero already when the key cannot sign checkpoints (serve_options said so).
+    if opts.checkpoint_every > 0 {
+        opts.checkpoint_every = a.checkpoint_every;
+    }
+    opts.checkpoint_interval = a.checkpoint_interval;
     runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
         println!("pd serve listening on http://{addr}");
     }))
+}
+
+/// Options for serving `home` as `actor`, whose key signs export heads and checkpoints.
+pub fn serve_options(
+    home: &crate::home::Home,
+    ledger: &Ledger<SledStore>,
+    actor: String,
+    listen: SocketAddr,
+) -> ServeOptions {
+    let mut opts = ServeOptions::new(listen);
+    opts.head_signer = home.secret_key(&actor).ok().map(|k| (actor, k));
+    if !can_log(ledger, &opts) {
+        opts.checkpoint_every = 0;
+    }
+    opts
+}
+
+/// Whether the serving key may sign checkpoints; says what to do when it may not.
+fn can_log(ledger: &Ledger<SledStore>, opts: &ServeOptions) -> bool {
+    let actor = opts.head_signer.as_ref().map(|(a, _)| a.as_str());
+    let ok =
+        actor.and_then(|a| ledger.state().active_key(a)).is_some_and(|k| k.decl.roles.contains(&Role::Log));
+    if !ok {
+        tracing::warn!(
+            "{} cannot sign checkpoints (it needs the log role): agents adopt only what a checkpoint covers; \
+             serve --as a key with the log role",
+            actor.unwrap_or("this home has no key that")
+        );
+    }
+    ok
 }
 
 /// Runs `pd agent` until SIGTERM or Ctrl-C.

@@ -58,6 +58,8 @@ pub enum Body {
     Ack(Ack),
     /// Makes an earlier version the desired one again.
     Rollback(Rollback),
+    /// A signed head of the Merkle tree over every entry before it.
+    Checkpoint(Checkpoint),
 }
 
 /// The genesis entry's body.
@@ -104,11 +106,14 @@ pub enum Role {
     Deployer,
     /// A running service in one environment that acknowledges versions.
     Target,
+    /// Signs checkpoints (the key `pd serve` runs with).
+    Log,
 }
 
 impl Role {
     /// All roles, for help texts and parsing.
-    pub const ALL: [Role; 5] = [Role::Admin, Role::Author, Role::Approver, Role::Deployer, Role::Target];
+    pub const ALL: [Role; 6] =
+        [Role::Admin, Role::Author, Role::Approver, Role::Deployer, Role::Target, Role::Log];
 
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
@@ -118,6 +123,7 @@ impl Role {
             Role::Approver => "approver",
             Role::Deployer => "deployer",
             Role::Target => "target",
+            Role::Log => "log",
         }
     }
 }
@@ -125,10 +131,9 @@ impl Role {
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}: use admin, author, approver, deployer or target"))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
+            format!("unknown role {s:?}: use admin, author, approver, deployer, target or log")
+        })
     }
 }
 
@@ -256,6 +261,20 @@ pub struct Rollback {
     pub reason: String,
 }
 
+/// A signed tree head: the RFC 9162 Merkle tree (BLAKE3) over the ids of the `size`
+/// entries before this one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Entries covered: every one before this entry, so equal to its `seq`.
+    pub size: u64,
+    /// The tree's head.
+    pub root: Hash,
+    /// Ed25519 signature by the entry's signer over the checkpoint's signed-note text
+    /// (see [`crate::note`]), so the checkpoint also stands alone as a C2SP note.
+    pub note_sig: Signature,
+}
+
 impl Body {
     /// The kind, as named in logs.
     pub fn kind(&self) -> &'static str {
@@ -268,6 +287,7 @@ impl Body {
             Body::Push(_) => "push",
             Body::Ack(_) => "ack",
             Body::Rollback(_) => "rollback",
+            Body::Checkpoint(_) => "checkpoint",
         }
     }
 }

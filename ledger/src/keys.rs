@@ -25,7 +25,12 @@ impl SecretKey {
 
     /// Signs `domain || digest`.
     pub fn sign(&self, domain: &[u8], digest: &[u8; 32]) -> Signature {
-        Signature(self.0.sign(&message(domain, digest)).to_bytes())
+        self.sign_raw(&message(domain, digest))
+    }
+
+    /// Signs `message` as it is (for formats that fix their own message, like signed notes).
+    pub fn sign_raw(&self, message: &[u8]) -> Signature {
+        Signature(self.0.sign(message).to_bytes())
     }
 }
 
@@ -45,11 +50,15 @@ pub fn message(domain: &[u8], digest: &[u8; 32]) -> Vec<u8> {
 
 /// Verifies one signature (strict: rejects small-order keys and malleable signatures).
 pub fn verify(key: &PublicKey, domain: &[u8], digest: &[u8; 32], sig: &Signature) -> bool {
+    verify_raw(key, &message(domain, digest), sig)
+}
+
+/// Verifies one signature over `message` as it is (strict, like [`verify`]).
+pub fn verify_raw(key: &PublicKey, message: &[u8], sig: &Signature) -> bool {
     let Ok(vk) = VerifyingKey::from_bytes(&key.0) else {
         return false;
     };
-    let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-    vk.verify_strict(&message(domain, digest), &sig).is_ok()
+    vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig.0)).is_ok()
 }
 
 /// One signature to check in a batch.

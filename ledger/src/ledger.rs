@@ -3,6 +3,7 @@
 use crate::bytes::Hash;
 use crate::entry::{Body, Entry, SignedEntry};
 use crate::keys::SecretKey;
+use crate::merkle::{Blake3, Tree};
 use crate::replay::{replay_onto, Pending, ReplayError, ReplayErrorKind, Signatures};
 use crate::rules::{check, check_rules, RuleError};
 use crate::state::State;
@@ -25,17 +26,32 @@ pub enum LedgerError {
 /// A ledger: the only way entries get into a store.
 ///
 /// Architecture Invariant: every entry is checked by [`check`] against the folded state before
-/// it is written, and the state is only ever changed by folding written entries.
+/// it is written, and the state is only ever changed by folding written entries. The Merkle
+/// tree holds exactly the ids of the written entries.
 pub struct Ledger<S: LedgerStore> {
     store: S,
     state: State,
+    tree: Tree<Blake3>,
 }
 
 impl<S: LedgerStore> Ledger<S> {
     /// Opens a store and folds its entries. Signatures were checked when appended.
     pub fn open(store: S) -> Result<Self, LedgerError> {
-        let state = fold(&store)?;
-        Ok(Ledger { store, state })
+        let (state, tree) = fold(&store)?;
+        Ok(Ledger { store, state, tree })
+    }
+
+    /// The Merkle tree over every entry's id, for checkpoints and proofs.
+    pub fn tree(&self) -> &Tree<Blake3> {
+        &self.tree
+    }
+
+    fn grow(&mut self, entries: &[SignedEntry]) {
+        for e in entries {
+            self.tree.push(&e.id.0);
+        }
+        debug_assert_eq!(self.tree.size(), self.state.len);
+        debug_assert_eq!(self.tree.root(self.state.len).ok(), Some(self.state.tree.root()));
     }
 
     /// The folded state.
@@ -72,6 +88,7 @@ impl<S: LedgerStore> Ledger<S> {
         check(&self.state, &entry)?;
         self.store.append(entry.entry.seq, &[&entry.bytes])?;
         self.state.apply(&entry);
+        self.grow(std::slice::from_ref(&entry));
         Ok(())
     }
 
@@ -100,6 +117,7 @@ impl<S: LedgerStore> Ledger<S> {
         let slices: Vec<&[u8]> = entries.iter().map(|e| e.bytes.as_slice()).collect();
         self.store.append(first.entry.seq, &slices)?;
         self.state = next;
+        self.grow(entries);
         Ok(())
     }
 
@@ -139,8 +157,9 @@ impl<S: LedgerStore> Ledger<S> {
     }
 }
 
-fn fold<S: LedgerStore>(store: &S) -> Result<State, LedgerError> {
+fn fold<S: LedgerStore>(store: &S) -> Result<(State, Tree<Blake3>), LedgerError> {
     let mut state = State::default();
+    let mut tree = Tree::new();
     let mut buf = Vec::with_capacity(1024);
     let mut iter = store.scan(0);
     loop {
@@ -150,9 +169,12 @@ fn fold<S: LedgerStore>(store: &S) -> Result<State, LedgerError> {
             buf.push(bytes?);
         }
         if buf.is_empty() {
-            return Ok(state);
+            return Ok((state, tree));
         }
         replay_onto(&mut state, buf.iter().map(|b| b.as_slice()), Signatures::TrustLocalStore)
             .map_err(LedgerError::Corrupt)?;
+        for b in &buf {
+            tree.push(&Hash::of(b).0);
+        }
     }
 }

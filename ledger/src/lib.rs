@@ -12,6 +12,8 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 pub mod merkle;
+pub mod note;
+pub mod proof;
 pub mod replay;
 pub mod rules;
 #[cfg(feature = "sled")]
@@ -24,8 +26,8 @@ pub mod version;
 
 pub use bytes::{Hash, PublicKey, Signature};
 pub use entry::{
-    Ack, Approve, Artifact, Body, EncodingError, Entry, FileDigest, Genesis, KeyDecl, KeyRevoke, Outcome,
-    Package, Push, Role, Rollback, SignedEntry,
+    Ack, Approve, Artifact, Body, Checkpoint, EncodingError, Entry, FileDigest, Genesis, KeyDecl, KeyRevoke,
+    Outcome, Package, Push, Role, Rollback, SignedEntry,
 };
 pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;

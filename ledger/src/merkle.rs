@@ -37,6 +37,7 @@ pub trait TreeHasher {
 }
 
 /// BLAKE3: pd's tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Blake3;
 
 impl TreeHasher for Blake3 {
@@ -50,6 +51,7 @@ impl TreeHasher for Blake3 {
 }
 
 /// SHA-256: the RFC's tree, for its test vectors and for interoperability.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sha256;
 
 impl TreeHasher for Sha256 {
@@ -75,6 +77,53 @@ pub struct Tree<H: TreeHasher> {
 impl<H: TreeHasher> Default for Tree<H> {
     fn default() -> Self {
         Tree { levels: vec![Vec::new()], hasher: PhantomData }
+    }
+}
+
+/// The right edge of a growing tree: the heads of its complete subtrees, largest first.
+/// That is all it takes to grow the tree and to compute its head, in `O(log n)` hashes, so
+/// the folded ledger state carries one and checks checkpoints against it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontier<H: TreeHasher> {
+    size: u64,
+    peaks: Vec<Digest32>,
+    hasher: PhantomData<H>,
+}
+
+impl<H: TreeHasher> Default for Frontier<H> {
+    fn default() -> Self {
+        Frontier { size: 0, peaks: Vec::new(), hasher: PhantomData }
+    }
+}
+
+impl<H: TreeHasher> Frontier<H> {
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf whose data is `data` (pd: an entry id).
+    pub fn push(&mut self, data: &[u8]) {
+        let mut node = H::leaf(data);
+        // One peak per set bit of the size: merge while the lowest bits are ones.
+        let mut size = self.size;
+        while size & 1 == 1 {
+            let left = self.peaks.pop().expect("a peak per set bit of the size");
+            node = H::node(&left, &node);
+            size >>= 1;
+        }
+        self.peaks.push(node);
+        self.size += 1;
+        debug_assert_eq!(self.peaks.len(), self.size.count_ones() as usize);
+    }
+
+    /// The head of the tree: the peaks folded from the right.
+    pub fn root(&self) -> Digest32 {
+        let mut peaks = self.peaks.iter().rev();
+        match peaks.next() {
+            None => H::empty(),
+            Some(last) => peaks.fold(*last, |right, left| H::node(left, &right)),
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::{
-    Ack, Approve, Body, Entry, Genesis, KeyDecl, KeyRevoke, Package, Push, Role, Rollback, SignedEntry,
+    Ack, Approve, Body, Checkpoint, Entry, Genesis, KeyDecl, KeyRevoke, Package, Push, Role, Rollback,
+    SignedEntry,
 };
 use crate::limits::*;
 use crate::state::State;
@@ -236,6 +237,7 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
         Body::Push(p) => check_push(state, e, p),
         Body::Ack(a) => check_ack(state, e, a),
         Body::Rollback(r) => check_rollback(state, e, r),
+        Body::Checkpoint(c) => check_checkpoint(state, e, c),
     }?;
     Ok(key)
 }
@@ -543,6 +545,32 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     }
     if !env.history.iter().any(|d| d.version == r.version) {
         return Err(bad("it was never deployed there; roll back only to a version the environment had"));
+    }
+    Ok(key)
+}
+
+fn check_checkpoint(state: &State, e: &Entry, c: &Checkpoint) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Log, "sign checkpoints")?;
+    if c.size != e.seq {
+        return Err(invalid(
+            "checkpoint size",
+            format!("is {}, but a checkpoint at seq {} covers exactly the entries before it", c.size, e.seq),
+        ));
+    }
+    if c.root.0 != state.tree.root() {
+        return Err(invalid("checkpoint root", "is not the head of the tree of the entries before it"));
+    }
+    let note = state.checkpoint_note(c.size, c.root);
+    let sig = crate::note::NoteSignature {
+        name: e.actor.clone(),
+        key_id: crate::note::key_id(&e.actor, &key),
+        sig: c.note_sig,
+    };
+    if !note.signed_by(&sig, &e.actor, &key) {
+        return Err(invalid(
+            "checkpoint note signature",
+            format!("does not verify with the key of {:?}", e.actor),
+        ));
     }
     Ok(key)
 }

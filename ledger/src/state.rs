@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::bytes::Hash;
-use crate::entry::{Body, KeyDecl, Outcome, Package, Role, SignedEntry};
+use crate::entry::{Body, Checkpoint, KeyDecl, Outcome, Package, Role, SignedEntry};
+use crate::keys::SecretKey;
+use crate::merkle::{Blake3, Frontier};
+use crate::note::{self, SignedCheckpoint};
 use crate::version::Version;
 
 /// Everything the ledger says, folded up to `len` entries.
@@ -29,8 +32,26 @@ pub struct State {
     pub packages: Vec<PackageState>,
     /// Per environment: desired version, history and targets' reports.
     pub env: BTreeMap<String, EnvState>,
+    /// Every checkpoint, in order.
+    pub checkpoints: Vec<CheckpointState>,
+    /// The right edge of the Merkle tree over the ids of the entries folded.
+    #[serde(skip)]
+    pub tree: Frontier<Blake3>,
     #[serde(skip)]
     by_hash: HashMap<Hash, usize>,
+}
+
+/// A checkpoint entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointState {
+    /// Entry that recorded it.
+    pub seq: u64,
+    /// Key that signed it.
+    pub signer: String,
+    /// When.
+    pub time_ms: u64,
+    /// As recorded.
+    pub checkpoint: Checkpoint,
 }
 
 /// A key and its life.
@@ -179,6 +200,36 @@ impl State {
         self.envs.iter().position(|e| e == env)
     }
 
+    /// The checkpoint text for the first `size` entries with head `root`.
+    pub fn checkpoint_note(&self, size: u64, root: Hash) -> note::Checkpoint {
+        note::Checkpoint { origin: note::origin(&self.ledger_id), size, root }
+    }
+
+    /// A checkpoint over every entry folded, signed as `actor` (which needs the log role).
+    pub fn sign_checkpoint(&self, actor: &str, key: &SecretKey) -> Body {
+        let (size, root) = (self.len, Hash(self.tree.root()));
+        let note_sig = self.checkpoint_note(size, root).sign(actor, key).sig;
+        Body::Checkpoint(Checkpoint { size, root, note_sig })
+    }
+
+    /// A checkpoint entry as a C2SP signed note, ready to hand out.
+    pub fn signed_note(&self, c: &CheckpointState) -> SignedCheckpoint {
+        let key = &self.keys[&c.signer].decl.public_key;
+        SignedCheckpoint {
+            checkpoint: self.checkpoint_note(c.checkpoint.size, c.checkpoint.root),
+            signatures: vec![note::NoteSignature {
+                name: c.signer.clone(),
+                key_id: note::key_id(&c.signer, key),
+                sig: c.checkpoint.note_sig,
+            }],
+        }
+    }
+
+    /// The newest checkpoint.
+    pub fn latest_checkpoint(&self) -> Option<&CheckpointState> {
+        self.checkpoints.last()
+    }
+
     /// Folds one entry that [`crate::check`] accepted.
     pub fn apply(&mut self, signed: &SignedEntry) {
         let e = &signed.entry;
@@ -233,7 +284,14 @@ impl State {
                 };
                 self.env.entry(a.env.clone()).or_default().reports.insert(e.actor.clone(), report);
             }
+            Body::Checkpoint(c) => self.checkpoints.push(CheckpointState {
+                seq: e.seq,
+                signer: e.actor.clone(),
+                time_ms: e.time_ms,
+                checkpoint: c.clone(),
+            }),
         }
+        self.tree.push(&signed.id.0);
         self.len += 1;
         self.head = signed.id;
         self.last_time_ms = e.time_ms;

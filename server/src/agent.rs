@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
+use pd_ledger::merkle::{verify_consistency, Blake3};
 use pd_ledger::state::{Desired, Via};
-use pd_ledger::{Ack, Body, Hash, Ledger, LedgerStore, Outcome, SecretKey, SignedEntry, Version};
+use pd_ledger::{
+    Ack, Body, Hash, Ledger, LedgerError, LedgerStore, Outcome, SecretKey, SignedEntry, Version,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -55,6 +58,31 @@ struct Local {
     running: Option<(Version, Hash)>,
     /// The desired entry (seq) this agent already reported as failed.
     failed_seq: Option<u64>,
+    /// The newest checkpoint this agent verified (size, root): every later ledger it
+    /// follows must extend it.
+    #[serde(default)]
+    checkpoint: Option<(u64, Hash)>,
+}
+
+/// The server's ledger cannot be trusted: it does not verify, or it does not extend a
+/// checkpoint this agent verified before. The agent stops rather than follow it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Untrusted(String);
+
+/// Whether an agent error means the server's ledger is untrustworthy (so retrying is moot).
+fn is_untrusted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<Untrusted>()
+            || matches!(
+                c.downcast_ref::<LedgerError>(),
+                Some(LedgerError::Refused(_) | LedgerError::Corrupt(_))
+            )
+            || matches!(
+                c.downcast_ref::<ClientError>(),
+                Some(ClientError::Ledger(LedgerError::Refused(_) | LedgerError::Corrupt(_)))
+            )
+    })
 }
 
 /// A running agent over a replica kept in `S`.
@@ -63,6 +91,8 @@ pub struct Agent<S: LedgerStore> {
     replica: Ledger<S>,
     local: Local,
     http: reqwest::Client,
+    /// The desired entry (seq) this agent acked and may not see in its replica yet.
+    acked: Option<u64>,
 }
 
 const STATE_FILE: &str = "agent.json";
@@ -79,7 +109,7 @@ impl<S: LedgerStore> Agent<S> {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Agent { cfg, replica, local, http })
+        Ok(Agent { cfg, replica, local, http, acked: None })
     }
 
     /// The version the target runs, as far as this agent knows.
@@ -94,6 +124,14 @@ impl<S: LedgerStore> Agent<S> {
         while !*stop.borrow() {
             match self.follow(&mut stop).await {
                 Ok(()) => pause = Duration::from_millis(100),
+                Err(e) if is_untrusted(&e) => {
+                    return Err(e.context(format!(
+                        "refusing to follow the server's ledger: it is forked, rewritten or tampered with; \
+                         {} stays on {}",
+                        self.cfg.actor,
+                        self.running().map_or("nothing".into(), |v| v.to_string())
+                    )))
+                }
                 Err(e) => {
                     tracing::warn!(env = %self.cfg.env, "agent: {e:#}; reconnecting in {pause:?}");
                     tokio::select! {
@@ -138,7 +176,8 @@ impl<S: LedgerStore> Agent<S> {
                     fresh.push(SignedEntry::decode(&bytes)?);
                 }
                 let ours = ev.env.as_deref() == Some(self.cfg.env.as_str());
-                relevant |= ours && ev.kind != "ack" || matches!(ev.kind.as_str(), "key_add" | "key_revoke");
+                relevant |= ours && ev.kind != "ack"
+                    || matches!(ev.kind.as_str(), "key_add" | "key_revoke" | "checkpoint");
                 last = Some(ev.seq);
             }
             self.replica.append_batch(&fresh)?;
@@ -170,18 +209,26 @@ impl<S: LedgerStore> Agent<S> {
     /// Brings the target to the desired version if it is not there, and makes sure the
     /// ledger knows. Transport errors propagate (retry later); anything else is acked.
     pub async fn converge(&mut self) -> Result<()> {
+        self.check_checkpoints()?;
         let st = self.replica.state();
         let Some(desired) = st.env.get(&self.cfg.env).and_then(|e| e.desired.clone()) else {
             return Ok(());
         };
+        // Only what a verified checkpoint commits to: the entry that made the version
+        // desired (and so its package before it) must be under the newest checkpoint.
+        if st.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= desired.seq) {
+            tracing::info!(env = %self.cfg.env, version = %desired.version, "waiting for a checkpoint over entry #{}", desired.seq);
+            return Ok(());
+        }
         if st.active_key(&self.cfg.actor).is_none() {
             bail!("{} is not an active key of this ledger", self.cfg.actor);
         }
         if self.local.running == Some((desired.version, desired.package)) {
             let report = st.env.get(&self.cfg.env).and_then(|e| e.reports.get(&self.cfg.actor));
-            let acked = report.is_some_and(|r| {
-                r.version == desired.version && r.outcome == Outcome::Loaded && r.seq > desired.seq
-            });
+            let acked = self.acked == Some(desired.seq)
+                || report.is_some_and(|r| {
+                    r.version == desired.version && r.outcome == Outcome::Loaded && r.seq > desired.seq
+                });
             if !acked {
                 self.ack(&desired, Outcome::Loaded).await?;
             }
@@ -207,28 +254,66 @@ impl<S: LedgerStore> Agent<S> {
         }
     }
 
-    async fn ack(&mut self, desired: &Desired, outcome: Outcome) -> Result<()> {
-        let (env, d) = (self.cfg.env.clone(), desired.clone());
-        let now = crate::now_ms();
-        let result = self
-            .cfg
-            .client
-            .append(&mut self.replica, &self.cfg.actor, &self.cfg.key, now, |st| {
-                let still = st.env.get(&env).and_then(|e| e.desired.as_ref());
-                if still.is_none_or(|s| s.seq != d.seq) {
-                    return Err(AckError::Stale);
+    /// Holds the replica to the newest checkpoint this agent verified before: the newest
+    /// checkpoint now must extend it (an RFC 9162 consistency proof over the replica's tree),
+    /// then it becomes the one to hold later ledgers to.
+    fn check_checkpoints(&mut self) -> Result<()> {
+        let (st, tree) = (self.replica.state(), self.replica.tree());
+        let Some(latest) = st.latest_checkpoint().map(|c| (c.checkpoint.size, c.checkpoint.root)) else {
+            if let Some((size, _)) = self.local.checkpoint {
+                if st.len >= size {
+                    return Err(Untrusted(format!(
+                        "the server's ledger has no checkpoint, but this agent verified one of {size} entries"
+                    ))
+                    .into());
                 }
-                Ok(Body::Ack(Ack {
-                    env: env.clone(),
-                    version: d.version,
-                    package: d.package,
-                    outcome: outcome.clone(),
-                }))
-            })
-            .await;
-        match result {
-            Ok(_) | Err(AckError::Stale) => Ok(()),
-            Err(AckError::Client(e)) => Err(e.into()),
+            }
+            return Ok(());
+        };
+        if let Some((size, root)) = self.local.checkpoint {
+            if latest == (size, root) {
+                return Ok(());
+            }
+            let holds = latest.0 >= size
+                && tree.consistency_proof(size, latest.0).is_ok_and(|proof| {
+                    verify_consistency::<Blake3>(size, latest.0, &proof, &root.0, &latest.1 .0).is_ok()
+                });
+            if !holds {
+                return Err(Untrusted(format!(
+                    "the server's newest checkpoint ({} entries, root {}) does not extend the one this agent \
+                     verified before ({size} entries, root {root})",
+                    latest.0, latest.1
+                ))
+                .into());
+            }
+        }
+        self.local.checkpoint = Some(latest);
+        self.save()
+    }
+
+    /// Signs and sends an ack of `desired`. It goes on the server's head without waiting for
+    /// this replica to catch up, so a thousand targets acking at once do not each replay the
+    /// others' acks inside their turn; the replica learns of it from the event stream.
+    async fn ack(&mut self, desired: &Desired, outcome: Outcome) -> Result<()> {
+        let body = Body::Ack(Ack {
+            env: self.cfg.env.clone(),
+            version: desired.version,
+            package: desired.package,
+            outcome,
+        });
+        let (c, id) = (&self.cfg, self.replica.state().ledger_id);
+        match c.client.append_blind(&id, &c.actor, &c.key, crate::now_ms(), body).await {
+            Ok(_) => {
+                self.acked = Some(desired.seq);
+                Ok(())
+            }
+            // The rules refused it: most likely another push came first. The next event
+            // brings this agent up to date and it converges again.
+            Err(ClientError::Refused { status: 403, message }) => {
+                tracing::warn!(env = %c.env, "ack of {} refused: {message}", desired.version);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -324,19 +409,6 @@ impl<S: LedgerStore> Agent<S> {
         std::io::Write::write_all(&mut &f, &bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
-    }
-}
-
-/// Why an ack was not sent.
-enum AckError {
-    /// The desired version changed meanwhile: the ack is moot.
-    Stale,
-    Client(ClientError),
-}
-
-impl From<ClientError> for AckError {
-    fn from(e: ClientError) -> AckError {
-        AckError::Client(e)
     }
 }
 

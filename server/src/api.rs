@@ -23,9 +23,11 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::stream::Stream;
 use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
+use pd_ledger::proof::Proof;
 use pd_ledger::sled_store::SledStore;
 use pd_ledger::{
-    Hash, Ledger, LedgerError, LedgerStore, Role, RuleError, SecretKey, SignedEntry, StorageError,
+    Body, Hash, Ledger, LedgerError, LedgerStore, Role, RuleError, SecretKey, SignedEntry, State,
+    StorageError,
 };
 use pd_store::{BlobStore, FsStore, StoreError};
 use serde::Deserialize;
@@ -45,6 +47,12 @@ pub struct ServeOptions {
     pub lease: Duration,
     /// Largest entry or object accepted.
     pub max_body: usize,
+    /// Write a checkpoint (signed by `head_signer`, which needs the log role) once this many
+    /// entries came after the last one; also right after every push and rollback, so agents
+    /// find the package under a checkpoint at once. 0 turns automatic checkpoints off.
+    pub checkpoint_every: u64,
+    /// …and at least this often while entries keep coming.
+    pub checkpoint_interval: Duration,
 }
 
 impl ServeOptions {
@@ -56,6 +64,8 @@ impl ServeOptions {
             head_signer: None,
             lease: Duration::from_secs(5),
             max_body: pd_store::Limits::default().max_tarball_bytes as usize,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -205,7 +215,9 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
     tracing::info!(addr = %listener.local_addr()?, "pd serve listening");
-    let app = router(ledger, store, opts, stop.clone());
+    let app = shared(ledger, store, opts, stop.clone());
+    tokio::spawn(checkpoint_ticker(app.clone()));
+    let app = routes(app);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -237,10 +249,43 @@ pub fn router(
     opts: ServeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Router {
+    routes(shared(ledger, store, opts, shutdown))
+}
+
+/// Writes a checkpoint every `checkpoint_interval` when entries came since the last one.
+async fn checkpoint_ticker(app: App) {
+    if app.opts.checkpoint_every == 0 || app.opts.head_signer.is_none() {
+        return;
+    }
+    let mut shutdown = app.shutdown.clone();
+    let mut tick = tokio::time::interval(app.opts.checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // The first tick is immediate: start counting from now.
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let behind = {
+            let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let st = l.state();
+            st.len > 0 && st.latest_checkpoint().is_none_or(|c| c.seq + 1 < st.len)
+        };
+        if behind {
+            write_checkpoint(app.clone()).await;
+        }
+    }
+}
+
+fn shared(
+    ledger: Ledger<SledStore>,
+    store: FsStore,
+    opts: ServeOptions,
+    shutdown: watch::Receiver<bool>,
+) -> App {
     let reader = ledger.store().clone();
     let (len, _) = watch::channel(ledger.state().len);
-    let max_body = opts.max_body;
-    let app: App = Arc::new(Shared {
+    Arc::new(Shared {
         ledger: Mutex::new(ledger),
         reader,
         store,
@@ -251,7 +296,11 @@ pub fn router(
         shutdown,
         metrics: Metrics::default(),
         opts,
-    });
+    })
+}
+
+fn routes(app: App) -> Router {
+    let max_body = app.opts.max_body;
     // Requests that answer at once get a deadline; the long-poll and the stream wait by design.
     let bounded = Router::new()
         .route("/v1/entries", get(entries).post(append))
@@ -260,6 +309,9 @@ pub fn router(
         .route("/v1/objects/{hash}", get(get_object).put(put_object).head(get_object))
         .route("/v1/state", get(state))
         .route("/v1/export", get(export))
+        .route("/v1/checkpoint", get(checkpoint))
+        .route("/v1/proofs/inclusion", get(inclusion_proof))
+        .route("/v1/proofs/consistency", get(consistency_proof))
         .route("/metrics", get(metrics))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -431,29 +483,79 @@ async fn append(AxState(app): AxState<App>, headers: HeaderMap, body: Bytes) -> 
         }
         None => app.turn.clone().lock_owned().await,
     };
-    let seq = entry.entry.seq;
-    let id = entry.id;
-    let event = sse_event(&entry);
+    let (receipt, checkpoint_due) = commit(&app, move |_| Ok(entry)).await?;
+    if checkpoint_due {
+        tokio::spawn(write_checkpoint(app));
+    }
+    Ok((StatusCode::CREATED, Json(receipt)).into_response())
+}
+
+/// Appends `make(ledger)` while the caller holds the turn and publishes it to followers.
+/// Also says whether a checkpoint is due after it.
+async fn commit(
+    app: &App,
+    make: impl FnOnce(&Ledger<SledStore>) -> Result<SignedEntry, LedgerError> + Send + 'static,
+) -> Result<(Receipt, bool), Error> {
     let worker = app.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut l = worker.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        l.append(entry).map(|()| l.state().len)
+        let entry = make(&l)?;
+        l.append(entry.clone())?;
+        let due = checkpoint_due(&worker.opts, l.state(), &entry);
+        Ok::<_, LedgerError>((entry, l.state().len, due))
     })
     .await
     .map_err(internal)?;
     match result {
-        Ok(len) => {
+        Ok((entry, len, due)) => {
             app.metrics.appends.fetch_add(1, Relaxed);
-            if let Some(ev) = event {
-                app.remember(seq, ev);
+            if let Some(ev) = sse_event(&entry) {
+                app.remember(entry.entry.seq, ev);
             }
             app.len.send_replace(len);
-            Ok((StatusCode::CREATED, Json(Receipt { seq, id })).into_response())
+            Ok((Receipt { seq: entry.entry.seq, id: entry.id }, due))
         }
         Err(e) => {
             app.metrics.refused.fetch_add(1, Relaxed);
             Err(e.into())
         }
+    }
+}
+
+/// Whether the server should checkpoint after `last`: it changed what targets run, or
+/// enough entries came since the last checkpoint.
+fn checkpoint_due(opts: &ServeOptions, state: &State, last: &SignedEntry) -> bool {
+    if opts.checkpoint_every == 0 || opts.head_signer.is_none() {
+        return false;
+    }
+    let since = state.latest_checkpoint().map_or(0, |c| c.checkpoint.size);
+    match last.entry.body {
+        Body::Checkpoint(_) => false,
+        Body::Push(_) | Body::Rollback(_) => true,
+        _ => state.len - since >= opts.checkpoint_every,
+    }
+}
+
+/// Appends a checkpoint over the whole ledger, signed by the server's key, unless the last
+/// entry already is one. Waits in line for the turn like any writer.
+async fn write_checkpoint(app: App) {
+    let _turn = app.turn.clone().lock_owned().await;
+    let last_is_checkpoint = {
+        let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        l.state().latest_checkpoint().is_some_and(|c| c.seq + 1 == l.state().len)
+    };
+    if last_is_checkpoint {
+        return;
+    }
+    let signer = app.clone();
+    let result = commit(&app, move |l| {
+        let (actor, key) = signer.opts.head_signer.as_ref().expect("checkpoints need a signer");
+        let body = l.state().sign_checkpoint(actor, key);
+        Ok(l.sign_next(actor, key, crate::now_ms(), body))
+    })
+    .await;
+    if let Err(Error(status, message)) = result {
+        tracing::warn!(%status, "could not write a checkpoint: {message}");
     }
 }
 
@@ -570,6 +672,72 @@ async fn put_object(
         .map_err(internal)?
         .map_err(internal)?;
     Ok(StatusCode::CREATED)
+}
+
+async fn checkpoint(AxState(app): AxState<App>) -> Result<Response, Error> {
+    let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let st = l.state();
+    let c = st.latest_checkpoint().ok_or_else(|| Error(StatusCode::NOT_FOUND, "no checkpoint yet".into()))?;
+    let note = st.signed_note(c).render();
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    /// The entry.
+    seq: u64,
+    /// The checkpoint's size (default: the newest checkpoint).
+    size: Option<u64>,
+}
+
+/// The checkpoint entry of `size` entries, or the newest one.
+fn checkpoint_of(st: &State, size: Option<u64>) -> Result<&pd_ledger::state::CheckpointState, Error> {
+    let found = match size {
+        Some(n) => st.checkpoints.iter().find(|c| c.checkpoint.size == n),
+        None => st.latest_checkpoint(),
+    };
+    found.ok_or_else(|| match size {
+        Some(n) => Error(StatusCode::NOT_FOUND, format!("no checkpoint of size {n}")),
+        None => Error(StatusCode::NOT_FOUND, "no checkpoint yet".into()),
+    })
+}
+
+fn proof_error(e: pd_ledger::proof::ProofError) -> Error {
+    Error(StatusCode::NOT_FOUND, e.to_string())
+}
+
+async fn inclusion_proof(
+    AxState(app): AxState<App>,
+    Query(q): Query<InclusionQuery>,
+) -> Result<Response, Error> {
+    let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let st = l.state();
+    let at = checkpoint_of(st, q.size)?;
+    let raw = app.entries(q.seq, 1)?;
+    let bytes = raw.first().ok_or_else(|| Error(StatusCode::NOT_FOUND, format!("no entry #{}", q.seq)))?;
+    let entry = SignedEntry::decode(bytes).map_err(internal)?;
+    let proof = Proof::inclusion(st, l.tree(), &entry, at).map_err(proof_error)?;
+    Ok(Json(proof).into_response())
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    /// The earlier checkpoint's size.
+    old: u64,
+    /// The later checkpoint's size (default: the newest checkpoint).
+    new: Option<u64>,
+}
+
+async fn consistency_proof(
+    AxState(app): AxState<App>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Response, Error> {
+    let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let st = l.state();
+    let old = st.signed_note(checkpoint_of(st, Some(q.old))?);
+    let new = checkpoint_of(st, q.new)?;
+    let proof = Proof::consistency(st, l.tree(), &old, new).map_err(proof_error)?;
+    Ok(Json(proof).into_response())
 }
 
 async fn state(AxState(app): AxState<App>) -> Response {

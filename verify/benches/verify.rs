@@ -17,7 +17,7 @@ fn verify(c: &mut Criterion) {
     fixture.append_acks(ENTRIES - setup);
     let export = fixture.export();
     let bytes = export.encode();
-    let state = pd_verify::verify_bytes(&bytes).expect("the bench export verifies").state;
+    let state = pd_verify::verify_bytes(&bytes, None).expect("the bench export verifies").state;
     let triples: Vec<SignedMessage> = export
         .entries
         .iter()
@@ -34,7 +34,7 @@ fn verify(c: &mut Criterion) {
     let mut g = c.benchmark_group("verify_100k");
     g.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(ENTRIES as u64));
-    g.bench_function("pd_verify", |b| b.iter(|| pd_verify::verify_bytes(&bytes).expect("verifies")));
+    g.bench_function("pd_verify", |b| b.iter(|| pd_verify::verify_bytes(&bytes, None).expect("verifies")));
     g.bench_function("raw_ed25519_batch_1_thread", |b| b.iter(|| verify_batch(&triples).expect("valid")));
     g.finish();
 }

@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use pd_ledger::export::{Export, ExportError, Head};
-use pd_ledger::replay::{replay, ReplayError, Signatures};
+use pd_ledger::note::SignedCheckpoint;
+use pd_ledger::replay::{replay_onto, ReplayError, Signatures};
 use pd_ledger::state::PackageState;
 use pd_ledger::{Hash, State};
 
@@ -21,6 +22,8 @@ pub struct Report {
     pub head: Head,
     /// Artifacts checked (0 when the export carries none).
     pub artifacts_checked: usize,
+    /// The earlier checkpoint this export was shown to extend, and its signer.
+    pub extends: Option<(u64, Hash, String)>,
 }
 
 /// Why an export fails verification. The first bad thing is named.
@@ -34,6 +37,19 @@ pub enum VerifyError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file is larger than any valid one; it was not read.
+    #[error("{path} is {len} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A proof file does not hold.
+    #[error(transparent)]
+    Proof(#[from] pd_ledger::proof::ProofError),
     /// The file is not a well-formed export.
     #[error(transparent)]
     Export(#[from] ExportError),
@@ -43,6 +59,9 @@ pub enum VerifyError {
     /// The head does not match or does not verify.
     #[error("signed head: {0}")]
     Head(String),
+    /// The export does not extend the checkpoint it was checked against.
+    #[error("checkpoint: {0}")]
+    Since(String),
     /// An artifact is bad.
     #[error("artifact {hash}: {problem}")]
     Artifact {
@@ -63,28 +82,72 @@ impl VerifyError {
     }
 }
 
-/// Verifies an export file.
-pub fn verify_file(path: &Path) -> Result<Report, VerifyError> {
+/// Reads a file of at most `limit` bytes.
+pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, VerifyError> {
     let read_err = |source| VerifyError::Read { path: path.display().to_string(), source };
     let len = std::fs::metadata(path).map_err(read_err)?.len();
-    if len > pd_ledger::limits::MAX_EXPORT_BYTES {
-        return Err(ExportError::Malformed(format!(
-            "{len} bytes is over the limit of {}",
-            pd_ledger::limits::MAX_EXPORT_BYTES
-        ))
-        .into());
+    if len > limit {
+        return Err(VerifyError::TooLarge { path: path.display().to_string(), len, limit });
     }
-    let bytes = std::fs::read(path).map_err(read_err)?;
-    verify_bytes(&bytes)
+    std::fs::read(path).map_err(read_err)
 }
 
-/// Verifies export bytes.
-pub fn verify_bytes(bytes: &[u8]) -> Result<Report, VerifyError> {
+/// Verifies an export file, and when `since` is given, that it extends that checkpoint.
+pub fn verify_file(path: &Path, since: Option<&SignedCheckpoint>) -> Result<Report, VerifyError> {
+    let bytes = read_file(path, pd_ledger::limits::MAX_EXPORT_BYTES)?;
+    verify_bytes(&bytes, since)
+}
+
+/// Verifies export bytes, and when `since` is given, that they extend that checkpoint: its
+/// signer is a key of this ledger and the first `size` entries have its root, so a history
+/// rewritten after the checkpoint was taken fails even if every entry is validly signed.
+pub fn verify_bytes(bytes: &[u8], since: Option<&SignedCheckpoint>) -> Result<Report, VerifyError> {
     let export = Export::decode(bytes)?;
-    let state = replay(export.entries.iter().map(|e| e.as_slice()), Signatures::Verify)?;
+    let entries = &export.entries;
+    let mut state = State::default();
+    let cut = since.map_or(0, |s| (s.checkpoint.size as usize).min(entries.len()));
+    replay_onto(&mut state, entries[..cut].iter().map(|e| e.as_slice()), Signatures::Verify)?;
+    let prefix_root = Hash(state.tree.root());
+    replay_onto(&mut state, entries[cut..].iter().map(|e| e.as_slice()), Signatures::Verify)?;
     check_head(&state, &export.head)?;
+    let extends = since.map(|s| check_since(&state, s, cut as u64, prefix_root)).transpose()?;
     let artifacts_checked = check_artifacts(&state, &export)?;
-    Ok(Report { state, head: export.head, artifacts_checked })
+    Ok(Report { state, head: export.head, artifacts_checked, extends })
+}
+
+fn check_since(
+    state: &State,
+    since: &SignedCheckpoint,
+    have: u64,
+    root: Hash,
+) -> Result<(u64, Hash, String), VerifyError> {
+    let c = &since.checkpoint;
+    let fail = |m: String| Err(VerifyError::Since(m));
+    let origin = pd_ledger::note::origin(&state.ledger_id);
+    if c.origin != origin {
+        return fail(format!("it is of {}, this export is of {origin}", c.origin));
+    }
+    let signer = since.signatures.iter().find_map(|s| {
+        let key = &state.keys.get(&s.name)?.decl.public_key;
+        c.signed_by(s, &s.name, key).then(|| s.name.clone())
+    });
+    let Some(signer) = signer else {
+        return fail("no key of this ledger signed it: it was not issued by this ledger".into());
+    };
+    if have < c.size {
+        return fail(format!(
+            "it covers {} entries but the export holds only {have}: the ledger was truncated or forked",
+            c.size
+        ));
+    }
+    if root != c.root {
+        return fail(format!(
+            "the export's first {} entries have root {root}, the checkpoint signed by {signer} says {}: \
+             history was rewritten after the checkpoint was taken",
+            c.size, c.root
+        ));
+    }
+    Ok((c.size, c.root, signer))
 }
 
 fn check_head(state: &State, head: &Head) -> Result<(), VerifyError> {
@@ -181,6 +244,9 @@ pub fn print_report(r: &Report) {
         s.len
     );
     println!("✔ signed head #{} {} by {} matches", s.len.saturating_sub(1), s.head.short(), r.head.actor);
+    if let Some((size, root, signer)) = &r.extends {
+        println!("✔ extends the checkpoint of {size} entries (root {}) signed by {signer}", root.short());
+    }
     if r.artifacts_checked > 0 {
         println!(
             "✔ {} artifacts: BLAKE3, SHA-256, contents and OpenPGP signatures hold",
@@ -213,6 +279,7 @@ pub fn report_json(r: &Report) -> serde_json::Value {
     serde_json::json!({
         "ok": true, "ledger_id": r.state.ledger_id, "entries": r.state.len, "head": r.state.head,
         "head_signed_by": r.head.actor, "artifacts_checked": r.artifacts_checked,
+        "extends": r.extends.as_ref().map(|(size, root, signer)| serde_json::json!({ "size": size, "root": root, "signer": signer })),
         "envs": r.state.env, "packages": packages,
     })
 }

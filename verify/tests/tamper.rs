@@ -66,7 +66,7 @@ fn ledger() -> Export {
 #[test]
 fn the_untouched_export_verifies() {
     let bytes = ledger().encode();
-    let report = pd_verify::verify_bytes(&bytes).unwrap();
+    let report = pd_verify::verify_bytes(&bytes, None).unwrap();
     assert_eq!(report.state.len, 12);
     assert_eq!(report.state.env["dev"].desired.as_ref().unwrap().version, Version::new(1, 1, 0));
 }
@@ -79,14 +79,14 @@ proptest! {
         let mut bytes = ledger().encode();
         let i = pos.index(bytes.len());
         bytes[i] = bytes[i].wrapping_add(delta);
-        prop_assert!(pd_verify::verify_bytes(&bytes).is_err(), "byte {} changed by {} was accepted", i, delta);
+        prop_assert!(pd_verify::verify_bytes(&bytes, None).is_err(), "byte {} changed by {} was accepted", i, delta);
     }
 
     #[test]
     fn any_truncation_is_rejected(cut in any::<prop::sample::Index>()) {
         let bytes = ledger().encode();
         let n = cut.index(bytes.len());
-        prop_assert!(pd_verify::verify_bytes(&bytes[..n]).is_err());
+        prop_assert!(pd_verify::verify_bytes(&bytes[..n], None).is_err());
     }
 
     #[test]
@@ -97,7 +97,7 @@ proptest! {
             1 => { export.entries.remove(a); }
             _ => { let e = export.entries[a].clone(); export.entries.insert(b, e); }
         }
-        prop_assert!(pd_verify::verify_bytes(&export.encode()).is_err());
+        prop_assert!(pd_verify::verify_bytes(&export.encode(), None).is_err());
     }
 }
 
@@ -105,7 +105,7 @@ proptest! {
 fn dropping_the_last_entries_is_caught_by_the_signed_head() {
     let mut export = ledger();
     export.entries.pop();
-    match pd_verify::verify_bytes(&export.encode()) {
+    match pd_verify::verify_bytes(&export.encode(), None) {
         Err(pd_verify::VerifyError::Head(m)) => {
             assert!(m.contains("covers 12 entries but the export holds 11"), "{m}")
         }
@@ -121,7 +121,7 @@ fn a_forged_entry_is_named() {
     let old = SignedEntry::decode(&export.entries[5]).unwrap().entry;
     let forged = Entry::sign(old.seq, old.prev, old.time_ms, &old.actor, old.body.clone(), &mallory);
     export.entries[5] = serde_bytes::ByteBuf::from(forged.bytes);
-    match pd_verify::verify_bytes(&export.encode()) {
+    match pd_verify::verify_bytes(&export.encode(), None) {
         Err(pd_verify::VerifyError::Entry(e)) => {
             assert_eq!(e.seq, 5);
             assert!(matches!(e.kind, replay::ReplayErrorKind::BadSignature { .. }), "{e}");
@@ -137,10 +137,10 @@ fn an_export_over_the_size_limit_is_refused_before_reading() {
     let path = dir.join("huge.pdx");
     // Sparse: takes no disk space.
     std::fs::File::create(&path).unwrap().set_len(pd_ledger::limits::MAX_EXPORT_BYTES + 1).unwrap();
-    let result = pd_verify::verify_file(&path);
+    let result = pd_verify::verify_file(&path, None);
     std::fs::remove_dir_all(&dir).unwrap();
     match result {
-        Err(pd_verify::VerifyError::Export(e)) => {
+        Err(e @ pd_verify::VerifyError::TooLarge { .. }) => {
             assert!(e.to_string().contains("over the limit"), "{e}")
         }
         other => panic!("expected a size refusal, got {other:?}"),

@@ -166,6 +166,23 @@ fn consistency_proofs_match_and_verify() {
     assert!(verify_consistency::<Sha256>(1, 2, &[], &a, &b).is_err());
 }
 
+#[test]
+fn the_frontier_has_the_roots_of_the_tree() {
+    let t = vector_tree();
+    let mut f = Frontier::<Sha256>::default();
+    assert_eq!(f.root(), h(ROOTS[0]));
+    for (i, l) in LEAVES.iter().enumerate() {
+        f.push(&hex::decode(l).expect("leaf hex"));
+        assert_eq!(f.root(), t.root(i as u64 + 1).expect("root"), "size {}", i + 1);
+    }
+    let (mut f, mut t) = (Frontier::<Blake3>::default(), Tree::<Blake3>::new());
+    for i in 0u64..1100 {
+        f.push(&i.to_be_bytes());
+        t.push(&i.to_be_bytes());
+        assert_eq!(f.root(), t.root(i + 1).expect("root"));
+    }
+}
+
 fn tree_of(n: u64) -> Tree<Blake3> {
     let mut t = Tree::new();
     for i in 0..n {

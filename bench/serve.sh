@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Artifact serving: requests/s and MB/s of `GET /v1/objects/<hash>` from `pd serve`, next to
+# nginx serving the same bytes as static files, in the same run, with the same load (wrk).
+# Usage: bench/serve.sh [SECONDS]   (installs wrk, nginx and python's blake3 if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+python3 -c 'import blake3' 2>/dev/null || python3 -m pip install --quiet blake3
+cargo build --release --locked --bin pd >/dev/null
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+target/release/pd --home "$work/home" init >/dev/null
+mkdir -p "$work/www"
+# One 4 KiB and one 1 MiB object of random bytes, in pd's store and in nginx's root.
+read -r small large < <(python3 - "$work" <<'PY'
+import os, sys, blake3
+work = sys.argv[1]
+names = []
+for size in (4096, 1 << 20):
+    data = os.urandom(size)
+    h = blake3.blake3(data).hexdigest()
+    os.makedirs(f"{work}/home/objects/{h[:2]}", exist_ok=True)
+    open(f"{work}/home/objects/{h[:2]}/{h[2:]}", "wb").write(data)
+    open(f"{work}/www/{h}", "wb").write(data)
+    names.append(h)
+print(*names)
+PY
+)
+target/release/pd --home "$work/home" serve --listen 127.0.0.1:0 > "$work/pd.out" 2>/dev/null &
+pids+=($!)
+until grep -q listening "$work/pd.out" 2>/dev/null; do sleep 0.1; done
+pd_url=$(sed -n 's/.*listening on //p' "$work/pd.out")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+master_process on;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  open_file_cache max=100;
+  server {
+    listen 127.0.0.1:$port;
+    root $work/www;
+    location /v1/objects/ { alias $work/www/; }
+  }
+}
+CONF
+nginx -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+until curl -sf "http://127.0.0.1:$port/v1/objects/$small" -o /dev/null; do sleep 0.1; done
+nginx_url="http://127.0.0.1:$port"
+curl -sf "$pd_url/v1/objects/$small" -o /dev/null
+
+printf "| server | object | requests/s | MB/s |\n|---|---|---|---|\n"
+for obj in "$small 4KiB" "$large 1MiB"; do
+  set -- $obj
+  for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
+    name=${srv%%|*}; url=${srv#*|}
+    out=$(wrk -t 1 -c 32 -d "${secs}s" --latency "$url/v1/objects/$1")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    mbs=$(python3 -c "print(f'{$rps * $(wc -c < "$work/www/$1") / 1e6:.1f}')")
+    printf "| %s | %s | %.0f | %s |\n" "$name" "$2" "$rps" "$mbs"
+  done
+done
