@@ -30,11 +30,21 @@ fn io(e: sled::Error) -> StorageError {
 impl SledStore {
     /// Opens (or creates) the database at `dir`. Fails with `Locked` if another process has it.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(io)?;
+        // The ledger is read in order, once per open and then at its end: a small page cache
+        // does (sled's default of 1 GiB would keep a large ledger resident).
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(io)?;
         let entries = db.open_tree("entries").map_err(io)?;
         Ok(SledStore { db, entries, append_lock: Default::default() })
     }
 }
+
+/// sled's page cache.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 fn seq_of(key: &[u8]) -> Result<u64, StorageError> {
     let arr: [u8; 8] =
