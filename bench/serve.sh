@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
-python3 -c 'import blake3' 2>/dev/null || python3 -m pip install --quiet blake3
+python3 -c "import blake3" 2>/dev/null || python3 -m pip install --quiet blake3 || python3 -m pip install --quiet --break-system-packages blake3
 cargo build --release --locked --bin pd >/dev/null
 work=$(mktemp -d)
 pids=()
@@ -30,6 +30,8 @@ for size in (4096, 1 << 20):
 print(*names)
 PY
 )
+# nginx's workers run as an unprivileged user: let them read the files.
+chmod a+rx "$work" "$work/www" && chmod a+r "$work"/www/*
 target/release/pd --home "$work/home" serve --listen 127.0.0.1:0 > "$work/pd.out" 2>/dev/null &
 pids+=($!)
 until grep -q listening "$work/pd.out" 2>/dev/null; do sleep 0.1; done
@@ -56,7 +58,8 @@ http {
 CONF
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
-until curl -sf "http://127.0.0.1:$port/v1/objects/$small" -o /dev/null; do sleep 0.1; done
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v1/objects/$small" -o /dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$port/v1/objects/$small" -o /dev/null || { echo "nginx does not serve the files:"; cat "$work/nginx.err"; exit 1; }
 nginx_url="http://127.0.0.1:$port"
 curl -sf "$pd_url/v1/objects/$small" -o /dev/null
 

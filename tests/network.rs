@@ -163,6 +163,8 @@ fn agents_refuse_a_tampered_artifact_and_say_so() {
     let mut bytes = std::fs::read(&object).expect("object");
     bytes[20] ^= 1;
     std::fs::write(&object, bytes).expect("tamper");
+    // The server keeps small objects it has verified in memory; a fresh one reads the disk.
+    net.restart_server();
     // A deployer's own check refuses it before waiting on anything.
     let out = net.run("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "wait"]);
     assert!(!out.status.success() && pd_e2e::text(&out).contains("corrupt"), "{}", pd_e2e::text(&out));

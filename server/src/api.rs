@@ -92,6 +92,8 @@ struct Shared {
     len: watch::Sender<u64>,
     turn: Arc<tokio::sync::Mutex<()>>,
     leases: Mutex<HashMap<String, Lease>>,
+    /// Small verified objects in memory, and their total size.
+    small: Mutex<(HashMap<Hash, Bytes>, usize)>,
     /// The latest entries as encoded events, so a thousand followers cost one encoding.
     recent: Mutex<std::collections::VecDeque<(u64, SseEvent)>>,
     shutdown: watch::Receiver<bool>,
@@ -100,6 +102,11 @@ struct Shared {
 }
 
 type App = Arc<Shared>;
+
+/// Objects up to this size are kept in memory once read and verified…
+const SMALL_OBJECT: usize = 256 * 1024;
+/// …up to this much in all (then the cache starts over).
+const SMALL_OBJECTS_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Encoded events kept for followers.
 const RECENT_EVENTS: usize = 4096;
@@ -178,6 +185,24 @@ impl Shared {
             recent.pop_front();
         }
         recent.push_back((seq, event));
+    }
+
+    /// A small object already read and verified.
+    fn cached(&self, hash: &Hash) -> Option<Bytes> {
+        self.small.lock().unwrap_or_else(|p| p.into_inner()).0.get(hash).cloned()
+    }
+
+    /// Keeps a verified object if it is small; objects never change, so it never goes stale.
+    fn cache(&self, hash: Hash, bytes: Bytes) -> Bytes {
+        if bytes.len() <= SMALL_OBJECT {
+            let mut small = self.small.lock().unwrap_or_else(|p| p.into_inner());
+            if small.1 + bytes.len() > SMALL_OBJECTS_BUDGET {
+                *small = Default::default();
+            }
+            small.1 += bytes.len();
+            small.0.insert(hash, bytes.clone());
+        }
+        bytes
     }
 
     /// Raw entries `from..from+limit`.
@@ -292,6 +317,7 @@ fn shared(
         len,
         turn: Arc::new(tokio::sync::Mutex::new(())),
         leases: Mutex::new(HashMap::new()),
+        small: Mutex::default(),
         recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS)),
         shutdown,
         metrics: Metrics::default(),
@@ -582,23 +608,27 @@ async fn get_object(
     {
         return Ok((StatusCode::NOT_MODIFIED, immutable).into_response());
     }
-    let worker = app.clone();
-    let bytes = tokio::task::spawn_blocking(move || worker.store.get(&hash.0)).await.map_err(internal)?;
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(StoreError::NotFound { hash }) => {
-            return Err(Error(StatusCode::NOT_FOUND, format!("no object {hash} on this server")))
+    let bytes = match app.cached(&hash) {
+        Some(b) => b,
+        None => {
+            let worker = app.clone();
+            match tokio::task::spawn_blocking(move || worker.store.get(&hash.0)).await.map_err(internal)? {
+                Ok(b) => app.cache(hash, Bytes::from(b)),
+                Err(StoreError::NotFound { hash }) => {
+                    return Err(Error(StatusCode::NOT_FOUND, format!("no object {hash} on this server")))
+                }
+                Err(e) => return Err(internal(e)),
+            }
         }
-        Err(e) => return Err(internal(e)),
     };
     app.metrics.objects_served.fetch_add(1, Relaxed);
     let total = bytes.len() as u64;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, body, content_range) = match range.map(|r| parse_range(r, total)) {
-        None => (StatusCode::OK, Bytes::from(bytes), None),
+        None => (StatusCode::OK, bytes, None),
         Some(Some((start, end))) => (
             StatusCode::PARTIAL_CONTENT,
-            Bytes::from(bytes).slice(start as usize..=end as usize),
+            bytes.slice(start as usize..=end as usize),
             Some(format!("bytes {start}-{end}/{total}")),
         ),
         Some(None) => {
