@@ -209,7 +209,22 @@ impl Proc {
         let pid = self.child.id();
         let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
         assert!(sent.success(), "kill -TERM {pid}");
-        // Wait on a thread so a process that ignores SIGTERM fails the test instead of hanging it.
+        // A process that ignores SIGTERM fails the test instead of hanging it.
+        self.wait_within(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("process {pid} did not exit within 30 s of SIGTERM"))
+    }
+
+    /// Waits up to 60 s for the process to exit on its own; returns whether it succeeded.
+    pub fn wait_exit(&mut self) -> bool {
+        let pid = self.child.id();
+        self.wait_within(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("process {pid} did not exit within 60 s"))
+    }
+
+    /// Waits for the process to exit, on a thread so the wait has a deadline; `None` if it
+    /// was still running then (it is killed).
+    fn wait_within(&mut self, limit: std::time::Duration) -> Option<bool> {
+        let pid = self.child.id();
         let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("spawn true"));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -217,11 +232,11 @@ impl Proc {
             let _ = tx.send(child.wait().map(|s| s.success()));
             child
         });
-        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
-            Ok(status) => status.expect("wait"),
+        match rx.recv_timeout(limit) {
+            Ok(status) => Some(status.expect("wait")),
             Err(_) => {
                 let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-                panic!("process {pid} did not exit within 30 s of SIGTERM");
+                None
             }
         }
     }
@@ -304,6 +319,22 @@ impl<'w> Net<'w> {
         let port = self.server.port();
         self.server.kill();
         self.server = Self::serve(self.w, port, &[]);
+    }
+
+    /// Kills the server and serves another home on the same port in its place.
+    pub fn swap_home(&mut self, home: &Path) {
+        let port = self.server.port();
+        self.server.kill();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(bin("pd"));
+        cmd.arg("--home").arg(home).args(["serve", "--listen", &listen]).env_remove("PD_ACTOR");
+        self.server = Proc::spawn(cmd, &self.w.path(&format!("serve-swapped-{port}.log")), "listening on");
+    }
+
+    /// The running agent process of `target`.
+    pub fn agent_proc(&mut self, target: &str) -> &mut Proc {
+        let prefix = format!("agent-{target}:");
+        &mut self.procs.iter_mut().find(|(n, _)| n.starts_with(&prefix)).expect("agent running").1
     }
 
     /// The server's URL.

@@ -80,7 +80,10 @@ fn is_untrusted(e: &anyhow::Error) -> bool {
             )
             || matches!(
                 c.downcast_ref::<ClientError>(),
-                Some(ClientError::Ledger(LedgerError::Refused(_) | LedgerError::Corrupt(_)))
+                Some(
+                    ClientError::Diverged(_)
+                        | ClientError::Ledger(LedgerError::Refused(_) | LedgerError::Corrupt(_))
+                )
             )
     })
 }

@@ -38,6 +38,9 @@ pub enum ClientError {
     /// The entry this client was about to sign breaks a rule.
     #[error(transparent)]
     Rule(#[from] pd_ledger::RuleError),
+    /// The server's ledger is not an extension of what this client verified before.
+    #[error("{0}")]
+    Diverged(String),
     /// An entry from the server failed the local check.
     #[error("the server's ledger does not verify here: {0}")]
     Ledger(#[from] pd_ledger::LedgerError),
@@ -135,7 +138,19 @@ impl Client {
     ) -> Result<(), ClientError> {
         let len = match len {
             Some(l) => l,
-            None => self.head().await?.len,
+            None => {
+                let head = self.head().await?;
+                let st = replica.state();
+                let same_prefix = head.len > st.len || (head.len == st.len && head.head == st.head);
+                if st.len > 0 && !same_prefix {
+                    return Err(ClientError::Diverged(format!(
+                        "the server's ledger has {} entries (head {}), but this replica verified {} (head {}): \
+                         the server's ledger was truncated or forked",
+                        head.len, head.head, st.len, st.head
+                    )));
+                }
+                head.len
+            }
         };
         while replica.state().len < len {
             let page = self.entries(replica.state().len).await?;
