@@ -30,7 +30,7 @@ pub fn package(version: Version, hash: Hash) -> Body {
 pub struct Deployed<S: LedgerStore> {
     /// The ledger.
     pub ledger: Ledger<S>,
-    /// `admin`: admin, author, deployer.
+    /// `admin`: admin, author, deployer, log.
     pub admin: SecretKey,
     /// `dev-1`: the target in `dev`.
     pub target: SecretKey,
@@ -50,7 +50,7 @@ pub fn deployed<S: LedgerStore>(store: S) -> Deployed<S> {
         ledger_id: Hash([9; 32]),
         envs: vec!["dev".into()],
         approvals_required: 1,
-        keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer], None)],
+        keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer, Role::Log], None)],
     });
     let mut ledger = Ledger::open(store).expect("empty store opens");
     let steps = [
