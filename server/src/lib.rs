@@ -9,6 +9,8 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod mirror;
+pub mod s3;
 pub mod target;
 pub mod wire;
 

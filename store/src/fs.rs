@@ -14,12 +14,20 @@ pub enum StoreError {
         hash: String,
     },
     /// The object's bytes do not hash to its key.
-    #[error("artifact {hash} is corrupt at {}: its bytes no longer hash to its name; delete it and fetch it again", path.display())]
+    #[error("artifact {hash} is corrupt at {at}: its bytes no longer hash to its name; delete it and fetch or upload it again")]
     Corrupt {
         /// Hex BLAKE3.
         hash: String,
-        /// The file.
-        path: PathBuf,
+        /// The file or object URL.
+        at: String,
+    },
+    /// A remote store failed, after retries.
+    #[error("artifact store {at}: {message}")]
+    Remote {
+        /// The store's URL.
+        at: String,
+        /// What failed.
+        message: String,
     },
     /// The filesystem failed.
     #[error("artifact store I/O at {}: {source}", path.display())]
@@ -32,7 +40,7 @@ pub enum StoreError {
 }
 
 /// Bytes keyed by their BLAKE3, checked when written and when read.
-pub trait BlobStore {
+pub trait BlobStore: Send + Sync {
     /// Stores `bytes` durably (idempotent) and returns their BLAKE3.
     fn put(&self, bytes: &[u8]) -> Result<[u8; 32], StoreError>;
     /// The bytes under `blake3`, verified.
@@ -124,7 +132,7 @@ impl BlobStore for FsStore {
             Err(e) => return Err(io(&path)(e)),
         };
         if blake3::hash(&bytes).as_bytes() != blake3 {
-            return Err(StoreError::Corrupt { hash: hex::encode(blake3), path });
+            return Err(StoreError::Corrupt { hash: hex::encode(blake3), at: path.display().to_string() });
         }
         Ok(bytes)
     }
