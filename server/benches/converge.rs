@@ -97,7 +97,7 @@ fn run(n: usize, runs: usize) -> (Vec<f64>, Vec<f64>) {
         pgp: pd_store::openpgp::generate("bench").expect("pgp"),
     };
     let l = ledger(dir.path(), n, &fx);
-    let store = FsStore::open(&dir.path().join("objects")).expect("store");
+    let store = std::sync::Arc::new(FsStore::open(&dir.path().join("objects")).expect("store"));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -118,6 +118,7 @@ fn run(n: usize, runs: usize) -> (Vec<f64>, Vec<f64>) {
                 key: target_key(i),
                 dir: dir.path().join("agents").join(i.to_string()),
                 reload: Reload::None,
+                objects: pd_server::agent::Objects::Server,
             };
             let replica = Ledger::open(MemStore::default()).expect("replica");
             agents.push(tokio::spawn(Agent::new(cfg, replica).expect("agent").run(stop_rx.clone())));

@@ -10,6 +10,7 @@
 //! with the reason, and the previous version stays current.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -49,6 +50,33 @@ pub struct AgentConfig {
     pub dir: PathBuf,
     /// How to notify the target.
     pub reload: Reload,
+    /// Where artifacts come from.
+    pub objects: Objects,
+}
+
+/// Where an agent fetches artifacts by content hash. Whatever the source, the agent checks
+/// the bytes against the hashes and the OpenPGP signature in the ledger itself.
+#[derive(Clone)]
+pub enum Objects {
+    /// The server it follows.
+    Server,
+    /// An S3 bucket prefix (`objects/<blake3 hex>` under it).
+    S3(Arc<crate::s3::S3Store>),
+    /// A plain HTTP(S) base: `GET <base>/<blake3 hex>`.
+    Http(String),
+}
+
+impl Objects {
+    /// `s3://bucket/prefix` or an `http(s)://` base URL.
+    pub fn parse(spec: &str) -> Result<Objects> {
+        if spec.starts_with("s3://") {
+            Ok(Objects::S3(Arc::new(crate::s3::S3Store::open(spec)?)))
+        } else if spec.starts_with("http://") || spec.starts_with("https://") {
+            Ok(Objects::Http(spec.trim_end_matches('/').to_string()))
+        } else {
+            bail!("--objects {spec:?}: give s3://bucket/prefix or an http(s):// base URL")
+        }
+    }
 }
 
 /// What the agent remembers across restarts (`DIR/agent.json`).
@@ -247,7 +275,7 @@ impl<S: LedgerStore> Agent<S> {
                 tracing::info!(env = %self.cfg.env, version = %desired.version, "loaded");
                 self.ack(&desired, Outcome::Loaded).await
             }
-            Err(Adopt::Transport(e)) => Err(e.into()),
+            Err(Adopt::Transport(e)) => Err(e),
             Err(Adopt::Refused(why)) => {
                 tracing::warn!(env = %self.cfg.env, version = %desired.version, "refused: {why}");
                 self.local.failed_seq = Some(desired.seq);
@@ -339,11 +367,7 @@ impl<S: LedgerStore> Agent<S> {
             st.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.clone()).ok_or_else(|| {
                 Adopt::refused(format!("the author {} has no OpenPGP certificate", pkg.author))
             })?;
-        let bytes = match self.cfg.client.get_object(&desired.package).await {
-            Ok(b) => b,
-            Err(e @ ClientError::Unreachable { .. }) => return Err(Adopt::Transport(e)),
-            Err(e) => return Err(Adopt::refused(format!("fetching the artifact: {e}"))),
-        };
+        let bytes = self.fetch(&desired.package).await?;
         let t = &pkg.package.tarball;
         let digest = pd_store::ArtifactDigest::of(&bytes);
         if digest.blake3 != t.blake3.0 || digest.sha256 != t.sha256.0 || digest.size != t.size {
@@ -366,6 +390,36 @@ impl<S: LedgerStore> Agent<S> {
             return Err(Adopt::refused(format!("the target did not load it: {why}")));
         }
         Ok(())
+    }
+
+    /// The artifact `hash` from the configured source (the caller checks its hashes).
+    /// Unreachable sources, and a bucket that does not hold it yet, are retried later.
+    async fn fetch(&self, hash: &Hash) -> Result<Vec<u8>, Adopt> {
+        let h = *hash;
+        let bytes = match &self.cfg.objects {
+            Objects::Server => match self.cfg.client.get_object(hash).await {
+                Ok(b) => b,
+                Err(e @ ClientError::Unreachable { .. }) => return Err(Adopt::Transport(e.into())),
+                Err(e) => return Err(Adopt::refused(format!("fetching the artifact: {e}"))),
+            },
+            Objects::S3(s3) => {
+                let s3 = s3.clone();
+                match tokio::task::spawn_blocking(move || pd_store::BlobStore::get(s3.as_ref(), &h.0)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e @ pd_store::StoreError::Corrupt { .. })) => {
+                        return Err(Adopt::refused(format!("fetching the artifact: {e}")))
+                    }
+                    Ok(Err(e)) => return Err(Adopt::Transport(e.into())),
+                    Err(e) => return Err(Adopt::Transport(e.into())),
+                }
+            }
+            Objects::Http(base) => {
+                let url = format!("{base}/{}", hash.to_hex());
+                let got = async { self.http.get(&url).send().await?.error_for_status()?.bytes().await };
+                got.await.map_err(|e| Adopt::Transport(anyhow::anyhow!("fetching {url}: {e}")))?.to_vec()
+            }
+        };
+        Ok(bytes)
     }
 
     async fn reload(&self, version: Version) -> Result<(), String> {
@@ -416,8 +470,8 @@ impl<S: LedgerStore> Agent<S> {
 }
 
 enum Adopt {
-    /// The server is unreachable: try again later, report nothing.
-    Transport(ClientError),
+    /// The server or artifact source is unreachable: try again later, report nothing.
+    Transport(anyhow::Error),
     /// The version cannot be adopted: report it with this reason.
     Refused(String),
 }

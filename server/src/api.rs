@@ -29,7 +29,7 @@ use pd_ledger::{
     Body, Hash, Ledger, LedgerError, LedgerStore, Role, RuleError, SecretKey, SignedEntry, State,
     StorageError,
 };
-use pd_store::{BlobStore, FsStore, StoreError};
+use pd_store::{BlobStore, StoreError};
 use serde::Deserialize;
 use tokio::sync::{watch, OwnedMutexGuard};
 
@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub checkpoint_every: u64,
     /// …and at least this often while entries keep coming.
     pub checkpoint_interval: Duration,
+    /// Mirror the ledger and its artifacts to S3 this often (needs `head_signer`).
+    pub mirror: Option<(Arc<crate::s3::S3Store>, Duration)>,
 }
 
 impl ServeOptions {
@@ -66,6 +68,7 @@ impl ServeOptions {
             max_body: pd_store::Limits::default().max_tarball_bytes as usize,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
+            mirror: None,
         }
     }
 }
@@ -87,7 +90,7 @@ struct Lease {
 struct Shared {
     ledger: Mutex<Ledger<SledStore>>,
     reader: SledStore,
-    store: FsStore,
+    store: Arc<dyn BlobStore>,
     /// The ledger's length after each append.
     len: watch::Sender<u64>,
     turn: Arc<tokio::sync::Mutex<()>>,
@@ -205,6 +208,21 @@ impl Shared {
         bytes
     }
 
+    /// Brings the S3 mirror up to the current state, with a head signed by `head_signer`.
+    fn mirror_to(&self, s3: &crate::s3::S3Store) -> anyhow::Result<crate::mirror::Pushed> {
+        let (actor, key) = anyhow::Context::context(
+            self.opts.head_signer.as_ref(),
+            "mirroring needs a key to sign the head",
+        )?;
+        let state = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).state().clone();
+        let head = Head::sign(&state, actor, crate::now_ms().max(state.last_time_ms), key);
+        let mut read = |from: u64, end: u64| -> anyhow::Result<Vec<Vec<u8>>> {
+            Ok(self.reader.scan(from).take((end - from) as usize).collect::<Result<_, _>>()?)
+        };
+        let mut fetch = |h: &Hash| Ok(self.store.get(&h.0)?);
+        crate::mirror::push(s3, &state, &head, &mut read, &mut fetch)
+    }
+
     /// Raw entries `from..from+limit`.
     fn entries(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
         self.reader.scan(from).take(limit).collect::<Result<_, _>>().map_err(internal)
@@ -215,7 +233,7 @@ impl Shared {
 /// requests (appends included) finish first. Calls `ready` with the bound address.
 pub async fn serve(
     ledger: Ledger<SledStore>,
-    store: FsStore,
+    store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -234,7 +252,7 @@ pub async fn serve(
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     ledger: Ledger<SledStore>,
-    store: FsStore,
+    store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -242,6 +260,8 @@ pub async fn serve_on(
     tracing::info!(addr = %listener.local_addr()?, "pd serve listening");
     let app = shared(ledger, store, opts, stop.clone());
     tokio::spawn(checkpoint_ticker(app.clone()));
+    let mirror = tokio::spawn(mirror_ticker(app.clone()));
+    let last_mirror = app.clone();
     let app = routes(app);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
@@ -250,6 +270,11 @@ pub async fn serve_on(
         let _ = stop.wait_for(|s| *s).await;
     };
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // The mirror's last push, after the last append.
+    let _ = mirror.await;
+    if let (Some((s3, _)), Some(_)) = (&last_mirror.opts.mirror, &last_mirror.opts.head_signer) {
+        mirror_once(&last_mirror, s3).await;
+    }
     Ok(())
 }
 
@@ -270,7 +295,7 @@ async fn shutdown_signal() {
 /// The routes, for [`serve`] and for tests and benches that bring their own listener.
 pub fn router(
     ledger: Ledger<SledStore>,
-    store: FsStore,
+    store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Router {
@@ -302,9 +327,50 @@ async fn checkpoint_ticker(app: App) {
     }
 }
 
+/// Mirrors the ledger to S3 every interval while it grows (see [`crate::mirror`]), and once
+/// more at shutdown.
+async fn mirror_ticker(app: App) {
+    let (Some((s3, every)), Some(_)) = (app.opts.mirror.clone(), &app.opts.head_signer) else {
+        return;
+    };
+    let mut shutdown = app.shutdown.clone();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut mirrored = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if mirrored != Some(*app.len.borrow()) {
+            mirrored = mirror_once(&app, &s3).await.or(mirrored);
+        }
+    }
+}
+
+/// One mirror push off the async threads; returns the entries mirrored, `None` on failure
+/// (logged; the next push retries).
+async fn mirror_once(app: &App, s3: &Arc<crate::s3::S3Store>) -> Option<u64> {
+    let (worker, s3) = (app.clone(), s3.clone());
+    match tokio::task::spawn_blocking(move || worker.mirror_to(&s3)).await {
+        Ok(Ok(p)) => {
+            tracing::info!(entries = p.entries, segments = p.segments, artifacts = p.artifacts, "mirrored");
+            Some(p.entries)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("mirroring failed, retrying next interval: {e:#}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("mirroring failed: {e}");
+            None
+        }
+    }
+}
+
 fn shared(
     ledger: Ledger<SledStore>,
-    store: FsStore,
+    store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     shutdown: watch::Receiver<bool>,
 ) -> App {
