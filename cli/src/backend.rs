@@ -8,7 +8,6 @@ use pd_ledger::merkle::{Blake3, Tree};
 use pd_ledger::storage::MemStore;
 use pd_ledger::{Body, Hash, Ledger, SecretKey, SignedEntry, State};
 use pd_server::Client;
-use pd_store::BlobStore;
 
 use crate::home::{self, Home};
 use crate::Ctx;

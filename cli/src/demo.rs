@@ -245,6 +245,7 @@ impl Cluster {
                         key,
                         dir: agent_dir,
                         reload,
+                        objects: pd_server::agent::Objects::Server,
                     };
                     let replica = pd_ledger::Ledger::open(pd_ledger::storage::MemStore::default())?;
                     tasks

@@ -3,12 +3,14 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pd_ledger::sled_store::SledStore;
 use pd_ledger::{Ledger, SecretKey, StorageError};
-use pd_store::{FsStore, PgpKey};
+use pd_server::s3::S3Store;
+use pd_store::{BlobStore, FsStore, PgpKey};
 use serde::{Deserialize, Serialize};
 
 /// Settings kept in `config.toml` under the home.
@@ -20,6 +22,9 @@ pub struct Config {
     /// The `pd serve` to use when `--server` / `PD_SERVER` is not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// The artifact store when it is not the home's `objects/` directory: `s3://bucket/prefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// Whether `pd ledger deploy` rolls back a failed environment without `--auto-rollback`.
     #[serde(default)]
     pub auto_rollback: bool,
@@ -36,6 +41,27 @@ pub struct Home {
 
 const CONFIG: &str = "config.toml";
 const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Builds a new home with `build` in a sibling temp directory and renames it to `dir`, so a
+/// failure leaves nothing behind. Refuses a `dir` that holds anything.
+pub fn create_new<T>(dir: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    if dir.join(CONFIG).exists() || dir.join("ledger").exists() {
+        crate::refuse!("{} already holds a pd ledger; pd never overwrites one", dir.display());
+    }
+    if dir.exists() && dir.read_dir()?.next().is_some() {
+        crate::refuse!("{} exists and is not empty; choose another --home", dir.display());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".pd-new-").tempdir_in(parent)?;
+    let built = build(tmp.path())?;
+    if dir.exists() {
+        fs::remove_dir(dir)?;
+    }
+    fs::rename(tmp.path(), dir).with_context(|| format!("moving the new home into {}", dir.display()))?;
+    std::mem::forget(tmp);
+    Ok(built)
+}
 
 impl Home {
     /// Opens an initialized home.
@@ -85,9 +111,17 @@ impl Home {
         Ok(Ledger::open(store)?)
     }
 
-    /// The artifact store.
-    pub fn store(&self) -> Result<FsStore> {
-        Ok(FsStore::open(&self.dir.join("objects"))?)
+    /// The artifact store: the configured S3 location, else `objects/` in the home.
+    pub fn store(&self) -> Result<Arc<dyn BlobStore>> {
+        Ok(match &self.config.store {
+            Some(url) => Arc::new(S3Store::open(url)?),
+            None => Arc::new(FsStore::open(&self.objects_dir())?),
+        })
+    }
+
+    /// The home's own `objects/` directory.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.dir.join("objects")
     }
 
     fn key_path(&self, name: &str, ext: &str) -> PathBuf {

@@ -1,12 +1,12 @@
 //! `pd init`: a new home with an admin key and the genesis entry.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use pd_ledger::sled_store::SledStore;
 use pd_ledger::{Body, Genesis, Hash, KeyDecl, Ledger, Role};
 
 use crate::home::{self, Config, Home};
-use crate::{output, refuse, Ctx};
+use crate::{output, Ctx};
 
 /// Arguments of `pd init`.
 #[derive(Args)]
@@ -21,31 +21,16 @@ pub struct InitArgs {
 
 const ADMIN: &str = "admin";
 
-/// Creates the home. Builds it in a sibling temp directory and renames it into place, so a
-/// failure leaves nothing behind.
+/// Creates the home (all or nothing).
 pub fn run(ctx: &Ctx, args: InitArgs) -> Result<()> {
-    let dir = &ctx.home_dir;
-    if dir.join("config.toml").exists() || dir.join("ledger").exists() {
-        refuse!("{} already holds a pd ledger; pd init never overwrites one", dir.display());
-    }
-    if dir.exists() && dir.read_dir()?.next().is_some() {
-        refuse!("{} exists and is not empty; choose another --home", dir.display());
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new().prefix(".pd-init-").tempdir_in(parent)?;
-    let (id, fpr) = build(tmp.path(), &args)?;
-    if dir.exists() {
-        std::fs::remove_dir(dir)?;
-    }
-    std::fs::rename(tmp.path(), dir)
-        .with_context(|| format!("moving the new home into {}", dir.display()))?;
-    std::mem::forget(tmp);
+    let (id, fpr) = home::create_new(&ctx.home_dir, |dir| build(dir, &args, ctx.store.clone()))?;
     report(ctx, &args, id, &fpr)
 }
 
-fn build(dir: &std::path::Path, args: &InitArgs) -> Result<(Hash, String)> {
-    let home = Home::create(dir, Config { actor: ADMIN.to_string(), server: None, auto_rollback: false })?;
+/// Creates the home in `dir`; `store` (from `--store`) is kept in its config.
+fn build(dir: &std::path::Path, args: &InitArgs, store: Option<String>) -> Result<(Hash, String)> {
+    let config = Config { actor: ADMIN.to_string(), server: None, store, auto_rollback: false };
+    let home = Home::create(dir, config)?;
     let key = home::new_secret_key()?;
     let pgp = pd_store::openpgp::generate(&format!("{ADMIN} (pd)"))?;
     let mut id = [0u8; 32];

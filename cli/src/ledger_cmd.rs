@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::state::PackageState;
 use pd_ledger::{Ack, Approve, Body, Bump, Outcome, Rollback, SignedEntry, State, Version};
-use pd_store::BlobStore;
+use pd_store::FsStore;
 
 use crate::backend::{precheck, Backend};
 use crate::home;
@@ -52,6 +52,14 @@ pub enum LedgerCmd {
     Prove(crate::proof_cmd::ProveArgs),
     /// Prove that a later checkpoint extends an earlier one (for `pd-verify --proof`).
     Consistency(crate::proof_cmd::ConsistencyArgs),
+    /// Copy the ledger and its artifacts to S3: immutable numbered segments plus a signed
+    /// head; never overwrites a segment (`pd serve --mirror` does it continuously).
+    Mirror(crate::mirror_cmd::MirrorArgs),
+    /// Rebuild a home (at --home, which must not exist yet) from an S3 mirror, verified
+    /// with pd-verify's rules first.
+    Restore(crate::mirror_cmd::MirrorArgs),
+    /// Verify an S3 mirror in place: entries, chain, signatures, rules, signed head, artifacts.
+    Verify(crate::mirror_cmd::MirrorArgs),
     /// Write the whole ledger, with a signed head, to one file for `pd-verify`.
     Export {
         /// Output file.
@@ -126,6 +134,9 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
         LedgerCmd::Checkpoint(a) => crate::proof_cmd::checkpoint(ctx, a),
         LedgerCmd::Prove(a) => crate::proof_cmd::prove(ctx, a),
         LedgerCmd::Consistency(a) => crate::proof_cmd::consistency(ctx, a),
+        LedgerCmd::Mirror(a) => crate::mirror_cmd::mirror(ctx, a),
+        LedgerCmd::Restore(a) => crate::mirror_cmd::restore(ctx, a),
+        LedgerCmd::Verify(a) => crate::mirror_cmd::verify(ctx, a),
     }
 }
 
@@ -180,18 +191,22 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     precheck(&state, &actor, &key, body.clone())?;
     let cert = state.keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
     pd_store::openpgp::verify_detached(cert.as_deref().unwrap_or_default(), &built.bytes, &sig)?;
+    // A file this command adds to a local objects/ directory, to remove if the append fails.
     let fresh = match &backend {
-        Backend::Local(h) => Some(h.store()?).filter(|s| !s.contains(&built.digest.blake3).unwrap_or(true)),
-        Backend::Remote { .. } => None,
+        Backend::Local(h) if h.config.store.is_none() => {
+            Some(FsStore::open(&h.objects_dir())?.path_of(&built.digest.blake3)).filter(|p| !p.exists())
+        }
+        _ => None,
     };
     backend.put_object(&state.ledger_id, &actor, &key, &built.bytes)?;
     let appended = backend.append(&actor, &key, |_| Ok(body.clone()));
     let entry = match appended {
         Ok((entry, _)) => entry,
         Err(e) => {
-            // Leave the store as it was (a server keeps the unreferenced object: harmless).
-            if let Some(store) = fresh {
-                let _ = std::fs::remove_file(store.path_of(&built.digest.blake3));
+            // Leave the store as it was (a server or bucket keeps the unreferenced object:
+            // content-addressed, so harmless).
+            if let Some(path) = fresh {
+                let _ = std::fs::remove_file(path);
             }
             return Err(e);
         }

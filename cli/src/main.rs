@@ -8,6 +8,7 @@ mod home;
 mod init;
 mod key;
 mod ledger_cmd;
+mod mirror_cmd;
 mod net;
 mod output;
 mod proof_cmd;
@@ -43,6 +44,10 @@ struct Cli {
     /// Use the ledger and artifacts of this `pd serve` instead of the home's own.
     #[arg(long, env = "PD_SERVER", global = true, value_name = "URL")]
     server: Option<String>,
+    /// Artifact store: `s3://bucket/prefix` (endpoint, region and credentials from the usual
+    /// AWS variables and profiles), or the home's `objects/` directory when unset.
+    #[arg(long, env = "PD_STORE", global = true, value_name = "URL")]
+    store: Option<String>,
     /// Bearer token for a server started with --require-token.
     #[arg(long, env = "PD_TOKEN", global = true, hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
@@ -94,14 +99,20 @@ pub struct Ctx {
     pub server: Option<String>,
     /// `--token` / `PD_TOKEN`.
     pub token: Option<String>,
+    /// `--store` / `PD_STORE`.
+    pub store: Option<String>,
     /// `--json`.
     pub json: bool,
 }
 
 impl Ctx {
-    /// Opens the home.
+    /// Opens the home (`--store` overriding its configured store).
     pub fn home(&self) -> Result<Home> {
-        Home::open(&self.home_dir)
+        let mut home = Home::open(&self.home_dir)?;
+        if self.store.is_some() {
+            home.config.store.clone_from(&self.store);
+        }
+        Ok(home)
     }
 
     /// The acting key's name.
@@ -130,8 +141,14 @@ where
     T: Into<OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args)?;
-    let ctx =
-        Ctx { home_dir: cli.home, actor: cli.actor, server: cli.server, token: cli.token, json: cli.json };
+    let ctx = Ctx {
+        home_dir: cli.home,
+        actor: cli.actor,
+        server: cli.server,
+        token: cli.token,
+        store: cli.store,
+        json: cli.json,
+    };
     match cli.cmd {
         Cmd::Init(a) => init::run(&ctx, a),
         Cmd::Key { cmd } => key::run(&ctx, cmd),

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pd_ledger::sled_store::SledStore;
 use pd_ledger::{Ledger, Role, Version};
-use pd_server::agent::{Agent, AgentConfig, Reload};
+use pd_server::agent::{Agent, AgentConfig, Objects, Reload};
 use pd_server::{Client, ServeOptions};
 use tokio::sync::watch;
 
@@ -34,6 +34,13 @@ pub struct ServeArgs {
     /// …and at least this often while entries keep coming.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     checkpoint_interval: Duration,
+    /// Mirror the ledger and its artifacts to this S3 location while serving (immutable
+    /// segments plus a signed head; see `pd ledger mirror`).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    mirror: Option<String>,
+    /// How often to mirror.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    mirror_interval: Duration,
 }
 
 /// Arguments of `pd agent`.
@@ -54,6 +61,11 @@ pub struct AgentArgs {
     /// Reload command (run by `sh -c` with PD_VERSION and PD_POLICY_DIR); non-zero is a failed load.
     #[arg(long)]
     reload_cmd: Option<String>,
+    /// Fetch artifacts from here instead of the server: `s3://bucket/prefix` (AWS settings
+    /// from the environment) or an `https://` base serving `<base>/<blake3 hex>`. The agent
+    /// still checks every hash and the OpenPGP signature itself.
+    #[arg(long, value_name = "URL")]
+    objects: Option<String>,
 }
 
 /// Arguments of `pd example-target`.
@@ -113,6 +125,13 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         opts.checkpoint_every = a.checkpoint_every;
     }
     opts.checkpoint_interval = a.checkpoint_interval;
+    if let Some(url) = &a.mirror {
+        anyhow::ensure!(
+            opts.head_signer.is_some(),
+            "--mirror needs the acting key's secret to sign the mirror's head"
+        );
+        opts.mirror = Some((std::sync::Arc::new(pd_server::s3::S3Store::open(url)?), a.mirror_interval));
+    }
     runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
         println!("pd serve listening on http://{addr}");
     }))
@@ -172,7 +191,9 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
     let replica = Ledger::open(SledStore::open(&a.dir.join("ledger"))?)
         .with_context(|| format!("opening the agent's ledger replica in {}", a.dir.display()))?;
     let client = Client::new(&url, ctx.token.clone())?;
-    let cfg = AgentConfig { client, env: a.env.clone(), actor: actor.clone(), key, dir: a.dir, reload };
+    let objects = a.objects.as_deref().map_or(Ok(Objects::Server), Objects::parse)?;
+    let cfg =
+        AgentConfig { client, env: a.env.clone(), actor: actor.clone(), key, dir: a.dir, reload, objects };
     let agent = Agent::new(cfg, replica)?;
     println!("pd agent {actor} following {} at {url}", a.env);
     runtime()?.block_on(async move { agent.run(stop_on_signal()).await })
