@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "garage.rs"]
+pub mod garage;
+
 /// Path of a workspace binary next to the test executable's target directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -24,6 +27,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     /// The home (`DIR/.pd`).
     pub home: PathBuf,
+    /// Extra environment of every pd process (for example an S3 store's settings).
+    pub env: Vec<(String, String)>,
 }
 
 /// What a refused command left behind.
@@ -44,7 +49,7 @@ impl World {
     pub fn new() -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let home = dir.path().join(".pd");
-        World { dir, home }
+        World { dir, home, env: Vec::new() }
     }
 
     /// A path inside the scratch directory.
@@ -69,7 +74,8 @@ impl World {
             .arg(&self.home)
             .current_dir(self.dir.path())
             .env_remove("PD_HOME")
-            .env_remove("PD_ACTOR");
+            .env_remove("PD_ACTOR")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if !actor.is_empty() {
             c.args(["--as", actor]);
         }
@@ -191,8 +197,14 @@ impl Proc {
                 }
             }
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout (into LOG.out) so the child never blocks on a full pipe.
+        let mut out = std::fs::File::create(log.with_extension("out")).expect("log file");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for l in lines.map_while(Result::ok) {
+                let _ = writeln!(out, "{l}");
+            }
+        });
         let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_default().to_string();
         Proc { child, url }
     }
@@ -382,6 +394,11 @@ impl<'w> Net<'w> {
 
     /// Starts an example target (refusing `refuse`) and the agent of key `target` in `env`.
     pub fn agent(&mut self, target: &str, env: &str, refuse: &[&str]) {
+        self.agent_with(target, env, refuse, &[]);
+    }
+
+    /// [`Net::agent`] with extra `pd agent` arguments.
+    pub fn agent_with(&mut self, target: &str, env: &str, refuse: &[&str], extra: &[&str]) {
         let dir = self.agent_dir(target);
         let mut t = Command::new(bin("pd"));
         t.args(["example-target", "--listen", "127.0.0.1:0", "--policy-dir"]).arg(dir.join("current"));
@@ -391,12 +408,14 @@ impl<'w> Net<'w> {
         let target_proc = Proc::spawn(t, &self.w.path(&format!("target-{target}.log")), "listening on");
         let reload = format!("{}/reload", target_proc.url);
         self.procs.push((format!("target-{target}"), target_proc));
-        self.start_agent(target, env, &reload);
+        self.start_agent(target, env, &reload, extra);
     }
 
-    fn start_agent(&mut self, target: &str, env: &str, reload: &str) {
+    fn start_agent(&mut self, target: &str, env: &str, reload: &str, extra: &[&str]) {
         let dir = self.agent_dir(target).to_string_lossy().into_owned();
-        let args = ["--server", self.url(), "agent", "--env", env, "--dir", &dir, "--reload-url", reload];
+        let mut args =
+            vec!["--server", self.url(), "agent", "--env", env, "--dir", &dir, "--reload-url", reload];
+        args.extend_from_slice(extra);
         let cmd = self.w.pd(target, &args);
         let p = Proc::spawn(cmd, &self.w.path(&format!("agent-{target}.log")), "following");
         self.procs.push((format!("agent-{target}:{env}:{reload}"), p));
@@ -412,7 +431,7 @@ impl<'w> Net<'w> {
     pub fn restart_agent(&mut self, target: &str, env: &str) {
         let t = self.procs.iter().find(|(n, _)| n == &format!("target-{target}")).expect("target running");
         let reload = format!("{}/reload", t.1.url);
-        self.start_agent(target, env, &reload);
+        self.start_agent(target, env, &reload, &[]);
     }
 
     /// `GET /version` of `target`'s example target.
