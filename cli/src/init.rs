@@ -62,7 +62,7 @@ fn report(ctx: &Ctx, args: &InitArgs, id: Hash, fpr: &str) -> Result<()> {
     }
     output::ok(format!("created ledger {} in {}", id.short(), ctx.home_dir.display()));
     output::ok(format!("environments {} · approvals required: {}", args.envs.join(" → "), args.approvals));
-    output::ok(format!("key {ADMIN} (admin, author, deployer) · OpenPGP {fpr}"));
+    output::ok(format!("key {ADMIN} (admin, author, deployer, log) · OpenPGP {fpr}"));
     output::next("pd key new carol --role approver");
     Ok(())
 }
