@@ -81,9 +81,11 @@ hyperfine --runs "$runs" --warmup 1 --export-json "$work/up.json" \
     --prepare "aws s3 rm --quiet --recursive s3://pd-bench/up" \
     -n "pd upload (ledger mirror)" "$pd --home $work/home ledger mirror s3://pd-bench/up" \
     -n "aws s3 cp upload" "aws s3 cp --quiet $tarball s3://pd-bench/aws/package.tgz"
+# (--prepare runs before every command, so the download reads a prefix of its own.)
+"$pd" --home "$work/home" ledger mirror s3://pd-bench/down >/dev/null
 hyperfine --runs "$runs" --warmup 1 --export-json "$work/down.json" \
     --prepare "rm -f $work/out.tgz" \
-    -n "pd download (store get)" "$pd --home $work/home --store s3://pd-bench/up store get $hash -o $work/out.tgz" \
+    -n "pd download (store get)" "$pd --home $work/home --store s3://pd-bench/down store get $hash -o $work/out.tgz" \
     -n "aws s3 cp download" "aws s3 cp --quiet s3://pd-bench/aws/package.tgz $work/out.tgz"
 python3 - "$bytes" "$work/up.json" "$work/down.json" <<'PY'
 import json, sys
