@@ -178,7 +178,7 @@ impl S3Store {
 
     /// Writes `name` (replacing it): for the one mutable object, the mirror's head.
     pub fn write(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.block_on(self.upload(name, Bytes::from(bytes), false))
+        self.block_on(self.upload(name, Bytes::from(bytes), false)).map(drop)
     }
 
     /// Writes `name` unless it exists. Returns whether it wrote; when it did not, the
@@ -188,13 +188,7 @@ impl S3Store {
             if self.head(name).await?.is_some() {
                 return Ok(false);
             }
-            match self.upload(name, Bytes::from(bytes), true).await {
-                Ok(()) => Ok(true),
-                Err(StoreError::Remote { message, .. }) if message.contains("PreconditionFailed") => {
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            }
+            self.upload(name, Bytes::from(bytes), true).await
         })
     }
 
@@ -220,8 +214,9 @@ impl S3Store {
     }
 
     /// One PUT, or a multipart upload above [`PART_BYTES`]. With `if_absent` the write is
-    /// conditional (`If-None-Match: *`) where the server supports it.
-    async fn upload(&self, name: &str, bytes: Bytes, if_absent: bool) -> Result<(), StoreError> {
+    /// conditional (`If-None-Match: *`) where the server supports it. Returns whether it
+    /// wrote: `false` when the condition failed (412, the object appeared meanwhile).
+    async fn upload(&self, name: &str, bytes: Bytes, if_absent: bool) -> Result<bool, StoreError> {
         let key = self.key(name);
         if bytes.len() <= PART_BYTES {
             let mut put =
@@ -229,7 +224,7 @@ impl S3Store {
             if if_absent {
                 put = put.if_none_match("*");
             }
-            return put.send().await.map(drop).map_err(|e| self.fail("writing", name, e));
+            return self.written(put.send().await, "writing", name);
         }
         let created = self
             .client
@@ -253,11 +248,11 @@ impl S3Store {
                 if if_absent {
                     complete = complete.if_none_match("*");
                 }
-                complete.send().await.map(drop).map_err(|e| self.fail("completing the upload of", name, e))
+                self.written(complete.send().await, "completing the upload of", name)
             }
             Err(e) => Err(e),
         };
-        if done.is_err() {
+        if !matches!(done, Ok(true)) {
             // Best effort: an abandoned upload only costs space until the bucket's lifecycle rule.
             let _ = self
                 .client
@@ -269,6 +264,23 @@ impl S3Store {
                 .await;
         }
         done
+    }
+
+    /// The outcome of a (conditional) write: written, lost the race (412), or an error.
+    fn written<T, E>(
+        &self,
+        sent: Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+        what: &str,
+        name: &str,
+    ) -> Result<bool, StoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match sent {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => Ok(false),
+            Err(e) => Err(self.fail(what, name, e)),
+        }
     }
 
     async fn upload_parts(
