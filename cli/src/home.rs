@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +37,8 @@ pub struct Home {
     pub dir: PathBuf,
     /// Its config.
     pub config: Config,
+    /// The artifact store, opened once (an S3 store brings a client and a runtime).
+    store: Arc<OnceLock<Arc<dyn BlobStore>>>,
 }
 
 const CONFIG: &str = "config.toml";
@@ -79,7 +81,7 @@ impl Home {
         };
         let config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid pd config", path.display()))?;
-        Ok(Home { dir: dir.to_path_buf(), config })
+        Ok(Home { dir: dir.to_path_buf(), config, store: Arc::default() })
     }
 
     /// Writes a new home's config (the caller created the directory).
@@ -87,7 +89,7 @@ impl Home {
         fs::create_dir_all(dir.join("keys"))?;
         set_mode(&dir.join("keys"), 0o700)?;
         write_file_atomic(&dir.join(CONFIG), toml::to_string(&config)?.as_bytes())?;
-        Ok(Home { dir: dir.to_path_buf(), config })
+        Ok(Home { dir: dir.to_path_buf(), config, store: Arc::default() })
     }
 
     /// Opens the ledger, waiting a while if another pd process holds it.
@@ -113,10 +115,14 @@ impl Home {
 
     /// The artifact store: the configured S3 location, else `objects/` in the home.
     pub fn store(&self) -> Result<Arc<dyn BlobStore>> {
-        Ok(match &self.config.store {
+        if let Some(store) = self.store.get() {
+            return Ok(store.clone());
+        }
+        let opened: Arc<dyn BlobStore> = match &self.config.store {
             Some(url) => Arc::new(S3Store::open(url)?),
             None => Arc::new(FsStore::open(&self.objects_dir())?),
-        })
+        };
+        Ok(self.store.get_or_init(|| opened).clone())
     }
 
     /// The home's own `objects/` directory.
