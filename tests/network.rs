@@ -2,7 +2,7 @@
 //! loopback. Waiting is done by `pd ledger deploy` itself (long-polling the server), never
 //! by sleeping.
 
-use pd_e2e::{http, Net, World};
+use pd_e2e::{http, Net, Proc, World};
 
 /// A standard world plus `dev-2`, with PD-0.1.0 packaged and approved.
 fn world() -> World {
@@ -117,8 +117,11 @@ fn an_agent_killed_mid_deploy_resumes_and_converges() {
     net.agent("dev-2", "dev", &[]);
     net.kill_agent("dev-2");
     net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--no-wait"]);
+    // The deploy has planned (dev-2 still missing) before the agent comes back.
+    let args = ["--server", net.url(), "ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "wait"];
+    let mut deploy = Proc::spawn(w.pd("", &args), &w.path("deploy.log"), "deploying to");
     net.restart_agent("dev-2", "dev");
-    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "wait", "--timeout", "60s"]);
+    assert!(deploy.wait_exit(), "the deploy waits for the restarted agent");
     assert_eq!(current_policy(&net, "dev-2"), "max_tokens: 1000\n");
     // A restart after adoption acks nothing new: the agent knows what it runs.
     let acks = |net: &Net| net.log().iter().filter(|e| e["kind"] == "ack" && e["actor"] == "dev-2").count();
@@ -146,6 +149,17 @@ fn a_server_restarted_mid_deploy_loses_nothing() {
         assert_eq!(current_policy(&net, t), "max_tokens: 2000\n");
     }
     verify_export(&net);
+}
+
+#[test]
+fn a_server_checkpoints_an_uncovered_head_when_it_starts() {
+    // Regression: a push whose checkpoint was lost (a crash between the two appends; here the
+    // push was made without a server) kept agents waiting a whole checkpoint interval.
+    let w = world();
+    w.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--no-wait"]);
+    let mut net = Net::start_with(&w, &["--checkpoint-interval", "1h"]);
+    net.agent("dev-1", "dev", &[]);
+    net.wait_for(|n| n.log().iter().any(|e| e["kind"] == "ack" && e["actor"] == "dev-1").then_some(()));
 }
 
 #[test]

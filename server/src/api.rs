@@ -302,7 +302,9 @@ pub fn router(
     routes(shared(ledger, store, opts, shutdown))
 }
 
-/// Writes a checkpoint every `checkpoint_interval` when entries came since the last one.
+/// Writes a checkpoint every `checkpoint_interval` when entries came since the last one, and
+/// at start if the head is not covered (a push whose checkpoint was lost to a crash would
+/// otherwise keep agents waiting a whole interval).
 async fn checkpoint_ticker(app: App) {
     if app.opts.checkpoint_every == 0 || app.opts.head_signer.is_none() {
         return;
@@ -310,7 +312,6 @@ async fn checkpoint_ticker(app: App) {
     let mut shutdown = app.shutdown.clone();
     let mut tick = tokio::time::interval(app.opts.checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // The first tick is immediate: start counting from now.
     loop {
         tokio::select! {
             _ = tick.tick() => {},
