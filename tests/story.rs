@@ -112,16 +112,21 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
     let policy = w.write("llm_policy.yaml", POLICY);
     let p = policy.to_str().unwrap();
 
-    // Deploying a file nobody packaged says how to package it.
-    let err = w.refused("", &["ledger", "deploy", p, "--reason", "x", "--no-wait"]);
-    assert!(err.contains("pd ledger package"), "{err}");
     // Malformed input: a missing file, an empty reason, a bad version.
     w.refused_with(2, "", &["ledger", "package", "missing.yaml", "--reason", "x"]);
     let err = w.refused("", &["ledger", "package", p, "--reason", " "]);
     assert!(err.contains("reason"), "{err}");
     w.refused_with(2, "", &["ledger", "approve", "PD-1.x", "--reason", "x"]);
 
-    w.ok("", &["ledger", "package", p, "--reason", "first"]);
+    // Deploying a file nobody packaged packages it (a step of its own), then stops at the
+    // approval: the package entry is the only change.
+    let before = w.log().len();
+    let out = w.pd("", &["ledger", "deploy", p, "--reason", "first", "--no-wait"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(pd_e2e::text(&out).contains("✔ packaged as PD-0.1.0 (new, #"), "{}", pd_e2e::text(&out));
+    assert!(pd_e2e::text(&out).contains("0 of 1 required approvals"), "{}", pd_e2e::text(&out));
+    let kinds: Vec<_> = w.log()[before..].iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds, ["package"]);
     let err = w.refused("", &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"]);
     assert!(err.contains("0 of 1 required approvals"), "{err}");
     // The admin is the author: it lacks the approver role, and an author-approver may not self-approve.

@@ -139,14 +139,29 @@ impl Backend {
 
     /// Waits until the ledger grows past `len` entries or `deadline` passes, then returns
     /// the state. Locally it polls (other processes append through the sled file lock).
-    pub fn wait(&mut self, len: u64, deadline: Instant) -> Result<State> {
+    /// `check` runs every 100 ms; its error (an interrupt) ends the wait.
+    pub fn wait(&mut self, len: u64, deadline: Instant, check: &dyn Fn() -> Result<()>) -> Result<State> {
+        const TICK: Duration = Duration::from_millis(100);
         let left = deadline.saturating_duration_since(Instant::now());
         match self {
-            Backend::Local(_) => std::thread::sleep(left.min(Duration::from_millis(200))),
-            Backend::Remote { rt, client, .. } => {
-                rt.block_on(client.head_after(len, left.min(Duration::from_secs(25))))
-                    .context("waiting for the server")?;
+            Backend::Local(_) => {
+                let until = Instant::now() + left.min(Duration::from_millis(200));
+                while Instant::now() < until {
+                    check()?;
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()).min(TICK));
+                }
             }
+            Backend::Remote { rt, client, .. } => rt.block_on(async {
+                let grown = client.head_after(len, left.min(Duration::from_secs(25)));
+                tokio::pin!(grown);
+                let mut tick = tokio::time::interval(TICK);
+                loop {
+                    tokio::select! {
+                        r = &mut grown => return r.context("waiting for the server").map(drop),
+                        _ = tick.tick() => check()?,
+                    }
+                }
+            })?,
         }
         self.state()
     }

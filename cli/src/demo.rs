@@ -172,8 +172,7 @@ fn story(s: &Step) -> Result<()> {
     text.push_str(WITH_OPENAI);
     std::fs::write(s.policy, text)?;
     let reason = "Enable OpenAI GPT for nsf_research_staff";
-    s.refused("", &format!("ledger deploy {p} --reason \"{reason}\""))?;
-    s.pd("", &format!("ledger package {p} --reason \"{reason}\""))?;
+    // The deploy packages the changed file as PD-23.1.0, then stops: nobody approved it yet.
     s.refused("", &format!("ledger deploy {p} --reason \"{reason}\""))?;
     s.refused("", "ledger approve PD-23.1.0 --reason \"I wrote it, ship it\"")?;
     s.pd("carol", "ledger approve PD-23.1.0 --reason \"Approved in HITL by Carol\"")?;

@@ -10,13 +10,15 @@ use pd_ledger::{Body, Outcome, Push, Rollback, SecretKey, State, Version};
 use serde_json::json;
 
 use crate::backend::Backend;
-use crate::ledger_cmd::{package_of, previous_version};
-use crate::{output, refuse, Ctx};
+use crate::home::Home;
+use crate::ledger_cmd::{deploy_version, package_of, package_with, previous_version, PackageArgs};
+use crate::{output, refuse, CheckFailed, Ctx, NotAdopted};
 
 /// Arguments of `pd ledger deploy`.
 #[derive(Args)]
 pub struct DeployArgs {
-    /// A policy file (finds the package holding exactly it) or a version such as PD-23.1.0.
+    /// A policy file (the newest package holding exactly it; packaged now, as `pd ledger
+    /// package` would, if none does) or a version such as PD-23.1.0.
     target: String,
     /// Why (recorded in the ledger).
     #[arg(long)]
@@ -82,10 +84,8 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
     let auto_rollback = a.auto_rollback || home.config.auto_rollback;
+    let version = version_to_deploy(ctx, &home, &mut b, &a)?;
     let state = b.state()?;
-    let version = crate::ledger_cmd::deploy_version(&state, &a.target)?;
-    let pkg = package_of(&state, version)?.clone();
-    check_artifact(ctx, &mut b, &state, &pkg)?;
     let envs = plan(&state, version, &a)?;
     if !ctx.json {
         let names: Vec<String> = envs.iter().map(|e| format!("{e}…")).collect();
@@ -102,6 +102,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
                 Ok(Body::Push(Push { env: env.clone(), version, package, reason: a.reason.clone() }))
             })?;
             seq = Some(entry.entry.seq);
+            ctx.progress(json!({ "event": "pushed", "env": env, "version": version, "seq": seq }))?;
             if !ctx.json {
                 println!("  {version} pushed to {env} at #{}", entry.entry.seq);
             }
@@ -110,20 +111,13 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             continue;
         }
         if a.no_wait {
-            if seq.is_none() {
-                let waiting = state.laggards(env, version).join(", ");
-                refuse!("{version} is already pushed to {env}, waiting for {waiting}; the next environment follows once they acknowledge");
-            }
-            if ctx.json {
-                return output::json(&json!({ "version": version, "env": env, "seq": seq, "waited": false }));
-            }
-            output::next(format!(
-                "targets in {env} acknowledge with `pd ledger ack {version}`; `pd state {env}` shows progress"
-            ));
-            return Ok(());
+            return pushed_only(ctx, &state, env, version, seq);
         }
         let waited = wait(ctx, &mut b, env, version, Instant::now() + a.timeout, a.max_failed)?;
         if waited.adopted() {
+            ctx.progress(
+                json!({ "event": "adopted", "env": env, "version": version, "targets": waited.targets }),
+            )?;
             if !ctx.json {
                 output::ok(format!("{env}: {n}/{n} targets acknowledged {version}", n = waited.targets));
             }
@@ -131,22 +125,29 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             continue;
         }
         let problems = waited.problems();
-        if !auto_rollback {
-            report.push(json!({ "env": env, "seq": seq, "outcome": "failed", "wait": waited }));
-            if ctx.json {
-                output::json(&json!({ "version": version, "envs": report }))?;
-            }
-            refuse!("{version} did not converge in {env}: {problems}; roll back with `pd ledger rollback {env} --reason \"…\"` or rerun with --auto-rollback");
+        let mut failure = NotAdopted {
+            env: env.clone(),
+            version,
+            message: format!("{version} did not converge in {env}: {problems}; roll back with `pd ledger rollback {env} --reason \"…\"` or rerun with --auto-rollback"),
+            failed: waited.failed.clone(),
+            missing: waited.missing.clone(),
+            rolled_back_to: None,
+        };
+        if auto_rollback {
+            let back =
+                roll_back(ctx, &mut b, &actor, &key, env, format!("automatic: {problems}"), a.timeout)?;
+            failure.message = format!("{version} failed in {env} ({problems}); rolled {env} back to {back}");
+            failure.rolled_back_to = Some(back);
         }
-        let back = roll_back(ctx, &mut b, &actor, &key, env, format!("automatic: {problems}"), a.timeout)?;
-        report.push(json!({ "env": env, "seq": seq, "outcome": "rolled back", "wait": waited, "rolled_back_to": back }));
-        if ctx.json {
-            output::json(&json!({ "version": version, "envs": report }))?;
+        let outcome = if auto_rollback { "rolled back" } else { "failed" };
+        report.push(json!({ "env": env, "seq": seq, "outcome": outcome, "wait": waited, "rolled_back_to": failure.rolled_back_to }));
+        if ctx.json && ctx.observer.is_none() {
+            ctx.emit(&json!({ "version": version, "envs": report }))?;
         }
-        refuse!("{version} failed in {env} ({problems}); rolled {env} back to {back}");
+        return Err(failure.into());
     }
     if ctx.json {
-        return output::json(&json!({ "version": version, "envs": report }));
+        return ctx.emit(&json!({ "version": version, "envs": report }));
     }
     output::ok("all targets acknowledged");
     let state = b.state()?;
@@ -156,22 +157,58 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     Ok(())
 }
 
-/// Checks the package as a target will (hashes and the author's OpenPGP signature) and
-/// prints the seed's first two lines.
-fn check_artifact(ctx: &Ctx, b: &mut Backend, state: &State, pkg: &PackageState) -> Result<()> {
+/// The version a deploy ships: the one named, the newest package holding exactly the file,
+/// or (no package holds it yet) a new package of it, as `pd ledger package` would build.
+/// Its artifact is checked as a target will check it.
+fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) -> Result<Version> {
+    let state = b.state()?;
+    let (version, new_at) = match deploy_version(&state, &a.target)? {
+        Some(v) => (v, None),
+        None => {
+            let args = PackageArgs::of(a.target.clone().into(), a.reason.clone());
+            let (entry, _, _) = package_with(ctx, home, b, &args)?;
+            let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
+            (p.version, Some(entry.entry.seq))
+        }
+    };
+    let state = if new_at.is_some() { b.state()? } else { state };
+    let fpr = check_artifact(b, &state, package_of(&state, version)?)?;
+    ctx.progress(json!({ "event": "packaged", "version": version, "new_at": new_at, "openpgp": fpr }))?;
+    if !ctx.json {
+        let new = new_at.map(|seq| format!(" (new, #{seq})")).unwrap_or_default();
+        output::ok(format!("packaged as {version}{new}"));
+        output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(&fpr)));
+    }
+    Ok(version)
+}
+
+/// The end of `deploy --no-wait`: one environment pushed, nobody waited for.
+fn pushed_only(ctx: &Ctx, state: &State, env: &str, version: Version, seq: Option<u64>) -> Result<()> {
+    if seq.is_none() {
+        let waiting = state.laggards(env, version).join(", ");
+        refuse!("{version} is already pushed to {env}, waiting for {waiting}; the next environment follows once they acknowledge");
+    }
+    if ctx.json {
+        return ctx.emit(&json!({ "version": version, "env": env, "seq": seq, "waited": false }));
+    }
+    output::next(format!(
+        "targets in {env} acknowledge with `pd ledger ack {version}`; `pd state {env}` shows progress"
+    ));
+    Ok(())
+}
+
+/// Checks the package as a target will: hashes and the author's OpenPGP signature. Returns
+/// the signer's fingerprint.
+fn check_artifact(b: &mut Backend, state: &State, pkg: &PackageState) -> Result<String> {
     let t = &pkg.package.tarball;
     let bytes = b.get_object(&t.blake3)?;
     if pd_store::ArtifactDigest::of(&bytes).sha256 != t.sha256.0 {
-        refuse!("the artifact of {} does not match its recorded SHA-256", pkg.package.version);
+        let v = pkg.package.version;
+        return Err(CheckFailed(format!("the artifact of {v} does not match its recorded SHA-256")).into());
     }
     let cert = state.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.clone()).unwrap_or_default();
     pd_store::openpgp::verify_detached(&cert, &bytes, &pkg.package.openpgp_sig)?;
-    if !ctx.json {
-        let fpr = pd_store::openpgp::cert_fingerprint(&cert)?;
-        output::ok(format!("packaged as {}", pkg.package.version));
-        output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(&fpr)));
-    }
-    Ok(())
+    Ok(pd_store::openpgp::cert_fingerprint(&cert)?)
 }
 
 /// The environments to go through, in promotion order.
@@ -222,6 +259,7 @@ pub fn wait(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut state = b.state()?;
+    let mut last = None;
     loop {
         let e = state.env.get(env);
         let since =
@@ -238,6 +276,11 @@ pub fn wait(
                 None => w.missing.push(name.clone()),
             }
         }
+        if last != Some((w.loaded, w.failed.len())) {
+            last = Some((w.loaded, w.failed.len()));
+            let (loaded, targets, failed) = (w.loaded, w.targets, &w.failed);
+            ctx.progress(json!({ "event": "acks", "env": env, "version": version, "loaded": loaded, "targets": targets, "failed": failed }))?;
+        }
         bar.set_length(w.targets as u64);
         bar.set_position(w.loaded as u64);
         let too_many = w.failed.len() as f64 > max_failed * w.targets as f64;
@@ -249,7 +292,7 @@ pub fn wait(
             }
             return Ok(w);
         }
-        state = b.wait(state.len, deadline)?;
+        state = b.wait(state.len, deadline, &|| ctx.check())?;
     }
 }
 
@@ -270,6 +313,9 @@ pub fn roll_back(
         Ok(Body::Rollback(Rollback { env: env.to_string(), version, package, reason: reason.clone() }))
     })?;
     let Body::Rollback(r) = &entry.entry.body else { unreachable!("built as a rollback") };
+    ctx.progress(
+        json!({ "event": "rolled back", "env": env, "version": r.version, "seq": entry.entry.seq }),
+    )?;
     if !ctx.json {
         output::working(format!("rolling {env} back to {} (#{})", r.version, entry.entry.seq));
     }
@@ -281,8 +327,19 @@ pub fn roll_back(
 pub fn converge(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, timeout: Duration) -> Result<()> {
     let w = wait(ctx, b, env, version, Instant::now() + timeout, 1.0)?;
     if !w.adopted() {
-        refuse!("{env} did not converge back to {version}: {}", w.problems());
+        let message = format!("{env} did not converge back to {version}: {}", w.problems());
+        let (failed, missing) = (w.failed, w.missing);
+        return Err(NotAdopted {
+            env: env.to_string(),
+            version,
+            failed,
+            missing,
+            rolled_back_to: None,
+            message,
+        }
+        .into());
     }
+    ctx.progress(json!({ "event": "converged", "env": env, "version": version, "targets": w.targets }))?;
     if !ctx.json {
         output::ok(format!("{env}: {n}/{n} targets run {version} again", n = w.targets));
     }

@@ -55,7 +55,7 @@ fn build(dir: &std::path::Path, args: &InitArgs, store: Option<String>) -> Resul
 
 fn report(ctx: &Ctx, args: &InitArgs, id: Hash, fpr: &str) -> Result<()> {
     if ctx.json {
-        return output::json(&serde_json::json!({
+        return ctx.emit(&serde_json::json!({
             "home": ctx.home_dir, "ledger_id": id, "envs": args.envs,
             "approvals_required": args.approvals, "admin": ADMIN, "openpgp_fingerprint": fpr,
         }));

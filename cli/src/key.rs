@@ -87,7 +87,7 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
     };
     let roles: Vec<&str> = a.roles.iter().map(|r| r.as_str()).collect();
     if ctx.json {
-        return output::json(&serde_json::json!({
+        return ctx.emit(&serde_json::json!({
             "name": a.name, "roles": roles, "env": a.env, "seq": entry.entry.seq,
             "public_key": key.public(), "openpgp_fingerprint": pgp.fingerprint(),
         }));
@@ -111,7 +111,7 @@ fn revoke(ctx: &Ctx, name: String, reason: String) -> Result<()> {
         Ok(Body::KeyRevoke(KeyRevoke { name: name.clone(), reason: reason.clone() }))
     })?;
     if ctx.json {
-        return output::json(&serde_json::json!({ "revoked": name, "seq": e.entry.seq }));
+        return ctx.emit(&serde_json::json!({ "revoked": name, "seq": e.entry.seq }));
     }
     output::ok(format!("key {name} revoked at #{}", e.entry.seq));
     Ok(())
@@ -130,7 +130,7 @@ fn list(ctx: &Ctx) -> Result<()> {
                 "revoked": k.revoked.as_ref().map(|(seq, reason)| serde_json::json!({"seq": seq, "reason": reason})),
             }))
             .collect();
-        return output::json(&rows);
+        return ctx.emit(&rows);
     }
     for k in keys {
         let roles: Vec<&str> = k.decl.roles.iter().map(|r| r.as_str()).collect();

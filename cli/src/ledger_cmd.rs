@@ -90,6 +90,13 @@ pub struct PackageArgs {
     name: Option<String>,
 }
 
+impl PackageArgs {
+    /// One file or directory with the default name and the next minor version.
+    pub fn of(path: PathBuf, reason: String) -> PackageArgs {
+        PackageArgs { files: vec![path], reason, bump: None, version: None, name: None }
+    }
+}
+
 /// `--bump` values.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum BumpArg {
@@ -176,48 +183,58 @@ fn policy_name(a: &PackageArgs) -> String {
 
 fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let actor = ctx.actor(&home);
+    let (entry, built, fpr) = package_with(ctx, &home, &mut backend, &a)?;
+    report_package(ctx, &entry, &built, &fpr)
+}
+
+/// Builds, signs, stores and records a package of `a.files` as the acting key. Returns its
+/// entry, the tarball and the signer's OpenPGP fingerprint.
+pub fn package_with(
+    ctx: &Ctx,
+    home: &home::Home,
+    backend: &mut Backend,
+    a: &PackageArgs,
+) -> Result<(SignedEntry, pd_store::tarball::Built, String)> {
+    let actor = ctx.actor(home);
     let key = home.secret_key(&actor)?;
     let pgp = home.pgp_key(&actor)?;
     let state = backend.state()?;
     let limits = pd_store::Limits::default();
     let files = pd_store::tarball::collect(&a.files, &limits)?;
-    let version = next_version(&state, &a)?;
-    let name = policy_name(&a);
+    let version = next_version(&state, a)?;
+    let name = policy_name(a);
     let built = pd_store::tarball::build(&name, &version.to_string(), &files, &limits)?;
     let sig = pgp.sign_detached_armored(&built.bytes)?;
-    let body = Body::Package(built.to_package(version, sig.clone(), a.reason));
+    let body = Body::Package(built.to_package(version, sig.clone(), a.reason.clone()));
     // Every check before any write: the rule, then the signature as a verifier will see it.
     precheck(&state, &actor, &key, body.clone())?;
     let cert = state.keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
     pd_store::openpgp::verify_detached(cert.as_deref().unwrap_or_default(), &built.bytes, &sig)?;
     // A file this command adds to a local objects/ directory, to remove if the append fails.
-    let fresh = match &backend {
+    let fresh = match &*backend {
         Backend::Local(h) if h.config.store.is_none() => {
             Some(FsStore::open(&h.objects_dir())?.path_of(&built.digest.blake3)).filter(|p| !p.exists())
         }
         _ => None,
     };
     backend.put_object(&state.ledger_id, &actor, &key, &built.bytes)?;
-    let appended = backend.append(&actor, &key, |_| Ok(body.clone()));
-    let entry = match appended {
-        Ok((entry, _)) => entry,
+    match backend.append(&actor, &key, |_| Ok(body.clone())) {
+        Ok((entry, _)) => Ok((entry, built, pgp.fingerprint())),
         Err(e) => {
             // Leave the store as it was (a server or bucket keeps the unreferenced object:
             // content-addressed, so harmless).
             if let Some(path) = fresh {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(e);
+            Err(e)
         }
-    };
-    report_package(ctx, &entry, &built, &pgp.fingerprint())
+    }
 }
 
 fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Built, fpr: &str) -> Result<()> {
     let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
     if ctx.json {
-        return output::json(&serde_json::json!({
+        return ctx.emit(&serde_json::json!({
             "version": p.version, "name": p.name, "seq": entry.entry.seq, "entry_id": entry.id,
             "tarball": p.tarball, "files": p.files, "openpgp_fingerprint": fpr,
         }));
@@ -255,7 +272,7 @@ fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
     let pkg = package_of(&state, version)?;
     let (have, need) = (pkg.approvals.len(), state.approvals_required);
     if ctx.json {
-        return output::json(
+        return ctx.emit(
             &serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need }),
         );
     }
@@ -269,13 +286,16 @@ fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
     Ok(())
 }
 
-/// Finds the version `deploy` means: a version, or the newest package holding exactly a file.
-pub fn deploy_version(state: &State, target: &str) -> Result<Version> {
+/// Finds the version `deploy` means: a version, or the newest package holding exactly a
+/// file (`None`: no package holds that file yet).
+pub fn deploy_version(state: &State, target: &str) -> Result<Option<Version>> {
     let path = std::path::Path::new(target);
     if !path.exists() {
         return match target.parse() {
-            Ok(v) => Ok(package_of(state, v)?.package.version),
-            Err(_) => anyhow::bail!("{target:?} is neither a file nor a version such as PD-23.1.0"),
+            Ok(v) => Ok(Some(package_of(state, v)?.package.version)),
+            Err(_) => anyhow::bail!(
+                "{target:?} is neither a file nor a version such as PD-23.1.0 (no such file here)"
+            ),
         };
     }
     let files = pd_store::tarball::collect(&[path.to_path_buf()], &pd_store::Limits::default())?;
@@ -285,12 +305,7 @@ pub fn deploy_version(state: &State, target: &str) -> Result<Version> {
         p.package.files.len() == wanted.len()
             && p.package.files.iter().zip(&wanted).all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
     });
-    match found {
-        Some(p) => Ok(p.package.version),
-        None => refuse!(
-            "no package holds exactly {target}; package it first: pd ledger package {target} --reason \"…\""
-        ),
-    }
+    Ok(found.map(|p| p.package.version))
 }
 
 fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
@@ -304,7 +319,7 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
     })?;
     let Body::Ack(a) = &entry.entry.body else { unreachable!("built as an ack") };
     if ctx.json {
-        return output::json(
+        return ctx.emit(
             &serde_json::json!({ "target": entry.entry.actor, "env": a.env, "version": a.version, "outcome": a.outcome, "seq": entry.entry.seq }),
         );
     }
@@ -360,7 +375,7 @@ fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<()> {
         crate::deploy::converge(ctx, &mut backend, &r.env, r.version, a.timeout)?;
     }
     if ctx.json {
-        return output::json(
+        return ctx.emit(
             &serde_json::json!({ "env": r.env, "version": r.version, "from": from, "seq": entry.entry.seq, "converged": waited }),
         );
     }
@@ -411,7 +426,7 @@ fn entry_json(e: &SignedEntry) -> serde_json::Value {
 fn log(ctx: &Ctx) -> Result<()> {
     let entries = Backend::open(ctx, ctx.home().ok())?.entries(0)?;
     if ctx.json {
-        return output::json(&entries.iter().map(entry_json).collect::<Vec<_>>());
+        return ctx.emit(&entries.iter().map(entry_json).collect::<Vec<_>>());
     }
     for e in entries {
         println!(
@@ -448,7 +463,7 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
     if ctx.json {
         let mut v = entry_json(&entry);
         v["approvals"] = serde_json::to_value(&approvals)?;
-        return output::json(&v);
+        return ctx.emit(&v);
     }
     println!("entry #{} {}", entry.entry.seq, entry.entry.body.kind());
     println!(
@@ -492,7 +507,7 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
     let bytes = export.encode();
     home::write_file_atomic(file, &bytes)?;
     if ctx.json {
-        return output::json(
+        return ctx.emit(
             &serde_json::json!({ "file": file, "entries": state.len, "artifacts": export.artifacts.len(), "bytes": bytes.len(), "head": state.head }),
         );
     }

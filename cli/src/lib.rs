@@ -1,5 +1,10 @@
 //! `pd`: package, sign, approve, deploy and roll back governance policies, with every step
 //! recorded in a signed, hash-chained ledger.
+//!
+//! The commands live here, behind [`run`], so that the `pd` binary and the Python API
+//! (`hms_deploy`, which passes an [`Observer`]) run the very same code.
+
+#![warn(missing_docs)]
 
 mod backend;
 mod demo;
@@ -17,7 +22,6 @@ mod store_cmd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,7 +32,7 @@ use pd_server::client::ClientError;
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  an action was refused or a check failed (nothing was changed)
+  1  an action was refused or a check failed (the refused step changed nothing)
   2  usage or environment error (bad arguments, missing home, unreadable file)";
 
 /// pd: policy deployment with an auditable ledger.
@@ -103,6 +107,19 @@ pub struct Ctx {
     pub store: Option<String>,
     /// `--json`.
     pub json: bool,
+    /// A library caller: receives results and progress instead of stdout, may interrupt waits.
+    pub observer: Option<Box<dyn Observer>>,
+}
+
+/// A program driving pd as a library (the Python API). Results that `--json` would print
+/// go to [`Observer::result`]; long operations report steps and let the caller interrupt.
+pub trait Observer: Send {
+    /// A command's result, as `--json` would print it.
+    fn result(&self, value: serde_json::Value);
+    /// A step of a long operation, such as `{"event": "pushed", "env": "dev", …}`.
+    fn progress(&self, event: serde_json::Value) -> Result<()>;
+    /// Called often while waiting; an error (a Ctrl-C, say) ends the wait with it.
+    fn check(&self) -> Result<()>;
 }
 
 impl Ctx {
@@ -119,12 +136,55 @@ impl Ctx {
     pub fn actor(&self, home: &Home) -> String {
         self.actor.clone().unwrap_or_else(|| home.config.actor.clone())
     }
+
+    /// A command's result: pretty JSON on stdout, or to the observer.
+    pub fn emit<T: serde::Serialize>(&self, value: &T) -> Result<()> {
+        match &self.observer {
+            Some(o) => o.result(serde_json::to_value(value)?),
+            None => println!("{}", serde_json::to_string_pretty(value)?),
+        }
+        Ok(())
+    }
+
+    /// Tells the observer, if any, about a step of a long operation.
+    pub fn progress(&self, event: serde_json::Value) -> Result<()> {
+        self.observer.as_ref().map_or(Ok(()), |o| o.progress(event))
+    }
+
+    /// Whether the observer, if any, wants to stop waiting.
+    pub fn check(&self) -> Result<()> {
+        self.observer.as_ref().map_or(Ok(()), |o| o.check())
+    }
 }
 
 /// An action refused by a rule or a check: exit code 1, nothing changed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Refused(pub String);
+
+/// A signature, hash or replayed-ledger check failed: exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub String);
+
+/// Some targets of an environment did not load a version (failed, or did not answer in time):
+/// exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct NotAdopted {
+    /// The environment.
+    pub env: String,
+    /// The version pushed to it.
+    pub version: pd_ledger::Version,
+    /// Targets that reported a failed load, with their error.
+    pub failed: Vec<(String, String)>,
+    /// Targets that did not answer before the timeout.
+    pub missing: Vec<String>,
+    /// The version the environment was rolled back to, if it was.
+    pub rolled_back_to: Option<pd_ledger::Version>,
+    /// What happened and what to do.
+    pub message: String,
+}
 
 /// Returns early with a [`Refused`] error.
 #[macro_export]
@@ -134,8 +194,18 @@ macro_rules! refuse {
     };
 }
 
-/// Parses `args` and runs the command.
+/// Parses `args` (the first is the program name) and runs the command, printing to stdout.
 pub fn run<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_with(args, None)
+}
+
+/// [`run`] for a library caller: with an observer, nothing is printed; results and progress
+/// go to it (pass `--json` so that commands produce results rather than text).
+pub fn run_with<I, T>(args: I, observer: Option<Box<dyn Observer>>) -> Result<()>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -147,7 +217,8 @@ where
         server: cli.server,
         token: cli.token,
         store: cli.store,
-        json: cli.json,
+        json: cli.json || observer.is_some(),
+        observer,
     };
     match cli.cmd {
         Cmd::Init(a) => init::run(&ctx, a),
@@ -162,39 +233,98 @@ where
     }
 }
 
-/// 1 for refusals and failed checks, 2 for everything else.
-fn exit_code(err: &anyhow::Error) -> u8 {
-    let refused = err.chain().any(|e| {
-        e.is::<Refused>()
-            || matches!(e.downcast_ref::<pd_ledger::LedgerError>(), Some(pd_ledger::LedgerError::Refused(_)))
-            || e.is::<pd_ledger::RuleError>()
-            || e.is::<pd_store::PgpError>()
-            || matches!(
-                e.downcast_ref::<ClientError>(),
-                Some(ClientError::Rule(_) | ClientError::Refused { status: 403 | 409 | 410, .. })
-            )
-            || matches!(e.downcast_ref::<pd_store::StoreError>(), Some(pd_store::StoreError::Corrupt { .. }))
-    });
-    if refused {
-        1
-    } else {
-        2
+/// An error and its causes on one line, as `pd` prints it after `error: `.
+pub fn message(err: &anyhow::Error) -> String {
+    output::chain(err)
+}
+
+/// What kind of failure an error is: decides the exit code and the Python exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A ledger rule or pd refused the action; the refused step wrote nothing.
+    Refused,
+    /// A push of a package that lacks the approvals the ledger requires.
+    NotApproved,
+    /// Targets did not all load a version: a [`NotAdopted`] is in the chain.
+    NotAdopted,
+    /// A signature, hash, chain, head or export check failed.
+    Verification,
+    /// A server or store could not be reached or answered with an error.
+    Unreachable,
+    /// Bad arguments or environment: no home, no key, an unreadable file.
+    Usage,
+}
+
+impl Failure {
+    /// The exit code: 1 for refusals and failed checks, 2 for everything else.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Failure::Unreachable | Failure::Usage => 2,
+            _ => 1,
+        }
     }
 }
 
-fn main() -> ExitCode {
-    match run(std::env::args_os()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            if let Some(clap_err) = err.downcast_ref::<clap::Error>() {
-                // --help and --version are not errors; clap prints and picks the code.
-                let _ = clap_err.print();
-                return ExitCode::from(if clap_err.use_stderr() { 2 } else { 0 });
-            }
-            eprintln!("error: {}", output::chain(&err));
-            ExitCode::from(exit_code(&err))
+/// Classifies an error by the first cause in its chain that pd knows.
+pub fn failure(err: &anyhow::Error) -> Failure {
+    use pd_ledger::RuleError;
+    for e in err.chain() {
+        if let Some(r) = rule_of(e) {
+            return match r {
+                RuleError::NotApproved { .. } => Failure::NotApproved,
+                _ => Failure::Refused,
+            };
+        }
+        if e.is::<NotAdopted>() {
+            return Failure::NotAdopted;
+        }
+        if e.is::<Refused>() {
+            return Failure::Refused;
+        }
+        let verification = e.is::<CheckFailed>()
+            || e.is::<pd_store::PgpError>()
+            || matches!(e.downcast_ref::<pd_store::StoreError>(), Some(pd_store::StoreError::Corrupt { .. }))
+            || matches!(e.downcast_ref::<pd_verify::VerifyError>(), Some(v) if v.exit_code() == 1)
+            || matches!(
+                e.downcast_ref::<ClientError>(),
+                Some(ClientError::Diverged(_) | ClientError::Ledger(_))
+            );
+        if verification {
+            return Failure::Verification;
+        }
+        match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Refused { status: 403 | 409 | 410, .. }) => return Failure::Refused,
+            Some(_) => return Failure::Unreachable,
+            None => {}
+        }
+        if matches!(e.downcast_ref::<pd_store::StoreError>(), Some(pd_store::StoreError::Remote { .. })) {
+            return Failure::Unreachable;
         }
     }
+    Failure::Usage
+}
+
+/// The ledger rule an error reports breaking, wherever it sits in the chain.
+pub fn rule_error(err: &anyhow::Error) -> Option<&pd_ledger::RuleError> {
+    err.chain().find_map(rule_of)
+}
+
+fn rule_of<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e pd_ledger::RuleError> {
+    use pd_ledger::LedgerError;
+    e.downcast_ref::<pd_ledger::RuleError>()
+        .or(match e.downcast_ref::<LedgerError>() {
+            Some(LedgerError::Refused(r)) => Some(r),
+            _ => None,
+        })
+        .or(match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Rule(r)) => Some(r),
+            _ => None,
+        })
+}
+
+/// 1 for refusals and failed checks, 2 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    failure(err).exit_code()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use pd_verify::Report;
 
 use crate::backend::Backend;
 use crate::home::{self, Config, Home};
-use crate::{output, Ctx, Refused};
+use crate::{output, CheckFailed, Ctx};
 
 /// The S3 location of a mirror.
 #[derive(Args)]
@@ -46,9 +46,8 @@ pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     let mut fetch = |h: &Hash| backend.get_object(h);
     let pushed = pd_server::mirror::push(&s3, &state, &head, &mut read, &mut fetch)?;
     if ctx.json {
-        return output::json(
-            &serde_json::json!({ "url": s3.url().to_string(), "head": state.head, "pushed": pushed }),
-        );
+        return ctx
+            .emit(&serde_json::json!({ "url": s3.url().to_string(), "head": state.head, "pushed": pushed }));
     }
     if pushed.before == pushed.entries {
         output::ok(format!(
@@ -84,8 +83,9 @@ struct Verified {
 
 /// Reads the mirror at `s3` and checks it like `pd-verify` checks an export with artifacts.
 fn read_verified(ctx: &Ctx, s3: &S3Store) -> Result<Verified> {
-    let refused =
-        |e: String| anyhow::Error::new(Refused(format!("the mirror at {} does not verify: {e}", s3.url())));
+    let refused = |e: String| {
+        anyhow::Error::new(CheckFailed(format!("the mirror at {} does not verify: {e}", s3.url())))
+    };
     let bar = progress(ctx);
     let export = pd_server::mirror::pull(s3, &mut |done, total| {
         bar.set_length(total);
@@ -133,7 +133,7 @@ pub fn verify(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     let s3 = S3Store::open(&a.url)?;
     let report = read_verified(ctx, &s3)?.report;
     if ctx.json {
-        return output::json(&pd_verify::report_json(&report));
+        return ctx.emit(&pd_verify::report_json(&report));
     }
     println!("mirror {}", s3.url());
     pd_verify::print_report(&report);
@@ -170,7 +170,7 @@ pub fn restore(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
         Ok(())
     })?;
     if ctx.json {
-        return output::json(&serde_json::json!({
+        return ctx.emit(&serde_json::json!({
             "home": ctx.home_dir, "url": s3.url().to_string(), "entries": report.state.len,
             "head": report.state.head, "artifacts": artifacts.len(), "actor": actor,
         }));

@@ -1,7 +1,5 @@
 //! How pd talks: `✔` lines for humans, JSON for scripts.
 
-use serde::Serialize;
-
 /// A finished step.
 pub fn ok(line: impl std::fmt::Display) {
     println!("✔ {line}");
@@ -15,12 +13,6 @@ pub fn working(line: impl std::fmt::Display) {
 /// The suggested next command.
 pub fn next(line: impl std::fmt::Display) {
     println!("next: {line}");
-}
-
-/// Pretty JSON on stdout.
-pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }
 
 /// An error and its causes on one line.

@@ -62,7 +62,7 @@ pub fn checkpoint(ctx: &Ctx, a: CheckpointArgs) -> Result<()> {
     }
     let vkey = pd_ledger::note::vkey(&actor, &key.public());
     if ctx.json {
-        return output::json(&serde_json::json!({
+        return ctx.emit(&serde_json::json!({
             "seq": cp.seq, "size": cp.checkpoint.size, "root": cp.checkpoint.root, "signer": actor,
             "vkey": vkey, "note": note, "file": a.output,
         }));
@@ -190,7 +190,7 @@ fn write(ctx: &Ctx, proof: &Proof, output: Option<&Path>, what: &str) -> Result<
         Some(path) => {
             home::write_file_atomic(path, text.as_bytes())?;
             if ctx.json {
-                return output::json(&serde_json::json!({ "file": path, "proof": proof }));
+                return ctx.emit(&serde_json::json!({ "file": path, "proof": proof }));
             }
             output::ok(format!("{what}: proof in {}", path.display()));
             output::next(format!("pd-verify --proof {}", path.display()));

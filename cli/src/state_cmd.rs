@@ -23,7 +23,7 @@ pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
         None => state.envs.clone(),
     };
     if ctx.json {
-        return output::json(&state_json(state, &envs));
+        return ctx.emit(&state_json(state, &envs));
     }
     print_text(state, &envs);
     Ok(())

@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, cmd: StoreCmd) -> Result<()> {
     let bytes = backend.get_object(&key)?;
     home::write_file_atomic(&output, &bytes)?;
     if ctx.json {
-        return output::json(&serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }));
+        return ctx.emit(&serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }));
     }
     output::ok(format!(
         "{} verified ({}) → {}",
