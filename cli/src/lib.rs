@@ -233,9 +233,17 @@ where
     }
 }
 
-/// An error and its causes on one line, as `pd` prints it after `error: `.
+/// An error and its causes on one line, as `pd` prints it after `error: ` (for bad
+/// arguments: clap's explanation without its `error: ` and `--help` hint).
 pub fn message(err: &anyhow::Error) -> String {
-    output::chain(err)
+    match err.downcast_ref::<clap::Error>() {
+        Some(c) => {
+            let text = c.render().to_string();
+            let lines = text.lines().take_while(|l| !l.starts_with("For more information"));
+            lines.collect::<Vec<_>>().join("\n").trim().trim_start_matches("error: ").to_string()
+        }
+        None => output::chain(err),
+    }
 }
 
 /// What kind of failure an error is: decides the exit code and the Python exception.
