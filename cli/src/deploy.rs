@@ -124,21 +124,8 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             report.push(json!({ "env": env, "seq": seq, "outcome": "adopted", "targets": waited.targets }));
             continue;
         }
-        let problems = waited.problems();
-        let mut failure = NotAdopted {
-            env: env.clone(),
-            version,
-            message: format!("{version} did not converge in {env}: {problems}; roll back with `pd ledger rollback {env} --reason \"…\"` or rerun with --auto-rollback"),
-            failed: waited.failed.clone(),
-            missing: waited.missing.clone(),
-            rolled_back_to: None,
-        };
-        if auto_rollback {
-            let back =
-                roll_back(ctx, &mut b, &actor, &key, env, format!("automatic: {problems}"), a.timeout)?;
-            failure.message = format!("{version} failed in {env} ({problems}); rolled {env} back to {back}");
-            failure.rolled_back_to = Some(back);
-        }
+        let rollback = auto_rollback.then_some(a.timeout);
+        let failure = not_adopted(ctx, &mut b, (&actor, &key), env, version, &waited, rollback)?;
         let outcome = if auto_rollback { "rolled back" } else { "failed" };
         report.push(json!({ "env": env, "seq": seq, "outcome": outcome, "wait": waited, "rolled_back_to": failure.rolled_back_to }));
         if ctx.json && ctx.observer.is_none() {
@@ -155,6 +142,34 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         output::next(format!("pd ledger deploy {version} --reason \"…\" (promotes to {next})"));
     }
     Ok(())
+}
+
+/// A deploy's end when `env` did not adopt `version`: with `rollback` (a timeout) the
+/// environment is rolled back first and its targets waited for.
+fn not_adopted(
+    ctx: &Ctx,
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    env: &str,
+    version: Version,
+    waited: &Waited,
+    rollback: Option<Duration>,
+) -> Result<NotAdopted> {
+    let problems = waited.problems();
+    let mut failure = NotAdopted {
+        env: env.to_string(),
+        version,
+        message: format!("{version} did not converge in {env}: {problems}; roll back with `pd ledger rollback {env} --reason \"…\"` or rerun with --auto-rollback"),
+        failed: waited.failed.clone(),
+        missing: waited.missing.clone(),
+        rolled_back_to: None,
+    };
+    if let Some(timeout) = rollback {
+        let back = roll_back(ctx, b, actor, key, env, format!("automatic: {problems}"), timeout)?;
+        failure.message = format!("{version} failed in {env} ({problems}); rolled {env} back to {back}");
+        failure.rolled_back_to = Some(back);
+    }
+    Ok(failure)
 }
 
 /// The version a deploy ships: the one named, the newest package holding exactly the file,

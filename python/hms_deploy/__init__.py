@@ -14,6 +14,7 @@ Failures raise a :class:`PolicyDeployError` subclass whose message is the CLI's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -222,9 +223,8 @@ def verify(path: PathLike) -> Report:
     Raises VerificationError naming the first thing wrong (``seq`` is the bad entry's, if
     one is), UsageError if the file cannot be read.
     """
-    fields = json.loads(_native.verify(os.fspath(path)))
-    fields.pop("ok", None)
-    return Report(**fields)
+    report = json.loads(_native.verify(os.fspath(path)))
+    return Report(**{f.name: report[f.name] for f in dataclasses.fields(Report)})
 
 
 def _globals(home: Optional[PathLike], server: Optional[str], actor: Optional[str]) -> List[str]:
