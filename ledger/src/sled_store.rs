@@ -32,15 +32,42 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         // The ledger is read in order, once per open and then at its end: a small page cache
         // does (sled's default of 1 GiB would keep a large ledger resident).
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(io)?;
+        let config =
+            sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).cache_capacity(CACHE_BYTES);
+        let db = match config.open() {
+            Err(sled::Error::Corruption { .. }) if discard_partial_snapshots(dir)? => config.open(),
+            opened => opened,
+        }
+        .map_err(io)?;
         let entries = db.open_tree("entries").map_err(io)?;
         Ok(SledStore { db, entries, append_lock: Default::default() })
     }
+}
+
+/// sled 0.34 writes a snapshot to `snap.N.generating` and renames it once complete, but its
+/// open reads every `snap.*` file: a process killed while writing one leaves a ledger that
+/// fails to open as corrupt. Such a file is never a finished snapshot (the log holds what it
+/// would summarize), so it is removed — under sled's own lock on `db`, so that no live
+/// process is writing it. Returns whether one was.
+fn discard_partial_snapshots(dir: &Path) -> Result<bool, StorageError> {
+    use fs2::FileExt;
+    let fail = |e: std::io::Error| StorageError::Io(format!("{}: {e}", dir.display()));
+    let db = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("db")).map_err(fail)?;
+    db.try_lock_exclusive().map_err(|_| StorageError::Locked)?;
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let name = entry.map_err(fail)?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(dir.join(&*name)).map_err(fail)?;
+            removed = true;
+        }
+    }
+    if removed {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+    }
+    FileExt::unlock(&db).map_err(fail)?;
+    Ok(removed)
 }
 
 /// sled's page cache.
@@ -140,6 +167,22 @@ mod tests {
             return;
         };
         assert!(matches!(SledStore::open(std::path::Path::new(&dir)), Err(StorageError::Locked)));
+    }
+
+    #[test]
+    fn a_snapshot_left_half_written_by_a_kill_does_not_stop_the_ledger_opening() {
+        // Regression: kill -9 while sled wrote `snap.N.generating` left a ledger that failed to
+        // open with "Read corrupted data" (sled 0.34 reads that file as a snapshot).
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.append(0, &[b"a", b"b"]).unwrap();
+        }
+        let partial = dir.path().join("snap.FFFFFFFFFFFFFFF0.generating");
+        std::fs::write(&partial, b"half a snapshot").unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.len().unwrap(), 2, "every entry is still there");
+        assert!(!partial.exists());
     }
 
     #[test]
