@@ -152,6 +152,27 @@ fn a_server_restarted_mid_deploy_loses_nothing() {
 }
 
 #[test]
+fn a_rollback_that_does_not_converge_either_names_both_versions() {
+    // Regression: the deploy reported the rollback's failure as if PD-0.1.0 had been deployed.
+    let w = world();
+    let mut net = Net::start(&w);
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--no-wait"]);
+    package_v2(&net);
+    net.agent("dev-1", "dev", &[]);
+    net.agent("dev-2", "dev", &["PD-0.1.0", "PD-0.2.0"]);
+    let args = ["ledger", "deploy", "PD-0.2.0", "--until", "dev", "--reason", "v2", "--auto-rollback"];
+    let out = net.run("", &[&args[..], &["--timeout", "60s"]].concat());
+    let text = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("PD-0.2.0 failed in dev (dev-2 failed: "), "{text}");
+    assert!(
+        text.contains("rolled dev back to PD-0.1.0, but dev did not converge back to PD-0.1.0: dev-2 failed"),
+        "{text}"
+    );
+    assert_eq!(env_state(&net, "dev")["desired"], "PD-0.1.0");
+}
+
+#[test]
 fn a_server_checkpoints_an_uncovered_head_when_it_starts() {
     // Regression: a push whose checkpoint was lost (a crash between the two appends; here the
     // push was made without a server) kept agents waiting a whole checkpoint interval.

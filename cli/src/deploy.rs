@@ -165,8 +165,17 @@ fn not_adopted(
         rolled_back_to: None,
     };
     if let Some(timeout) = rollback {
-        let back = roll_back(ctx, b, actor, key, env, format!("automatic: {problems}"), timeout)?;
-        failure.message = format!("{version} failed in {env} ({problems}); rolled {env} back to {back}");
+        let (back, stuck) =
+            match roll_back(ctx, b, actor, key, env, format!("automatic: {problems}"), timeout) {
+                Ok(back) => (back, String::new()),
+                // The rollback entry is written but its targets did not all come back either.
+                Err(e) => match e.downcast::<NotAdopted>() {
+                    Ok(n) => (n.version, format!(", but {}", n.message)),
+                    Err(e) => return Err(e),
+                },
+            };
+        failure.message =
+            format!("{version} failed in {env} ({problems}); rolled {env} back to {back}{stuck}");
         failure.rolled_back_to = Some(back);
     }
     Ok(failure)
@@ -177,6 +186,8 @@ fn not_adopted(
 /// Its artifact is checked as a target will check it.
 fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) -> Result<Version> {
     let state = b.state()?;
+    // Every argument is checked before a new package is written.
+    check_envs(&state, a)?;
     let (version, new_at) = match deploy_version(&state, &a.target)? {
         Some(v) => (v, None),
         None => {
@@ -226,29 +237,27 @@ fn check_artifact(b: &mut Backend, state: &State, pkg: &PackageState) -> Result<
     Ok(pd_store::openpgp::cert_fingerprint(&cert)?)
 }
 
-/// The environments to go through, in promotion order.
-fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> {
-    let known = |e: &str| -> Result<()> {
+/// Refuses `--env` or `--until` naming an environment the ledger does not have.
+fn check_envs(state: &State, a: &DeployArgs) -> Result<()> {
+    for e in a.env.iter().chain(&a.until) {
         if state.env_index(e).is_none() {
             refuse!("unknown environment {e:?}; this ledger has: {}", state.envs.join(", "));
         }
-        Ok(())
-    };
+    }
+    Ok(())
+}
+
+/// The environments to go through, in promotion order.
+fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> {
+    check_envs(state, a)?;
     if let Some(env) = &a.env {
-        known(env)?;
         return Ok(vec![env.clone()]);
     }
     // From the first environment that has not adopted the version yet.
     let Some(start) = state.envs.iter().position(|e| !state.fully_adopted(e, version)) else {
         refuse!("{version} is already adopted in every environment ({})", state.envs.join(", "));
     };
-    let end = match &a.until {
-        Some(u) => {
-            known(u)?;
-            state.env_index(u).unwrap_or(0)
-        }
-        None => state.envs.len() - 1,
-    };
+    let end = a.until.as_deref().and_then(|u| state.env_index(u)).unwrap_or(state.envs.len() - 1);
     if end < start {
         refuse!("{version} is already adopted up to {}", state.envs[start - 1]);
     }
@@ -293,7 +302,9 @@ pub fn wait(
         }
         if last != Some((w.loaded, w.failed.len())) {
             last = Some((w.loaded, w.failed.len()));
-            let (loaded, targets, failed) = (w.loaded, w.targets, &w.failed);
+            let failed: serde_json::Map<String, serde_json::Value> =
+                w.failed.iter().map(|(t, e)| (t.clone(), e.clone().into())).collect();
+            let (loaded, targets) = (w.loaded, w.targets);
             ctx.progress(json!({ "event": "acks", "env": env, "version": version, "loaded": loaded, "targets": targets, "failed": failed }))?;
         }
         bar.set_length(w.targets as u64);

@@ -257,7 +257,8 @@ pub enum Failure {
     NotAdopted,
     /// A signature, hash, chain, head or export check failed.
     Verification,
-    /// A server or store could not be reached or answered with an error.
+    /// A server or store could not be reached, or answered with an error that is not a
+    /// refusal (a missing token, say).
     Unreachable,
     /// Bad arguments or environment: no home, no key, an unreadable file.
     Usage,
@@ -296,7 +297,8 @@ pub fn failure(err: &anyhow::Error) -> Failure {
             || matches!(
                 e.downcast_ref::<ClientError>(),
                 Some(ClientError::Diverged(_) | ClientError::Ledger(_))
-            );
+            )
+            || matches!(e.downcast_ref::<pd_ledger::LedgerError>(), Some(pd_ledger::LedgerError::Corrupt(_)));
         if verification {
             return Failure::Verification;
         }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -220,8 +221,8 @@ def verify(path: PathLike) -> Report:
     """Replay an exported ledger offline as ``pd-verify FILE`` does: encoding, chain, Ed25519
     signatures, every rule, the signed head and (if exported with them) the artifacts.
 
-    Raises VerificationError naming the first thing wrong (``seq`` is the bad entry's, if
-    one is), UsageError if the file cannot be read.
+    Raises VerificationError with pd-verify's message, naming the first thing wrong (``seq``
+    is the bad entry's, if one is), UsageError if the file cannot be read.
     """
     report = json.loads(_native.verify(os.fspath(path)))
     return Report(**{f.name: report[f.name] for f in dataclasses.fields(Report)})
@@ -239,6 +240,8 @@ def _globals(home: Optional[PathLike], server: Optional[str], actor: Optional[st
 
 
 def _run(args: List[str], on_progress: Optional[Progress] = None) -> Any:
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"on_progress must be callable, not {type(on_progress).__name__}")
     out = _native.run(args, on_progress)
     return None if out is None else json.loads(out)
 
@@ -248,7 +251,7 @@ def _waiting(wait: bool, timeout: Optional[Timeout]) -> List[str]:
     args = [] if wait else ["--no-wait"]
     if timeout is not None:
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-        if not seconds >= 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
-        args.append(f"--timeout={round(seconds * 1000)}ms")
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, not {timeout!r}")
+        args.append(f"--timeout={math.ceil(seconds * 1000)}ms")
     return args

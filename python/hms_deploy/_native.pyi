@@ -45,10 +45,11 @@ class VerificationError(PolicyDeployError):
     """A signature, hash, chain or export check failed."""
 
     seq: Optional[int]
-    """The bad entry's seq, when `verify` found one."""
+    """The bad entry's seq, when `verify` found one; else None."""
 
 class UnreachableError(PolicyDeployError):
-    """The pd server or artifact store could not be reached."""
+    """The pd server or artifact store could not be reached, or failed the request (a
+    missing token, say)."""
 
 class UsageError(PolicyDeployError):
     """Bad arguments or environment: no home, no key, no such file."""

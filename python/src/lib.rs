@@ -6,6 +6,7 @@
 //! exception classes below, carrying the CLI's message. The Python layer (`hms_deploy`)
 //! builds the argument lists and gives them a typed signature.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -67,7 +68,7 @@ create_exception!(
 /// Collects the command's result and passes progress and interrupts between pd and Python.
 struct Caller {
     result: Arc<Mutex<Option<serde_json::Value>>>,
-    on_progress: Option<Py<PyAny>>,
+    on_progress: Option<Arc<Py<PyAny>>>,
 }
 
 impl pd_cli::Observer for Caller {
@@ -95,10 +96,12 @@ impl pd_cli::Observer for Caller {
 /// has none). The GIL is released while pd works; Python signal handlers run during waits.
 #[pyfunction]
 #[pyo3(signature = (args, on_progress=None))]
-fn run(py: Python<'_>, args: Vec<String>, on_progress: Option<Py<PyAny>>) -> PyResult<Option<String>> {
+fn run(py: Python<'_>, args: Vec<OsString>, on_progress: Option<Py<PyAny>>) -> PyResult<Option<String>> {
     let result = Arc::new(Mutex::new(None));
-    let caller = Caller { result: Arc::clone(&result), on_progress };
-    let argv = std::iter::once("pd".to_string()).chain(args);
+    // The last reference to the callback is dropped here, with the GIL held.
+    let on_progress = on_progress.map(Arc::new);
+    let caller = Caller { result: Arc::clone(&result), on_progress: on_progress.clone() };
+    let argv = std::iter::once(OsString::from("pd")).chain(args);
     let outcome = py.detach(move || pd_cli::run_with(argv, Some(Box::new(caller))));
     outcome.map_err(|e| to_py(py, &e))?;
     let value = result.lock().map_err(|_| PolicyDeployError::new_err("a pd thread panicked"))?.take();
@@ -106,21 +109,28 @@ fn run(py: Python<'_>, args: Vec<String>, on_progress: Option<Py<PyAny>>) -> PyR
 }
 
 /// Verifies an exported ledger as `pd-verify FILE` does; returns the report as JSON text.
+/// Errors carry pd-verify's message and exit code; a bad entry's seq is `seq`.
 #[pyfunction]
 fn verify(py: Python<'_>, path: PathBuf) -> PyResult<String> {
     let report = py.detach(|| pd_verify::verify_file(&path, None).map(|r| pd_verify::report_json(&r)));
-    match report {
-        Ok(json) => Ok(json.to_string()),
-        Err(e) => {
-            let seq = match &e {
-                pd_verify::VerifyError::Entry(r) => Some(r.seq),
-                _ => None,
-            };
-            let err = to_py(py, &anyhow::Error::new(e));
-            err.value(py).setattr("seq", seq)?;
-            Err(err)
-        }
+    let e = match report {
+        Ok(json) => return Ok(json.to_string()),
+        Err(e) => e,
+    };
+    let err = match e.exit_code() {
+        1 => VerificationError::new_err(e.to_string()),
+        _ => UsageError::new_err(e.to_string()),
+    };
+    let value = err.value(py);
+    value.setattr("exit_code", e.exit_code())?;
+    if value.is_instance_of::<VerificationError>() {
+        let seq = match &e {
+            pd_verify::VerifyError::Entry(r) => Some(r.seq),
+            _ => None,
+        };
+        value.setattr("seq", seq)?;
     }
+    Err(err)
 }
 
 /// The exception for a pd error: its class says what kind of failure it was, its message is
@@ -154,6 +164,9 @@ fn to_py(py: Python<'_>, err: &anyhow::Error) -> PyErr {
 fn details(py: Python<'_>, exc: &PyErr, err: &anyhow::Error, failure: pd_cli::Failure) -> PyResult<()> {
     let value = exc.value(py);
     value.setattr("exit_code", failure.exit_code())?;
+    if failure == pd_cli::Failure::Verification {
+        value.setattr("seq", None::<u64>)?;
+    }
     if let Some(pd_ledger::RuleError::NotApproved { version, have, need }) = pd_cli::rule_error(err) {
         value.setattr("version", version.to_string())?;
         value.setattr("approvals", *have)?;
