@@ -128,7 +128,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         let failure = not_adopted(ctx, &mut b, (&actor, &key), env, version, &waited, rollback)?;
         let outcome = if auto_rollback { "rolled back" } else { "failed" };
         report.push(json!({ "env": env, "seq": seq, "outcome": outcome, "wait": waited, "rolled_back_to": failure.rolled_back_to }));
-        if ctx.json && ctx.observer.is_none() {
+        if ctx.json {
             ctx.emit(&json!({ "version": version, "envs": report }))?;
         }
         return Err(failure.into());
