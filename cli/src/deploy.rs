@@ -84,8 +84,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
     let auto_rollback = a.auto_rollback || home.config.auto_rollback;
-    let version = version_to_deploy(ctx, &home, &mut b, &a)?;
-    let state = b.state()?;
+    let (version, state) = version_to_deploy(ctx, &home, &mut b, &a)?;
     let envs = plan(&state, version, &a)?;
     if !ctx.json {
         let names: Vec<String> = envs.iter().map(|e| format!("{e}…")).collect();
@@ -183,8 +182,8 @@ fn not_adopted(
 
 /// The version a deploy ships: the one named, the newest package holding exactly the file,
 /// or (no package holds it yet) a new package of it, as `pd ledger package` would build.
-/// Its artifact is checked as a target will check it.
-fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) -> Result<Version> {
+/// Its artifact is checked as a target will check it. Returns it with the state after it.
+fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) -> Result<(Version, State)> {
     let state = b.state()?;
     // Every argument is checked before a new package is written.
     check_envs(&state, a)?;
@@ -205,7 +204,7 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
         output::ok(format!("packaged as {version}{new}"));
         output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(&fpr)));
     }
-    Ok(version)
+    Ok((version, state))
 }
 
 /// The end of `deploy --no-wait`: one environment pushed, nobody waited for.
@@ -249,7 +248,7 @@ fn check_envs(state: &State, a: &DeployArgs) -> Result<()> {
 
 /// The environments to go through, in promotion order.
 fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> {
-    check_envs(state, a)?;
+    debug_assert!(check_envs(state, a).is_ok(), "version_to_deploy checked the names");
     if let Some(env) = &a.env {
         return Ok(vec![env.clone()]);
     }
