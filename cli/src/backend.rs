@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pd_ledger::merkle::{Blake3, Tree};
+use pd_ledger::merkle::{Sha256, Tree};
 use pd_ledger::storage::MemStore;
 use pd_ledger::{Body, Hash, Ledger, SecretKey, SignedEntry, State};
 use pd_server::Client;
@@ -70,7 +70,7 @@ impl Backend {
     }
 
     /// The current state and the Merkle tree over every entry, for proofs.
-    pub fn tree(&mut self) -> Result<(State, Tree<Blake3>)> {
+    pub fn tree(&mut self) -> Result<(State, Tree<Sha256>)> {
         match self {
             Backend::Local(home) => {
                 let ledger = home.ledger()?;

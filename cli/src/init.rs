@@ -36,6 +36,7 @@ fn build(dir: &std::path::Path, args: &InitArgs, store: Option<String>) -> Resul
     let mut id = [0u8; 32];
     getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
     let genesis = Genesis {
+        format: pd_ledger::entry::FORMAT_VERSION,
         ledger_id: Hash(id),
         envs: args.envs.iter().map(|e| e.trim().to_string()).collect(),
         approvals_required: args.approvals,

@@ -126,7 +126,7 @@ fn list(ctx: &Ctx) -> Result<()> {
             .map(|k| serde_json::json!({
                 "name": k.decl.name, "roles": k.decl.roles, "env": k.decl.env,
                 "public_key": k.decl.public_key, "added_seq": k.added_seq,
-                "vkey": pd_ledger::note::vkey(&k.decl.name, &k.decl.public_key),
+                "vkey": state.note_vkey(&k.decl.public_key),
                 "revoked": k.revoked.as_ref().map(|(seq, reason)| serde_json::json!({"seq": seq, "reason": reason})),
             }))
             .collect();
@@ -152,7 +152,7 @@ fn export(ctx: &Ctx, name: &str, openpgp: bool, vkey: bool) -> Result<()> {
     match (openpgp, &key.decl.openpgp) {
         (true, Some(cert)) => print!("{cert}"),
         (true, None) => refuse!("key {name:?} has no OpenPGP certificate"),
-        (false, _) if vkey => println!("{}", pd_ledger::note::vkey(name, &key.decl.public_key)),
+        (false, _) if vkey => println!("{}", state.note_vkey(&key.decl.public_key)),
         (false, _) => println!("{}", key.decl.public_key),
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pd_ledger::merkle::{Blake3, Tree};
+use pd_ledger::merkle::{Sha256, Tree};
 use pd_ledger::note::SignedCheckpoint;
 use pd_ledger::proof::Proof;
 use pd_ledger::state::CheckpointState;
@@ -54,13 +54,13 @@ pub fn checkpoint(ctx: &Ctx, a: CheckpointArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
     let actor = ctx.actor(&home);
     let key = home.secret_key(&actor)?;
-    let (entry, state) = backend.append(&actor, &key, |st| Ok(st.sign_checkpoint(&actor, &key)))?;
+    let (entry, state) = backend.append(&actor, &key, |st| Ok(st.sign_checkpoint(&key)))?;
     let cp = state.latest_checkpoint().filter(|c| c.seq == entry.entry.seq).context("checkpoint folded")?;
     let note = state.signed_note(cp).render();
     if let Some(path) = &a.output {
         home::write_file_atomic(path, note.as_bytes())?;
     }
-    let vkey = pd_ledger::note::vkey(&actor, &key.public());
+    let vkey = state.note_vkey(&key.public());
     if ctx.json {
         return ctx.emit(&serde_json::json!({
             "seq": cp.seq, "size": cp.checkpoint.size, "root": cp.checkpoint.root, "signer": actor,
@@ -131,7 +131,7 @@ fn refused(e: pd_ledger::proof::ProofError) -> anyhow::Error {
     anyhow::Error::new(crate::Refused(e.to_string()))
 }
 
-fn open(ctx: &Ctx) -> Result<(State, Tree<Blake3>, Backend)> {
+fn open(ctx: &Ctx) -> Result<(State, Tree<Sha256>, Backend)> {
     let mut backend = Backend::open(ctx, ctx.home().ok())?;
     let (state, tree) = backend.tree()?;
     Ok((state, tree, backend))
@@ -143,7 +143,7 @@ fn read_note(path: &Path) -> Result<SignedCheckpoint> {
 }
 
 /// A checkpoint named by its entry's seq, or by a note file that must agree with this ledger.
-fn resolve(state: &State, tree: &Tree<Blake3>, arg: &str) -> Result<CheckpointState> {
+fn resolve(state: &State, tree: &Tree<Sha256>, arg: &str) -> Result<CheckpointState> {
     if let Ok(seq) = arg.parse::<u64>() {
         return match state.checkpoints.iter().find(|c| c.seq == seq) {
             Some(c) => Ok(c.clone()),

@@ -1,16 +1,57 @@
-//! The Merkle tree at 1,000,000 entries: what keeping it costs per appended entry (next to
-//! a batched signed append, measured in the same run), and inclusion and consistency proof
-//! generation and verification.
-//! `cargo bench -p pd-ledger --features sled,testkit --bench merkle`
+//! The Merkle tree at 1,000,000 entries: what keeping the SHA-256 (RFC 6962) tree costs per
+//! appended entry, next to the BLAKE3 tree it replaced and a batched signed append, measured
+//! in the same run; and inclusion and consistency proof generation and verification.
+//! `cargo bench -p pd-ledger --features testkit --bench merkle`
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pd_ledger::merkle::{verify_consistency, verify_inclusion, Blake3, Frontier, Tree, TreeHasher};
+use pd_ledger::merkle::{verify_consistency, verify_inclusion, Digest32, Frontier, Sha256, Tree, TreeHasher};
 use pd_ledger::storage::MemStore;
 use pd_ledger::testkit::deployed;
 
 const N: u64 = 1_000_000;
+
+/// The tree hash of ledger format 1, kept here only to measure what SHA-256 costs next to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Blake3Tree;
+
+impl TreeHasher for Blake3Tree {
+    fn hash(parts: &[&[u8]]) -> Digest32 {
+        let mut h = blake3::Hasher::new();
+        for p in parts {
+            h.update(p);
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+/// Grows a copy of a million-entry tree and frontier by `BATCH` entries per iteration.
+fn grow<H: TreeHasher + Clone>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    ids: &[[u8; 32]],
+) {
+    let mut tree = Tree::<H>::new();
+    let mut frontier = Frontier::<H>::default();
+    for id in ids {
+        tree.push(id);
+        frontier.push(id);
+    }
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let (mut t, mut f) = (tree.clone(), frontier.clone());
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                for id in &ids[..BATCH] {
+                    t.push(id);
+                    f.push(id);
+                }
+            }
+            start.elapsed()
+        })
+    });
+}
 const BATCH: usize = 1_000;
 
 fn ids(n: u64) -> Vec<[u8; 32]> {
@@ -24,27 +65,13 @@ fn merkle(c: &mut Criterion) {
     // What the ledger does per appended entry: grow the full tree and the state's frontier,
     // on a tree that already holds a million entries.
     let ids = ids(N);
-    let mut tree = Tree::<Blake3>::new();
-    let mut frontier = Frontier::<Blake3>::default();
+    g.throughput(Throughput::Elements(BATCH as u64));
+    grow::<Sha256>(&mut g, "sha256_tree_and_frontier_per_1000_entries_at_1M", &ids);
+    grow::<Blake3Tree>(&mut g, "blake3_tree_and_frontier_per_1000_entries_at_1M", &ids);
+    let mut tree = Tree::<Sha256>::new();
     for id in &ids {
         tree.push(id);
-        frontier.push(id);
     }
-    g.throughput(Throughput::Elements(BATCH as u64));
-    g.bench_function("tree_and_frontier_per_1000_entries_at_1M", |b| {
-        // A fresh copy of the million-entry tree per sample; it grows from there.
-        b.iter_custom(|iters| {
-            let (mut t, mut f) = (tree.clone(), frontier.clone());
-            let start = std::time::Instant::now();
-            for _ in 0..iters {
-                for id in &ids[..BATCH] {
-                    t.push(id);
-                    f.push(id);
-                }
-            }
-            start.elapsed()
-        })
-    });
 
     // The same number of batched signed appends (in memory, so the tree's share is not
     // hidden behind disk flushes), with a million entries already in the ledger.
@@ -74,8 +101,8 @@ fn merkle(c: &mut Criterion) {
         b.iter(|| {
             k = (k + 1) % proofs.len();
             let (index, proof) = &proofs[k];
-            let leaf = Blake3::leaf(&ids[*index as usize]);
-            verify_inclusion::<Blake3>(*index, N, &leaf, proof, &root).expect("verifies")
+            let leaf = Sha256::leaf(&ids[*index as usize]);
+            verify_inclusion::<Sha256>(*index, N, &leaf, proof, &root).expect("verifies")
         })
     });
     let old = 654_321;
@@ -85,7 +112,7 @@ fn merkle(c: &mut Criterion) {
     });
     let proof = tree.consistency_proof(old, N).expect("proof");
     g.bench_function("verify_consistency_at_1M", |b| {
-        b.iter(|| verify_consistency::<Blake3>(old, N, &proof, &old_root, &root).expect("verifies"))
+        b.iter(|| verify_consistency::<Sha256>(old, N, &proof, &old_root, &root).expect("verifies"))
     });
     println!(
         "proof sizes at {N} entries: inclusion {} hashes ({} bytes), consistency {} hashes ({} bytes)",

@@ -7,6 +7,11 @@ use crate::keys::{self, SecretKey};
 use crate::limits::MAX_ENTRY_BYTES;
 use crate::version::Version;
 
+/// The ledger format this code reads and writes, recorded in genesis. Format 2: SHA-256
+/// (RFC 6962) Merkle tree, checkpoint notes signed under the origin's name. A ledger of any
+/// other format is refused at its first entry, so a format change can never be misread.
+pub const FORMAT_VERSION: u32 = 2;
+
 /// Domain tag of entry signatures.
 pub const ENTRY_DOMAIN: &[u8] = b"pd/entry/v1\0";
 
@@ -66,6 +71,8 @@ pub enum Body {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Genesis {
+    /// The ledger format, [`FORMAT_VERSION`].
+    pub format: u32,
     /// Random id naming this ledger.
     pub ledger_id: Hash,
     /// Environments in promotion order.

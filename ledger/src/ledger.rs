@@ -3,7 +3,7 @@
 use crate::bytes::Hash;
 use crate::entry::{Body, Entry, SignedEntry};
 use crate::keys::SecretKey;
-use crate::merkle::{Blake3, Tree};
+use crate::merkle::{Sha256, Tree};
 use crate::replay::{replay_onto, Pending, ReplayError, ReplayErrorKind, Signatures};
 use crate::rules::{check, check_rules, RuleError};
 use crate::state::State;
@@ -31,7 +31,7 @@ pub enum LedgerError {
 pub struct Ledger<S: LedgerStore> {
     store: S,
     state: State,
-    tree: Tree<Blake3>,
+    tree: Tree<Sha256>,
 }
 
 impl<S: LedgerStore> Ledger<S> {
@@ -42,7 +42,7 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// The Merkle tree over every entry's id, for checkpoints and proofs.
-    pub fn tree(&self) -> &Tree<Blake3> {
+    pub fn tree(&self) -> &Tree<Sha256> {
         &self.tree
     }
 
@@ -157,7 +157,7 @@ impl<S: LedgerStore> Ledger<S> {
     }
 }
 
-fn fold<S: LedgerStore>(store: &S) -> Result<(State, Tree<Blake3>), LedgerError> {
+fn fold<S: LedgerStore>(store: &S) -> Result<(State, Tree<Sha256>), LedgerError> {
     let mut state = State::default();
     let mut tree = Tree::new();
     let mut buf = Vec::with_capacity(1024);

@@ -1,9 +1,11 @@
-//! An RFC 9162 (Certificate Transparency v2) Merkle tree over entry ids: tree heads,
-//! inclusion proofs and consistency proofs, and their verification.
+//! The RFC 6962 / RFC 9162 Merkle tree over entry ids: tree heads, inclusion proofs and
+//! consistency proofs, and their verification.
 //!
-//! Leaves and nodes are domain-separated as in the RFC: `leaf = H(0x00 || data)`,
-//! `node = H(0x01 || left || right)`, and the empty tree's head is `H("")`. pd's own tree
-//! hashes with BLAKE3 ([`Blake3`]); the same code with [`Sha256`] passes the RFC's vectors.
+//! Leaves and nodes are domain-separated as in the RFCs: `leaf = SHA-256(0x00 || data)`,
+//! `node = SHA-256(0x01 || left || right)`, and the empty tree's head is `SHA-256("")`. The
+//! leaf data is an entry's 32-byte id. This is the tree of C2SP tlog-checkpoint, so standard
+//! verifiers, witnesses and monitors (Go's `golang.org/x/mod/sumdb/tlog`, for one) compute
+//! the same heads and accept the same proofs; `tests/outside.rs` checks that.
 //!
 //! Proofs are `⌈log2 n⌉` hashes at most; building one reads that many stored subtree hashes
 //! and verifying one hashes that many nodes.
@@ -36,21 +38,7 @@ pub trait TreeHasher {
     }
 }
 
-/// BLAKE3: pd's tree.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Blake3;
-
-impl TreeHasher for Blake3 {
-    fn hash(parts: &[&[u8]]) -> Digest32 {
-        let mut h = blake3::Hasher::new();
-        for p in parts {
-            h.update(p);
-        }
-        *h.finalize().as_bytes()
-    }
-}
-
-/// SHA-256: the RFC's tree, for its test vectors and for interoperability.
+/// SHA-256: the hash of RFC 6962 and of every pd ledger's tree.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sha256;
 

@@ -1,11 +1,14 @@
 //! Checkpoints as C2SP signed notes (c2sp.org/signed-note, c2sp.org/tlog-checkpoint).
 //!
-//! A checkpoint's text is three lines: the origin (which log), the tree size in decimal and
-//! the root hash in standard base64. After a blank line come signature lines,
+//! A checkpoint's text is the origin (which log), the tree size in decimal, the root hash in
+//! standard base64, and then any extension lines the spec allows (pd writes none, and reads
+//! and signs over those of others). After a blank line come signature lines,
 //! `— <key name> base64(key id || Ed25519 signature)`, where the key id is the first four
 //! bytes of `SHA-256(name || "\n" || 0x01 || public key)` and the signature is over the
-//! text exactly. pd signs with ledger keys under their ledger names, so any tool that
-//! speaks signed notes can check a pd checkpoint with the key's [`vkey`].
+//! text exactly. As tlog-checkpoint asks of a log's own signature, the key name is the
+//! origin: every `log` (or `admin`) key of a ledger signs as `pd.ledger/<ledger id>`, and the
+//! key id tells which one. Any tool that speaks signed notes checks a pd checkpoint with that
+//! key's [`vkey`] (`pd key export NAME --vkey`).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -26,8 +29,10 @@ pub struct Checkpoint {
     pub origin: String,
     /// Entries covered.
     pub size: u64,
-    /// RFC 9162 head of the tree over their ids.
+    /// RFC 6962 head of the SHA-256 tree over their ids.
     pub root: Hash,
+    /// Extension lines after the root, as the spec allows; pd writes none.
+    pub extensions: Vec<String>,
 }
 
 /// One signature line.
@@ -101,7 +106,12 @@ pub fn parse_vkey(s: &str) -> Result<(String, PublicKey), NoteError> {
 impl Checkpoint {
     /// The note text that is signed.
     pub fn text(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root.0))
+        let mut out = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root.0));
+        for line in &self.extensions {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
     }
 
     /// Signs the text as `name`.
@@ -149,9 +159,8 @@ impl SignedCheckpoint {
         let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
             return Err(bad("a checkpoint has an origin, a size and a root hash line"));
         };
-        if lines.next().is_some() {
-            return Err(bad("unexpected lines after the root hash"));
-        }
+        // Text and signatures are split at the first blank line, so no extension is empty.
+        let extensions: Vec<String> = lines.map(str::to_string).collect();
         if origin.is_empty() {
             return Err(bad("empty origin"));
         }
@@ -162,7 +171,7 @@ impl SignedCheckpoint {
         let size = size.ok_or_else(|| bad("the size line is not a decimal number"))?;
         let root = B64.decode(root).ok().and_then(|r| <[u8; 32]>::try_from(r).ok());
         let root = Hash(root.ok_or_else(|| bad("the root line is not 32 bytes of base64"))?);
-        let checkpoint = Checkpoint { origin: origin.to_string(), size, root };
+        let checkpoint = Checkpoint { origin: origin.to_string(), size, root, extensions };
         if !sigs.ends_with('\n') {
             return Err(bad("the note does not end with a newline"));
         }
@@ -196,7 +205,7 @@ mod tests {
     use super::*;
 
     fn cp() -> Checkpoint {
-        Checkpoint { origin: origin(&Hash([9; 32])), size: 42, root: Hash([7; 32]) }
+        Checkpoint { origin: origin(&Hash([9; 32])), size: 42, root: Hash([7; 32]), extensions: vec![] }
     }
 
     #[test]
@@ -239,6 +248,24 @@ mod tests {
     }
 
     #[test]
+    fn extension_lines_are_read_and_signed_over() {
+        let key = SecretKey::from_seed([1; 32]);
+        let mut with = cp();
+        with.extensions = vec!["Timestamp: 1700000000".into(), "witness-ext x".into()];
+        let o = with.origin.clone();
+        let note =
+            SignedCheckpoint { checkpoint: with.clone(), signatures: vec![with.sign(&o, &key)] }.render();
+        assert!(note.contains("\nTimestamp: 1700000000\nwitness-ext x\n\n"));
+        let back = SignedCheckpoint::parse(&note).unwrap();
+        assert_eq!(back.checkpoint, with);
+        assert!(back.checkpoint.signed_by(&back.signatures[0], &o, &key.public()));
+        // Dropping an extension changes the signed text.
+        let mut cut = back.checkpoint.clone();
+        cut.extensions.pop();
+        assert!(!cut.signed_by(&back.signatures[0], &o, &key.public()));
+    }
+
+    #[test]
     fn malformed_notes_are_refused() {
         let key = SecretKey::from_seed([1; 32]);
         let good = SignedCheckpoint { checkpoint: cp(), signatures: vec![cp().sign("admin", &key)] }.render();
@@ -248,7 +275,6 @@ mod tests {
             good.replace("\n\n", "\n"),
             good.trim_end().to_string(),
             good.replace("\u{2014} ", "- "),
-            good.replace("\n42\n", "\n42\nextra\n"),
             format!("x\r{good}"),
             cp().text() + "\n",
         ] {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::SignedEntry;
-use crate::merkle::{self, Blake3, Tree, TreeHasher};
+use crate::merkle::{self, Sha256, Tree, TreeHasher};
 use crate::note::{self, SignedCheckpoint};
 use crate::state::{CheckpointState, State};
 
@@ -102,7 +102,7 @@ impl Proof {
     /// The inclusion proof of entry `entry` (whose bytes are given) under checkpoint `at`.
     pub fn inclusion(
         state: &State,
-        tree: &Tree<Blake3>,
+        tree: &Tree<Sha256>,
         entry: &SignedEntry,
         at: &CheckpointState,
     ) -> Result<Proof, ProofError> {
@@ -129,7 +129,7 @@ impl Proof {
     /// this ledger and hold here) to checkpoint `new`.
     pub fn consistency(
         state: &State,
-        tree: &Tree<Blake3>,
+        tree: &Tree<Sha256>,
         old: &SignedCheckpoint,
         new: &CheckpointState,
     ) -> Result<Proof, ProofError> {
@@ -142,12 +142,10 @@ impl Proof {
         }
         let hashes = tree.consistency_proof(o.size, n).map_err(unavailable)?;
         let mut keys = vec![signer_vkey(state, new)];
-        for s in &old.signatures {
-            if let Some(k) = state.keys.get(&s.name) {
-                let vk = note::vkey(&s.name, &k.decl.public_key);
-                if !keys.contains(&vk) {
-                    keys.push(vk);
-                }
+        if let Some(name) = state.note_signer(old) {
+            let vk = state.note_vkey(&state.keys[&name].decl.public_key);
+            if !keys.contains(&vk) {
+                keys.push(vk);
             }
         }
         Ok(Proof {
@@ -180,10 +178,10 @@ impl Proof {
                 let e =
                     SignedEntry::decode(&bytes).map_err(|e| ProofError::Malformed(format!("entry: {e}")))?;
                 let path: Vec<_> = hashes.iter().map(|h| h.0).collect();
-                merkle::verify_inclusion::<Blake3>(
+                merkle::verify_inclusion::<Sha256>(
                     e.entry.seq,
                     cp.size,
-                    &Blake3::leaf(&e.id.0),
+                    &Sha256::leaf(&e.id.0),
                     &path,
                     &cp.root.0,
                 )?;
@@ -203,7 +201,7 @@ impl Proof {
                     return Err(ProofError::Origins(o.origin, n.origin));
                 }
                 let path: Vec<_> = hashes.iter().map(|h| h.0).collect();
-                merkle::verify_consistency::<Blake3>(o.size, n.size, &path, &o.root.0, &n.root.0)?;
+                merkle::verify_consistency::<Sha256>(o.size, n.size, &path, &o.root.0, &n.root.0)?;
                 Ok(Proven {
                     origin: n.origin,
                     size: n.size,
@@ -222,7 +220,7 @@ fn unavailable(e: merkle::ProofError) -> ProofError {
 }
 
 fn signer_vkey(state: &State, c: &CheckpointState) -> String {
-    note::vkey(&c.signer, &state.keys[&c.signer].decl.public_key)
+    state.note_vkey(&state.keys[&c.signer].decl.public_key)
 }
 
 /// Parses a signed checkpoint note and finds a trusted key whose signature on it verifies.
@@ -231,8 +229,11 @@ pub fn signed(
     keys: &[(String, PublicKey)],
 ) -> Result<(note::Checkpoint, String), ProofError> {
     let n = SignedCheckpoint::parse(note_text)?;
+    // Named as in a verifier key, `NAME+KEYID`: the name is the origin, the id tells the key.
     let signer = n.signatures.iter().find_map(|s| {
-        keys.iter().find(|(name, key)| n.checkpoint.signed_by(s, name, key)).map(|(name, _)| name.clone())
+        keys.iter()
+            .find(|(name, key)| n.checkpoint.signed_by(s, name, key))
+            .map(|(name, _)| format!("{name}+{}", hex::encode(s.key_id)))
     });
     match signer {
         Some(name) => Ok((n.checkpoint, name)),

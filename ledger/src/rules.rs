@@ -299,6 +299,16 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
     if state.len != 0 || e.prev != Hash::ZERO {
         return Err(RuleError::Genesis);
     }
+    if g.format != crate::entry::FORMAT_VERSION {
+        let want = crate::entry::FORMAT_VERSION;
+        return Err(invalid(
+            "format",
+            format!(
+                "the ledger has format {}, this pd reads format {want}: use the pd release that wrote it",
+                g.format
+            ),
+        ));
+    }
     if g.envs.is_empty() || g.envs.len() > MAX_ENVS {
         return Err(invalid("envs", format!("need 1 to {MAX_ENVS} environments")));
     }
@@ -561,12 +571,13 @@ fn check_checkpoint(state: &State, e: &Entry, c: &Checkpoint) -> Result<PublicKe
         return Err(invalid("checkpoint root", "is not the head of the tree of the entries before it"));
     }
     let note = state.checkpoint_note(c.size, c.root);
+    let origin = state.origin();
     let sig = crate::note::NoteSignature {
-        name: e.actor.clone(),
-        key_id: crate::note::key_id(&e.actor, &key),
+        key_id: crate::note::key_id(&origin, &key),
+        name: origin.clone(),
         sig: c.note_sig,
     };
-    if !note.signed_by(&sig, &e.actor, &key) {
+    if !note.signed_by(&sig, &origin, &key) {
         return Err(invalid(
             "checkpoint note signature",
             format!("does not verify with the key of {:?}", e.actor),

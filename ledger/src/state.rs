@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::bytes::Hash;
 use crate::entry::{Body, Checkpoint, KeyDecl, Outcome, Package, Role, SignedEntry};
 use crate::keys::SecretKey;
-use crate::merkle::{Blake3, Frontier};
+use crate::merkle::{Frontier, Sha256};
 use crate::note::{self, SignedCheckpoint};
 use crate::version::Version;
 
@@ -36,7 +36,7 @@ pub struct State {
     pub checkpoints: Vec<CheckpointState>,
     /// The right edge of the Merkle tree over the ids of the entries folded.
     #[serde(skip)]
-    pub tree: Frontier<Blake3>,
+    pub tree: Frontier<Sha256>,
     #[serde(skip)]
     by_hash: HashMap<Hash, usize>,
 }
@@ -200,29 +200,54 @@ impl State {
         self.envs.iter().position(|e| e == env)
     }
 
-    /// The checkpoint text for the first `size` entries with head `root`.
-    pub fn checkpoint_note(&self, size: u64, root: Hash) -> note::Checkpoint {
-        note::Checkpoint { origin: note::origin(&self.ledger_id), size, root }
+    /// The origin line of this ledger's checkpoints, which is also the note key name every
+    /// checkpoint signature carries.
+    pub fn origin(&self) -> String {
+        note::origin(&self.ledger_id)
     }
 
-    /// A checkpoint over every entry folded, signed as `actor` (which needs the log role).
-    pub fn sign_checkpoint(&self, actor: &str, key: &SecretKey) -> Body {
+    /// The checkpoint text for the first `size` entries with head `root`.
+    pub fn checkpoint_note(&self, size: u64, root: Hash) -> note::Checkpoint {
+        note::Checkpoint { origin: self.origin(), size, root, extensions: Vec::new() }
+    }
+
+    /// The signed-note verifier key of a ledger key: named by the origin.
+    pub fn note_vkey(&self, key: &crate::bytes::PublicKey) -> String {
+        note::vkey(&self.origin(), key)
+    }
+
+    /// A checkpoint over every entry folded, signed with `key` (whose holder needs the log
+    /// role) under the origin's name.
+    pub fn sign_checkpoint(&self, key: &SecretKey) -> Body {
         let (size, root) = (self.len, Hash(self.tree.root()));
-        let note_sig = self.checkpoint_note(size, root).sign(actor, key).sig;
+        let note_sig = self.checkpoint_note(size, root).sign(&self.origin(), key).sig;
         Body::Checkpoint(Checkpoint { size, root, note_sig })
     }
 
     /// A checkpoint entry as a C2SP signed note, ready to hand out.
     pub fn signed_note(&self, c: &CheckpointState) -> SignedCheckpoint {
         let key = &self.keys[&c.signer].decl.public_key;
+        let origin = self.origin();
         SignedCheckpoint {
             checkpoint: self.checkpoint_note(c.checkpoint.size, c.checkpoint.root),
             signatures: vec![note::NoteSignature {
-                name: c.signer.clone(),
-                key_id: note::key_id(&c.signer, key),
+                key_id: note::key_id(&origin, key),
+                name: origin,
                 sig: c.checkpoint.note_sig,
             }],
         }
+    }
+
+    /// The name of the ledger key (of any key ever enrolled) whose signature on `n` verifies
+    /// under this ledger's origin, if any.
+    pub fn note_signer(&self, n: &SignedCheckpoint) -> Option<String> {
+        let origin = self.origin();
+        n.signatures.iter().filter(|s| s.name == origin).find_map(|s| {
+            self.keys
+                .values()
+                .find(|k| n.checkpoint.signed_by(s, &origin, &k.decl.public_key))
+                .map(|k| k.decl.name.clone())
+        })
     }
 
     /// The newest checkpoint.

@@ -47,6 +47,7 @@ pub fn deployed<S: LedgerStore>(store: S) -> Deployed<S> {
     let target = SecretKey::from_seed([3; 32]);
     let (version, hash) = (Version::new(1, 0, 0), Hash([5; 32]));
     let genesis = Body::Genesis(Genesis {
+        format: crate::entry::FORMAT_VERSION,
         ledger_id: Hash([9; 32]),
         envs: vec!["dev".into()],
         approvals_required: 1,

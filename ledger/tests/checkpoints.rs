@@ -1,6 +1,6 @@
 //! Checkpoint entries and the proofs checked against them.
 
-use pd_ledger::merkle::{Blake3, TreeHasher};
+use pd_ledger::merkle::{Sha256, TreeHasher};
 use pd_ledger::proof::{Proof, ProofKind};
 use pd_ledger::storage::MemStore;
 use pd_ledger::testkit::deployed;
@@ -17,7 +17,7 @@ fn refused(r: Result<pd_ledger::SignedEntry, LedgerError>) -> RuleError {
 fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
     let mut d = deployed(MemStore::default());
     d.append_acks(10);
-    let Body::Checkpoint(good) = d.ledger.state().sign_checkpoint("admin", &d.admin) else { unreachable!() };
+    let Body::Checkpoint(good) = d.ledger.state().sign_checkpoint(&d.admin) else { unreachable!() };
     let len = d.ledger.state().len;
     assert_eq!(good.size, len);
     assert_eq!(good.root.0, d.ledger.tree().root(len).unwrap());
@@ -25,7 +25,7 @@ fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
     let mut wrong_size = good.clone();
     wrong_size.size -= 1;
     let mut wrong_root = good.clone();
-    wrong_root.root = Hash(Blake3::leaf(b"not the head"));
+    wrong_root.root = Hash(Sha256::leaf(b"not the head"));
     let mut wrong_sig = good.clone();
     wrong_sig.note_sig = Signature([7; 64]);
     for (bad, field) in [
@@ -41,7 +41,7 @@ fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
     }
     // Only the log role signs checkpoints.
     let carol = SecretKey::from_seed([2; 32]);
-    let by_carol = d.ledger.state().sign_checkpoint("carol", &carol);
+    let by_carol = d.ledger.state().sign_checkpoint(&carol);
     assert!(matches!(
         refused(d.ledger.sign_append("carol", &carol, 5, by_carol)),
         RuleError::MissingRole { .. }
@@ -54,10 +54,10 @@ fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
 #[test]
 fn inclusion_and_consistency_proofs_verify_and_name_what_they_prove() {
     let mut d = deployed(MemStore::default());
-    let cp = d.ledger.state().sign_checkpoint("admin", &d.admin);
+    let cp = d.ledger.state().sign_checkpoint(&d.admin);
     d.ledger.sign_append("admin", &d.admin, 5, cp).unwrap();
     d.append_acks(100);
-    let cp = d.ledger.state().sign_checkpoint("admin", &d.admin);
+    let cp = d.ledger.state().sign_checkpoint(&d.admin);
     d.ledger.sign_append("admin", &d.admin, 5, cp).unwrap();
     let (st, tree) = (d.ledger.state(), d.ledger.tree());
     let (first, last) = (&st.checkpoints[0], &st.checkpoints[1]);
@@ -67,7 +67,12 @@ fn inclusion_and_consistency_proofs_verify_and_name_what_they_prove() {
     let proven = proof.verify(&[]).unwrap();
     assert_eq!(proven.entry, Some((3, "package".to_string(), package.id)));
     assert_eq!(proven.size, first.checkpoint.size);
-    assert_eq!(proven.signer, "admin");
+    // The note is signed under the origin's name (tlog-checkpoint); the key id names the key.
+    let origin = st.origin();
+    assert_eq!(
+        proven.signer,
+        format!("{origin}+{}", hex::encode(pd_ledger::note::key_id(&origin, &d.admin.public())))
+    );
     // Pinned to another key, the same proof fails.
     let carol = SecretKey::from_seed([2; 32]).public();
     assert!(proof.verify(&[("carol".into(), carol)]).is_err());

@@ -29,6 +29,7 @@ impl World {
     fn new() -> World {
         let admin = key(1);
         let genesis = Body::Genesis(Genesis {
+            format: pd_ledger::entry::FORMAT_VERSION,
             ledger_id: Hash([9; 32]),
             envs: vec!["dev".into(), "staging".into(), "prod".into()],
             approvals_required: 1,
@@ -305,7 +306,13 @@ fn genesis_limits_are_enforced() {
     use pd_ledger::limits::*;
     let admin = key(1);
     let genesis = |envs: Vec<String>, approvals: u32, keys: Vec<KeyDecl>| {
-        Body::Genesis(Genesis { ledger_id: Hash([1; 32]), envs, approvals_required: approvals, keys })
+        Body::Genesis(Genesis {
+            format: pd_ledger::entry::FORMAT_VERSION,
+            ledger_id: Hash([1; 32]),
+            envs,
+            approvals_required: approvals,
+            keys,
+        })
     };
     let admin_decl = || decl(ADMIN, &admin, &[Role::Admin], None);
     let envs = |n: usize| (0..n).map(|i| format!("e{i}")).collect::<Vec<_>>();

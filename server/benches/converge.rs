@@ -41,6 +41,7 @@ fn ledger(dir: &std::path::Path, n: usize, fx: &Fixture) -> Ledger<SledStore> {
     let mut l = Ledger::open(SledStore::open(&dir.join("ledger")).expect("sled")).expect("open");
     let admin_roles = [Role::Admin, Role::Author, Role::Deployer, Role::Log];
     let genesis = Body::Genesis(Genesis {
+        format: pd_ledger::entry::FORMAT_VERSION,
         ledger_id: Hash([3; 32]),
         envs: vec!["dev".into()],
         approvals_required: 1,

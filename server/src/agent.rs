@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
-use pd_ledger::merkle::{verify_consistency, Blake3};
+use pd_ledger::merkle::{verify_consistency, Sha256};
 use pd_ledger::state::{Desired, Via};
 use pd_ledger::{
     Ack, Body, Hash, Ledger, LedgerError, LedgerStore, Outcome, SecretKey, SignedEntry, Version,
@@ -307,7 +307,7 @@ impl<S: LedgerStore> Agent<S> {
             }
             let holds = latest.0 >= size
                 && tree.consistency_proof(size, latest.0).is_ok_and(|proof| {
-                    verify_consistency::<Blake3>(size, latest.0, &proof, &root.0, &latest.1 .0).is_ok()
+                    verify_consistency::<Sha256>(size, latest.0, &proof, &root.0, &latest.1 .0).is_ok()
                 });
             if !holds {
                 return Err(Untrusted(format!(

@@ -643,7 +643,7 @@ async fn write_checkpoint(app: App) {
     let signer = app.clone();
     let result = commit(&app, move |l| {
         let (actor, key) = signer.opts.head_signer.as_ref().expect("checkpoints need a signer");
-        let body = l.state().sign_checkpoint(actor, key);
+        let body = l.state().sign_checkpoint(key);
         Ok(l.sign_next(actor, key, crate::now_ms(), body))
     })
     .await;

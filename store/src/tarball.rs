@@ -131,6 +131,13 @@ pub enum TarballError {
         /// Why.
         source: std::io::Error,
     },
+    /// A tar extension header or a header that is not plain ustar: pd reads exactly what it
+    /// writes, so that the bytes it checks are the bytes every other tar reader extracts.
+    #[error("the tarball holds a {what}: pd packages are plain ustar without extension headers (PAX, GNU long names, sparse files); rebuild it with `pd ledger package`")]
+    Extension {
+        /// What was found.
+        what: String,
+    },
     /// A symlink, device or other non-regular file.
     #[error("{path} is not a regular file (links, devices and special files are refused)")]
     NotRegular {
@@ -412,12 +419,15 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
             TarballError::Malformed(e.to_string())
         }
     };
-    let reader = Capped { inner: flate2::read::GzDecoder::new(bytes), left: cap };
+    let reader = Capped { inner: flate2::bufread::GzDecoder::new(bytes), left: cap };
     let mut archive = tar::Archive::new(reader);
     let mut members: Vec<PolicyFile> = Vec::new();
     let mut total = 0u64;
-    for entry in archive.entries().map_err(map)? {
+    // Raw entries: the tar crate would otherwise apply PAX records and GNU long names
+    // silently, and another reader could apply them differently.
+    for entry in archive.entries().map_err(map)?.raw(true) {
         let mut entry = entry.map_err(map)?;
+        check_plain_ustar(entry.header())?;
         let path = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|_| TarballError::BadPath { path: "<non UTF-8>".into(), why: "not UTF-8".into() })?;
         if entry.header().entry_type() != tar::EntryType::Regular {
@@ -450,6 +460,7 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
         }
         members.push(PolicyFile { path, bytes: data });
     }
+    check_nothing_after(archive.into_inner())?;
     let mut members = members.into_iter();
     let manifest_file =
         members.next().ok_or_else(|| TarballError::Manifest(format!("{MANIFEST} is missing")))?;
@@ -458,6 +469,39 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Contents, TarballError> {
     let files: Vec<PolicyFile> = members.collect();
     check_manifest(&manifest, &files)?;
     Ok(Contents { manifest, files })
+}
+
+/// Refuses extension headers (PAX `x`/`g`, GNU `L`/`K`, sparse `S`, …) and any header that
+/// is not POSIX ustar, the only kind pd writes.
+fn check_plain_ustar(h: &tar::Header) -> Result<(), TarballError> {
+    use tar::EntryType as T;
+    let what = match h.entry_type() {
+        T::XHeader => "PAX extended header",
+        T::XGlobalHeader => "PAX global header",
+        T::GNULongName => "GNU long name header",
+        T::GNULongLink => "GNU long link header",
+        T::GNUSparse => "GNU sparse file",
+        _ if h.as_ustar().is_none() => "header that is not POSIX ustar (old or GNU format)",
+        _ => return Ok(()),
+    };
+    Err(TarballError::Extension { what: what.into() })
+}
+
+/// After the last member: only the zero blocks of tar's end marker, and the end of the one
+/// gzip member. Anything more (a second gzip member, trailing bytes) is content some other
+/// reader would see and pd would not.
+fn check_nothing_after(mut rest: Capped<flate2::bufread::GzDecoder<&[u8]>>) -> Result<(), TarballError> {
+    let mut tail = Vec::new();
+    rest.read_to_end(&mut tail).map_err(|e| TarballError::Malformed(e.to_string()))?;
+    if tail.iter().any(|&b| b != 0) {
+        return Err(TarballError::Malformed("data after the end of the tar archive".into()));
+    }
+    if !rest.inner.get_ref().is_empty() {
+        return Err(TarballError::Malformed(
+            "bytes after the end of the gzip stream (a second gzip member or trailing data)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_manifest(m: &Manifest, files: &[PolicyFile]) -> Result<(), TarballError> {

@@ -127,11 +127,7 @@ fn check_since(
     if c.origin != origin {
         return fail(format!("it is of {}, this export is of {origin}", c.origin));
     }
-    let signer = since.signatures.iter().find_map(|s| {
-        let key = &state.keys.get(&s.name)?.decl.public_key;
-        c.signed_by(s, &s.name, key).then(|| s.name.clone())
-    });
-    let Some(signer) = signer else {
+    let Some(signer) = state.note_signer(since) else {
         return fail("no key of this ledger signed it: it was not issued by this ledger".into());
     };
     if have < c.size {

@@ -23,6 +23,7 @@ fn ledger() -> Export {
         "admin",
         &admin,
         Body::Genesis(Genesis {
+            format: pd_ledger::entry::FORMAT_VERSION,
             ledger_id: Hash([7; 32]),
             envs: vec!["dev".into(), "prod".into()],
             approvals_required: 1,

@@ -175,7 +175,7 @@ fn the_frontier_has_the_roots_of_the_tree() {
         f.push(&hex::decode(l).expect("leaf hex"));
         assert_eq!(f.root(), t.root(i as u64 + 1).expect("root"), "size {}", i + 1);
     }
-    let (mut f, mut t) = (Frontier::<Blake3>::default(), Tree::<Blake3>::new());
+    let (mut f, mut t) = (Frontier::<Sha256>::default(), Tree::<Sha256>::new());
     for i in 0u64..1100 {
         f.push(&i.to_be_bytes());
         t.push(&i.to_be_bytes());
@@ -183,7 +183,7 @@ fn the_frontier_has_the_roots_of_the_tree() {
     }
 }
 
-fn tree_of(n: u64) -> Tree<Blake3> {
+fn tree_of(n: u64) -> Tree<Sha256> {
     let mut t = Tree::new();
     for i in 0..n {
         t.push(&i.to_be_bytes());
@@ -205,22 +205,22 @@ proptest! {
         let leaf = t.leaf_hash(index).unwrap();
         let proof = t.inclusion_proof(index, n).unwrap();
         prop_assert!(proof.len() <= 64 - (n - 1).leading_zeros() as usize);
-        prop_assert!(verify_inclusion::<Blake3>(index, n, &leaf, &proof, &root).is_ok());
+        prop_assert!(verify_inclusion::<Sha256>(index, n, &leaf, &proof, &root).is_ok());
         // Another size, with that size's true root.
-        prop_assert!(verify_inclusion::<Blake3>(index, n + 1, &leaf, &proof, &t.root(n + 1).unwrap()).is_err());
+        prop_assert!(verify_inclusion::<Sha256>(index, n + 1, &leaf, &proof, &t.root(n + 1).unwrap()).is_err());
         if index + 1 < n {
-            prop_assert!(verify_inclusion::<Blake3>(index, n - 1, &leaf, &proof, &t.root(n - 1).unwrap()).is_err());
+            prop_assert!(verify_inclusion::<Sha256>(index, n - 1, &leaf, &proof, &t.root(n - 1).unwrap()).is_err());
         }
         if index > 0 {
-            prop_assert!(verify_inclusion::<Blake3>(index - 1, n, &leaf, &proof, &root).is_err());
+            prop_assert!(verify_inclusion::<Sha256>(index - 1, n, &leaf, &proof, &root).is_err());
         }
         let mut bad_root = root;
         bad_root[bit as usize] ^= 1;
-        prop_assert!(verify_inclusion::<Blake3>(index, n, &leaf, &proof, &bad_root).is_err());
+        prop_assert!(verify_inclusion::<Sha256>(index, n, &leaf, &proof, &bad_root).is_err());
         if !proof.is_empty() {
             let mut bad = proof.clone();
             bad[flip.index(proof.len())][bit as usize] ^= 1;
-            prop_assert!(verify_inclusion::<Blake3>(index, n, &leaf, &bad, &root).is_err());
+            prop_assert!(verify_inclusion::<Sha256>(index, n, &leaf, &bad, &root).is_err());
         }
     }
 
@@ -232,19 +232,19 @@ proptest! {
         let old = 1 + m.index(n as usize - 1) as u64;
         let (r1, r2) = (t.root(old).unwrap(), t.root(n).unwrap());
         let proof = t.consistency_proof(old, n).unwrap();
-        prop_assert!(verify_consistency::<Blake3>(old, n, &proof, &r1, &r2).is_ok());
+        prop_assert!(verify_consistency::<Sha256>(old, n, &proof, &r1, &r2).is_ok());
         if old < n {
-            prop_assert!(verify_consistency::<Blake3>(old, n, &proof, &r2, &r1).is_err());
-            prop_assert!(verify_consistency::<Blake3>(old, n + 1, &proof, &r1, &t.root(n + 1).unwrap()).is_err());
+            prop_assert!(verify_consistency::<Sha256>(old, n, &proof, &r2, &r1).is_err());
+            prop_assert!(verify_consistency::<Sha256>(old, n + 1, &proof, &r1, &t.root(n + 1).unwrap()).is_err());
             if old > 1 {
-                prop_assert!(verify_consistency::<Blake3>(old - 1, n, &proof, &t.root(old - 1).unwrap(), &r2).is_err());
+                prop_assert!(verify_consistency::<Sha256>(old - 1, n, &proof, &t.root(old - 1).unwrap(), &r2).is_err());
             }
             let mut bad = proof.clone();
             bad[flip.index(proof.len())][bit as usize] ^= 1;
-            prop_assert!(verify_consistency::<Blake3>(old, n, &bad, &r1, &r2).is_err());
+            prop_assert!(verify_consistency::<Sha256>(old, n, &bad, &r1, &r2).is_err());
             let mut bad_root = r1;
             bad_root[bit as usize] ^= 1;
-            prop_assert!(verify_consistency::<Blake3>(old, n, &proof, &bad_root, &r2).is_err());
+            prop_assert!(verify_consistency::<Sha256>(old, n, &proof, &bad_root, &r2).is_err());
         }
     }
 }

@@ -202,3 +202,108 @@ fn unpack_writes_files_into_a_new_dir_only() {
     assert_eq!(fs::read(out.join("extra/roles.yaml")).unwrap(), b"roles: []\n");
     assert!(matches!(unpack(&built.bytes, &out, &Limits::default()), Err(TarballError::DirNotEmpty(_))));
 }
+
+/// A tar member written block by block: `size` goes in the ustar header, `data` follows.
+fn member(name: &str, kind: tar::EntryType, size: u64, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).unwrap();
+    h.set_size(size);
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn gzip(tar: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The package of the PAX-size report: `llm_policy.yaml`'s ustar size says 10 bytes, a PAX
+/// `size` record says 30, and the data holds 30. GNU tar, bsdtar and Python's tarfile honour
+/// the PAX record.
+fn pax_size_package() -> (Vec<u8>, Vec<u8>) {
+    let content = b"allow: everything, forever!!\n\n".to_vec();
+    assert_eq!(content.len(), 30);
+    let manifest = manifest_for(&[("llm_policy.yaml", &content[..10])]);
+    let mut t = member(MANIFEST, tar::EntryType::Regular, manifest.len() as u64, &manifest);
+    t.extend(member("PaxHeaders/llm_policy.yaml", tar::EntryType::XHeader, 11, b"11 size=30\n"));
+    t.extend(member("llm_policy.yaml", tar::EntryType::Regular, 10, &content));
+    t.extend([0u8; 1024]);
+    (gzip(&t), content)
+}
+
+#[test]
+fn a_pax_size_record_is_refused_rather_than_read_as_the_ustar_size() {
+    // Regression: pd read the first 10 bytes (the ustar size) while `tar` extracted 30.
+    let (tgz, content) = pax_size_package();
+    let err = read(&tgz, &Limits::default()).unwrap_err();
+    assert!(matches!(&err, TarballError::Extension { what } if what == "PAX extended header"), "{err}");
+    // The disagreement is real: GNU tar, where present, extracts the 30 bytes.
+    if let Ok(mut child) = std::process::Command::new("tar")
+        .args(["-xzOf", "-", "llm_policy.yaml"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        child.stdin.take().unwrap().write_all(&tgz).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.stdout, content, "tar honours the PAX size");
+    }
+}
+
+#[test]
+fn every_extension_header_is_refused() {
+    use tar::EntryType as T;
+    let manifest = manifest_for(&[("a.yaml", b"a: 1\n")]);
+    for (kind, what) in [
+        (T::XGlobalHeader, "PAX global header"),
+        (T::GNULongName, "GNU long name header"),
+        (T::GNULongLink, "GNU long link header"),
+        (T::GNUSparse, "GNU sparse file"),
+    ] {
+        let mut t = member(MANIFEST, T::Regular, manifest.len() as u64, &manifest);
+        t.extend(member("x", kind, 4, b"long"));
+        t.extend(member("a.yaml", T::Regular, 5, b"a: 1\n"));
+        t.extend([0u8; 1024]);
+        let err = read(&gzip(&t), &Limits::default()).unwrap_err();
+        assert!(matches!(&err, TarballError::Extension { what: w } if w == what), "{what}: {err}");
+    }
+    // A GNU-format header (magic "ustar  ") is not ustar either.
+    let mut gnu = tar::Header::new_gnu();
+    gnu.set_path(MANIFEST).unwrap();
+    gnu.set_size(manifest.len() as u64);
+    gnu.set_cksum();
+    let mut t = gnu.as_bytes().to_vec();
+    t.extend_from_slice(&manifest);
+    t.resize(t.len().div_ceil(512) * 512 + 1024, 0);
+    assert!(matches!(read(&gzip(&t), &Limits::default()), Err(TarballError::Extension { .. })));
+}
+
+#[test]
+fn nothing_may_follow_the_archive() {
+    let good = build("llm_policy", "PD-1.0.0", &files(), &Limits::default()).unwrap().bytes;
+    assert!(read(&good, &Limits::default()).is_ok());
+    // A second gzip member: `tar xzf` (through gzip) reads it, a single-member reader does not.
+    let mut two = good.clone();
+    two.extend(gzip(&member("evil.yaml", tar::EntryType::Regular, 3, b"x:1")));
+    assert!(matches!(read(&two, &Limits::default()), Err(TarballError::Malformed(m)) if m.contains("gzip")));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert!(read(&trailing, &Limits::default()).is_err());
+    // Data after tar's end marker, inside the gzip stream.
+    let inner = {
+        let mut d = flate2::read::GzDecoder::new(&good[..]);
+        let mut v = Vec::new();
+        d.read_to_end(&mut v).unwrap();
+        v
+    };
+    let mut after = inner.clone();
+    after.extend(member("late.yaml", tar::EntryType::Regular, 3, b"x:1"));
+    let err = read(&gzip(&after), &Limits::default()).unwrap_err();
+    assert!(matches!(&err, TarballError::Malformed(m) if m.contains("after the end")), "{err}");
+}
