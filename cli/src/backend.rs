@@ -1,4 +1,4 @@
-//! Where a command's ledger lives: the home's own sled ledger, or a `pd serve` whose
+//! Where a command's ledger lives: the home's own ledger file, or a `pd serve` whose
 //! entries this process replays into memory and checks before it signs on top of them.
 
 use std::time::{Duration, Instant};
@@ -138,7 +138,7 @@ impl Backend {
     }
 
     /// Waits until the ledger grows past `len` entries or `deadline` passes, then returns
-    /// the state. Locally it polls (other processes append through the sled file lock).
+    /// the state. Locally it polls (other processes append through the ledger file's lock).
     /// `check` runs every 100 ms; its error (an interrupt) ends the wait.
     pub fn wait(&mut self, len: u64, deadline: Instant, check: &dyn Fn() -> Result<()>) -> Result<State> {
         const TICK: Duration = Duration::from_millis(100);

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pd_ledger::sled_store::SledStore;
+use pd_ledger::file_store::FileStore;
 use pd_ledger::{Ledger, SecretKey, StorageError};
 use pd_server::s3::S3Store;
 use pd_store::{BlobStore, FsStore, PgpKey};
@@ -93,12 +93,12 @@ impl Home {
     }
 
     /// Opens the ledger, waiting a while if another pd process holds it.
-    pub fn ledger(&self) -> Result<Ledger<SledStore>> {
+    pub fn ledger(&self) -> Result<Ledger<FileStore>> {
         let path = self.dir.join("ledger");
         let start = Instant::now();
         let mut warned = false;
         let store = loop {
-            match SledStore::open(&path) {
+            match FileStore::open(&path) {
                 Ok(s) => break s,
                 Err(StorageError::Locked) if start.elapsed() < LOCK_WAIT => {
                     if !warned {

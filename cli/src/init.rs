@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use pd_ledger::sled_store::SledStore;
+use pd_ledger::file_store::FileStore;
 use pd_ledger::{Body, Genesis, Hash, KeyDecl, Ledger, Role};
 
 use crate::home::{self, Config, Home};
@@ -48,7 +48,7 @@ fn build(dir: &std::path::Path, args: &InitArgs, store: Option<String>) -> Resul
             env: None,
         }],
     };
-    let mut ledger = Ledger::open(SledStore::open(&dir.join("ledger"))?)?;
+    let mut ledger = Ledger::open(FileStore::open(&dir.join("ledger"))?)?;
     ledger.sign_append(ADMIN, &key, home::now_ms(), Body::Genesis(genesis))?;
     home.save_keys(ADMIN, &key, &pgp)?;
     Ok((Hash(id), pgp.fingerprint()))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pd_ledger::sled_store::SledStore;
+use pd_ledger::file_store::FileStore;
 use pd_ledger::{Ledger, Role, Version};
 use pd_server::agent::{Agent, AgentConfig, Objects, Reload};
 use pd_server::{Client, ServeOptions};
@@ -140,7 +140,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
 /// Options for serving `home` as `actor`, whose key signs export heads and checkpoints.
 pub fn serve_options(
     home: &crate::home::Home,
-    ledger: &Ledger<SledStore>,
+    ledger: &Ledger<FileStore>,
     actor: String,
     listen: SocketAddr,
 ) -> ServeOptions {
@@ -153,7 +153,7 @@ pub fn serve_options(
 }
 
 /// Whether the serving key may sign checkpoints; says what to do when it may not.
-fn can_log(ledger: &Ledger<SledStore>, opts: &ServeOptions) -> bool {
+fn can_log(ledger: &Ledger<FileStore>, opts: &ServeOptions) -> bool {
     let actor = opts.head_signer.as_ref().map(|(a, _)| a.as_str());
     let ok =
         actor.and_then(|a| ledger.state().active_key(a)).is_some_and(|k| k.decl.roles.contains(&Role::Log));
@@ -188,7 +188,7 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         (None, None) => Reload::None,
     };
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-    let replica = Ledger::open(SledStore::open(&a.dir.join("ledger"))?)
+    let replica = Ledger::open(FileStore::open(&a.dir.join("ledger"))?)
         .with_context(|| format!("opening the agent's ledger replica in {}", a.dir.display()))?;
     let client = Client::new(&url, ctx.token.clone())?;
     let objects = a.objects.as_deref().map_or(Ok(Objects::Server), Objects::parse)?;

@@ -8,6 +8,8 @@
 pub mod bytes;
 pub mod entry;
 pub mod export;
+#[cfg(feature = "file")]
+pub mod file_store;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
@@ -16,8 +18,6 @@ pub mod note;
 pub mod proof;
 pub mod replay;
 pub mod rules;
-#[cfg(feature = "sled")]
-pub mod sled_store;
 pub mod state;
 pub mod storage;
 #[cfg(feature = "testkit")]

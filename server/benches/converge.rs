@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use pd_ledger::sled_store::SledStore;
+use pd_ledger::file_store::FileStore;
 use pd_ledger::storage::MemStore;
 use pd_ledger::{Approve, Body, Genesis, Hash, KeyDecl, Ledger, Push, Role, SecretKey, State, Version};
 use pd_server::agent::{Agent, AgentConfig, Reload};
@@ -37,8 +37,8 @@ struct Fixture {
 }
 
 /// A ledger with `n` targets in `dev`, on disk, ready to serve.
-fn ledger(dir: &std::path::Path, n: usize, fx: &Fixture) -> Ledger<SledStore> {
-    let mut l = Ledger::open(SledStore::open(&dir.join("ledger")).expect("sled")).expect("open");
+fn ledger(dir: &std::path::Path, n: usize, fx: &Fixture) -> Ledger<FileStore> {
+    let mut l = Ledger::open(FileStore::open(&dir.join("ledger")).expect("ledger")).expect("open");
     let admin_roles = [Role::Admin, Role::Author, Role::Deployer, Role::Log];
     let genesis = Body::Genesis(Genesis {
         format: pd_ledger::entry::FORMAT_VERSION,

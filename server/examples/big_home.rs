@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("keys"))?;
     std::fs::create_dir_all(dir.join("objects"))?;
     std::fs::write(dir.join("config.toml"), "actor = \"admin\"\n")?;
-    let store = pd_ledger::sled_store::SledStore::open(&dir.join("ledger"))?;
+    let store = pd_ledger::file_store::FileStore::open(&dir.join("ledger"))?;
     let mut deployed = pd_ledger::testkit::deployed(store);
     // The testkit's admin seed, so `pd serve` can sign export heads.
     let mut key = std::fs::OpenOptions::new();

@@ -23,8 +23,8 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::stream::Stream;
 use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
+use pd_ledger::file_store::FileStore;
 use pd_ledger::proof::Proof;
-use pd_ledger::sled_store::SledStore;
 use pd_ledger::{
     Body, Hash, Ledger, LedgerError, LedgerStore, Role, RuleError, SecretKey, SignedEntry, State,
     StorageError,
@@ -88,8 +88,8 @@ struct Lease {
 }
 
 struct Shared {
-    ledger: Mutex<Ledger<SledStore>>,
-    reader: SledStore,
+    ledger: Mutex<Ledger<FileStore>>,
+    reader: FileStore,
     store: Arc<dyn BlobStore>,
     /// The ledger's length after each append.
     len: watch::Sender<u64>,
@@ -232,7 +232,7 @@ impl Shared {
 /// Opens the routes over a ledger and store and serves until SIGTERM or Ctrl-C; in-flight
 /// requests (appends included) finish first. Calls `ready` with the bound address.
 pub async fn serve(
-    ledger: Ledger<SledStore>,
+    ledger: Ledger<FileStore>,
     store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     ready: impl FnOnce(SocketAddr),
@@ -251,7 +251,7 @@ pub async fn serve(
 /// Serves on `listener` until `stop` turns true; in-flight requests finish first.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
-    ledger: Ledger<SledStore>,
+    ledger: Ledger<FileStore>,
     store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     mut stop: watch::Receiver<bool>,
@@ -294,7 +294,7 @@ async fn shutdown_signal() {
 
 /// The routes, for [`serve`] and for tests and benches that bring their own listener.
 pub fn router(
-    ledger: Ledger<SledStore>,
+    ledger: Ledger<FileStore>,
     store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     shutdown: watch::Receiver<bool>,
@@ -370,7 +370,7 @@ async fn mirror_once(app: &App, s3: &Arc<crate::s3::S3Store>) -> Option<u64> {
 }
 
 fn shared(
-    ledger: Ledger<SledStore>,
+    ledger: Ledger<FileStore>,
     store: Arc<dyn BlobStore>,
     opts: ServeOptions,
     shutdown: watch::Receiver<bool>,
@@ -587,7 +587,7 @@ async fn append(AxState(app): AxState<App>, headers: HeaderMap, body: Bytes) -> 
 /// Also says whether a checkpoint is due after it.
 async fn commit(
     app: &App,
-    make: impl FnOnce(&Ledger<SledStore>) -> Result<SignedEntry, LedgerError> + Send + 'static,
+    make: impl FnOnce(&Ledger<FileStore>) -> Result<SignedEntry, LedgerError> + Send + 'static,
 ) -> Result<(Receipt, bool), Error> {
     let worker = app.clone();
     let result = tokio::task::spawn_blocking(move || {
