@@ -100,6 +100,8 @@ struct Shared {
     /// The latest entries as encoded events, so a thousand followers cost one encoding.
     recent: Mutex<std::collections::VecDeque<(u64, SseEvent)>>,
     shutdown: watch::Receiver<bool>,
+    /// Why the last object write failed, until a probe shows the store takes writes again.
+    objects_failure: Mutex<Option<String>>,
     metrics: Metrics,
     opts: ServeOptions,
 }
@@ -151,6 +153,22 @@ impl From<LedgerError> for Error {
 }
 
 impl Shared {
+    /// What keeps the server from taking writes now; probes what failed before.
+    fn health(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.reader.probe() {
+            problems.push(format!("ledger: {e}"));
+        }
+        let mut objects = self.objects_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if objects.is_some() {
+            match self.store.probe() {
+                Ok(()) => *objects = None,
+                Err(e) => problems.push(format!("objects: {e}")),
+            }
+        }
+        problems
+    }
+
     fn head(&self) -> HeadInfo {
         let l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let s = l.state();
@@ -387,6 +405,7 @@ fn shared(
         small: Mutex::default(),
         recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS)),
         shutdown,
+        objects_failure: Mutex::new(None),
         metrics: Metrics::default(),
         opts,
     })
@@ -416,7 +435,7 @@ fn routes(app: App) -> Router {
         .merge(bounded)
         .layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .merge(v1)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
@@ -764,11 +783,28 @@ async fn put_object(
         }
     }
     let worker = app.clone();
-    tokio::task::spawn_blocking(move || worker.store.put(&body))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    let put = tokio::task::spawn_blocking(move || worker.store.put(&body)).await.map_err(internal)?;
+    if let Err(e) = put {
+        if matches!(e, pd_store::StoreError::Io { .. }) {
+            *app.objects_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        return Err(internal(e));
+    }
     Ok(StatusCode::CREATED)
+}
+
+/// `GET /healthz`: 200 while the ledger and the object store take writes; 503 with the
+/// reasons after a write failed (a full disk, an I/O error), until a probe shows they take
+/// writes again — so a supervisor sees the trouble, and no restart is needed once it is gone.
+async fn healthz(AxState(app): AxState<App>) -> Response {
+    let worker = app.clone();
+    let problems = tokio::task::spawn_blocking(move || worker.health())
+        .await
+        .unwrap_or_else(|e| vec![format!("health check failed: {e}")]);
+    if problems.is_empty() {
+        return "ok\n".into_response();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy\n{}\n", problems.join("\n"))).into_response()
 }
 
 async fn checkpoint(AxState(app): AxState<App>) -> Result<Response, Error> {

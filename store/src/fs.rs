@@ -47,6 +47,10 @@ pub trait BlobStore: Send + Sync {
     fn get(&self, blake3: &[u8; 32]) -> Result<Vec<u8>, StoreError>;
     /// Whether `blake3` is present (not verified).
     fn contains(&self, blake3: &[u8; 32]) -> Result<bool, StoreError>;
+    /// After a failed write: whether the store takes writes again. Leaves nothing behind.
+    fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store in a directory.
@@ -105,12 +109,18 @@ impl BlobStore for FsStore {
             return Ok(hash);
         }
         let dir = path.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+            // The new fan-out directory's name must be durable too.
+            fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        }
         let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), hex::encode(&hash[..8])));
         let written = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
+            // Paired with the hash check on every read: the file holds exactly what was hashed.
+            assert_eq!(f.metadata()?.len(), bytes.len() as u64, "object {} written whole", hex::encode(hash));
             fs::rename(&tmp, &path)?;
             // The rename is durable only once the directory is synced.
             fs::File::open(dir)?.sync_all()
@@ -139,6 +149,17 @@ impl BlobStore for FsStore {
 
     fn contains(&self, blake3: &[u8; 32]) -> Result<bool, StoreError> {
         Ok(self.path_of(blake3).is_file())
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let tmp = self.dir.join(format!(".probe-{}", std::process::id()));
+        let tried = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&[0; 64 * 1024])?;
+            f.sync_all()
+        })();
+        let _ = fs::remove_file(&tmp);
+        tried.map_err(io(&tmp))
     }
 }
 
