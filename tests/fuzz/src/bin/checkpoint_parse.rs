@@ -1,0 +1,4 @@
+//! AFL target: see [`pd_fuzz::checkpoint_parse`].
+fn main() {
+    afl::fuzz!(|data: &[u8]| pd_fuzz::checkpoint_parse(data));
+}

@@ -1,0 +1,230 @@
+//! The seed corpora under `seeds/<target>/`: real entries, exports, notes, proofs, packages
+//! and wire messages made by pd's own code from the pd-ledger testkit ledger. Deterministic
+//! (fixed keys and times), so the committed files are checked against a fresh generation.
+//!
+//! Regenerate after a format change: `PD_FUZZ_WRITE_SEEDS=1 cargo test` in `tests/fuzz`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use pd_ledger::export::ExportArtifact;
+use pd_ledger::proof::Proof;
+use pd_ledger::storage::MemStore;
+use pd_ledger::testkit::{deployed, Deployed};
+use pd_ledger::{Hash, SignedEntry};
+use pd_store::tarball::{self, PolicyFile};
+use pd_store::Limits;
+
+use crate::wire;
+
+/// Target name → file name → bytes.
+type Corpora = BTreeMap<&'static str, BTreeMap<String, Vec<u8>>>;
+
+/// The testkit ledger, then a checkpoint, three acks and a second checkpoint.
+fn ledger() -> Deployed<MemStore> {
+    let mut d = deployed(MemStore::default());
+    let cp = d.ledger.state().sign_checkpoint(&d.admin);
+    d.ledger.sign_append("admin", &d.admin, 5, cp).expect("first checkpoint");
+    d.append_acks(3);
+    let cp = d.ledger.state().sign_checkpoint(&d.admin);
+    d.ledger.sign_append("admin", &d.admin, 6, cp).expect("second checkpoint");
+    d
+}
+
+fn entries(d: &Deployed<MemStore>) -> Vec<SignedEntry> {
+    d.ledger.entries(0).map(|e| e.expect("fixture entry")).collect()
+}
+
+fn package() -> Vec<u8> {
+    let files = [
+        PolicyFile { path: "llm_policy.yaml".into(), bytes: b"models:\n  allow: [small]\n".to_vec() },
+        PolicyFile { path: "rules/extra.yaml".into(), bytes: b"max_tokens: 512\n".to_vec() },
+    ];
+    tarball::build("llm_policy", "PD-1.0.0", &files, &Limits::default()).expect("package builds").bytes
+}
+
+fn generate() -> Corpora {
+    let d = ledger();
+    let all = entries(&d);
+    let mut c = Corpora::new();
+    c.insert("entry_decode", entry_seeds(&all));
+    c.insert("export_decode", export_seeds(&d));
+    c.insert("checkpoint_parse", note_seeds(&d));
+    c.insert("proof_file", proof_seeds(&d, &all));
+    c.insert("tarball_read", BTreeMap::from([("package.tar.gz".to_string(), package())]));
+    c.insert("server_requests", wire_seeds(&d, &all));
+    c
+}
+
+/// The first entry of each kind.
+fn entry_seeds(all: &[SignedEntry]) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in all {
+        let kind = e.entry.body.kind();
+        if !out.keys().any(|k: &String| k.ends_with(&format!("-{kind}.cbor"))) {
+            out.insert(format!("{:02}-{kind}.cbor", e.entry.seq), e.bytes.clone());
+        }
+    }
+    out
+}
+
+fn export_seeds(d: &Deployed<MemStore>) -> BTreeMap<String, Vec<u8>> {
+    let plain = d.export();
+    let mut with_artifact = plain.clone();
+    let bytes = package();
+    with_artifact.artifacts.push(ExportArtifact { blake3: Hash::of(&bytes), bytes: bytes.into() });
+    BTreeMap::from([
+        ("export.cbor".to_string(), plain.encode()),
+        ("with-artifact.cbor".to_string(), with_artifact.encode()),
+    ])
+}
+
+fn note_seeds(d: &Deployed<MemStore>) -> BTreeMap<String, Vec<u8>> {
+    let st = d.ledger.state();
+    let note = st.signed_note(st.latest_checkpoint().expect("a checkpoint")).render();
+    // Another log's note: an extension line, and a signature of another type that pd skips.
+    let mut other = st.signed_note(&st.checkpoints[0]);
+    other.checkpoint.extensions.push("extension line".into());
+    let mut foreign = other.render();
+    foreign.push_str("\u{2014} witness.example/w1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n");
+    BTreeMap::from([
+        ("checkpoint.txt".to_string(), note.into_bytes()),
+        ("extension-and-foreign-signature.txt".to_string(), foreign.into_bytes()),
+        ("vkey.txt".to_string(), st.note_vkey(&d.admin.public()).into_bytes()),
+    ])
+}
+
+fn proof_seeds(d: &Deployed<MemStore>, all: &[SignedEntry]) -> BTreeMap<String, Vec<u8>> {
+    let (st, tree) = (d.ledger.state(), d.ledger.tree());
+    let (first, last) = (&st.checkpoints[0], &st.checkpoints[1]);
+    let inclusion = Proof::inclusion(st, tree, &all[3], last).expect("inclusion proof");
+    let consistency = Proof::consistency(st, tree, &st.signed_note(first), last).expect("consistency proof");
+    let json = |p: &Proof| serde_json::to_vec_pretty(p).expect("proof JSON");
+    BTreeMap::from([
+        ("inclusion.json".to_string(), json(&inclusion)),
+        ("consistency.json".to_string(), json(&consistency)),
+    ])
+}
+
+fn tagged(which: crate::Wire, body: impl AsRef<[u8]>) -> Vec<u8> {
+    let mut out = vec![which as u8];
+    out.extend_from_slice(body.as_ref());
+    out
+}
+
+fn wire_seeds(d: &Deployed<MemStore>, all: &[SignedEntry]) -> BTreeMap<String, Vec<u8>> {
+    use crate::Wire as W;
+    let st = d.ledger.state();
+    let time_ms = 1_700_000_000_000;
+    let sig = d.admin.sign(wire::TURN_DOMAIN, &wire::turn_digest(&st.ledger_id, "admin", time_ms));
+    let turn_request = wire::TurnRequest { actor: "admin".into(), time_ms, sig };
+    let object = Hash::of(&package());
+    let put_sig = d.admin.sign(wire::PUT_DOMAIN, &wire::put_digest(&st.ledger_id, &object));
+    let push = all.iter().find(|e| e.entry.body.kind() == "push").expect("a push");
+    let listed: wire::EntryBytes = all[..3].iter().map(|e| e.bytes.clone().into()).collect();
+    let mut listed_cbor = Vec::new();
+    ciborium::into_writer(&listed, &mut listed_cbor).expect("CBOR");
+    let turn = wire::Turn {
+        lease: "00112233445566778899aabbccddeeff".into(),
+        seq: st.len,
+        prev: st.head,
+        min_time_ms: st.last_time_ms,
+        expires_in_ms: 5000,
+    };
+    let head =
+        wire::HeadInfo { ledger_id: st.ledger_id, len: st.len, head: st.head, last_time_ms: st.last_time_ms };
+    BTreeMap::from([
+        ("0-turn-request.json".to_string(), tagged(W::TurnRequest, json(&turn_request))),
+        ("1-hash-path.txt".to_string(), tagged(W::HashPath, object.to_hex())),
+        ("2-upload-auth.txt".to_string(), tagged(W::UploadAuth, format!("admin\n{}", put_sig.to_hex()))),
+        ("3-entry-body.cbor".to_string(), tagged(W::EntryBody, &push.bytes)),
+        ("4-entries-response.cbor".to_string(), tagged(W::EntriesResponse, listed_cbor)),
+        ("5-event.json".to_string(), tagged(W::EventResponse, json(&wire::Event::of(push)))),
+        ("6-turn.json".to_string(), tagged(W::JsonResponses, json(&turn))),
+        ("6-head.json".to_string(), tagged(W::JsonResponses, json(&head))),
+    ])
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("wire JSON")
+}
+
+fn seeds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds")
+}
+
+fn on_disk(target: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = seeds_dir().join(target);
+    let Ok(read) = std::fs::read_dir(&dir) else { return BTreeMap::new() };
+    read.map(|e| {
+        let e = e.expect("seed dir entry");
+        (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("seed file"))
+    })
+    .collect()
+}
+
+fn write(corpora: &Corpora) {
+    for (target, files) in corpora {
+        let dir = seeds_dir().join(target);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("seed dir");
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).expect("write seed");
+        }
+    }
+}
+
+#[test]
+fn committed_seeds_are_the_generated_ones() {
+    let corpora = generate();
+    if std::env::var_os("PD_FUZZ_WRITE_SEEDS").is_some() {
+        write(&corpora);
+    }
+    for (target, files) in &corpora {
+        let disk = on_disk(target);
+        let stale: Vec<&String> =
+            files.keys().chain(disk.keys()).filter(|name| disk.get(*name) != files.get(*name)).collect();
+        assert!(
+            stale.is_empty(),
+            "seeds/{target}: {stale:?} differ from what seeds.rs generates; \
+             run `PD_FUZZ_WRITE_SEEDS=1 cargo test` in tests/fuzz"
+        );
+    }
+}
+
+/// Every seed runs through its target, and each is one the real decoder accepts, so the
+/// fuzzer starts from deep inside each format rather than from its first error.
+#[test]
+fn every_seed_is_accepted_and_passes_its_target() {
+    let c = generate();
+    for bytes in c["entry_decode"].values() {
+        assert!(SignedEntry::decode(bytes).is_ok());
+        crate::entry_decode(bytes);
+    }
+    for bytes in c["export_decode"].values() {
+        assert!(pd_ledger::Export::decode(bytes).is_ok());
+        crate::export_decode(bytes);
+    }
+    for (name, bytes) in &c["checkpoint_parse"] {
+        let text = std::str::from_utf8(bytes).expect("UTF-8");
+        let parsed = if name == "vkey.txt" {
+            pd_ledger::note::parse_vkey(text).map(drop)
+        } else {
+            pd_ledger::note::SignedCheckpoint::parse(text).map(drop)
+        };
+        assert!(parsed.is_ok(), "{name}: {parsed:?}");
+        crate::checkpoint_parse(bytes);
+    }
+    for (name, bytes) in &c["proof_file"] {
+        let proof: Proof = serde_json::from_slice(bytes).expect("proof JSON");
+        assert!(proof.verify(&[]).is_ok(), "{name}");
+        crate::proof_file(bytes);
+    }
+    for bytes in c["tarball_read"].values() {
+        assert!(tarball::read(bytes, &Limits::default()).is_ok());
+        crate::tarball_read(bytes);
+    }
+    for bytes in c["server_requests"].values() {
+        crate::server_requests(bytes);
+    }
+}
