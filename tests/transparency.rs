@@ -59,7 +59,9 @@ fn proofs_verify_offline_and_any_tampering_fails() {
     assert!(out.contains("✔ checkpoint #"), "{out}");
     let note = std::fs::read_to_string(&cp1).expect("note");
     assert!(note.starts_with("pd.ledger/"), "{note}");
-    assert!(note.contains("\n\n— admin "), "{note}");
+    // tlog-checkpoint: the log's signature is under the origin's name.
+    let origin = note.lines().next().expect("origin line");
+    assert!(note.contains(&format!("\n\n— {origin} ")), "{note}");
     let log = w.log();
     assert_eq!(log.last().expect("entries")["kind"], "checkpoint");
 
