@@ -110,6 +110,15 @@ impl Home {
                 Err(e) => return Err(e).with_context(|| format!("opening the ledger in {}", path.display())),
             }
         };
+        if let Some(t) = store.torn() {
+            eprintln!(
+                "warning: the ledger's last {} bytes (after entry #{}) were unreadable — an append cut short \
+                 by a crash or power loss, never reported — and were set aside in {}",
+                t.bytes,
+                t.entries.saturating_sub(1),
+                t.kept
+            );
+        }
         Ok(Ledger::open(store)?)
     }
 
