@@ -256,3 +256,21 @@ fn tampered_exports_fail_verification_naming_the_entry() {
     assert_eq!(w.verify(&[export.to_str().unwrap()]).status.code(), Some(1));
     assert_eq!(w.verify(&["no-such-file.pdx"]).status.code(), Some(2));
 }
+
+#[test]
+fn pd_verify_refuses_an_entries_only_export_unless_told_and_names_the_head_signer() {
+    let w = World::standard();
+    let export = w.path("entries.pdx");
+    w.ok("", &["ledger", "export", export.to_str().unwrap()]);
+    let out = w.verify(&[export.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", pd_e2e::text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-artifacts"), "{}", pd_e2e::text(&out));
+    let out = w.verify(&["--no-artifacts", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", pd_e2e::text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("by admin (admin,"), "{stdout}");
+    // A target may not sign an export's head: refused before anything is written.
+    let err = w.refused("dev-1", &["ledger", "export", w.path("by-target.pdx").to_str().unwrap()]);
+    assert!(err.contains("only an active log or admin key"), "{err}");
+    assert!(!w.path("by-target.pdx").exists());
+}

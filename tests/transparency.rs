@@ -112,7 +112,7 @@ fn proofs_verify_offline_and_any_tampering_fails() {
     // The export extends the checkpoint kept from before.
     let export = w.path("ledger.pdx");
     w.ok("", &["ledger", "export", s(&export)]);
-    let out = ok(verify(&w, &["--since", s(&cp1), s(&export)]));
+    let out = ok(verify(&w, &["--no-artifacts", "--since", s(&cp1), s(&export)]));
     assert!(out.contains("✔ extends the checkpoint of"), "{out}");
 }
 
@@ -130,9 +130,9 @@ fn a_forked_ledger_is_caught_by_pd_verify_since() {
     pd_at(&fork_home, &["ledger", "export", s(&forked)]);
 
     // On its own the forked export is a valid ledger…
-    ok(verify(&w, &[s(&forked)]));
+    ok(verify(&w, &["--no-artifacts", s(&forked)]));
     // …but it does not extend what the auditor kept.
-    let err = fails(verify(&w, &["--since", s(&kept), s(&forked)]));
+    let err = fails(verify(&w, &["--no-artifacts", "--since", s(&kept), s(&forked)]));
     assert!(err.contains("history was rewritten"), "{err}");
     let out = Command::new(bin("pd"))
         .arg("--home")
@@ -145,7 +145,7 @@ fn a_forked_ledger_is_caught_by_pd_verify_since() {
     let other = World::standard();
     let other_cp = other.path("other.note");
     other.ok("", &["ledger", "checkpoint", "-o", s(&other_cp)]);
-    let err = fails(verify(&w, &["--since", s(&other_cp), s(&forked)]));
+    let err = fails(verify(&w, &["--no-artifacts", "--since", s(&other_cp), s(&forked)]));
     assert!(err.contains("this export is of"), "{err}");
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
+use pd_ledger::export::{Contents, Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::state::PackageState;
 use pd_ledger::{Ack, Approve, Body, Bump, Outcome, Rollback, SignedEntry, State, Version};
 use pd_store::FsStore;
@@ -501,8 +501,13 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
     // The state of exactly these entries (a server may have grown meanwhile).
     let state =
         &pd_ledger::replay(entries.iter().map(|b| b.as_slice()), pd_ledger::Signatures::TrustLocalStore)?;
-    let artifacts = if with_artifacts { artifacts(&mut backend, state)? } else { Vec::new() };
-    let head = Head::sign(state, &actor, home::now_ms().max(state.last_time_ms), &key);
+    may_sign_head(state, &actor)?;
+    let (artifacts, contents) = if with_artifacts {
+        (artifacts(&mut backend, state)?, Contents::WithArtifacts)
+    } else {
+        (Vec::new(), Contents::EntriesOnly)
+    };
+    let head = Head::sign(state, &actor, home::now_ms().max(state.last_time_ms), contents, &key);
     let export = Export { format: FORMAT.to_string(), entries, artifacts, head };
     let bytes = export.encode();
     home::write_file_atomic(file, &bytes)?;
@@ -533,4 +538,14 @@ fn artifacts(backend: &mut Backend, state: &State) -> Result<Vec<ExportArtifact>
     }
     out.sort_by_key(|a| a.blake3);
     Ok(out)
+}
+
+/// Refuses, before anything is written, a signer whose head an auditor would refuse.
+pub fn may_sign_head(state: &pd_ledger::State, actor: &str) -> Result<()> {
+    if !Head::may_sign(state, actor) {
+        refuse!(
+            "{actor:?} may not sign an export's head: only an active log or admin key may; run as one with --as NAME"
+        );
+    }
+    Ok(())
 }

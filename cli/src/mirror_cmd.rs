@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pd_ledger::export::Head;
+use pd_ledger::export::{Contents, Head};
 use pd_ledger::{Hash, Role, SignedEntry, State};
 use pd_server::s3::S3Store;
 use pd_store::{BlobStore, FsStore};
@@ -39,7 +39,9 @@ pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
         entries.iter().map(|e| e.bytes.as_slice()),
         pd_ledger::Signatures::TrustLocalStore,
     )?;
-    let head = Head::sign(&state, &actor, home::now_ms().max(state.last_time_ms), &key);
+    crate::ledger_cmd::may_sign_head(&state, &actor)?;
+    let head =
+        Head::sign(&state, &actor, home::now_ms().max(state.last_time_ms), Contents::WithArtifacts, &key);
     let mut read = |from: u64, end: u64| {
         Ok(entries[from as usize..end as usize].iter().map(|e| e.bytes.clone()).collect())
     };

@@ -4,13 +4,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Hash, Signature};
 use crate::entry::canonical_cbor;
+use crate::entry::Role;
 use crate::keys::{self, SecretKey};
 use crate::state::State;
 
 /// Format tag of this version of the export file.
-pub const FORMAT: &str = "pd-export/1";
+pub const FORMAT: &str = "pd-export/2";
 /// Domain tag of head signatures.
-pub const HEAD_DOMAIN: &[u8] = b"pd/head/v1\0";
+pub const HEAD_DOMAIN: &[u8] = b"pd/head/v2\0";
 
 /// A self-contained export: what `pd-verify` reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +37,18 @@ pub struct ExportArtifact {
     pub bytes: serde_bytes::ByteBuf,
 }
 
-/// A signed statement: "this ledger had `len` entries ending in `head`".
+/// What an export carries besides its entries, as its signed head states it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contents {
+    /// Entries only: an auditor must accept that explicitly (`pd-verify --no-artifacts`).
+    EntriesOnly,
+    /// Entries and the tarball of every package.
+    WithArtifacts,
+}
+
+/// A signed statement: "this ledger had `len` entries ending in `head`, and this export
+/// carries these contents".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Head {
@@ -48,8 +60,10 @@ pub struct Head {
     pub head: Hash,
     /// When the statement was signed.
     pub time_ms: u64,
-    /// Signer: a key active at the head.
+    /// Signer: a `log` or `admin` key active at the head ([`Head::check`]).
     pub actor: String,
+    /// Whether the export carries every artifact.
+    pub contents: Contents,
     /// Ed25519 over [`HEAD_DOMAIN`] and the hash of the fields above.
     pub sig: Signature,
 }
@@ -61,6 +75,44 @@ struct UnsignedHead<'a> {
     head: &'a Hash,
     time_ms: u64,
     actor: &'a str,
+    contents: Contents,
+}
+
+/// Why a signed head does not vouch for the entries it comes with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadError {
+    /// Entries were dropped or added after signing, or it is another ledger's head.
+    #[error("it covers {head_len} entries ending in {head} but the export's {len} entries end in {actual}: entries were dropped, added or replaced")]
+    Mismatch {
+        /// Entries the head covers.
+        head_len: u64,
+        /// The head it names.
+        head: Hash,
+        /// Entries present.
+        len: u64,
+        /// Where they end.
+        actual: Hash,
+    },
+    /// The signer is not a key of this ledger, or not one active at the head.
+    #[error("it is signed by {actor:?}, which is not an active key of this ledger at its head")]
+    UnknownSigner {
+        /// The named signer.
+        actor: String,
+    },
+    /// The signer may not vouch for heads.
+    #[error("it is signed by {actor:?}, a key with roles {roles}: only a log or admin key may sign a head (a cut-off export re-signed by another key looks like this)")]
+    NotTrusted {
+        /// The signer.
+        actor: String,
+        /// Its roles.
+        roles: String,
+    },
+    /// The signature does not verify.
+    #[error("the signature by {actor:?} does not verify")]
+    BadSignature {
+        /// The named signer.
+        actor: String,
+    },
 }
 
 /// An export file that cannot be read.
@@ -78,14 +130,15 @@ pub enum ExportError {
 }
 
 impl Head {
-    /// Signs a head for `state`.
-    pub fn sign(state: &State, actor: &str, time_ms: u64, key: &SecretKey) -> Head {
+    /// Signs a head for `state` stating `contents`. The signer must pass [`Head::check`].
+    pub fn sign(state: &State, actor: &str, time_ms: u64, contents: Contents, key: &SecretKey) -> Head {
         let mut head = Head {
             ledger_id: state.ledger_id,
             len: state.len,
             head: state.head,
             time_ms,
             actor: actor.to_string(),
+            contents,
             sig: Signature([0; 64]),
         };
         head.sig = key.sign(HEAD_DOMAIN, &head.digest().0);
@@ -99,7 +152,40 @@ impl Head {
             head: &self.head,
             time_ms: self.time_ms,
             actor: &self.actor,
+            contents: self.contents,
         }))
+    }
+
+    /// The one rule for heads: it names exactly the state's length and head, and is signed by
+    /// a key with the `log` or `admin` role that is active at that head. Any other signer could
+    /// cut entries off and vouch for the rest.
+    pub fn check(&self, state: &State) -> Result<(), HeadError> {
+        if self.len != state.len || self.head != state.head || self.ledger_id != state.ledger_id {
+            return Err(HeadError::Mismatch {
+                head_len: self.len,
+                head: self.head,
+                len: state.len,
+                actual: state.head,
+            });
+        }
+        let actor = self.actor.clone();
+        let key =
+            state.active_key(&self.actor).ok_or_else(|| HeadError::UnknownSigner { actor: actor.clone() })?;
+        if !key.decl.roles.iter().any(|r| matches!(r, Role::Log | Role::Admin)) {
+            let roles = key.decl.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(HeadError::NotTrusted { actor, roles });
+        }
+        if !self.signature_valid(&key.decl.public_key) {
+            return Err(HeadError::BadSignature { actor });
+        }
+        Ok(())
+    }
+
+    /// Whether `state` lets `actor` sign heads (see [`Head::check`]).
+    pub fn may_sign(state: &State, actor: &str) -> bool {
+        state
+            .active_key(actor)
+            .is_some_and(|k| k.decl.roles.iter().any(|r| matches!(r, Role::Log | Role::Admin)))
     }
 
     /// Checks the signature against `key`.

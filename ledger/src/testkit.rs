@@ -99,7 +99,13 @@ impl<S: LedgerStore> Deployed<S> {
     pub fn export(&self) -> crate::export::Export {
         let entries =
             self.ledger.entries(0).map(|e| serde_bytes::ByteBuf::from(e.expect("entry").bytes)).collect();
-        let head = crate::export::Head::sign(self.ledger.state(), "admin", 3, &self.admin);
+        let head = crate::export::Head::sign(
+            self.ledger.state(),
+            "admin",
+            3,
+            crate::export::Contents::EntriesOnly,
+            &self.admin,
+        );
         crate::export::Export { format: crate::export::FORMAT.into(), entries, artifacts: vec![], head }
     }
 }

@@ -12,7 +12,7 @@ use std::io::Write as _;
 
 use check::{Fixture, Mode};
 use pd_ledger::entry::{canonical_cbor, FORMAT_VERSION};
-use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
+use pd_ledger::export::{Contents, Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::note::SignedCheckpoint;
 use pd_ledger::proof::Proof;
 use pd_ledger::storage::MemStore;
@@ -328,7 +328,13 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
         format: FORMAT.into(),
         entries: entries.iter().map(|e| e.bytes.clone().into()).collect(),
         artifacts,
-        head: Head::sign(state, "admin", T0_MS + entries.len() as u64 * MINUTE_MS, &keys.admin),
+        head: Head::sign(
+            state,
+            "admin",
+            T0_MS + entries.len() as u64 * MINUTE_MS,
+            Contents::WithArtifacts,
+            &keys.admin,
+        ),
     };
     let inclusion = Proof::inclusion(state, ledger.tree(), &entries[11], new).expect("inclusion proof");
     let consistency =

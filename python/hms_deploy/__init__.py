@@ -217,14 +217,15 @@ class Report:
     packages: List[Dict[str, Any]]
 
 
-def verify(path: PathLike) -> Report:
+def verify(path: PathLike, *, no_artifacts: bool = False) -> Report:
     """Replay an exported ledger offline as ``pd-verify FILE`` does: encoding, chain, Ed25519
-    signatures, every rule, the signed head and (if exported with them) the artifacts.
+    signatures, every rule, the signed head and the artifacts. An export of entries only is
+    refused unless ``no_artifacts`` accepts it (``pd-verify --no-artifacts``).
 
     Raises VerificationError with pd-verify's message, naming the first thing wrong (``seq``
     is the bad entry's, if one is), UsageError if the file cannot be read.
     """
-    report = json.loads(_native.verify(os.fspath(path)))
+    report = json.loads(_native.verify(os.fspath(path), no_artifacts))
     return Report(**{f.name: report[f.name] for f in dataclasses.fields(Report)})
 
 

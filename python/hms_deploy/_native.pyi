@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Optional
 def run(args: List[str], on_progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Optional[str]:
     """Run `pd ARGS...` in this process; its --json result as JSON text, or None."""
 
-def verify(path: str) -> str:
+def verify(path: str, no_artifacts: bool = False) -> str:
     """Verify an exported ledger as `pd-verify FILE` does; the report as JSON text."""
 
 class PolicyDeployError(Exception):

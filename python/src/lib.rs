@@ -108,11 +108,19 @@ fn run(py: Python<'_>, args: Vec<OsString>, on_progress: Option<Py<PyAny>>) -> P
     Ok(value.map(|v| v.to_string()))
 }
 
-/// Verifies an exported ledger as `pd-verify FILE` does; returns the report as JSON text.
-/// Errors carry pd-verify's message and exit code; a bad entry's seq is `seq`.
+/// Verifies an exported ledger as `pd-verify FILE` does (`pd-verify --no-artifacts FILE` with
+/// `no_artifacts`); returns the report as JSON text. Errors carry pd-verify's message and exit
+/// code; a bad entry's seq is `seq`.
 #[pyfunction]
-fn verify(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    let report = py.detach(|| pd_verify::verify_file(&path, None).map(|r| pd_verify::report_json(&r)));
+#[pyo3(signature = (path, no_artifacts = false))]
+fn verify(py: Python<'_>, path: PathBuf, no_artifacts: bool) -> PyResult<String> {
+    let report = py.detach(|| {
+        let report = pd_verify::verify_file(&path, None)?;
+        if !no_artifacts {
+            report.require_artifacts()?;
+        }
+        Ok::<_, pd_verify::VerifyError>(pd_verify::report_json(&report))
+    });
     let e = match report {
         Ok(json) => return Ok(json.to_string()),
         Err(e) => e,

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::stream::Stream;
-use pd_ledger::export::{Export, ExportArtifact, Head, FORMAT};
+use pd_ledger::export::{Contents, Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::file_store::FileStore;
 use pd_ledger::proof::Proof;
 use pd_ledger::{
@@ -233,7 +233,8 @@ impl Shared {
             "mirroring needs a key to sign the head",
         )?;
         let state = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).state().clone();
-        let head = Head::sign(&state, actor, crate::now_ms().max(state.last_time_ms), key);
+        let head =
+            Head::sign(&state, actor, crate::now_ms().max(state.last_time_ms), Contents::WithArtifacts, key);
         let mut read = |from: u64, end: u64| -> anyhow::Result<Vec<Vec<u8>>> {
             Ok(self.reader.scan(from).take((end - from) as usize).collect::<Result<_, _>>()?)
         };
@@ -901,7 +902,7 @@ async fn export(AxState(app): AxState<App>) -> Result<Response, Error> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let head = Head::sign(&state, actor, now.max(state.last_time_ms), key);
+    let head = Head::sign(&state, actor, now.max(state.last_time_ms), Contents::WithArtifacts, key);
     let export = Export {
         format: FORMAT.to_string(),
         entries: entries.into_iter().map(serde_bytes::ByteBuf::from).collect(),

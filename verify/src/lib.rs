@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use pd_ledger::export::{Export, ExportError, Head};
+use pd_ledger::export::{Contents, Export, ExportError, Head};
 use pd_ledger::note::SignedCheckpoint;
 use pd_ledger::replay::{replay_onto, ReplayError, Signatures};
 use pd_ledger::state::PackageState;
@@ -62,6 +62,9 @@ pub enum VerifyError {
     /// The export does not extend the checkpoint it was checked against.
     #[error("checkpoint: {0}")]
     Since(String),
+    /// The export carries no artifacts and the caller did not accept that.
+    #[error("the export carries entries only (its signed head says so), so no tarball or OpenPGP signature was checked: pass --no-artifacts to accept that, or export with --with-artifacts")]
+    NoArtifacts,
     /// An artifact is bad.
     #[error("artifact {hash}: {problem}")]
     Artifact {
@@ -70,6 +73,18 @@ pub enum VerifyError {
         /// What is wrong.
         problem: String,
     },
+}
+
+impl Report {
+    /// Refuses an entries-only export: an auditor accepts one only by saying so
+    /// (`pd-verify --no-artifacts`), because without artifacts no tarball hash or OpenPGP
+    /// signature was checked.
+    pub fn require_artifacts(&self) -> Result<(), VerifyError> {
+        match self.head.contents {
+            Contents::WithArtifacts => Ok(()),
+            Contents::EntriesOnly => Err(VerifyError::NoArtifacts),
+        }
+    }
 }
 
 impl VerifyError {
@@ -147,27 +162,18 @@ fn check_since(
 }
 
 fn check_head(state: &State, head: &Head) -> Result<(), VerifyError> {
-    let fail = |m: String| Err(VerifyError::Head(m));
-    if head.len != state.len {
-        return fail(format!(
-            "it covers {} entries but the export holds {}: entries were dropped or added",
-            head.len, state.len
-        ));
-    }
-    if head.head != state.head || head.ledger_id != state.ledger_id {
-        return fail("it names another head or ledger than the entries replay to".into());
-    }
-    let Some(key) = state.active_key(&head.actor) else {
-        return fail(format!("signer {:?} is not an active key of this ledger", head.actor));
-    };
-    if !head.signature_valid(&key.decl.public_key) {
-        return fail(format!("signature by {:?} does not verify", head.actor));
-    }
-    Ok(())
+    head.check(state).map_err(|e| VerifyError::Head(e.to_string()))
 }
 
 fn check_artifacts(state: &State, export: &Export) -> Result<usize, VerifyError> {
-    if export.artifacts.is_empty() {
+    if export.head.contents == Contents::EntriesOnly {
+        if let Some(a) = export.artifacts.first() {
+            return Err(VerifyError::Artifact {
+                hash: a.blake3,
+                problem: "the signed head says the export carries entries only, yet it holds artifacts"
+                    .into(),
+            });
+        }
         return Ok(0);
     }
     if !export.artifacts.windows(2).all(|w| w[0].blake3 < w[1].blake3) {
@@ -193,7 +199,7 @@ fn check_artifacts(state: &State, export: &Export) -> Result<usize, VerifyError>
         return Err(VerifyError::Artifact {
             hash: missing.package.tarball.blake3,
             problem: format!(
-                "the tarball of {} is missing from an export that carries artifacts",
+                "the tarball of {} is missing, but the signed head says the export carries every artifact: artifacts were stripped",
                 missing.package.version
             ),
         });
@@ -239,7 +245,20 @@ pub fn print_report(r: &Report) {
         s.ledger_id.short(),
         s.len
     );
-    println!("✔ signed head #{} {} by {} matches", s.len.saturating_sub(1), s.head.short(), r.head.actor);
+    let role = s
+        .keys
+        .get(&r.head.actor)
+        .map(|k| k.decl.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","));
+    println!(
+        "✔ signed head #{} {} by {} ({}) at {} matches",
+        s.len.saturating_sub(1),
+        s.head.short(),
+        r.head.actor,
+        role.unwrap_or_default(),
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.head.time_ms)
+        )
+    );
     if let Some((size, root, signer)) = &r.extends {
         println!("✔ extends the checkpoint of {size} entries (root {}) signed by {signer}", root.short());
     }
@@ -249,7 +268,9 @@ pub fn print_report(r: &Report) {
             r.artifacts_checked
         );
     } else {
-        println!("- no artifacts in this export: tarball hashes and OpenPGP signatures not checked (export with --with-artifacts)");
+        println!(
+            "- entries only, accepted with --no-artifacts: tarball hashes and OpenPGP signatures not checked"
+        );
     }
     for env in &s.envs {
         let e = &s.env[env];
@@ -274,7 +295,7 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "ok": true, "ledger_id": r.state.ledger_id, "entries": r.state.len, "head": r.state.head,
-        "head_signed_by": r.head.actor, "artifacts_checked": r.artifacts_checked,
+        "head_signed_by": r.head.actor, "head_signed_at_ms": r.head.time_ms, "contents": r.head.contents, "artifacts_checked": r.artifacts_checked,
         "extends": r.extends.as_ref().map(|(size, root, signer)| serde_json::json!({ "size": size, "root": root, "signer": signer })),
         "envs": r.state.env, "packages": packages,
     })

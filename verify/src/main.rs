@@ -39,6 +39,10 @@ struct Args {
     /// `pd key list --json` prints it); repeatable. Without it the keys in the file are used.
     #[arg(long = "key", value_name = "VKEY", requires = "proof")]
     keys: Vec<String>,
+    /// Accept an export that carries entries only (its signed head says so): the tarballs'
+    /// hashes, contents and OpenPGP signatures are then not checked.
+    #[arg(long, conflicts_with = "proof")]
+    no_artifacts: bool,
     /// Print a JSON report.
     #[arg(long)]
     json: bool,
@@ -87,6 +91,9 @@ fn check_export(args: &Args) -> Result<(), VerifyError> {
         None => None,
     };
     let report = pd_verify::verify_file(export, since.as_ref())?;
+    if !args.no_artifacts {
+        report.require_artifacts()?;
+    }
     if args.json {
         println!("{}", pd_verify::report_json(&report));
     } else {

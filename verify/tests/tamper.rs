@@ -1,7 +1,7 @@
 //! The promise to auditors: any single-byte change, truncation, reordering or duplication of
 //! an export is rejected.
 
-use pd_ledger::export::{Export, Head, FORMAT};
+use pd_ledger::export::{Contents, Export, Head, FORMAT};
 use pd_ledger::storage::MemStore;
 use pd_ledger::testkit::{decl, package};
 use pd_ledger::*;
@@ -60,7 +60,7 @@ fn ledger() -> Export {
         Body::Rollback(Rollback { env: "dev".into(), version: v, package: h, reason: "back".into() }),
     );
     let entries = l.entries(0).map(|e| serde_bytes::ByteBuf::from(e.unwrap().bytes)).collect();
-    let head = Head::sign(l.state(), "admin", 99_999, &admin);
+    let head = Head::sign(l.state(), "admin", 99_999, Contents::EntriesOnly, &admin);
     Export { format: FORMAT.into(), entries, artifacts: vec![], head }
 }
 
@@ -108,10 +108,52 @@ fn dropping_the_last_entries_is_caught_by_the_signed_head() {
     export.entries.pop();
     match pd_verify::verify_bytes(&export.encode(), None) {
         Err(pd_verify::VerifyError::Head(m)) => {
-            assert!(m.contains("covers 12 entries but the export holds 11"), "{m}")
+            assert!(m.contains("covers 12 entries") && m.contains("export's 11 entries"), "{m}")
         }
         other => panic!("expected a head error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_truncated_export_whose_head_a_target_re_signed_is_refused() {
+    // Regression: cutting the last entries off and re-signing the head with any enrolled key,
+    // a target's included, passed with exit 0 and a different derived state.
+    let mut export = ledger();
+    export.entries.pop();
+    let cut = replay(export.entries.iter().map(|e| e.as_slice()), Signatures::Verify).unwrap();
+    let dev1 = SecretKey::from_seed([3; 32]);
+    export.head = Head::sign(&cut, "dev-1", 99_999, Contents::EntriesOnly, &dev1);
+    match pd_verify::verify_bytes(&export.encode(), None) {
+        Err(pd_verify::VerifyError::Head(m)) => {
+            assert!(m.contains("\"dev-1\", a key with roles target"), "{m}");
+            assert!(m.contains("only a log or admin key may sign a head"), "{m}");
+        }
+        other => panic!("expected the head's signer to be refused, got {other:?}"),
+    }
+    // The same cut re-signed by an admin key verifies: only a pinned head (`--expect-head`,
+    // `--since`) proves nothing was cut by the admin.
+    let admin = SecretKey::from_seed([1; 32]);
+    export.head = Head::sign(&cut, "admin", 99_999, Contents::EntriesOnly, &admin);
+    assert!(pd_verify::verify_bytes(&export.encode(), None).is_ok());
+}
+
+#[test]
+fn an_export_whose_artifacts_were_stripped_is_refused_and_entries_only_needs_consent() {
+    let mut export = ledger();
+    let admin = SecretKey::from_seed([1; 32]);
+    let state = replay(export.entries.iter().map(|e| e.as_slice()), Signatures::Verify).unwrap();
+    // A head that says every artifact is included, with none there: stripped.
+    export.head = Head::sign(&state, "admin", 99_999, Contents::WithArtifacts, &admin);
+    match pd_verify::verify_bytes(&export.encode(), None) {
+        Err(pd_verify::VerifyError::Artifact { problem, .. }) => {
+            assert!(problem.contains("artifacts were stripped"), "{problem}")
+        }
+        other => panic!("expected missing artifacts to be named, got {other:?}"),
+    }
+    // An entries-only export verifies, but says so and is refused unless accepted.
+    export.head = Head::sign(&state, "admin", 99_999, Contents::EntriesOnly, &admin);
+    let report = pd_verify::verify_bytes(&export.encode(), None).unwrap();
+    assert!(matches!(report.require_artifacts(), Err(pd_verify::VerifyError::NoArtifacts)));
 }
 
 #[test]
