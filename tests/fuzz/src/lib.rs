@@ -14,8 +14,7 @@ use pd_ledger::export::Export;
 use pd_ledger::note::{self, SignedCheckpoint};
 use pd_ledger::proof::Proof;
 use pd_ledger::{replay, rules, Entry, Hash, Signature, Signatures, SignedEntry, State};
-use pd_store::tarball;
-use pd_store::Limits;
+use pd_store::{openpgp, tarball, Limits};
 
 /// The server's wire types, compiled from the server's own source file: the real decoders
 /// without the pd-server crate and its aws-sdk, tokio and axum (see FUZZING.md). This holds
@@ -141,6 +140,27 @@ fn assert_unpacked(dir: &Path, files: &[tarball::PolicyFile]) {
         }
     }
     assert_eq!(count, files.len(), "nothing but the package's files is written");
+}
+
+/// `openpgp::verify_detached` (pd-verify, the agent and `pd deploy` run it on a package's
+/// signature and its author's certificate, both from the ledger) and `openpgp::cert_fingerprint`.
+/// The input is `CERT \0 SIGNATURE \0 DATA`, the two texts taken lossily as UTF-8 as the API
+/// takes `&str`. A signature that verifies must not verify over other data.
+pub fn openpgp_verify(data: &[u8]) {
+    let mut parts = data.splitn(3, |&b| b == 0);
+    let (Some(cert), Some(sig), Some(signed)) = (parts.next(), parts.next(), parts.next()) else { return };
+    let (cert, sig) = (String::from_utf8_lossy(cert), String::from_utf8_lossy(sig));
+    if let Ok(fpr) = openpgp::cert_fingerprint(&cert) {
+        assert!(!fpr.is_empty() && fpr.bytes().all(|b| b.is_ascii_hexdigit()), "fingerprint {fpr:?} is hex");
+    }
+    if openpgp::verify_detached(&cert, signed, &sig).is_ok() {
+        let mut other = signed.to_vec();
+        other.push(b'!');
+        assert!(
+            openpgp::verify_detached(&cert, &other, &sig).is_err(),
+            "a signature verifies over other data"
+        );
+    }
 }
 
 /// Which server decoder one `server_requests` input goes to: its first byte.
