@@ -100,6 +100,8 @@ struct Shared {
     /// The latest entries as encoded events, so a thousand followers cost one encoding.
     recent: Mutex<std::collections::VecDeque<(u64, SseEvent)>>,
     shutdown: watch::Receiver<bool>,
+    /// Turn-request nonces seen within the last [`TURN_WINDOW_MS`], with their times.
+    nonces: Mutex<HashMap<Hash, u64>>,
     /// Why the last object write failed, until a probe shows the store takes writes again.
     objects_failure: Mutex<Option<String>>,
     metrics: Metrics,
@@ -115,6 +117,9 @@ const SMALL_OBJECTS_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Encoded events kept for followers.
 const RECENT_EVENTS: usize = 4096;
+
+/// How far a turn request's time may be from the server's.
+const TURN_WINDOW_MS: u64 = 60_000;
 
 /// Deadline of every request except the long-poll and the event stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -407,6 +412,7 @@ fn shared(
         recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS)),
         shutdown,
         objects_failure: Mutex::new(None),
+        nonces: Mutex::default(),
         metrics: Metrics::default(),
         opts,
     })
@@ -527,16 +533,25 @@ async fn take_turn(AxState(app): AxState<App>, Json(req): Json<TurnRequest>) -> 
                     req.actor
                 )));
             };
-            let digest = wire::turn_digest(&st.ledger_id, &req.actor, req.time_ms);
+            let digest = wire::turn_digest(&st.ledger_id, &req.actor, req.time_ms, &req.nonce);
             if !pd_ledger::keys::verify(&key.decl.public_key, wire::TURN_DOMAIN, &digest, &req.sig) {
                 return Err(forbidden(format!(
                     "the turn request signature by {:?} does not verify",
                     req.actor
                 )));
             }
-            if crate::now_ms().abs_diff(req.time_ms) > 60_000 {
+            let now = crate::now_ms();
+            if now.abs_diff(req.time_ms) > TURN_WINDOW_MS {
                 return Err(forbidden(
                     "the turn request's time is more than a minute off; fix the clock".into(),
+                ));
+            }
+            // Single use: a nonce is remembered while its request's time is within the window.
+            let mut seen = app.nonces.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, t| now.abs_diff(*t) <= TURN_WINDOW_MS);
+            if seen.insert(req.nonce, req.time_ms).is_some() {
+                return Err(forbidden(
+                    "this turn request was already used: a replayed request is refused".into(),
                 ));
             }
         }

@@ -249,8 +249,12 @@ impl Client {
         key: &SecretKey,
         now_ms: u64,
     ) -> Result<Turn, ClientError> {
-        let sig = key.sign(wire::TURN_DOMAIN, &wire::turn_digest(ledger_id, actor, now_ms));
-        let request = TurnRequest { actor: actor.into(), time_ms: now_ms, sig };
+        let mut nonce = [0u8; 32];
+        // The OS random source does not fail on Linux once booted; if it did, nothing is safe.
+        getrandom::fill(&mut nonce).expect("the operating system's random source");
+        let nonce = Hash(nonce);
+        let sig = key.sign(wire::TURN_DOMAIN, &wire::turn_digest(ledger_id, actor, now_ms, &nonce));
+        let request = TurnRequest { actor: actor.into(), time_ms: now_ms, nonce, sig };
         self.json(self.req(reqwest::Method::POST, "/v1/turn").json(&request)).await
     }
 

@@ -38,20 +38,24 @@ pub struct TurnRequest {
     pub actor: String,
     /// The requester's clock; the server refuses requests more than a minute off its own.
     pub time_ms: u64,
+    /// Random, fresh per request: the server grants a turn once per nonce, so a request seen
+    /// on the wire cannot be replayed.
+    pub nonce: Hash,
     /// Ed25519 over [`turn_digest`] with [`TURN_DOMAIN`].
     pub sig: pd_ledger::Signature,
 }
 
 /// Domain of turn-request signatures.
-pub const TURN_DOMAIN: &[u8] = b"pd/turn/v1\0";
+pub const TURN_DOMAIN: &[u8] = b"pd/turn/v2\0";
 
-/// The digest a turn request signs: BLAKE3 of the ledger id, the actor and the time.
-pub fn turn_digest(ledger_id: &Hash, actor: &str, time_ms: u64) -> [u8; 32] {
+/// The digest a turn request signs: BLAKE3 of the ledger id, the actor, the time and the nonce.
+pub fn turn_digest(ledger_id: &Hash, actor: &str, time_ms: u64, nonce: &Hash) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&ledger_id.0);
     h.update(&(actor.len() as u64).to_be_bytes());
     h.update(actor.as_bytes());
     h.update(&time_ms.to_be_bytes());
+    h.update(&nonce.0);
     *h.finalize().as_bytes()
 }
 
