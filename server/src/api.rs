@@ -726,7 +726,7 @@ async fn get_object(
     app.metrics.objects_served.fetch_add(1, Relaxed);
     let total = bytes.len() as u64;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, body, content_range) = match range.map(|r| parse_range(r, total)) {
+    let (status, body, content_range) = match range.map(|r| wire::parse_range(r, total)) {
         None => (StatusCode::OK, bytes, None),
         Some(Some((start, end))) => (
             StatusCode::PARTIAL_CONTENT,
@@ -753,22 +753,6 @@ async fn get_object(
     Ok(r)
 }
 
-/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range as inclusive bounds; `None` if it
-/// cannot be satisfied. Multiple ranges are not served.
-fn parse_range(spec: &str, total: u64) -> Option<(u64, u64)> {
-    let spec = spec.strip_prefix("bytes=")?;
-    let (a, b) = spec.split_once('-')?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            (total.checked_sub(n.min(total))?, total.checked_sub(1)?)
-        }
-        (a, "") => (a.parse().ok()?, total.checked_sub(1)?),
-        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(total.checked_sub(1)?)),
-    };
-    (start <= end && end < total).then_some((start, end))
-}
-
 async fn put_object(
     AxState(app): AxState<App>,
     Path(hex): Path<String>,
@@ -779,11 +763,12 @@ async fn put_object(
     if Hash::of(&body) != hash {
         return Err(bad(format!("the body does not hash to {hex}")));
     }
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (Some(actor), Some(sig)) = (text(wire::ACTOR_HEADER), text(wire::SIGNATURE_HEADER)) else {
-        return Err(Error(StatusCode::UNAUTHORIZED, "uploads need pd-actor and pd-signature headers".into()));
-    };
-    let sig = pd_ledger::Signature::from_hex(&sig).map_err(|_| bad("pd-signature is not a hex signature"))?;
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (actor, sig) =
+        wire::upload_auth(text(wire::ACTOR_HEADER), text(wire::SIGNATURE_HEADER)).map_err(|e| match e {
+            wire::UploadAuthError::Missing => Error(StatusCode::UNAUTHORIZED, e.to_string()),
+            wire::UploadAuthError::BadSignature => bad(e),
+        })?;
     {
         let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = l.state();
@@ -939,10 +924,10 @@ async fn events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
-    let last_id =
-        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let after_last =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(wire::next_after_last_event_id);
     let len_rx = app.len.subscribe();
-    let from = last_id.map(|id| id + 1).or(q.from).unwrap_or(*len_rx.borrow());
+    let from = after_last.or(q.from).unwrap_or(*len_rx.borrow());
     app.metrics.event_streams.fetch_add(1, Relaxed);
     let stop = app.shutdown.clone();
     let stream = futures_util::stream::unfold(
@@ -995,22 +980,4 @@ async fn metrics(AxState(app): AxState<App>) -> impl IntoResponse {
         m.event_streams.load(Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-0", 10), Some((0, 0)));
-        assert_eq!(parse_range("bytes=2-", 10), Some((2, 9)));
-        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
-        assert_eq!(parse_range("bytes=5-100", 10), Some((5, 9)));
-        assert_eq!(parse_range("bytes=10-", 10), None);
-        assert_eq!(parse_range("bytes=4-2", 10), None);
-        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
-        assert_eq!(parse_range("items=0-1", 10), None);
-        assert_eq!(parse_range("bytes=0-", 0), None);
-    }
 }

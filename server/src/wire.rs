@@ -150,3 +150,80 @@ pub fn put_digest(ledger_id: &Hash, object: &Hash) -> [u8; 32] {
 
 /// Entries in a `GET /v1/entries` CBOR body: an array of byte strings.
 pub type EntryBytes = Vec<serde_bytes::ByteBuf>;
+
+/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range as inclusive bounds; `None` if it
+/// cannot be satisfied. Multiple ranges are not served.
+pub fn parse_range(spec: &str, total: u64) -> Option<(u64, u64)> {
+    let spec = spec.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (total.checked_sub(n.min(total))?, total.checked_sub(1)?)
+        }
+        (a, "") => (a.parse().ok()?, total.checked_sub(1)?),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(total.checked_sub(1)?)),
+    };
+    (start <= end && end < total).then_some((start, end))
+}
+
+/// Why an object upload's headers do not name a signer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadAuthError {
+    /// A header is missing (or not text).
+    #[error("uploads need pd-actor and pd-signature headers")]
+    Missing,
+    /// `pd-signature` is not 64 bytes of hex.
+    #[error("pd-signature is not a hex Ed25519 signature")]
+    BadSignature,
+}
+
+/// The signer and signature an upload's `pd-actor` and `pd-signature` headers name.
+pub fn upload_auth(
+    actor: Option<&str>,
+    signature: Option<&str>,
+) -> Result<(String, pd_ledger::Signature), UploadAuthError> {
+    let (Some(actor), Some(sig)) = (actor, signature) else { return Err(UploadAuthError::Missing) };
+    let sig = pd_ledger::Signature::from_hex(sig).map_err(|_| UploadAuthError::BadSignature)?;
+    Ok((actor.to_string(), sig))
+}
+
+/// The first event to send after a `Last-Event-ID` header: the one after it, if it is a
+/// number that has a next one (`u64::MAX` has none, and does not wrap to 0).
+pub fn next_after_last_event_id(header: &str) -> Option<u64> {
+    header.trim().parse::<u64>().ok()?.checked_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-0", 10), Some((0, 0)));
+        assert_eq!(parse_range("bytes=2-", 10), Some((2, 9)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
+        assert_eq!(parse_range("bytes=5-100", 10), Some((5, 9)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=4-2", 10), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+        assert_eq!(parse_range("bytes=0-", 0), None);
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn upload_headers_and_last_event_ids() {
+        assert_eq!(upload_auth(None, Some("00")), Err(UploadAuthError::Missing));
+        assert_eq!(upload_auth(Some("a"), Some("zz")), Err(UploadAuthError::BadSignature));
+        let hex = "ab".repeat(64);
+        assert_eq!(upload_auth(Some("a"), Some(&hex)).unwrap().0, "a");
+        assert_eq!(next_after_last_event_id(" 41 "), Some(42));
+        assert_eq!(next_after_last_event_id(&u64::MAX.to_string()), None, "no wrap to 0");
+        assert_eq!(next_after_last_event_id("x"), None);
+    }
+}

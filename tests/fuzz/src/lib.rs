@@ -13,7 +13,7 @@ use pd_ledger::entry::canonical_cbor;
 use pd_ledger::export::Export;
 use pd_ledger::note::{self, SignedCheckpoint};
 use pd_ledger::proof::Proof;
-use pd_ledger::{replay, rules, Entry, Hash, Signature, Signatures, SignedEntry, State};
+use pd_ledger::{replay, rules, Entry, Hash, Signatures, SignedEntry, State};
 use pd_store::{openpgp, tarball, Limits};
 
 /// The server's wire types, compiled from the server's own source file: the real decoders
@@ -180,10 +180,14 @@ pub enum Wire {
     EventResponse = 5,
     /// What a client reads back: the JSON of a turn, a head or a receipt.
     JsonResponses = 6,
+    /// `Range` header of an object GET: `wire::parse_range`, against a size from the input.
+    Range = 7,
+    /// `Last-Event-ID` header of the event stream: `wire::next_after_last_event_id`.
+    LastEventId = 8,
 }
 
 impl Wire {
-    const ALL: [Wire; 7] = [
+    const ALL: [Wire; 9] = [
         Wire::TurnRequest,
         Wire::HashPath,
         Wire::UploadAuth,
@@ -191,6 +195,8 @@ impl Wire {
         Wire::EntriesResponse,
         Wire::EventResponse,
         Wire::JsonResponses,
+        Wire::Range,
+        Wire::LastEventId,
     ];
 }
 
@@ -207,6 +213,8 @@ pub fn server_requests(data: &[u8]) {
         Wire::EntriesResponse => entries_response(rest),
         Wire::EventResponse => event_response(rest),
         Wire::JsonResponses => json_responses(rest),
+        Wire::Range => range(rest),
+        Wire::LastEventId => last_event_id(rest),
     }
 }
 
@@ -230,12 +238,30 @@ fn hash_path(data: &[u8]) {
     }
 }
 
-/// `pd-actor` is only looked up by name; `pd-signature` is parsed as hex.
+/// The server's own `wire::upload_auth` over `pd-actor`, a newline, `pd-signature`.
 fn upload_auth(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else { return };
-    let (_actor, sig) = s.split_once('\n').unwrap_or((s, ""));
-    if let Ok(parsed) = Signature::from_hex(sig) {
+    let (actor, sig) = s.split_once('\n').unwrap_or((s, ""));
+    if let Ok((named, parsed)) = wire::upload_auth(Some(actor), Some(sig)) {
+        assert_eq!(named, actor, "the actor is taken as given");
         assert_eq!(parsed.to_hex(), sig.trim().to_ascii_lowercase(), "from_hex(s).to_hex() == s");
+    }
+}
+
+/// Eight bytes of object size, then the header: a range served lies inside the object.
+fn range(data: &[u8]) {
+    let Some((size, spec)) = data.split_first_chunk::<8>() else { return };
+    let Ok(spec) = std::str::from_utf8(spec) else { return };
+    let total = u64::from_le_bytes(*size);
+    if let Some((start, end)) = wire::parse_range(spec, total) {
+        assert!(start <= end && end < total, "range {start}-{end} of {total}");
+    }
+}
+
+fn last_event_id(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    if let Some(next) = wire::next_after_last_event_id(s) {
+        assert!(next > 0, "never wraps to 0");
     }
 }
 

@@ -145,6 +145,8 @@ fn wire_seeds(d: &Deployed<MemStore>, all: &[SignedEntry]) -> BTreeMap<String, V
         ("5-event.json".to_string(), tagged(W::EventResponse, json(&wire::Event::of(push)))),
         ("6-turn.json".to_string(), tagged(W::JsonResponses, json(&turn))),
         ("6-head.json".to_string(), tagged(W::JsonResponses, json(&head))),
+        ("7-range.bin".to_string(), tagged(W::Range, [&4096u64.to_le_bytes()[..], b"bytes=10-99"].concat())),
+        ("8-last-event-id.txt".to_string(), tagged(W::LastEventId, "41")),
     ])
 }
 
@@ -284,6 +286,14 @@ fn every_seed_is_accepted_and_passes_its_target() {
             "5-event.json" => serde_json::from_slice::<wire::Event>(body).is_ok(),
             "6-turn.json" => serde_json::from_slice::<wire::Turn>(body).is_ok(),
             "6-head.json" => serde_json::from_slice::<wire::HeadInfo>(body).is_ok(),
+            "7-range.bin" => {
+                let (size, spec) = body.split_first_chunk::<8>().expect("size");
+                let spec = std::str::from_utf8(spec).expect("UTF-8");
+                wire::parse_range(spec, u64::from_le_bytes(*size)).is_some()
+            }
+            "8-last-event-id.txt" => {
+                wire::next_after_last_event_id(std::str::from_utf8(body).expect("UTF-8")).is_some()
+            }
             other => panic!("no acceptance check for seed {other}"),
         };
         assert!(accepted, "server_requests/{name} is not accepted by its decoder: update wire_seeds");
