@@ -11,7 +11,7 @@
 //!
 //! A power cut can leave the unsynced tail of the last append half-written. Opening reads
 //! every record; at the first one that is incomplete or fails its check, the rest of the file
-//! is copied aside into `entries.log.torn-OFFSET` (nothing is deleted) and the log is cut
+//! is copied aside into `entries.log.torn-OFFSET-N` (nothing is deleted) and the log is cut
 //! there. An append that was reported was synced before any later one began, so it is never
 //! in the cut tail; a record that decayed after it was synced is, and then the cut-off copy
 //! and the ledger's export or mirror are where to recover it from.
@@ -145,7 +145,7 @@ impl<'a, F: LogFile> Reader<'a, F> {
     fn bytes(&mut self, offset: u64, n: usize) -> Result<&[u8], Bad> {
         let have = offset >= self.buf_at && offset + n as u64 <= self.buf_at + self.buf.len() as u64;
         if !have {
-            let want = (n.max(CHUNK_BYTES) as u64).min(self.end - offset) as usize;
+            let want = (n.max(CHUNK_BYTES) as u64).min(self.end.saturating_sub(offset)) as usize;
             if want < n {
                 return Err(Bad::Record(format!("the record at byte {offset} is incomplete")));
             }
@@ -445,8 +445,14 @@ impl LogFile for DiskFile {
     }
 
     fn set_aside(&self, offset: u64) -> io::Result<String> {
-        let aside = self.path.with_file_name(format!("{LOG_FILE}.torn-{offset}"));
-        let mut out = OpenOptions::new().write(true).create_new(true).open(&aside)?;
+        // A name of its own even if the log was torn at this offset before.
+        let (aside, mut out) = (0..)
+            .map(|n| self.path.with_file_name(format!("{LOG_FILE}.torn-{offset}-{n}")))
+            .find_map(|path| match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => None,
+                opened => Some(opened.map(|f| (path, f))),
+            })
+            .expect("an unbounded range of names")?;
         let mut from = std::io::Read::take(self.file.try_clone()?, u64::MAX);
         std::io::Seek::seek(from.get_mut(), std::io::SeekFrom::Start(offset))?;
         std::io::copy(&mut from, &mut out)?;

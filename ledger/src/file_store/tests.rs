@@ -73,6 +73,12 @@ fn a_torn_tail_is_set_aside_and_cut_and_every_whole_record_stays() {
     assert_eq!(std::fs::read(&path).unwrap(), whole);
     s.append(2, &[b"third"]).unwrap();
     assert_eq!(s.get(2).unwrap().as_deref(), Some(&b"third"[..]));
+    drop(s);
+    // Torn at the same offset again: kept under a second name, and the log still opens.
+    std::fs::write(&path, &torn).unwrap();
+    let again = open(dir.path()).torn().cloned().expect("reported");
+    assert_ne!(again.kept, t.kept);
+    assert!(std::path::Path::new(&t.kept).exists() && std::path::Path::new(&again.kept).exists());
 }
 
 #[test]
