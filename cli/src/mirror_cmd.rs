@@ -98,7 +98,9 @@ fn read_verified(ctx: &Ctx, s3: &S3Store) -> Result<Verified> {
     // does not hold together is a failed check.
     let export =
         export.map_err(|e| if e.is::<pd_store::StoreError>() { e } else { refused(format!("{e:#}")) })?;
-    let mut report = pd_verify::verify_bytes(&export.encode(), None).map_err(|e| refused(e.to_string()))?;
+    // The head must say the mirror carries every artifact; each is read and checked below.
+    let mut report = pd_verify::verify_entries(&export, None).map_err(|e| refused(e.to_string()))?;
+    report.require_artifacts().map_err(|e| refused(e.to_string()))?;
     let mut artifacts = Vec::with_capacity(report.state.packages.len());
     for p in &report.state.packages {
         let hash = p.package.tarball.blake3;
