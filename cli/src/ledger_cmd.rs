@@ -542,7 +542,7 @@ fn artifacts(backend: &mut Backend, state: &State) -> Result<Vec<ExportArtifact>
 
 /// Refuses, before anything is written, a signer whose head an auditor would refuse.
 pub fn may_sign_head(state: &pd_ledger::State, actor: &str) -> Result<()> {
-    if !Head::may_sign(state, actor) {
+    if Head::signer(state, actor).is_err() {
         refuse!(
             "{actor:?} may not sign an export's head: only an active log or admin key may; run as one with --as NAME"
         );

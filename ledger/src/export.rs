@@ -6,7 +6,7 @@ use crate::bytes::{Hash, Signature};
 use crate::entry::canonical_cbor;
 use crate::entry::Role;
 use crate::keys::{self, SecretKey};
-use crate::state::State;
+use crate::state::{KeyState, State};
 
 /// Format tag of this version of the export file.
 pub const FORMAT: &str = "pd-export/2";
@@ -168,24 +168,22 @@ impl Head {
                 actual: state.head,
             });
         }
-        let actor = self.actor.clone();
-        let key =
-            state.active_key(&self.actor).ok_or_else(|| HeadError::UnknownSigner { actor: actor.clone() })?;
-        if !key.decl.roles.iter().any(|r| matches!(r, Role::Log | Role::Admin)) {
-            let roles = key.decl.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(HeadError::NotTrusted { actor, roles });
-        }
+        let key = Head::signer(state, &self.actor)?;
         if !self.signature_valid(&key.decl.public_key) {
-            return Err(HeadError::BadSignature { actor });
+            return Err(HeadError::BadSignature { actor: self.actor.clone() });
         }
         Ok(())
     }
 
-    /// Whether `state` lets `actor` sign heads (see [`Head::check`]).
-    pub fn may_sign(state: &State, actor: &str) -> bool {
-        state
-            .active_key(actor)
-            .is_some_and(|k| k.decl.roles.iter().any(|r| matches!(r, Role::Log | Role::Admin)))
+    /// The key `actor` names, if the state lets it sign heads: active at the head, with the
+    /// `log` or `admin` role. The signer half of [`Head::check`], for refusing before signing.
+    pub fn signer<'s>(state: &'s State, actor: &str) -> Result<&'s KeyState, HeadError> {
+        let key = state.active_key(actor).ok_or_else(|| HeadError::UnknownSigner { actor: actor.into() })?;
+        if !key.decl.roles.iter().any(|r| matches!(r, Role::Log | Role::Admin)) {
+            let roles = key.decl.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(HeadError::NotTrusted { actor: actor.into(), roles });
+        }
+        Ok(key)
     }
 
     /// Checks the signature against `key`.
