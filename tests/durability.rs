@@ -17,9 +17,25 @@ fn strace() -> Command {
     c
 }
 
-/// Index of each traced line that touches the ledger's file or reports, in order.
+/// The traced calls in the order they returned. With several threads strace splits a call
+/// into `PID name(args <unfinished ...>` and, later, `PID <... name resumed>) = ret`; the two
+/// halves are joined at the place the call returned, which is what ordering is about.
 fn lines(trace: &Path) -> Vec<String> {
-    std::fs::read_to_string(trace).expect("trace").lines().map(str::to_string).collect()
+    let text = std::fs::read_to_string(trace).expect("trace");
+    let mut pending: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let pid = line.split_whitespace().next().unwrap_or_default().to_string();
+        if let Some(start) = line.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid, start.to_string());
+        } else if let Some((_, rest)) = line.split_once(" resumed>") {
+            let start = pending.remove(&pid).unwrap_or_default();
+            calls.push(format!("{start}{rest}"));
+        } else {
+            calls.push(line.to_string());
+        }
+    }
+    calls
 }
 
 fn on_log(line: &str) -> Option<&'static str> {
@@ -188,4 +204,22 @@ fn a_full_disk_makes_the_server_unhealthy_and_it_recovers_when_space_is_back() {
     n.ok("", &["ledger", "export", export.to_str().unwrap(), "--with-artifacts"]);
     let out = w.verify(&[export.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_sync_strace_split_across_threads_counts_where_it_returned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("t");
+    std::fs::write(
+        &trace,
+        "7 pwrite64(3</h/ledger/entries.log>, \"x\", 1, 0) = 1\n\
+         7 fdatasync(3</h/ledger/entries.log> <unfinished ...>\n\
+         8 write(5<anon_inode:[eventfd]>, \"\\1\", 8) = 8\n\
+         7 <... fdatasync resumed>) = 0\n\
+         8 writev(11<socket:[1]>, [{iov_base=\"HTTP/1.1 201 Created\"}], 1) = 20\n",
+    )
+    .expect("write trace");
+    let calls = lines(&trace);
+    assert_eq!(calls[2], "7 fdatasync(3</h/ledger/entries.log>) = 0");
+    synced_before(&calls, |l| l.contains("HTTP/1.1 201"));
 }
