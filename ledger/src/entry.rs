@@ -7,10 +7,11 @@ use crate::keys::{self, SecretKey};
 use crate::limits::MAX_ENTRY_BYTES;
 use crate::version::Version;
 
-/// The ledger format this code reads and writes, recorded in genesis. Format 2: SHA-256
-/// (RFC 6962) Merkle tree, checkpoint notes signed under the origin's name. A ledger of any
-/// other format is refused at its first entry, so a format change can never be misread.
-pub const FORMAT_VERSION: u32 = 2;
+/// The ledger format this code reads and writes, recorded in genesis. Format 3: SHA-256
+/// (RFC 6962) Merkle tree, checkpoint notes signed under the origin's name, key custody with
+/// proof of possession, rotation, revocation kinds and admin quorum. A ledger of any other
+/// format is refused at its first entry, so a format change can never be misread.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Domain tag of entry signatures.
 pub const ENTRY_DOMAIN: &[u8] = b"pd/entry/v1\0";
@@ -49,10 +50,14 @@ struct Unsigned<'a> {
 pub enum Body {
     /// The first entry: ledger id, environments, first keys, rules.
     Genesis(Genesis),
-    /// Enrolls a key.
+    /// Enrolls a key (a key change: see [`Genesis::admin_approvals`]).
     KeyAdd(KeyDecl),
-    /// Revokes a key for all later entries.
+    /// Replaces the key under a name, keeping its roles (a key change).
+    KeyRotate(KeyRotate),
+    /// Revokes a key for all later entries (a key change).
     KeyRevoke(KeyRevoke),
+    /// A further admin's approval of a proposed key change.
+    KeyApprove(KeyApprove),
     /// A signed policy package.
     Package(Package),
     /// An approver's approval of one package.
@@ -79,6 +84,10 @@ pub struct Genesis {
     pub envs: Vec<String>,
     /// Distinct approvals a package needs before it may be pushed.
     pub approvals_required: u32,
+    /// Distinct admins a key change needs, the proposer included. With 1 a key change takes
+    /// effect at its own entry; above 1 it is a proposal until [`KeyApprove`] entries by
+    /// other admins complete it. Genesis declares at least this many admins.
+    pub admin_approvals: u32,
     /// The first keys; the signer must be one of them, with the admin role.
     pub keys: Vec<KeyDecl>,
 }
@@ -97,6 +106,30 @@ pub struct KeyDecl {
     pub roles: Vec<Role>,
     /// The environment of a target key.
     pub env: Option<String>,
+    /// Who generated the secret.
+    pub custody: Custody,
+}
+
+/// Who holds a key's secret, as far as the ledger can tell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Custody {
+    /// The holder generated it and proved possession: an Ed25519 signature by the key over
+    /// [`crate::enrol::possession_message`] of its name, public key and certificate.
+    Holder(Signature),
+    /// The admin generated it in their own home (`--generate-here`): acts by this key are
+    /// not independent of the admin.
+    Admin,
+}
+
+impl Custody {
+    /// `holder` or `admin`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Custody::Holder(_) => "holder",
+            Custody::Admin => "admin",
+        }
+    }
 }
 
 /// What a key may do.
@@ -156,8 +189,60 @@ impl std::fmt::Display for Role {
 pub struct KeyRevoke {
     /// The key's name.
     pub name: String,
+    /// Whether its past approvals still count.
+    pub kind: RevokeKind,
     /// Why.
     pub reason: String,
+}
+
+/// Why a key stops acting, which decides what happens to its approvals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeKind {
+    /// The secret may be in other hands: its approvals of packages not yet pushed to any
+    /// environment stop counting.
+    Compromised,
+    /// The holder left or the key is retired: everything it signed still counts.
+    Left,
+}
+
+impl RevokeKind {
+    /// `compromised` or `left`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeKind::Compromised => "compromised",
+            RevokeKind::Left => "left",
+        }
+    }
+}
+
+/// Replaces the key of an active name; roles and environment stay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotate {
+    /// The key's name.
+    pub name: String,
+    /// The new Ed25519 key.
+    pub public_key: PublicKey,
+    /// The new OpenPGP certificate (an author needs one).
+    pub openpgp: Option<String>,
+    /// Who generated the new secret.
+    pub custody: Custody,
+    /// How the old key ends: `Compromised` also voids its approvals of packages not yet
+    /// pushed anywhere, as a compromised revocation does.
+    pub old: RevokeKind,
+    /// Why.
+    pub reason: String,
+}
+
+/// Approves the key change proposed by entry `seq`, whose id is `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyApprove {
+    /// The proposal's entry.
+    pub seq: u64,
+    /// The proposal's entry id, so the approval names exact bytes.
+    pub id: Hash,
 }
 
 /// A policy file inside a package.
@@ -268,7 +353,7 @@ pub struct Rollback {
     pub reason: String,
 }
 
-/// A signed tree head: the RFC 9162 Merkle tree (BLAKE3) over the ids of the `size`
+/// A signed tree head: the RFC 6962 Merkle tree (SHA-256) over the ids of the `size`
 /// entries before this one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -283,12 +368,19 @@ pub struct Checkpoint {
 }
 
 impl Body {
+    /// Whether this body changes keys (and so needs the admin quorum).
+    pub fn is_key_change(&self) -> bool {
+        matches!(self, Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_))
+    }
+
     /// The kind, as named in logs.
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Genesis(_) => "genesis",
             Body::KeyAdd(_) => "key_add",
+            Body::KeyRotate(_) => "key_rotate",
             Body::KeyRevoke(_) => "key_revoke",
+            Body::KeyApprove(_) => "key_approve",
             Body::Package(_) => "package",
             Body::Approve(_) => "approve",
             Body::Push(_) => "push",
@@ -427,7 +519,14 @@ mod tests {
                     outcome: failed.map_or(Outcome::Loaded, Outcome::Failed),
                 })
             ),
-            (arb_text(), arb_text()).prop_map(|(name, reason)| Body::KeyRevoke(KeyRevoke { name, reason })),
+            (arb_text(), arb_text(), any::<bool>()).prop_map(|(name, reason, left)| Body::KeyRevoke(
+                KeyRevoke {
+                    name,
+                    kind: if left { RevokeKind::Left } else { RevokeKind::Compromised },
+                    reason
+                }
+            )),
+            (any::<u64>(), arb_hash()).prop_map(|(seq, id)| Body::KeyApprove(KeyApprove { seq, id })),
             (arb_text(), any::<[u8; 32]>(), proptest::option::of(arb_text()), any::<bool>()).prop_map(
                 |(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
                     name,
@@ -435,6 +534,7 @@ mod tests {
                     openpgp,
                     roles: if target { vec![Role::Target] } else { vec![Role::Author, Role::Deployer] },
                     env: target.then(|| "dev".to_string()),
+                    custody: if target { Custody::Admin } else { Custody::Holder(Signature([7; 64])) },
                 })
             ),
             (arb_version(), arb_text(), arb_hash(), arb_hash(), any::<u64>(), arb_text()).prop_map(
@@ -479,7 +579,7 @@ mod tests {
             Hash::ZERO,
             5,
             "a",
-            Body::KeyRevoke(KeyRevoke { name: "b".into(), reason: "c".into() }),
+            Body::KeyRevoke(KeyRevoke { name: "b".into(), kind: RevokeKind::Left, reason: "c".into() }),
             &key(),
         );
         // seq 1 is encoded as the single byte 0x01 after the "seq" key; re-encode it as 0x18 0x01.

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod bytes;
+pub mod enrol;
 pub mod entry;
 pub mod export;
 #[cfg(feature = "file")]
@@ -25,9 +26,10 @@ pub mod testkit;
 pub mod version;
 
 pub use bytes::{Hash, PublicKey, Signature};
+pub use enrol::{EnrolmentRequest, RequestError};
 pub use entry::{
-    Ack, Approve, Artifact, Body, Checkpoint, EncodingError, Entry, FileDigest, Genesis, KeyDecl, KeyRevoke,
-    Outcome, Package, Push, Role, Rollback, SignedEntry,
+    Ack, Approve, Artifact, Body, Checkpoint, Custody, EncodingError, Entry, FileDigest, Genesis, KeyApprove,
+    KeyDecl, KeyRevoke, KeyRotate, Outcome, Package, Push, RevokeKind, Role, Rollback, SignedEntry,
 };
 pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;

@@ -20,3 +20,7 @@ pub const MAX_OPENPGP_BYTES: usize = 64 * 1024;
 pub const MAX_APPROVALS_REQUIRED: u32 = 16;
 /// Largest export file `pd-verify` reads, in bytes.
 pub const MAX_EXPORT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// Largest enrolment request, in bytes: an OpenPGP certificate at its limit, JSON-escaped.
+pub const MAX_REQUEST_BYTES: usize = 2 * MAX_OPENPGP_BYTES;
+/// Most admins a key change may require.
+pub const MAX_ADMIN_APPROVALS: u32 = 16;

@@ -142,8 +142,8 @@ impl Proof {
         }
         let hashes = tree.consistency_proof(o.size, n).map_err(unavailable)?;
         let mut keys = vec![signer_vkey(state, new)];
-        if let Some(name) = state.note_signer(old) {
-            let vk = state.note_vkey(&state.keys[&name].decl.public_key);
+        if let Some((_, key)) = state.note_signer(old) {
+            let vk = state.note_vkey(&key);
             if !keys.contains(&vk) {
                 keys.push(vk);
             }
@@ -220,7 +220,7 @@ fn unavailable(e: merkle::ProofError) -> ProofError {
 }
 
 fn signer_vkey(state: &State, c: &CheckpointState) -> String {
-    state.note_vkey(&state.keys[&c.signer].decl.public_key)
+    state.note_vkey(state.checkpoint_key(c))
 }
 
 /// Parses a signed checkpoint note and finds a trusted key whose signature on it verifies.

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::{
-    Ack, Approve, Body, Checkpoint, Entry, Genesis, KeyDecl, KeyRevoke, Package, Push, Role, Rollback,
-    SignedEntry,
+    Ack, Approve, Body, Checkpoint, Custody, Entry, Genesis, KeyApprove, KeyDecl, KeyRevoke, KeyRotate,
+    Package, Push, Role, Rollback, SignedEntry,
 };
 use crate::limits::*;
 use crate::state::State;
@@ -85,7 +85,7 @@ pub enum RuleError {
         problem: String,
     },
     /// The key name or public key is already enrolled.
-    #[error("key {name:?} (or its public key) is already enrolled; pick another name")]
+    #[error("key {name:?} (or its public key) is already enrolled: names are reused only by `pd key rotate {name}`, and every key needs a fresh public key")]
     DuplicateKey {
         /// The name.
         name: String,
@@ -98,11 +98,21 @@ pub enum RuleError {
         /// The ledger's environments.
         known: String,
     },
-    /// Revoking the last admin would lock the ledger.
-    #[error("{name:?} is the last active admin; enroll another admin before revoking it")]
+    /// Revoking an admin would leave too few to change keys.
+    #[error("revoking {name:?} would leave {left} active admin(s), fewer than the {need} a key change needs; enroll another admin first")]
     LastAdmin {
         /// The key.
         name: String,
+        /// Admins left after it.
+        left: usize,
+        /// Admins a key change needs.
+        need: u32,
+    },
+    /// A key approval that names no pending proposal, or one it may not approve.
+    #[error("key approval refused: {problem}")]
+    BadKeyApproval {
+        /// Why.
+        problem: String,
     },
     /// Versions must rise.
     #[error("version {version} is not above the latest package {latest}; use --bump or a higher --version")]
@@ -230,8 +240,12 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
     }
     let key = match &e.body {
         Body::Genesis(_) => unreachable!("handled above"),
-        Body::KeyAdd(k) => check_key_add(state, e, k),
-        Body::KeyRevoke(r) => check_key_revoke(state, e, r),
+        Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_) => {
+            let key = authorize(state, e, Role::Admin, "change keys")?;
+            check_key_change(state, &e.body)?;
+            Ok(key)
+        }
+        Body::KeyApprove(a) => check_key_approve(state, e, a),
         Body::Package(p) => check_package(state, e, p),
         Body::Approve(a) => check_approve(state, e, a),
         Body::Push(p) => check_push(state, e, p),
@@ -275,8 +289,9 @@ fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), Rul
 /// The signer's key, which must be active and hold `role`.
 fn authorize(state: &State, e: &Entry, role: Role, action: &'static str) -> Result<PublicKey, RuleError> {
     let key = state.keys.get(&e.actor).ok_or_else(|| RuleError::UnknownKey { actor: e.actor.clone() })?;
-    if let Some((_, reason)) = &key.revoked {
-        return Err(RuleError::RevokedKey { actor: e.actor.clone(), reason: reason.clone() });
+    if let Some(r) = &key.revoked {
+        let reason = format!("{}: {}", r.kind.as_str(), r.reason);
+        return Err(RuleError::RevokedKey { actor: e.actor.clone(), reason });
     }
     if !key.decl.roles.contains(&role) {
         return Err(RuleError::MissingRole { actor: e.actor.clone(), role, action });
@@ -322,6 +337,19 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
     if g.approvals_required == 0 || g.approvals_required > MAX_APPROVALS_REQUIRED {
         return Err(invalid("approvals_required", format!("must be 1 to {MAX_APPROVALS_REQUIRED}")));
     }
+    if g.admin_approvals == 0 || g.admin_approvals > MAX_ADMIN_APPROVALS {
+        return Err(invalid("admin_approvals", format!("must be 1 to {MAX_ADMIN_APPROVALS}")));
+    }
+    let admins = g.keys.iter().filter(|k| k.roles.contains(&Role::Admin)).count();
+    if admins < g.admin_approvals as usize {
+        return Err(invalid(
+            "admin_approvals",
+            format!(
+                "key changes need {} admins but genesis declares {admins}: enrol the other admins at init (--admin-request)",
+                g.admin_approvals
+            ),
+        ));
+    }
     if g.keys.is_empty() || g.keys.len() > MAX_GENESIS_KEYS {
         return Err(invalid("keys", format!("need 1 to {MAX_GENESIS_KEYS} keys")));
     }
@@ -330,17 +358,21 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
     scratch.envs = g.envs.clone();
     for k in &g.keys {
         check_key_decl(&scratch, k)?;
-        scratch
-            .keys
-            .insert(k.name.clone(), crate::state::KeyState { decl: k.clone(), added_seq: 0, revoked: None });
+        let key = crate::state::KeyState {
+            decl: k.clone(),
+            added_seq: 0,
+            since_seq: 1,
+            past: Vec::new(),
+            revoked: None,
+        };
+        scratch.keys.insert(k.name.clone(), key);
     }
     authorize(&scratch, e, Role::Admin, "sign the genesis entry")
 }
 
 fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
     check_name("key name", &k.name)?;
-    let taken = state.keys.values().any(|old| old.decl.name == k.name || old.decl.public_key == k.public_key);
-    if taken {
+    if state.keys.contains_key(&k.name) || state.public_key_used(&k.public_key) {
         return Err(RuleError::DuplicateKey { name: k.name.clone() });
     }
     if k.roles.is_empty() || !k.roles.windows(2).all(|w| w[0] < w[1]) {
@@ -358,36 +390,105 @@ fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
         (Some(_), false) => return Err(invalid("env", "only target keys are bound to an environment")),
         (None, false) => {}
     }
-    match &k.openpgp {
+    check_public_parts(&k.name, &k.public_key, k.openpgp.as_deref(), &k.custody, &k.roles)
+}
+
+/// The parts of a key a holder vouches for: certificate present where needed and bounded,
+/// and, in holder custody, a proof of possession that verifies.
+fn check_public_parts(
+    name: &str,
+    public_key: &PublicKey,
+    openpgp: Option<&str>,
+    custody: &Custody,
+    roles: &[Role],
+) -> Result<(), RuleError> {
+    match openpgp {
         Some(cert) if cert.len() > MAX_OPENPGP_BYTES => {
-            Err(invalid("openpgp", format!("certificate over {MAX_OPENPGP_BYTES} bytes")))
+            return Err(invalid("openpgp", format!("certificate over {MAX_OPENPGP_BYTES} bytes")))
         }
-        None if k.roles.contains(&Role::Author) => {
-            Err(invalid("openpgp", "an author key needs an OpenPGP certificate to sign packages"))
+        None if roles.contains(&Role::Author) => {
+            return Err(invalid("openpgp", "an author key needs an OpenPGP certificate to sign packages"))
         }
-        _ => Ok(()),
+        _ => {}
+    }
+    if let Custody::Holder(proof) = custody {
+        if !crate::enrol::proves_possession(name, public_key, openpgp, proof) {
+            return Err(invalid(
+                "custody",
+                format!("the proof of possession for {name:?} does not verify: enrol from the holder's own `pd key gen` request"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a key change (`KeyAdd`, `KeyRotate` or `KeyRevoke`) may take effect now. Checked
+/// when it is proposed and again when the approval that completes it is appended.
+pub fn check_key_change(state: &State, change: &Body) -> Result<(), RuleError> {
+    match change {
+        Body::KeyAdd(k) => check_key_decl(state, k),
+        Body::KeyRotate(r) => check_key_rotate(state, r),
+        Body::KeyRevoke(r) => check_key_revoke(state, r),
+        other => Err(invalid("key change", format!("a {} entry is not a key change", other.kind()))),
     }
 }
 
-fn check_key_add(state: &State, e: &Entry, k: &KeyDecl) -> Result<PublicKey, RuleError> {
-    let key = authorize(state, e, Role::Admin, "enroll keys")?;
-    check_key_decl(state, k)?;
-    Ok(key)
+fn check_key_rotate(state: &State, r: &KeyRotate) -> Result<(), RuleError> {
+    check_text("reason", &r.reason, true)?;
+    let old = active(state, &r.name)?;
+    if state.public_key_used(&r.public_key) {
+        return Err(invalid(
+            "public_key",
+            "this key was already enrolled: rotate to a freshly generated key",
+        ));
+    }
+    check_public_parts(&r.name, &r.public_key, r.openpgp.as_deref(), &r.custody, &old.decl.roles)
 }
 
-fn check_key_revoke(state: &State, e: &Entry, r: &KeyRevoke) -> Result<PublicKey, RuleError> {
-    let key = authorize(state, e, Role::Admin, "revoke keys")?;
+fn active<'s>(state: &'s State, name: &str) -> Result<&'s crate::state::KeyState, RuleError> {
+    match state.keys.get(name) {
+        None => Err(RuleError::UnknownKey { actor: name.to_string() }),
+        Some(k) => match &k.revoked {
+            Some(r) => Err(RuleError::RevokedKey { actor: name.to_string(), reason: r.reason.clone() }),
+            None => Ok(k),
+        },
+    }
+}
+
+fn check_key_revoke(state: &State, r: &KeyRevoke) -> Result<(), RuleError> {
     check_text("reason", &r.reason, true)?;
-    let target = state.active_key(&r.name).ok_or_else(|| RuleError::UnknownKey { actor: r.name.clone() })?;
+    let target = active(state, &r.name)?;
     if target.decl.roles.contains(&Role::Admin) {
-        let admins = state
-            .keys
-            .values()
-            .filter(|k| k.revoked.is_none() && k.decl.roles.contains(&Role::Admin))
-            .count();
-        if admins <= 1 {
-            return Err(RuleError::LastAdmin { name: r.name.clone() });
+        let left = state.active_with(Role::Admin).count() - 1;
+        if left < state.admin_approvals.max(1) as usize {
+            return Err(RuleError::LastAdmin {
+                name: r.name.clone(),
+                left,
+                need: state.admin_approvals.max(1),
+            });
         }
+    }
+    Ok(())
+}
+
+fn check_key_approve(state: &State, e: &Entry, a: &KeyApprove) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Admin, "approve key changes")?;
+    let bad = |problem: String| RuleError::BadKeyApproval { problem };
+    let Some(p) = state.proposals.get(&a.seq).filter(|p| p.id == a.id) else {
+        return Err(bad(format!(
+            "no pending key change at #{} with id {}: see `pd key pending`",
+            a.seq,
+            a.id.short()
+        )));
+    };
+    if p.proposer == e.actor || p.approvals.contains(&e.actor) {
+        return Err(bad(format!(
+            "{} already stands behind the change at #{}: another admin must approve",
+            e.actor, a.seq
+        )));
+    }
+    if state.proposal_support(p, &e.actor) >= state.admin_approvals as usize {
+        check_key_change(state, &p.change)?;
     }
     Ok(key)
 }
@@ -464,7 +565,7 @@ fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, Rul
     if pkg.author == e.actor {
         return Err(RuleError::SelfApproval { actor: e.actor.clone(), version: a.version });
     }
-    if pkg.approvals.iter().any(|x| x.approver == e.actor) {
+    if pkg.approvals.iter().any(|x| x.approver == e.actor && x.void.is_none()) {
         return Err(RuleError::DuplicateApproval { actor: e.actor.clone(), version: a.version });
     }
     Ok(key)
@@ -477,7 +578,7 @@ pub fn check_promotion(state: &State, env: &str, version: Version, package: &Has
     if !state.is_approved(pkg) {
         return Err(RuleError::NotApproved {
             version,
-            have: pkg.approvals.len(),
+            have: pkg.counted_approvals(),
             need: state.approvals_required,
         });
     }

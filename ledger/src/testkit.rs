@@ -3,15 +3,10 @@
 use crate::storage::LedgerStore;
 use crate::*;
 
-/// A key declaration with a placeholder OpenPGP certificate.
+/// A key declaration in holder custody (with a real proof of possession) and a placeholder
+/// OpenPGP certificate.
 pub fn decl(name: &str, key: &SecretKey, roles: &[Role], env: Option<&str>) -> KeyDecl {
-    KeyDecl {
-        name: name.into(),
-        public_key: key.public(),
-        openpgp: Some("CERT".into()),
-        roles: roles.to_vec(),
-        env: env.map(String::from),
-    }
+    EnrolmentRequest::create(name, key, Some("CERT".into())).decl(roles.to_vec(), env.map(String::from))
 }
 
 /// A package body whose tarball hash is `hash`.
@@ -51,6 +46,7 @@ pub fn deployed<S: LedgerStore>(store: S) -> Deployed<S> {
         ledger_id: Hash([9; 32]),
         envs: vec!["dev".into()],
         approvals_required: 1,
+        admin_approvals: 1,
         keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer, Role::Log], None)],
     });
     let mut ledger = Ledger::open(store).expect("empty store opens");

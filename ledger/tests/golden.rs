@@ -34,10 +34,12 @@ const PACKAGES: [(&str, Version); 2] =
 
 /// Entry labels: the body kind, and for acks the outcome. `label` matches every `Body`
 /// exhaustively; a new kind must get a label here and an entry in `steps`.
-const LABELS: [&str; 10] = [
+const LABELS: [&str; 12] = [
     "genesis",
     "key_add",
+    "key_rotate",
     "key_revoke",
+    "key_approve",
     "package",
     "approve",
     "push",
@@ -51,7 +53,9 @@ fn label(body: &Body) -> &'static str {
     match body {
         Body::Genesis(_) => "genesis",
         Body::KeyAdd(_) => "key_add",
+        Body::KeyRotate(_) => "key_rotate",
         Body::KeyRevoke(_) => "key_revoke",
+        Body::KeyApprove(_) => "key_approve",
         Body::Package(_) => "package",
         Body::Approve(_) => "approve",
         Body::Push(_) => "push",
@@ -65,7 +69,9 @@ fn label(body: &Body) -> &'static str {
 /// The ledger keys, from fixed seeds.
 struct Keys {
     admin: SecretKey,
+    bob: SecretKey,
     carol: SecretKey,
+    carol2: SecretKey,
     dev1: SecretKey,
 }
 
@@ -75,6 +81,8 @@ impl Keys {
             admin: SecretKey::from_seed([1; 32]),
             carol: SecretKey::from_seed([2; 32]),
             dev1: SecretKey::from_seed([3; 32]),
+            carol2: SecretKey::from_seed([4; 32]),
+            bob: SecretKey::from_seed([5; 32]),
         }
     }
 
@@ -82,6 +90,7 @@ impl Keys {
         match actor {
             "admin" => &self.admin,
             "carol" => &self.carol,
+            "bob" => &self.bob,
             "dev-1" => &self.dev1,
             other => unreachable!("no golden key {other}"),
         }
@@ -105,9 +114,11 @@ impl GoldenPackage {
     }
 }
 
-/// What an entry is: signed by an actor, or a checkpoint by `admin` over the entries so far.
+/// What an entry is: signed by an actor, an actor's approval of the key change just
+/// proposed, or a checkpoint by `admin` over the entries so far.
 enum Step {
     Sign(&'static str, Body),
+    ApproveLast(&'static str),
     Checkpoint,
 }
 
@@ -118,17 +129,13 @@ fn key_decl(
     roles: &[Role],
     env: Option<&str>,
 ) -> KeyDecl {
-    KeyDecl {
-        name: name.into(),
-        public_key: key.public(),
-        openpgp,
-        roles: roles.to_vec(),
-        env: env.map(Into::into),
-    }
+    EnrolmentRequest::create(name, key, openpgp).decl(roles.to_vec(), env.map(Into::into))
 }
 
-/// Every kind of entry, in an order the rule accepts: v1 reaches dev, v1.1 fails to load
-/// there and is rolled back, the approver is revoked; checkpoints at 6 and 14.
+/// Every kind of entry, in an order the rule accepts: two admins must agree on each key change
+/// (proposal, then bob's approval); the target's key is in admin custody; v1 reaches dev,
+/// v1.1 fails to load there and is rolled back; the approver rotates, then leaves;
+/// checkpoints at 8 and 19.
 fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
     let [v1, v2] = p;
     let push = |p: &GoldenPackage, reason: &str| Push {
@@ -154,11 +161,23 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
                 ledger_id: LEDGER_ID,
                 envs: vec!["dev".into(), "prod".into()],
                 approvals_required: 1,
-                keys: vec![key_decl("admin", &k.admin, Some(cert.into()), &admin_roles, None)],
+                admin_approvals: 2,
+                keys: vec![
+                    key_decl("admin", &k.admin, Some(cert.into()), &admin_roles, None),
+                    key_decl("bob", &k.bob, None, &[Role::Admin], None),
+                ],
             }),
         ),
         Step::Sign("admin", Body::KeyAdd(key_decl("carol", &k.carol, None, &[Role::Approver], None))),
-        Step::Sign("admin", Body::KeyAdd(key_decl("dev-1", &k.dev1, None, &[Role::Target], Some("dev")))),
+        Step::ApproveLast("bob"),
+        Step::Sign(
+            "admin",
+            Body::KeyAdd(KeyDecl {
+                custody: Custody::Admin,
+                ..key_decl("dev-1", &k.dev1, None, &[Role::Target], Some("dev"))
+            }),
+        ),
+        Step::ApproveLast("bob"),
         Step::Sign("admin", v1.body("first policy")),
         Step::Sign("carol", Body::Approve(approve(v1))),
         Step::Sign("admin", Body::Push(push(v1, "first rollout"))),
@@ -183,10 +202,27 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
                 reason: "PD-1.1.0 failed to load on dev-1".into(),
             }),
         ),
+        Step::Sign("admin", {
+            let new = EnrolmentRequest::create("carol", &k.carol2, None);
+            Body::KeyRotate(KeyRotate {
+                name: "carol".into(),
+                public_key: new.public_key,
+                openpgp: None,
+                custody: Custody::Holder(new.proof),
+                old: RevokeKind::Left,
+                reason: "new laptop".into(),
+            })
+        }),
+        Step::ApproveLast("bob"),
         Step::Sign(
             "admin",
-            Body::KeyRevoke(KeyRevoke { name: "carol".into(), reason: "left the team".into() }),
+            Body::KeyRevoke(KeyRevoke {
+                name: "carol".into(),
+                kind: RevokeKind::Left,
+                reason: "left the team".into(),
+            }),
         ),
+        Step::ApproveLast("bob"),
         Step::Checkpoint,
     ]
 }
@@ -199,6 +235,10 @@ fn build_ledger(k: &Keys, steps: Vec<Step>) -> (Ledger<MemStore>, Vec<SignedEntr
     for (i, step) in steps.into_iter().enumerate() {
         let (actor, body) = match step {
             Step::Sign(actor, body) => (actor, body),
+            Step::ApproveLast(actor) => {
+                let last: &SignedEntry = entries.last().expect("a proposal comes first");
+                (actor, Body::KeyApprove(KeyApprove { seq: last.entry.seq, id: last.id }))
+            }
             Step::Checkpoint => ("admin", ledger.state().sign_checkpoint(&k.admin)),
         };
         let time_ms = T0_MS + i as u64 * MINUTE_MS;
@@ -336,7 +376,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
             &keys.admin,
         ),
     };
-    let inclusion = Proof::inclusion(state, ledger.tree(), &entries[11], new).expect("inclusion proof");
+    let inclusion = Proof::inclusion(state, ledger.tree(), &entries[9], new).expect("inclusion proof");
     let consistency =
         Proof::consistency(state, ledger.tree(), &state.signed_note(old), new).expect("consistency proof");
 
@@ -347,17 +387,17 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
     table.extend([
         Fixture { name: "export.cbor".into(), built: export.encode(), reencode: reencode_export },
         Fixture {
-            name: "checkpoint-14.note".into(),
+            name: "checkpoint-19.note".into(),
             built: state.signed_note(new).render().into_bytes(),
             reencode: reencode_note,
         },
         Fixture {
-            name: "proof-inclusion-11.json".into(),
+            name: "proof-inclusion-9.json".into(),
             built: proof_file(&inclusion),
             reencode: reencode_proof,
         },
         Fixture {
-            name: "proof-consistency-6-14.json".into(),
+            name: "proof-consistency-8-19.json".into(),
             built: proof_file(&consistency),
             reencode: reencode_proof,
         },
@@ -369,16 +409,20 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
     let stored_entries: Vec<&[u8]> = entries.iter().map(|e| stored[&entry_name(e)].as_slice()).collect();
     the_stored_entries_replay_as_a_valid_ledger(&stored_entries, state);
     the_stored_export_verifies_with_pd_verify(&stored, &stored_entries);
-    the_stored_proofs_verify(&stored, state, &keys, &entries[11]);
+    the_stored_proofs_verify(&stored, state, &keys, &entries[9]);
 }
 
 fn the_stored_entries_replay_as_a_valid_ledger(stored: &[&[u8]], built: &State) {
     let state = replay(stored.iter().copied(), Signatures::Verify).expect("the golden entries replay");
-    assert_eq!((state.len, state.head, state.ledger_id), (15, built.head, LEDGER_ID));
+    assert_eq!((state.len, state.head, state.ledger_id), (20, built.head, LEDGER_ID));
     let dev = state.env["dev"].desired.as_ref().expect("dev has a desired version");
-    assert_eq!((dev.version, dev.seq), (Version::new(1, 0, 0), 12), "dev was rolled back to PD-1.0.0");
+    assert_eq!((dev.version, dev.seq), (Version::new(1, 0, 0), 14), "dev was rolled back to PD-1.0.0");
     assert!(state.keys["carol"].revoked.is_some());
-    assert_eq!(state.checkpoints.iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [6, 14]);
+    assert_eq!(state.keys["carol"].past.len(), 1, "carol's first key was rotated away");
+    assert!(state.proposals.is_empty(), "bob approved every key change");
+    let dependent: Vec<String> = state.not_independent().iter().map(|d| d.actor.clone()).collect();
+    assert_eq!(dependent, ["dev-1"], "only the target's key was made in the admin's custody");
+    assert_eq!(state.checkpoints.iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 19]);
 }
 
 fn the_stored_export_verifies_with_pd_verify(
@@ -389,14 +433,14 @@ fn the_stored_export_verifies_with_pd_verify(
     let decoded = Export::decode(export).expect("the golden export decodes");
     let held: Vec<&[u8]> = decoded.entries.iter().map(|e| e.as_slice()).collect();
     assert_eq!(held, entries, "the export holds exactly the golden entries");
-    let note = std::str::from_utf8(&stored["checkpoint-14.note"]).expect("a note is text");
+    let note = std::str::from_utf8(&stored["checkpoint-19.note"]).expect("a note is text");
     let since = SignedCheckpoint::parse(note).expect("the golden note parses");
     let report = pd_verify::verify_bytes(export, Some(&since))
         .unwrap_or_else(|e| panic!("pd-verify refuses the golden export: {e}"));
-    assert_eq!(report.state.len, 15);
+    assert_eq!(report.state.len, 20);
     assert_eq!(report.artifacts_checked, 2, "both tarballs and their OpenPGP signatures checked");
-    let (size, root, _) = report.extends.expect("the export extends checkpoint 14");
-    assert_eq!((size, root), (14, since.checkpoint.root));
+    let (size, root, _) = report.extends.expect("the export extends checkpoint 19");
+    assert_eq!((size, root), (19, since.checkpoint.root));
 }
 
 fn the_stored_proofs_verify(
@@ -409,11 +453,11 @@ fn the_stored_proofs_verify(
         serde_json::from_slice(&stored[name]).unwrap_or_else(|e| panic!("{name} does not parse: {e}"))
     };
     let pinned = [(state.origin(), keys.admin.public())];
-    let inclusion = proof("proof-inclusion-11.json").verify(&pinned).expect("the inclusion proof holds");
-    assert_eq!(inclusion.entry, Some((11, "ack".to_string(), included.id)));
-    assert_eq!(inclusion.size, 14);
+    let inclusion = proof("proof-inclusion-9.json").verify(&pinned).expect("the inclusion proof holds");
+    assert_eq!(inclusion.entry, Some((9, "ack".to_string(), included.id)));
+    assert_eq!(inclusion.size, 19);
     let consistency =
-        proof("proof-consistency-6-14.json").verify(&pinned).expect("the consistency proof holds");
-    assert_eq!(consistency.extends, Some((6, state.checkpoints[0].checkpoint.root)));
-    assert_eq!(consistency.size, 14);
+        proof("proof-consistency-8-19.json").verify(&pinned).expect("the consistency proof holds");
+    assert_eq!(consistency.extends, Some((8, state.checkpoints[0].checkpoint.root)));
+    assert_eq!(consistency.size, 19);
 }

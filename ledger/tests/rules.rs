@@ -16,28 +16,18 @@ fn key(seed: u8) -> SecretKey {
 }
 
 fn decl(name: &str, k: &SecretKey, roles: &[Role], env: Option<&str>) -> KeyDecl {
-    KeyDecl {
-        name: name.into(),
-        public_key: k.public(),
-        openpgp: roles.contains(&Role::Author).then(|| "CERT".to_string()),
-        roles: roles.to_vec(),
-        env: env.map(String::from),
-    }
+    let cert = roles.contains(&Role::Author).then(|| "CERT".to_string());
+    EnrolmentRequest::create(name, k, cert).decl(roles.to_vec(), env.map(String::from))
+}
+
+fn revoke(name: &str, kind: RevokeKind) -> Body {
+    Body::KeyRevoke(KeyRevoke { name: name.into(), kind, reason: "x".into() })
 }
 
 impl World {
+    /// Genesis with one admin, then an approver and three targets.
     fn new() -> World {
-        let admin = key(1);
-        let genesis = Body::Genesis(Genesis {
-            format: pd_ledger::entry::FORMAT_VERSION,
-            ledger_id: Hash([9; 32]),
-            envs: vec!["dev".into(), "staging".into(), "prod".into()],
-            approvals_required: 1,
-            keys: vec![decl(ADMIN, &admin, &[Role::Admin, Role::Author, Role::Deployer], None)],
-        });
-        let mut ledger = Ledger::open(MemStore::default()).unwrap();
-        ledger.sign_append(ADMIN, &admin, 1, genesis).unwrap();
-        let mut w = World { ledger, keys: vec![(ADMIN, admin)], time: 1 };
+        let mut w = World::genesis(1, &[]);
         for (name, seed, roles, env) in [
             ("carol", 2, vec![Role::Approver], None),
             ("dev-1", 3, vec![Role::Target], Some("dev")),
@@ -49,6 +39,32 @@ impl World {
             w.keys.push((name, k));
         }
         w
+    }
+
+    /// Genesis with `admin` (admin, author, deployer) and further admins, key changes
+    /// needing `admin_approvals` of them.
+    fn genesis(admin_approvals: u32, more_admins: &[(&'static str, u8)]) -> World {
+        let admin = key(1);
+        let mut keys = vec![decl(ADMIN, &admin, &[Role::Admin, Role::Author, Role::Deployer], None)];
+        keys.extend(more_admins.iter().map(|(n, seed)| decl(n, &key(*seed), &[Role::Admin], None)));
+        let genesis = Body::Genesis(Genesis {
+            format: pd_ledger::entry::FORMAT_VERSION,
+            ledger_id: Hash([9; 32]),
+            envs: vec!["dev".into(), "staging".into(), "prod".into()],
+            approvals_required: 1,
+            admin_approvals,
+            keys,
+        });
+        let mut ledger = Ledger::open(MemStore::default()).unwrap();
+        ledger.sign_append(ADMIN, &admin, 1, genesis).unwrap();
+        let mut w = World { ledger, keys: vec![(ADMIN, admin)], time: 1 };
+        w.keys.extend(more_admins.iter().map(|(n, seed)| (*n, key(*seed))));
+        w
+    }
+
+    /// The seq and id of the last entry.
+    fn last(&self) -> (u64, Hash) {
+        (self.ledger.state().len - 1, self.ledger.state().head)
     }
 
     fn try_as(&mut self, actor: &str, body: Body) -> Result<(), LedgerError> {
@@ -159,12 +175,9 @@ fn the_story_and_its_refusals() {
     assert_eq!(dev.desired.as_ref().map(|d| d.version), Some(v1));
     assert_eq!(dev.history.len(), 3);
 
-    w.ok(ADMIN, Body::KeyRevoke(KeyRevoke { name: "carol".into(), reason: "left".into() }));
+    w.ok(ADMIN, revoke("carol", RevokeKind::Left));
     assert!(matches!(w.refused("carol", approve(v2, h2)), RuleError::RevokedKey { .. }));
-    assert!(matches!(
-        w.refused(ADMIN, Body::KeyRevoke(KeyRevoke { name: ADMIN.into(), reason: "x".into() })),
-        RuleError::LastAdmin { .. }
-    ));
+    assert!(matches!(w.refused(ADMIN, revoke(ADMIN, RevokeKind::Left)), RuleError::LastAdmin { .. }));
     assert!(matches!(
         w.refused(ADMIN, Body::KeyAdd(decl("carol", &key(77), &[Role::Approver], None))),
         RuleError::DuplicateKey { .. }
@@ -206,21 +219,9 @@ fn forged_signature_and_broken_chain_are_refused() {
     let mut w = World::new();
     let state = w.ledger.state().clone();
     let mallory = key(66);
-    let forged = w.ledger.sign_next(
-        ADMIN,
-        &mallory,
-        100,
-        Body::KeyRevoke(KeyRevoke { name: "carol".into(), reason: "x".into() }),
-    );
+    let forged = w.ledger.sign_next(ADMIN, &mallory, 100, revoke("carol", RevokeKind::Left));
     assert!(matches!(w.ledger.append(forged), Err(LedgerError::Refused(RuleError::BadSignature { .. }))));
-    let stale = Entry::sign(
-        state.len,
-        Hash([1; 32]),
-        100,
-        ADMIN,
-        Body::KeyRevoke(KeyRevoke { name: "carol".into(), reason: "x".into() }),
-        &key(1),
-    );
+    let stale = Entry::sign(state.len, Hash([1; 32]), 100, ADMIN, revoke("carol", RevokeKind::Left), &key(1));
     assert!(matches!(w.ledger.append(stale), Err(LedgerError::Refused(RuleError::Prev { .. }))));
     assert_eq!(w.ledger.state().len, state.len);
 }
@@ -311,6 +312,7 @@ fn genesis_limits_are_enforced() {
             ledger_id: Hash([1; 32]),
             envs,
             approvals_required: approvals,
+            admin_approvals: 1,
             keys,
         })
     };
@@ -338,4 +340,161 @@ fn genesis_limits_are_enforced() {
         }
         assert_eq!(l.store().len().unwrap(), 0);
     }
+}
+
+#[test]
+fn a_holder_custody_key_needs_its_own_proof_of_possession() {
+    let mut w = World::new();
+    let mallory = key(60);
+    // An admin copying someone's request but swapping in a key of their own.
+    let stolen = decl("erin", &key(61), &[Role::Approver], None);
+    let forged = KeyDecl { public_key: mallory.public(), ..stolen };
+    assert!(matches!(w.refused(ADMIN, Body::KeyAdd(forged)), RuleError::Invalid { field: "custody", .. }));
+    // An admin-custody key needs no proof, and the ledger says so for every act it signs.
+    let k = key(62);
+    w.ok(
+        ADMIN,
+        Body::KeyAdd(KeyDecl { custody: Custody::Admin, ..decl("frank", &k, &[Role::Approver], None) }),
+    );
+    w.keys.push(("frank", k));
+    let v = Version::new(1, 0, 0);
+    let h = w.package(v);
+    w.ok("frank", approve(v, h));
+    w.ok("carol", approve(v, h));
+    let s = w.ledger.state();
+    let dependent: Vec<String> = s.not_independent().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        dependent,
+        [format!(
+            "approval by frank of {v} (#{}): key created in admin's custody (not independent)",
+            s.len - 2
+        )]
+    );
+}
+
+#[test]
+fn rotation_replaces_the_key_under_the_same_name_and_roles() {
+    let mut w = World::new();
+    let v = Version::new(1, 0, 0);
+    let h = w.package(v);
+    w.ok("carol", approve(v, h));
+    let new = key(70);
+    let req = EnrolmentRequest::create("carol", &new, None);
+    let rotate = |old| {
+        Body::KeyRotate(KeyRotate {
+            name: "carol".into(),
+            public_key: req.public_key,
+            openpgp: None,
+            custody: Custody::Holder(req.proof),
+            old,
+            reason: "new laptop".into(),
+        })
+    };
+    assert!(matches!(
+        w.refused("carol", rotate(RevokeKind::Left)),
+        RuleError::MissingRole { role: Role::Admin, .. }
+    ));
+    w.ok(ADMIN, rotate(RevokeKind::Left));
+    let (rotated_at, _) = w.last();
+    // The old key stops acting; the new one acts under the same name and roles.
+    let v2 = Version::new(2, 0, 0);
+    let h2 = w.package(v2);
+    assert!(matches!(w.refused("carol", approve(v2, h2)), RuleError::BadSignature { .. }));
+    w.keys.push(("carol", new));
+    w.keys.retain(|(n, k)| *n != "carol" || k.public() == req.public_key);
+    w.ok("carol", approve(v2, h2));
+    let s = w.ledger.state();
+    assert_eq!(s.keys["carol"].decl.roles, [Role::Approver]);
+    assert_eq!(s.package(v).unwrap().counted_approvals(), 1, "a left key's approvals still count");
+    assert_eq!(s.key_at("carol", rotated_at).unwrap().public_key, &key(2).public());
+    assert_eq!(s.key_at("carol", rotated_at + 1).unwrap().public_key, &req.public_key);
+    // Neither key can be enrolled again, and the name only through rotation.
+    assert!(matches!(
+        w.refused(ADMIN, rotate(RevokeKind::Left)),
+        RuleError::Invalid { field: "public_key", .. }
+    ));
+    assert!(matches!(
+        w.refused(ADMIN, Body::KeyAdd(decl("carol2", &key(2), &[Role::Approver], None))),
+        RuleError::DuplicateKey { .. }
+    ));
+    assert!(matches!(
+        w.refused(ADMIN, Body::KeyAdd(decl("carol", &key(71), &[Role::Approver], None))),
+        RuleError::DuplicateKey { .. }
+    ));
+}
+
+#[test]
+fn a_compromised_key_loses_its_approvals_of_packages_not_yet_pushed() {
+    let mut w = World::new();
+    let (v1, v2) = (Version::new(1, 0, 0), Version::new(2, 0, 0));
+    let h1 = w.package(v1);
+    w.ok("carol", approve(v1, h1));
+    w.ok(ADMIN, push("dev", v1, h1));
+    let h2 = w.package(v2);
+    w.ok("carol", approve(v2, h2));
+    w.ok(ADMIN, revoke("carol", RevokeKind::Compromised));
+    let s = w.ledger.state();
+    assert_eq!(s.package(v1).unwrap().counted_approvals(), 1, "v1 was already pushed: its approval stands");
+    assert_eq!(s.package(v2).unwrap().counted_approvals(), 0);
+    assert!(matches!(w.refused(ADMIN, push("dev", v2, h2)), RuleError::NotApproved { have: 0, .. }));
+    assert!(matches!(w.refused("carol", approve(v2, h2)), RuleError::RevokedKey { .. }));
+}
+
+#[test]
+fn with_an_admin_quorum_one_admin_only_proposes_and_a_second_completes() {
+    assert!(
+        matches!(
+            {
+                let admin = key(1);
+                let mut l = Ledger::open(MemStore::default()).unwrap();
+                let g = Body::Genesis(Genesis {
+                    format: pd_ledger::entry::FORMAT_VERSION,
+                    ledger_id: Hash([9; 32]),
+                    envs: vec!["dev".into()],
+                    approvals_required: 1,
+                    admin_approvals: 2,
+                    keys: vec![decl(ADMIN, &admin, &[Role::Admin], None)],
+                });
+                l.sign_append(ADMIN, &admin, 1, g)
+            },
+            Err(LedgerError::Refused(RuleError::Invalid { field: "admin_approvals", .. }))
+        ),
+        "a quorum of 2 needs 2 admins at genesis"
+    );
+    let mut w = World::genesis(2, &[("bob", 20)]);
+    let carol = key(2);
+    w.ok(ADMIN, Body::KeyAdd(decl("carol", &carol, &[Role::Approver], None)));
+    let (seq, id) = w.last();
+    assert!(w.ledger.state().keys.get("carol").is_none(), "one admin only proposes");
+    assert!(w.ledger.state().proposals.contains_key(&seq));
+    let bad = |seq, id| Body::KeyApprove(KeyApprove { seq, id });
+    assert!(matches!(w.refused(ADMIN, bad(seq, id)), RuleError::BadKeyApproval { .. }), "not the proposer");
+    assert!(
+        matches!(w.refused("bob", bad(seq, Hash([0; 32]))), RuleError::BadKeyApproval { .. }),
+        "exact id"
+    );
+    assert!(matches!(w.refused("bob", bad(seq + 9, id)), RuleError::BadKeyApproval { .. }));
+    w.ok("bob", bad(seq, id));
+    assert!(w.ledger.state().active_key("carol").is_some(), "two admins enrol");
+    assert!(w.ledger.state().proposals.is_empty());
+    assert!(matches!(w.refused("bob", bad(seq, id)), RuleError::BadKeyApproval { .. }), "done once");
+    // Revoking an admin would leave fewer than the quorum: refused even as a proposal.
+    assert!(matches!(
+        w.refused(ADMIN, revoke("bob", RevokeKind::Left)),
+        RuleError::LastAdmin { left: 1, need: 2, .. }
+    ));
+}
+
+#[test]
+fn a_proposal_is_checked_again_when_it_completes() {
+    let mut w = World::genesis(2, &[("bob", 20)]);
+    w.ok(ADMIN, Body::KeyAdd(decl("carol", &key(2), &[Role::Approver], None)));
+    let first = w.last();
+    w.ok(ADMIN, Body::KeyAdd(decl("carol", &key(3), &[Role::Approver], None)));
+    let second = w.last();
+    w.ok("bob", Body::KeyApprove(KeyApprove { seq: first.0, id: first.1 }));
+    assert!(matches!(
+        w.refused("bob", Body::KeyApprove(KeyApprove { seq: second.0, id: second.1 })),
+        RuleError::DuplicateKey { .. }
+    ));
 }

@@ -62,6 +62,9 @@ pub enum VerifyError {
     /// The export does not extend the checkpoint it was checked against.
     #[error("checkpoint: {0}")]
     Since(String),
+    /// The export does not reach the head the auditor expected.
+    #[error("expected head: {0}")]
+    ExpectHead(String),
     /// The export carries no artifacts and the caller did not accept that.
     #[error("the export carries entries only (its signed head says so), so no tarball or OpenPGP signature was checked: pass --no-artifacts to accept that, or export with --with-artifacts")]
     NoArtifacts,
@@ -85,6 +88,34 @@ impl Report {
             Contents::EntriesOnly => Err(VerifyError::NoArtifacts),
         }
     }
+}
+
+/// Checks that entry `seq` of an export (already verified) has id `id`: the export then holds
+/// everything up to a head the auditor learned elsewhere, so nothing before it was cut.
+pub fn check_expected_head(export: &Export, seq: u64, id: &Hash) -> Result<(), VerifyError> {
+    let fail = |m: String| Err(VerifyError::ExpectHead(m));
+    let Some(bytes) = usize::try_from(seq).ok().and_then(|i| export.entries.get(i)) else {
+        return fail(format!(
+            "the export holds {} entries and ends before #{seq}: entries were cut off, or the export is older than that head",
+            export.entries.len()
+        ));
+    };
+    let got = Hash::of(bytes);
+    if &got != id {
+        return fail(format!(
+            "entry #{seq} has id {got}, not {id}: this is another history (a fork or a rewrite)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `SEQ:ID` (ID in full hex), as `pd state` and `pd ledger log` print a head.
+pub fn parse_head(s: &str) -> Result<(u64, Hash), String> {
+    let (seq, id) = s.split_once(':').ok_or_else(|| format!("{s:?} is not SEQ:ID"))?;
+    let seq = seq.trim_start_matches('#').parse().map_err(|_| format!("{seq:?} is not an entry number"))?;
+    let id =
+        Hash::from_hex(id).map_err(|e| format!("{e} (give the full id, as `pd state --json` prints it)"))?;
+    Ok((seq, id))
 }
 
 impl VerifyError {
@@ -150,7 +181,7 @@ fn check_since(
     if c.origin != origin {
         return fail(format!("it is of {}, this export is of {origin}", c.origin));
     }
-    let Some(signer) = state.note_signer(since) else {
+    let Some((signer, _)) = state.note_signer(since) else {
         return fail("no key of this ledger signed it: it was not issued by this ledger".into());
     };
     if have < c.size {
@@ -173,7 +204,8 @@ fn check_head(state: &State, head: &Head) -> Result<(), VerifyError> {
     head.check(state).map_err(|e| VerifyError::Head(e.to_string()))
 }
 
-fn check_artifacts(state: &State, export: &Export) -> Result<usize, VerifyError> {
+/// Checks every artifact an export carries against the verified state; returns how many.
+pub fn check_artifacts(state: &State, export: &Export) -> Result<usize, VerifyError> {
     if export.head.contents == Contents::EntriesOnly {
         if let Some(a) = export.artifacts.first() {
             return Err(VerifyError::Artifact {
@@ -238,7 +270,7 @@ pub fn check_package_artifact(state: &State, pkg: &PackageState, bytes: &[u8]) -
     if m.name != p.name || m.version != p.version.to_string() || !files_match {
         return Err(format!("{}: the tarball's manifest does not match the package entry", p.version));
     }
-    let cert = state.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.as_deref());
+    let cert = state.package_cert(pkg);
     let cert =
         cert.ok_or_else(|| format!("{}: author {} has no OpenPGP certificate", p.version, pkg.author))?;
     pd_store::openpgp::verify_detached(cert, bytes, &p.openpgp_sig)
@@ -270,6 +302,9 @@ pub fn print_report(r: &Report) {
     if let Some((size, root, signer)) = &r.extends {
         println!("✔ extends the checkpoint of {size} entries (root {}) signed by {signer}", root.short());
     }
+    for d in s.not_independent() {
+        println!("! {d}");
+    }
     if r.artifacts_checked > 0 {
         println!(
             "✔ {} artifacts: BLAKE3, SHA-256, contents and OpenPGP signatures hold",
@@ -299,12 +334,12 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         .state
         .packages
         .iter()
-        .map(|p| serde_json::json!({ "version": p.package.version, "seq": p.seq, "author": p.author, "blake3": p.package.tarball.blake3, "sha256": p.package.tarball.sha256, "approvals": p.approvals.iter().map(|a| &a.approver).collect::<Vec<_>>() }))
+        .map(|p| serde_json::json!({ "version": p.package.version, "seq": p.seq, "author": p.author, "blake3": p.package.tarball.blake3, "sha256": p.package.tarball.sha256, "approvals": p.approvals.iter().map(|a| serde_json::json!({ "approver": a.approver, "seq": a.seq, "independent": a.independent, "void": a.void })).collect::<Vec<_>>() }))
         .collect();
     serde_json::json!({
         "ok": true, "ledger_id": r.state.ledger_id, "entries": r.state.len, "head": r.state.head,
         "head_signed_by": r.head.actor, "head_signed_at_ms": r.head.time_ms, "contents": r.head.contents, "artifacts_checked": r.artifacts_checked,
         "extends": r.extends.as_ref().map(|(size, root, signer)| serde_json::json!({ "size": size, "root": root, "signer": signer })),
-        "envs": r.state.env, "packages": packages,
+        "envs": r.state.env, "packages": packages, "not_independent": r.state.not_independent(),
     })
 }

@@ -23,7 +23,7 @@ use pd_verify::VerifyError;
     name = "pd-verify",
     version,
     about,
-    after_help = "Examples:\n  pd-verify ledger.pdx\n  pd-verify --since checkpoint-1200.note ledger.pdx\n  pd-verify --proof PD-23.1.0.proof --key 'admin+1a2b3c4d+AX…'\n\nExit codes:\n  0  every check holds\n  1  a check failed (the first bad entry is named)\n  2  a file cannot be read or the arguments are wrong"
+    after_help = "Examples:\n  pd-verify ledger.pdx\n  pd-verify --expect-head 41:3f9a…(64 hex digits) ledger.pdx\n  pd-verify --since checkpoint-1200.note ledger.pdx\n  pd-verify --proof PD-23.1.0.proof --key 'admin+1a2b3c4d+AX…'\n\nExit codes:\n  0  every check holds\n  1  a check failed (the first bad entry is named)\n  2  a file cannot be read or the arguments are wrong"
 )]
 struct Args {
     /// The export file written by `pd ledger export`.
@@ -39,6 +39,10 @@ struct Args {
     /// `pd key list --json` prints it); repeatable. Without it the keys in the file are used.
     #[arg(long = "key", value_name = "VKEY", requires = "proof")]
     keys: Vec<String>,
+    /// The export must hold this head (entry SEQ with id ID, as `pd state --json` prints
+    /// them), learned from somewhere the exporter does not control: proves nothing was cut.
+    #[arg(long, value_name = "SEQ:ID", value_parser = pd_verify::parse_head, conflicts_with = "proof")]
+    expect_head: Option<(u64, pd_ledger::Hash)>,
     /// Accept an export that carries entries only (its signed head says so): the tarballs'
     /// hashes, contents and OpenPGP signatures are then not checked.
     #[arg(long, conflicts_with = "proof")]
@@ -90,7 +94,13 @@ fn check_export(args: &Args) -> Result<(), VerifyError> {
         ),
         None => None,
     };
-    let report = pd_verify::verify_file(export, since.as_ref())?;
+    let bytes = pd_verify::read_file(export, pd_ledger::limits::MAX_EXPORT_BYTES)?;
+    let decoded = pd_ledger::Export::decode(&bytes)?;
+    let mut report = pd_verify::verify_entries(&decoded, since.as_ref())?;
+    if let Some((seq, id)) = &args.expect_head {
+        pd_verify::check_expected_head(&decoded, *seq, id)?;
+    }
+    report.artifacts_checked = pd_verify::check_artifacts(&report.state, &decoded)?;
     if !args.no_artifacts {
         report.require_artifacts()?;
     }

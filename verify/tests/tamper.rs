@@ -27,6 +27,7 @@ fn ledger() -> Export {
             ledger_id: Hash([7; 32]),
             envs: vec!["dev".into(), "prod".into()],
             approvals_required: 1,
+            admin_approvals: 1,
             keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer], None)],
         }),
     );
@@ -188,4 +189,19 @@ fn an_export_over_the_size_limit_is_refused_before_reading() {
         }
         other => panic!("expected a size refusal, got {other:?}"),
     }
+}
+
+#[test]
+fn an_export_that_does_not_reach_the_expected_head_is_refused() {
+    let full = ledger();
+    let (seq, id) = (full.entries.len() as u64 - 1, Hash::of(full.entries.last().unwrap()));
+    pd_verify::check_expected_head(&full, seq, &id).expect("the full export reaches its head");
+    pd_verify::check_expected_head(&full, 3, &Hash::of(&full.entries[3])).expect("and every earlier one");
+    let err = pd_verify::check_expected_head(&full, seq + 1, &id).unwrap_err().to_string();
+    assert!(err.contains("ends before #12"), "{err}");
+    let err = pd_verify::check_expected_head(&full, seq, &Hash([1; 32])).unwrap_err().to_string();
+    assert!(err.contains("another history"), "{err}");
+    assert_eq!(pd_verify::parse_head(&format!("{seq}:{id}")), Ok((seq, id)));
+    assert!(pd_verify::parse_head("12:abc").unwrap_err().contains("full id"));
+    assert!(pd_verify::parse_head("x:y").is_err() && pd_verify::parse_head("12").is_err());
 }
