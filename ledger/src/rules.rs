@@ -686,3 +686,57 @@ fn check_checkpoint(state: &State, e: &Entry, c: &Checkpoint) -> Result<PublicKe
     }
     Ok(key)
 }
+
+/// Why a secret key cannot act as the caller asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentifyError {
+    /// No active key has this public half.
+    #[error("the key {public_key} is not an active key of this ledger: an admin enrols it with `pd key new NAME --role … --request NAME.request` (the request `pd key gen` wrote beside it)")]
+    NotEnrolled {
+        /// The key's public half.
+        public_key: PublicKey,
+    },
+    /// The caller named another key.
+    #[error("--as {given} does not match the key file, which this ledger enrols as {enrolled}: drop --as, or use {given}'s own key file")]
+    Name {
+        /// The name given.
+        given: String,
+        /// The name enrolled.
+        enrolled: String,
+    },
+    /// The caller named another environment.
+    #[error("--env {given} does not match the enrolment of {name}, a target of {enrolled}: drop --env, or use a key enrolled in {given}")]
+    Env {
+        /// The key's name.
+        name: String,
+        /// The environment given.
+        given: String,
+        /// The environment enrolled (or "no environment").
+        enrolled: String,
+    },
+}
+
+/// Which enrolled key a secret key holds: the active key whose public half is `public_key`,
+/// checked against the name and environment a caller gave, if any. `pd --key` and
+/// `pd agent --key` derive who acts from this, so a key file never acts under another name.
+pub fn identify<'s>(
+    state: &'s State,
+    public_key: &PublicKey,
+    name: Option<&str>,
+    env: Option<&str>,
+) -> Result<&'s crate::state::KeyState, IdentifyError> {
+    let key = state
+        .active_key_by_public(public_key)
+        .ok_or(IdentifyError::NotEnrolled { public_key: *public_key })?;
+    if let Some(given) = name.filter(|n| *n != key.decl.name) {
+        return Err(IdentifyError::Name { given: given.into(), enrolled: key.decl.name.clone() });
+    }
+    if let Some(given) = env.filter(|e| Some(*e) != key.decl.env.as_deref()) {
+        return Err(IdentifyError::Env {
+            name: key.decl.name.clone(),
+            given: given.into(),
+            enrolled: key.decl.env.clone().unwrap_or_else(|| "no environment".into()),
+        });
+    }
+    Ok(key)
+}

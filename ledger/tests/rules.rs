@@ -498,3 +498,17 @@ fn a_proposal_is_checked_again_when_it_completes() {
         RuleError::DuplicateKey { .. }
     ));
 }
+
+#[test]
+fn a_key_file_acts_only_under_the_name_and_environment_it_was_enrolled_with() {
+    let w = World::new();
+    let s = w.ledger.state();
+    let dev1 = key(3).public();
+    assert_eq!(identify(s, &dev1, None, None).unwrap().decl.name, "dev-1");
+    assert_eq!(identify(s, &dev1, Some("dev-1"), Some("dev")).unwrap().decl.env.as_deref(), Some("dev"));
+    let name = identify(s, &dev1, Some("dev-2"), None).unwrap_err().to_string();
+    assert!(name.contains("--as dev-2") && name.contains("enrols as dev-1"), "{name}");
+    let env = identify(s, &dev1, None, Some("prod")).unwrap_err().to_string();
+    assert!(env.contains("--env prod") && env.contains("a target of dev"), "{env}");
+    assert!(matches!(identify(s, &key(99).public(), None, None), Err(IdentifyError::NotEnrolled { .. })));
+}
