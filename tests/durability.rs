@@ -161,7 +161,7 @@ fn a_full_disk_makes_the_server_unhealthy_and_it_recovers_when_space_is_back() {
     let disk = Tmpfs::mount(&w.path("disk"), "16m");
     w.home = disk.0.join(".pd");
     w.ok("", &["init"]);
-    w.ok("", &["key", "new", "carol", "--role", "approver"]);
+    w.ok("", &["key", "new", "carol", "--role", "approver", "--generate-here"]);
     packaged(&w);
     let n = Net::start(&w);
     let (code, _) = http(n.url(), "GET", "/healthz", b"");

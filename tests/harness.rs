@@ -133,9 +133,12 @@ impl World {
     pub fn standard() -> World {
         let w = World::new();
         w.ok("", &["init"]);
-        w.ok("", &["key", "new", "carol", "--role", "approver"]);
+        w.ok("", &["key", "new", "carol", "--role", "approver", "--generate-here"]);
         for env in ["dev", "staging", "prod"] {
-            w.ok("", &["key", "new", &format!("{env}-1"), "--role", "target", "--env", env]);
+            w.ok(
+                "",
+                &["key", "new", &format!("{env}-1"), "--role", "target", "--env", env, "--generate-here"],
+            );
         }
         w
     }

@@ -7,7 +7,7 @@ use pd_e2e::{http, Net, Proc, World};
 /// A standard world plus `dev-2`, with PD-0.1.0 packaged and approved.
 fn world() -> World {
     let w = World::standard();
-    w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev"]);
+    w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev", "--generate-here"]);
     w.write("llm_policy.yaml", "max_tokens: 1000\n");
     w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "first"]);
     w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
@@ -263,7 +263,8 @@ fn fifty_concurrent_appenders_neither_fork_nor_lose_entries() {
     let children: Vec<_> = (0..50)
         .map(|i| {
             let name = format!("approver-{i}");
-            let args = ["--server", net.url(), "key", "new", name.as_str(), "--role", "approver"];
+            let args =
+                ["--server", net.url(), "key", "new", name.as_str(), "--role", "approver", "--generate-here"];
             w.pd("", &args).stdout(std::process::Stdio::null()).spawn().expect("spawn")
         })
         .collect();
@@ -387,9 +388,25 @@ fn an_agent_with_a_key_file_and_a_reload_command_reports_a_failing_command() {
     let dir = net.agent_dir("dev-1");
     let key = w.home.join("keys/dev-1.ed25519");
     let reload = "test \"$PD_VERSION\" != PD-0.2.0 && test -f \"$PD_POLICY_DIR/llm_policy.yaml\" || { echo cannot parse >&2; exit 3; }";
-    // No home at all: the key comes from a file.
+    // A name or environment that is not the key's enrolment: refused, naming both.
+    for (flag, given, enrolled) in [("--as", "dev-2", "dev-1"), ("--env", "prod", "dev")] {
+        let mut cmd = std::process::Command::new(pd_e2e::bin("pd"));
+        cmd.args(["--home", "/nonexistent", "--server", net.url(), "--key"]).arg(&key);
+        let out = match flag {
+            "--as" => cmd.args(["--as", given, "agent"]),
+            _ => cmd.args(["agent", "--env", given]),
+        }
+        .arg("--dir")
+        .arg(w.path("agent-refused"))
+        .output()
+        .expect("run pd agent");
+        let t = pd_e2e::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains(given) && t.contains(enrolled), "{t}");
+    }
+    // No home at all: the key comes from a file, the name and environment from its enrolment.
     let mut cmd = std::process::Command::new(pd_e2e::bin("pd"));
-    cmd.args(["--home", "/nonexistent", "--server", net.url(), "--as", "dev-1", "agent", "--env", "dev"])
+    cmd.args(["--home", "/nonexistent", "--server", net.url(), "agent"])
         .arg("--dir")
         .arg(&dir)
         .arg("--key")

@@ -60,7 +60,7 @@ fn checkpoint(w: &World, actor: &str, vkey: &str) -> Checkpoint {
 /// after the last checkpoint.
 fn ledger() -> Ledger {
     let w = World::standard();
-    w.ok("", &["key", "new", "logger", "--role", "log"]);
+    w.ok("", &["key", "new", "logger", "--role", "log", "--generate-here"]);
     let admin_vkey = w.ok("", &["key", "export", "admin", "--vkey"]).trim().to_string();
     let logger_vkey = w.ok("", &["key", "export", "logger", "--vkey"]).trim().to_string();
     let mut checkpoints = vec![checkpoint(&w, "", &admin_vkey)];
@@ -76,11 +76,11 @@ fn ledger() -> Ledger {
         }
         checkpoints.push(checkpoint(&w, "", &admin_vkey));
     }
-    w.ok("", &["key", "new", "dave", "--role", "approver"]);
+    w.ok("", &["key", "new", "dave", "--role", "approver", "--generate-here"]);
     let by_logger = checkpoint(&w, "logger", &logger_vkey);
     let logger_note = by_logger.note.clone();
     checkpoints.push(by_logger);
-    w.ok("", &["key", "new", "erin", "--role", "approver"]);
+    w.ok("", &["key", "new", "erin", "--role", "approver", "--generate-here"]);
     Ledger { w, checkpoints, logger_note, admin_vkey }
 }
 

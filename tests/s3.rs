@@ -14,9 +14,9 @@ fn world(g: &Garage, store: Option<&str>) -> World {
         w.env.push(("PD_STORE".into(), format!("s3://pd-test/{prefix}")));
     }
     w.ok("", &["init"]);
-    w.ok("", &["key", "new", "carol", "--role", "approver"]);
+    w.ok("", &["key", "new", "carol", "--role", "approver", "--generate-here"]);
     for env in ["dev", "staging", "prod"] {
-        w.ok("", &["key", "new", &format!("{env}-1"), "--role", "target", "--env", env]);
+        w.ok("", &["key", "new", &format!("{env}-1"), "--role", "target", "--env", env, "--generate-here"]);
     }
     w
 }

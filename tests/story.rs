@@ -132,7 +132,7 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
     // The admin is the author: it lacks the approver role, and an author-approver may not self-approve.
     let err = w.refused("", &["ledger", "approve", "PD-0.1.0", "--reason", "x"]);
     assert!(err.contains("lacks the approver role"), "{err}");
-    w.ok("", &["key", "new", "dana", "--role", "author", "--role", "approver"]);
+    w.ok("", &["key", "new", "dana", "--role", "author", "--role", "approver", "--generate-here"]);
     let p2 = w.write("other.yaml", "x: 1\n");
     w.ok("dana", &["ledger", "package", p2.to_str().unwrap(), "--reason", "mine"]);
     let err = w.refused("dana", &["ledger", "approve", "PD-0.2.0", "--reason", "self"]);
@@ -149,12 +149,12 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
     assert!(err.contains("ack refused"), "{err}");
 
     // Revoked keys cannot act; unknown keys cannot act.
-    w.ok("", &["key", "revoke", "carol", "--reason", "left the team"]);
+    w.ok("", &["key", "revoke", "carol", "--reason", "left the team", "--left"]);
     let err = w.refused("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "x"]);
     assert!(err.contains("was revoked"), "{err}");
     let err = w.refused_with(2, "nobody", &["ledger", "approve", "PD-0.2.0", "--reason", "x"]);
     assert!(err.contains("no secret key \"nobody\""), "{err}");
-    w.refused("", &["key", "revoke", "admin", "--reason", "oops"]);
+    w.refused("", &["key", "revoke", "admin", "--reason", "oops", "--left"]);
 
     // A secret key that no longer matches its enrolled public key: the signature is refused.
     let ed = w.home.join("keys/dev-1.ed25519");

@@ -102,7 +102,7 @@ fn proofs_verify_offline_and_any_tampering_fails() {
     }
 
     // The ledger grows; a later checkpoint is consistent with the first.
-    w.ok("", &["key", "new", "dave", "--role", "approver"]);
+    w.ok("", &["key", "new", "dave", "--role", "approver", "--generate-here"]);
     w.ok("", &["ledger", "checkpoint"]);
     let cons = w.path("cons.proof");
     w.ok("", &["ledger", "consistency", s(&cp1), "-o", s(&cons)]);
@@ -121,10 +121,10 @@ fn a_forked_ledger_is_caught_by_pd_verify_since() {
     let w = world();
     let fork_home = fork(&w, "forked-home");
     // Same prefix; then each home appends a different, validly signed entry.
-    w.ok("", &["key", "new", "dave", "--role", "approver"]);
+    w.ok("", &["key", "new", "dave", "--role", "approver", "--generate-here"]);
     let kept = w.path("kept.note");
     w.ok("", &["ledger", "checkpoint", "-o", s(&kept)]);
-    pd_at(&fork_home, &["key", "new", "mallory", "--role", "approver"]);
+    pd_at(&fork_home, &["key", "new", "mallory", "--role", "approver", "--generate-here"]);
     pd_at(&fork_home, &["ledger", "checkpoint"]);
     let forked = w.path("forked.pdx");
     pd_at(&fork_home, &["ledger", "export", s(&forked)]);
@@ -152,9 +152,9 @@ fn a_forked_ledger_is_caught_by_pd_verify_since() {
 #[test]
 fn an_agent_refuses_a_server_whose_ledger_forked() {
     let w = world();
-    w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev"]);
+    w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev", "--generate-here"]);
     let fork_home = fork(&w, "forked-home");
-    pd_at(&fork_home, &["key", "new", "mallory", "--role", "approver"]);
+    pd_at(&fork_home, &["key", "new", "mallory", "--role", "approver", "--generate-here"]);
     pd_at(&fork_home, &["ledger", "checkpoint"]);
 
     let mut net = Net::start(&w);

@@ -154,9 +154,15 @@ const BROKEN_ON_PROD_3: &str = "PD-23.1.0";
 fn setup(s: &Step) -> Result<()> {
     let p = s.policy.display().to_string();
     s.pd("", "init")?;
-    s.pd("", "key new carol --role approver")?;
+    println!(
+        "\n# One machine plays everyone, so the admin makes carol's and the targets' keys here \
+         (--generate-here): the ledger records them in admin custody and pd-verify reports their \
+         approvals and acks as not independent. For real, each holder runs `pd key gen NAME` and \
+         the admin enrols the request with `pd key new NAME --role … --request NAME.request`."
+    );
+    s.pd("", "key new carol --role approver --generate-here")?;
     for (t, env) in TARGETS {
-        s.pd("", &format!("key new {t} --role target --env {env}"))?;
+        s.pd("", &format!("key new {t} --role target --env {env} --generate-here"))?;
     }
     s.pd("", &format!("ledger package {p} --version 23.0.0 --reason \"Baseline: Claude for NSF staff\""))?;
     s.pd("carol", "ledger approve PD-23.0.0 --reason \"Reviewed in HITL\"")

@@ -81,8 +81,7 @@ impl Waited {
 /// Runs `pd ledger deploy`.
 pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     let (home, mut b) = Backend::of_home(ctx)?;
-    let actor = ctx.actor(&home);
-    let key = home.secret_key(&actor)?;
+    let (actor, key) = ctx.signer(&home, &mut b)?;
     let auto_rollback = a.auto_rollback || home.config.auto_rollback;
     let (version, state) = version_to_deploy(ctx, &home, &mut b, &a)?;
     let envs = plan(&state, version, &a)?;
@@ -231,7 +230,7 @@ fn check_artifact(b: &mut Backend, state: &State, pkg: &PackageState) -> Result<
         let v = pkg.package.version;
         return Err(CheckFailed(format!("the artifact of {v} does not match its recorded SHA-256")).into());
     }
-    let cert = state.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.clone()).unwrap_or_default();
+    let cert = state.package_cert(pkg).unwrap_or_default().to_string();
     pd_store::openpgp::verify_detached(&cert, &bytes, &pkg.package.openpgp_sig)?;
     Ok(pd_store::openpgp::cert_fingerprint(&cert)?)
 }

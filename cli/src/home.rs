@@ -86,8 +86,7 @@ impl Home {
 
     /// Writes a new home's config (the caller created the directory).
     pub fn create(dir: &Path, config: Config) -> Result<Home> {
-        fs::create_dir_all(dir.join("keys"))?;
-        set_mode(&dir.join("keys"), 0o700)?;
+        secret_dir(&dir.join("keys"))?;
         write_file_atomic(&dir.join(CONFIG), toml::to_string(&config)?.as_bytes())?;
         Ok(Home { dir: dir.to_path_buf(), config, store: Arc::default() })
     }
@@ -95,6 +94,12 @@ impl Home {
     /// Opens the ledger, waiting a while if another pd process holds it.
     pub fn ledger(&self) -> Result<Ledger<FileStore>> {
         let path = self.dir.join("ledger");
+        if !path.exists() {
+            bail!(
+                "{} holds keys but no ledger (`pd key gen` made it): pass --server URL, or set `server` in its {CONFIG}",
+                self.dir.display()
+            );
+        }
         let start = Instant::now();
         let mut warned = false;
         let store = loop {
@@ -157,22 +162,17 @@ impl Home {
 
     /// The OpenPGP secret key of `name`.
     pub fn pgp_key(&self, name: &str) -> Result<PgpKey> {
-        let path = self.key_path(name, "openpgp");
-        let bytes = fs::read(&path)
-            .with_context(|| format!("no OpenPGP secret key for {name:?} at {}", path.display()))?;
-        Ok(PgpKey::from_secret_bytes(&bytes)?)
+        read_pgp_file(&self.key_path(name, "openpgp"))
+    }
+
+    /// The directory holding this home's secret keys.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.join("keys")
     }
 
     /// Writes a new key's secret files, readable only by their owner. Refuses to overwrite.
     pub fn save_keys(&self, name: &str, key: &SecretKey, pgp: &PgpKey) -> Result<()> {
-        let ed = self.key_path(name, "ed25519");
-        let pg = self.key_path(name, "openpgp");
-        write_secret(&ed, format!("{}\n", hex::encode(key.seed())).as_bytes())?;
-        if let Err(e) = write_secret(&pg, &pgp.to_secret_bytes()?) {
-            let _ = fs::remove_file(&ed);
-            return Err(e);
-        }
-        Ok(())
+        save_keys(&self.keys_dir(), name, key, pgp)
     }
 
     /// Removes a key's secret files (after a refused enrollment).
@@ -180,6 +180,66 @@ impl Home {
         let _ = fs::remove_file(self.key_path(name, "ed25519"));
         let _ = fs::remove_file(self.key_path(name, "openpgp"));
     }
+
+    /// Writes a rotation's new secret as `NAME.next.ed25519` (and `.openpgp`), to take over
+    /// from `NAME.ed25519` once the ledger makes it the name's key ([`Home::promote_next`]).
+    pub fn save_next_keys(&self, name: &str, key: &SecretKey, pgp: &PgpKey) -> Result<()> {
+        save_keys(&self.keys_dir(), &format!("{name}.next"), key, pgp)
+    }
+
+    /// Removes a rotation's new secret after a refused rotation.
+    pub fn forget_next_keys(&self, name: &str) {
+        self.forget_keys(&format!("{name}.next"));
+    }
+
+    /// Follows a rotation done in this home: when `NAME.next.ed25519` holds `current` (the
+    /// ledger's key of `name` from entry `seq` on), moves the old files aside as
+    /// `NAME.ed25519.rotated-SEQ` (kept: the old key signed history) and the next ones into
+    /// place. Returns whether it did.
+    pub fn promote_next(&self, name: &str, current: &pd_ledger::PublicKey, seq: u64) -> Result<bool> {
+        let next = self.key_path(&format!("{name}.next"), "ed25519");
+        if !next.exists() || read_key_file(&next)?.public() != *current {
+            return Ok(false);
+        }
+        for ext in ["ed25519", "openpgp"] {
+            let path = self.key_path(name, ext);
+            if path.exists() {
+                let aside = self.key_path(name, &format!("{ext}.rotated-{seq}"));
+                fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+            }
+            let next = self.key_path(&format!("{name}.next"), ext);
+            fs::rename(&next, &path).with_context(|| format!("moving {} into place", next.display()))?;
+        }
+        Ok(true)
+    }
+
+    /// A home that is only a directory of keys (`--key FILE` with `--server`): its actor is
+    /// the file's name, its ledger the server's.
+    pub fn keys_only(key_file: &Path, server: &str) -> Home {
+        let dir = key_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let actor = key_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let config = Config { actor, server: Some(server.into()), store: None, auto_rollback: false };
+        Home { dir: dir.to_path_buf(), config, store: Arc::default() }
+    }
+}
+
+/// Writes `DIR/NAME.ed25519` and `DIR/NAME.openpgp`, readable only by their owner. Refuses
+/// to overwrite; on failure leaves neither.
+pub fn save_keys(dir: &Path, name: &str, key: &SecretKey, pgp: &PgpKey) -> Result<()> {
+    let ed = dir.join(format!("{name}.ed25519"));
+    let pg = dir.join(format!("{name}.openpgp"));
+    write_secret(&ed, format!("{}\n", hex::encode(key.seed())).as_bytes())?;
+    if let Err(e) = write_secret(&pg, &pgp.to_secret_bytes()?) {
+        let _ = fs::remove_file(&ed);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Reads an OpenPGP secret key file as pd writes them.
+pub fn read_pgp_file(path: &Path) -> Result<PgpKey> {
+    let bytes = fs::read(path).with_context(|| format!("no OpenPGP secret key at {}", path.display()))?;
+    Ok(PgpKey::from_secret_bytes(&bytes)?)
 }
 
 /// Reads a secret key file as pd writes them: 64 hex digits.
@@ -212,6 +272,12 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
+}
+
+/// Creates `dir` (and its parents) if missing, readable only by its owner.
+pub fn secret_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    set_mode(dir, 0o700)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {

@@ -1,25 +1,65 @@
-//! `pd key`: enroll, revoke, list and export keys.
+//! `pd key`: generate keys where their holders are, enrol them from requests, rotate,
+//! revoke, approve key changes under an admin quorum, list and export.
 
-use anyhow::Result;
-use clap::{Args, Subcommand};
-use pd_ledger::{Body, KeyDecl, KeyRevoke, Role};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{ArgGroup, Args, Subcommand};
+use pd_ledger::{
+    Body, Custody, EnrolmentRequest, KeyApprove, KeyDecl, KeyRevoke, KeyRotate, RevokeKind, Role,
+};
+use pd_ledger::{SecretKey, SignedEntry, State};
+use pd_store::PgpKey;
 
 use crate::backend::{precheck, Backend};
-use crate::{home, output, refuse, Ctx};
+use crate::home::{self, Config, Home};
+use crate::{output, refuse, Ctx};
 
 /// Key subcommands.
 #[derive(Subcommand)]
 pub enum KeyCmd {
-    /// Create a key in this home and enroll it in the ledger (signed by an admin).
+    /// Generate a key on the holder's own machine: writes the secret files (mode 0600, never
+    /// printed) and an enrolment request (public parts and a proof of possession) to hand to
+    /// an admin, who runs `pd key new NAME --role … --request NAME.request`.
+    Gen {
+        /// The name to ask for (a-z, 0-9, '.', '_', '-').
+        name: String,
+        /// Write NAME.ed25519, NAME.openpgp and NAME.request into DIR (act with
+        /// `pd --key DIR/NAME.ed25519`). Without it the secrets go into the home's keys/
+        /// (a keys-only home is created, acting as NAME, if there is none) and the request
+        /// into ./NAME.request.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Enrol a key in the ledger (as an admin): from the holder's request, or generated here.
     New(NewArgs),
+    /// Replace a name's key in one entry: the old key stops acting from it on, the name keeps
+    /// its roles.
+    Rotate(RotateArgs),
     /// Revoke a key: it can no longer act. History keeps what it did.
+    #[command(group(ArgGroup::new("kind").required(true).args(["compromised", "left"])))]
     Revoke {
         /// The key's name.
         name: String,
         /// Why (recorded in the ledger).
         #[arg(long)]
         reason: String,
+        /// The secret may be in other hands: its approvals of packages not yet pushed
+        /// anywhere stop counting.
+        #[arg(long)]
+        compromised: bool,
+        /// The holder left or the key is retired: everything it signed still counts.
+        #[arg(long)]
+        left: bool,
     },
+    /// Approve another admin's proposed key change (ledgers made with `--admin-approvals K`).
+    Approve {
+        /// The proposal's entry number, as `pd key pending` lists it.
+        seq: u64,
+    },
+    /// List key changes waiting for more admins.
+    Pending,
     /// List every key the ledger knows.
     List,
     /// Print a key's public half.
@@ -36,84 +76,355 @@ pub enum KeyCmd {
     },
 }
 
+/// Where a new key's public parts come from.
+#[derive(Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["request", "generate_here"])))]
+pub struct Source {
+    /// The holder's enrolment request, as `pd key gen` wrote it: only its public parts are
+    /// recorded, after its proof of possession is checked. The ledger records custody `holder`.
+    #[arg(long, value_name = "FILE")]
+    request: Option<PathBuf>,
+    /// Generate the secret in this home instead (demos, single-person setups). The ledger
+    /// records custody `admin`, and pd-verify reports every approval and ack by this key as
+    /// not independent of the admin.
+    #[arg(long)]
+    generate_here: bool,
+}
+
 /// Arguments of `pd key new`.
 #[derive(Args)]
 pub struct NewArgs {
-    /// Name of the new key (a-z, 0-9, '.', '_', '-').
+    /// Name of the new key (a-z, 0-9, '.', '_', '-'); a request must be for this name.
     name: String,
-    /// Roles: admin, author, approver, deployer, target (repeat for several).
+    /// Roles: admin, author, approver, deployer, target, log (repeat for several).
     #[arg(long = "role", required = true)]
     roles: Vec<Role>,
     /// The environment of a target key.
     #[arg(long)]
     env: Option<String>,
+    #[command(flatten)]
+    source: Source,
+}
+
+/// Arguments of `pd key rotate`.
+#[derive(Args)]
+pub struct RotateArgs {
+    /// The key's name.
+    name: String,
+    #[command(flatten)]
+    source: Source,
+    /// The old secret may be in other hands: its approvals of packages not yet pushed
+    /// anywhere stop counting (default: the old key retires and its approvals count).
+    #[arg(long)]
+    compromised: bool,
+    /// Why (recorded in the ledger).
+    #[arg(long)]
+    reason: String,
 }
 
 /// Runs a key subcommand.
 pub fn run(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
     match cmd {
+        KeyCmd::Gen { name, out } => gen(ctx, &name, out),
         KeyCmd::New(a) => new(ctx, a),
-        KeyCmd::Revoke { name, reason } => revoke(ctx, name, reason),
+        KeyCmd::Rotate(a) => rotate(ctx, a),
+        KeyCmd::Revoke { name, reason, compromised, left: _ } => {
+            let kind = if compromised { RevokeKind::Compromised } else { RevokeKind::Left };
+            let body = Body::KeyRevoke(KeyRevoke { name, kind, reason });
+            change(ctx, describe(&body), body, |_| Ok(()), |_| {})
+        }
+        KeyCmd::Approve { seq } => approve(ctx, seq),
+        KeyCmd::Pending => pending(ctx),
         KeyCmd::List => list(ctx),
         KeyCmd::Export { name, openpgp, vkey } => export(ctx, &name, openpgp, vkey),
     }
 }
 
-fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
-    let (home, mut backend) = Backend::of_home(ctx)?;
-    let actor = ctx.actor(&home);
-    let signer = home.secret_key(&actor)?;
-    let state = backend.state()?;
-    a.roles.sort();
-    a.roles.dedup();
-    let key = home::new_secret_key()?;
-    let pgp = pd_store::openpgp::generate(&format!("{} (pd)", a.name))?;
-    let decl = KeyDecl {
-        name: a.name.clone(),
-        public_key: key.public(),
-        openpgp: Some(pgp.public_armored()?),
-        roles: a.roles.clone(),
-        env: a.env.clone(),
-    };
-    // Refuse before touching the disk; then write the secret, then the entry.
-    precheck(&state, &actor, &signer, Body::KeyAdd(decl.clone()))?;
-    home.save_keys(&a.name, &key, &pgp)?;
-    let entry = match backend.append(&actor, &signer, |_| Ok(Body::KeyAdd(decl.clone()))) {
-        Ok((entry, _)) => entry,
-        Err(e) => {
-            home.forget_keys(&a.name);
-            return Err(e);
+/// A fresh Ed25519 key and OpenPGP key for `name`.
+fn fresh(name: &str) -> Result<(SecretKey, PgpKey)> {
+    Ok((home::new_secret_key()?, pd_store::openpgp::generate(&format!("{name} (pd)"))?))
+}
+
+fn gen(ctx: &Ctx, name: &str, out: Option<PathBuf>) -> Result<()> {
+    pd_ledger::rules::check_name("name", name).map_err(|e| crate::Refused(e.to_string()))?;
+    let (key, pgp) = fresh(name)?;
+    let request = EnrolmentRequest::create(name, &key, Some(pgp.public_armored()?));
+    let (keys_dir, request_path) = match &out {
+        Some(dir) => {
+            home::secret_dir(dir)?;
+            (dir.clone(), dir.join(format!("{name}.request")))
+        }
+        None => {
+            let home = match Home::open(&ctx.home_dir) {
+                Ok(h) => h,
+                Err(_) => {
+                    let config = Config {
+                        actor: name.into(),
+                        server: ctx.server.clone(),
+                        store: None,
+                        auto_rollback: false,
+                    };
+                    home::create_new(&ctx.home_dir, |dir| Home::create(dir, config).map(drop))?;
+                    Home::open(&ctx.home_dir)?
+                }
+            };
+            (home.keys_dir(), PathBuf::from(format!("{name}.request")))
         }
     };
-    let roles: Vec<&str> = a.roles.iter().map(|r| r.as_str()).collect();
+    if request_path.exists() {
+        refuse!(
+            "{} already exists; pd never overwrites a request (move it, or use --out DIR)",
+            request_path.display()
+        );
+    }
+    home::save_keys(&keys_dir, name, &key, &pgp)?;
+    home::write_file_atomic(&request_path, request.to_json().as_bytes())?;
     if ctx.json {
         return ctx.emit(&serde_json::json!({
-            "name": a.name, "roles": roles, "env": a.env, "seq": entry.entry.seq,
-            "public_key": key.public(), "openpgp_fingerprint": pgp.fingerprint(),
+            "name": name, "keys_dir": keys_dir, "request_file": request_path, "request": request,
+            "openpgp_fingerprint": pgp.fingerprint(),
         }));
     }
-    let env = a.env.map(|e| format!(" in {e}")).unwrap_or_default();
+    output::ok(format!("key {name} generated · secret files in {} (mode 0600)", keys_dir.display()));
     output::ok(format!(
-        "key {} ({}){env} enrolled by {actor} at #{}",
-        a.name,
-        roles.join(", "),
-        entry.entry.seq
+        "enrolment request written to {} (public key, OpenPGP {}, proof of possession)",
+        request_path.display(),
+        pd_store::openpgp::short_fingerprint(&pgp.fingerprint())
     ));
-    output::ok(format!("OpenPGP {} · secret kept in {}", pgp.fingerprint(), home.dir.join("keys").display()));
+    output::next(format!(
+        "hand {} to an admin, who runs `pd key new {name} --role approver --request {name}.request`",
+        request_path.display()
+    ));
     Ok(())
 }
 
-fn revoke(ctx: &Ctx, name: String, reason: String) -> Result<()> {
-    let (home, mut backend) = Backend::of_home(ctx)?;
-    let actor = ctx.actor(&home);
-    let signer = home.secret_key(&actor)?;
-    let (e, _) = backend.append(&actor, &signer, |_| {
-        Ok(Body::KeyRevoke(KeyRevoke { name: name.clone(), reason: reason.clone() }))
-    })?;
-    if ctx.json {
-        return ctx.emit(&serde_json::json!({ "revoked": name, "seq": e.entry.seq }));
+/// Reads and checks an enrolment request (for `name`, if given), bounded.
+pub fn read_request(path: &Path, name: Option<&str>) -> Result<EnrolmentRequest> {
+    let reading = || format!("reading the enrolment request {}", path.display());
+    let file = std::fs::File::open(path).with_context(reading)?;
+    let limit = pd_ledger::limits::MAX_REQUEST_BYTES as u64;
+    let size = file.metadata().with_context(reading)?.len();
+    if size > limit {
+        refuse!(
+            "{}: {}",
+            path.display(),
+            pd_ledger::RequestError::TooLarge { size: size as usize, limit: limit as usize }
+        );
     }
-    output::ok(format!("key {name} revoked at #{}", e.entry.seq));
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).with_context(reading)?;
+    let request =
+        EnrolmentRequest::decode(&bytes).map_err(|e| crate::Refused(format!("{}: {e}", path.display())))?;
+    if let Some(name) = name.filter(|n| *n != request.name) {
+        refuse!(
+            "{} asks to enrol {:?}, not {name:?}: check the file, or enrol it under its own name",
+            path.display(),
+            request.name
+        );
+    }
+    Ok(request)
+}
+
+/// A new key's public parts and custody, and the secret when generated here.
+fn public_parts(
+    source: &Source,
+    name: &str,
+) -> Result<(Option<(SecretKey, PgpKey)>, EnrolmentRequest, Custody)> {
+    match &source.request {
+        Some(path) => {
+            let r = read_request(path, Some(name))?;
+            let custody = Custody::Holder(r.proof);
+            Ok((None, r, custody))
+        }
+        None => {
+            let (key, pgp) = fresh(name)?;
+            let r = EnrolmentRequest::create(name, &key, Some(pgp.public_armored()?));
+            Ok((Some((key, pgp)), r, Custody::Admin))
+        }
+    }
+}
+
+fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
+    a.roles.sort();
+    a.roles.dedup();
+    let (secret, r, custody) = public_parts(&a.source, &a.name)?;
+    let decl = KeyDecl { custody, ..r.decl(a.roles, a.env) };
+    let name = a.name.clone();
+    let body = Body::KeyAdd(decl);
+    change(
+        ctx,
+        describe(&body),
+        body,
+        |home| match &secret {
+            Some((key, pgp)) => home.save_keys(&name, key, pgp),
+            None => Ok(()),
+        },
+        |home| home.forget_keys(&name),
+    )
+}
+
+fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
+    let (secret, r, custody) = public_parts(&a.source, &a.name)?;
+    let old = if a.compromised { RevokeKind::Compromised } else { RevokeKind::Left };
+    let body = Body::KeyRotate(KeyRotate {
+        name: a.name.clone(),
+        public_key: r.public_key,
+        openpgp: r.openpgp,
+        custody,
+        old,
+        reason: a.reason,
+    });
+    let name = a.name.clone();
+    // A secret made here waits beside the old one and takes its place once the ledger makes
+    // it the name's key (at once, or when the last admin of a quorum approves).
+    change(
+        ctx,
+        describe(&body),
+        body,
+        |home| match &secret {
+            Some((key, pgp)) => home.save_next_keys(&name, key, pgp),
+            None => Ok(()),
+        },
+        |home| home.forget_next_keys(&name),
+    )?;
+    if secret.is_some() {
+        let home = ctx.home()?;
+        let state = Backend::open(ctx, Some(home.clone()))?.state()?;
+        if let Some(k) = state.active_key(&a.name) {
+            home.promote_next(&a.name, &k.decl.public_key, k.since_seq)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends a key change as the acting admin: checks it first, runs `write` (secret files)
+/// before the entry and `undo` if the append fails, then reports whether it took effect or
+/// waits for more admins.
+fn change(
+    ctx: &Ctx,
+    what: String,
+    body: Body,
+    write: impl FnOnce(&Home) -> Result<()>,
+    undo: impl FnOnce(&Home),
+) -> Result<()> {
+    let (home, mut backend) = Backend::of_home(ctx)?;
+    let (actor, signer) = ctx.signer(&home, &mut backend)?;
+    let state = backend.state()?;
+    // Refuse before touching the disk; then write the secret, then the entry.
+    precheck(&state, &actor, &signer, body.clone())?;
+    write(&home)?;
+    let (entry, state) = match backend.append(&actor, &signer, |_| Ok(body.clone())) {
+        Ok(done) => done,
+        Err(e) => {
+            undo(&home);
+            return Err(e);
+        }
+    };
+    report(ctx, &entry, &state, &what)
+}
+
+/// What a key change did, in words.
+fn describe(body: &Body) -> String {
+    match body {
+        Body::KeyAdd(k) => {
+            let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
+            let env = k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default();
+            format!("enrolment of {} ({}){env}, custody {}", k.name, roles.join(", "), k.custody.as_str())
+        }
+        Body::KeyRotate(r) => {
+            format!(
+                "rotation of {} (old key {}, new key custody {})",
+                r.name,
+                r.old.as_str(),
+                r.custody.as_str()
+            )
+        }
+        Body::KeyRevoke(r) => format!("revocation of {} ({})", r.name, r.kind.as_str()),
+        other => other.kind().to_string(),
+    }
+}
+
+fn report(ctx: &Ctx, entry: &SignedEntry, state: &State, what: &str) -> Result<()> {
+    let seq = entry.entry.seq;
+    let proposal_seq = match &entry.entry.body {
+        Body::KeyApprove(a) => a.seq,
+        _ => seq,
+    };
+    let waiting = state.proposals.get(&proposal_seq);
+    let have = waiting.map(|p| state.proposal_support(p, &p.proposer));
+    if ctx.json {
+        return ctx.emit(&serde_json::json!({
+            "change": entry.entry.body.kind(), "what": what, "seq": seq, "entry_id": entry.id,
+            "by": entry.entry.actor, "applied": waiting.is_none(), "proposal_seq": proposal_seq,
+            "admin_approvals": have, "admin_approvals_required": state.admin_approvals,
+        }));
+    }
+    match have {
+        None => output::ok(format!("{what} recorded by {} at #{seq}", entry.entry.actor)),
+        Some(have) => {
+            let need = state.admin_approvals;
+            output::ok(format!(
+                "{what} proposed by {} at #{proposal_seq}: {have} of {need} admins",
+                state.proposals[&proposal_seq].proposer
+            ));
+            output::next(format!("another admin runs `pd key approve {proposal_seq}`"));
+        }
+    }
+    Ok(())
+}
+
+fn approve(ctx: &Ctx, seq: u64) -> Result<()> {
+    let state = Backend::open(ctx, ctx.home().ok())?.state()?;
+    let Some(p) = state.proposals.get(&seq) else {
+        refuse!("no key change waiting at #{seq}; see `pd key pending`");
+    };
+    let (id, body) = (p.id, p.change.clone());
+    change(ctx, describe(&body), Body::KeyApprove(KeyApprove { seq, id }), |_| Ok(()), |_| {})?;
+    // A rotation done in this home that this approval completed.
+    if let Body::KeyRotate(r) = &body {
+        let home = ctx.home()?;
+        let state = Backend::open(ctx, Some(home.clone()))?.state()?;
+        if let Some(k) = state.active_key(&r.name) {
+            home.promote_next(&r.name, &k.decl.public_key, k.since_seq)?;
+        }
+    }
+    Ok(())
+}
+
+fn pending(ctx: &Ctx) -> Result<()> {
+    let state = Backend::open(ctx, ctx.home().ok())?.state()?;
+    let rows: Vec<_> = state
+        .proposals
+        .values()
+        .map(|p| {
+            let approvers: Vec<&str> =
+                std::iter::once(p.proposer.as_str()).chain(p.approvals.iter().map(String::as_str)).collect();
+            (p, approvers, state.proposal_support(p, &p.proposer))
+        })
+        .collect();
+    if ctx.json {
+        let json: Vec<_> = rows
+            .iter()
+            .map(|(p, approvers, have)| serde_json::json!({
+                "seq": p.seq, "id": p.id, "change": p.change.kind(), "what": describe(&p.change),
+                "approved_by": approvers, "admin_approvals": have, "admin_approvals_required": state.admin_approvals,
+            }))
+            .collect();
+        return ctx.emit(&json);
+    }
+    if rows.is_empty() {
+        output::ok("no key changes waiting");
+    }
+    for (p, approvers, have) in rows {
+        println!(
+            "#{:<6} {} · {have} of {} admins ({}) · pd key approve {}",
+            p.seq,
+            describe(&p.change),
+            state.admin_approvals,
+            approvers.join(", "),
+            p.seq
+        );
+    }
     Ok(())
 }
 
@@ -123,12 +434,15 @@ fn list(ctx: &Ctx) -> Result<()> {
     if ctx.json {
         let rows: Vec<_> = keys
             .iter()
-            .map(|k| serde_json::json!({
-                "name": k.decl.name, "roles": k.decl.roles, "env": k.decl.env,
-                "public_key": k.decl.public_key, "added_seq": k.added_seq,
-                "vkey": state.note_vkey(&k.decl.public_key),
-                "revoked": k.revoked.as_ref().map(|(seq, reason)| serde_json::json!({"seq": seq, "reason": reason})),
-            }))
+            .map(|k| {
+                serde_json::json!({
+                    "name": k.decl.name, "roles": k.decl.roles, "env": k.decl.env,
+                    "public_key": k.decl.public_key, "custody": k.decl.custody.as_str(),
+                    "added_seq": k.added_seq, "since_seq": k.since_seq, "rotations": k.past.len(),
+                    "vkey": state.note_vkey(&k.decl.public_key),
+                    "revoked": k.revoked,
+                })
+            })
             .collect();
         return ctx.emit(&rows);
     }
@@ -136,10 +450,20 @@ fn list(ctx: &Ctx) -> Result<()> {
         let roles: Vec<&str> = k.decl.roles.iter().map(|r| r.as_str()).collect();
         let env = k.decl.env.as_ref().map(|e| format!(" env={e}")).unwrap_or_default();
         let status = match &k.revoked {
-            Some((seq, reason)) => format!("revoked at #{seq}: {reason}"),
+            Some(r) => format!("revoked at #{} ({}): {}", r.seq, r.kind.as_str(), r.reason),
             None => "active".to_string(),
         };
-        println!("{:<16} {:<28}{env} added #{} · {status}", k.decl.name, roles.join(","), k.added_seq);
+        let rotated = match k.past.len() {
+            0 => String::new(),
+            n => format!(" · rotated {n}× (current since #{})", k.since_seq),
+        };
+        println!(
+            "{:<16} {:<28}{env} added #{} · custody {}{rotated} · {status}",
+            k.decl.name,
+            roles.join(","),
+            k.added_seq,
+            k.decl.custody.as_str()
+        );
     }
     Ok(())
 }

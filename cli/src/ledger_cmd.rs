@@ -195,9 +195,8 @@ pub fn package_with(
     backend: &mut Backend,
     a: &PackageArgs,
 ) -> Result<(SignedEntry, pd_store::tarball::Built, String)> {
-    let actor = ctx.actor(home);
-    let key = home.secret_key(&actor)?;
-    let pgp = home.pgp_key(&actor)?;
+    let (actor, key) = ctx.signer(home, backend)?;
+    let pgp = ctx.pgp_key(home, &actor)?;
     let state = backend.state()?;
     let limits = pd_store::Limits::default();
     let files = pd_store::tarball::collect(&a.files, &limits)?;
@@ -208,8 +207,8 @@ pub fn package_with(
     let body = Body::Package(built.to_package(version, sig.clone(), a.reason.clone()));
     // Every check before any write: the rule, then the signature as a verifier will see it.
     precheck(&state, &actor, &key, body.clone())?;
-    let cert = state.keys.get(&actor).and_then(|k| k.decl.openpgp.clone());
-    pd_store::openpgp::verify_detached(cert.as_deref().unwrap_or_default(), &built.bytes, &sig)?;
+    let cert = state.active_key(&actor).and_then(|k| k.decl.openpgp.as_deref());
+    pd_store::openpgp::verify_detached(cert.unwrap_or_default(), &built.bytes, &sig)?;
     // A file this command adds to a local objects/ directory, to remove if the append fails.
     let fresh = match &*backend {
         Backend::Local(h) if h.config.store.is_none() => {
@@ -258,8 +257,7 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
 /// Signs and appends `make(state)` as the acting key, on the home's ledger or the server.
 fn append_with(ctx: &Ctx, make: impl FnMut(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let actor = ctx.actor(&home);
-    let key = home.secret_key(&actor)?;
+    let (actor, key) = ctx.signer(&home, &mut backend)?;
     let mut make = make;
     backend.append(&actor, &key, |st| make(st, &actor))
 }
@@ -270,7 +268,7 @@ fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
         Ok(Body::Approve(Approve { version, package, reason: reason.clone() }))
     })?;
     let pkg = package_of(&state, version)?;
-    let (have, need) = (pkg.approvals.len(), state.approvals_required);
+    let (have, need) = (pkg.counted_approvals(), state.approvals_required);
     if ctx.json {
         return ctx.emit(
             &serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need }),
@@ -352,8 +350,7 @@ pub fn previous_version(state: &State, env: &str) -> Result<Version> {
 
 fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let actor = ctx.actor(&home);
-    let key = home.secret_key(&actor)?;
+    let (actor, key) = ctx.signer(&home, &mut backend)?;
     let mut from = None;
     let (entry, _) = backend.append(&actor, &key, |state| {
         from = state.env.get(&a.env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
@@ -394,13 +391,24 @@ pub fn summary(body: &Body) -> String {
         Body::KeyAdd(k) => {
             let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
             format!(
-                "{} ({}){}",
+                "{} ({}){} · custody {}",
                 k.name,
                 roles.join(","),
-                k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default()
+                k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default(),
+                k.custody.as_str()
             )
         }
-        Body::KeyRevoke(r) => format!("{}: {}", r.name, r.reason),
+        Body::KeyRotate(r) => {
+            format!(
+                "{}: new key (custody {}), old key {} · {}",
+                r.name,
+                r.custody.as_str(),
+                r.old.as_str(),
+                r.reason
+            )
+        }
+        Body::KeyRevoke(r) => format!("{} ({}): {}", r.name, r.kind.as_str(), r.reason),
+        Body::KeyApprove(a) => format!("approves the key change at #{} ({})", a.seq, a.id.short()),
         Body::Package(p) => {
             format!("{} {} sha256:{} · {}", p.version, p.name, &p.tarball.sha256.to_hex()[..12], p.reason)
         }
@@ -474,6 +482,9 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
         entry.entry.actor
     );
     println!("  summary {}", summary(&entry.entry.body));
+    if state.key_at(&entry.entry.actor, seq).is_some_and(|k| *k.custody == pd_ledger::Custody::Admin) {
+        println!("  custody {}'s key was created in admin's custody (not independent)", entry.entry.actor);
+    }
     if let Body::Package(p) = &entry.entry.body {
         println!(
             "  tarball sha256 {}\n          blake3 {}\n          size   {}",
@@ -483,7 +494,14 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
             println!("  file    {} ({} B) sha256 {}", f.path, f.size, f.sha256);
         }
         for a in &approvals {
-            println!("  approved by {} at #{}: {}", a.approver, a.seq, a.reason);
+            let mut note = String::new();
+            if !a.independent {
+                note.push_str(" (key created in admin's custody: not independent)");
+            }
+            if let Some(at) = a.void {
+                note.push_str(&format!(" (void: key compromised, #{at})"));
+            }
+            println!("  approved by {} at #{}{note}: {}", a.approver, a.seq, a.reason);
         }
         println!("  reason  {}\n{}", p.reason, p.openpgp_sig.trim_end());
     }
@@ -493,9 +511,8 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
 
 fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()> {
     let home = ctx.home()?;
-    let actor = ctx.actor(&home);
-    let key = home.secret_key(&actor)?;
-    let mut backend = Backend::open(ctx, Some(home))?;
+    let mut backend = Backend::open(ctx, Some(home.clone()))?;
+    let (actor, key) = ctx.signer(&home, &mut backend)?;
     let entries: Vec<_> =
         backend.entries(0)?.into_iter().map(|e| serde_bytes::ByteBuf::from(e.bytes)).collect();
     // The state of exactly these entries (a server may have grown meanwhile).

@@ -45,6 +45,11 @@ struct Cli {
     /// The key to act as (default: the home's configured actor, `admin` after `pd init`).
     #[arg(long = "as", env = "PD_ACTOR", global = true, value_name = "NAME")]
     actor: Option<String>,
+    /// Sign with the secret key in FILE (as `pd key gen --out DIR` writes it: DIR/NAME.ed25519,
+    /// with DIR/NAME.openpgp beside it) instead of a key in the home. Who acts is the name the
+    /// ledger enrolled that key under; --as, if given, must match it.
+    #[arg(long = "key", env = "PD_KEY", global = true, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     /// Use the ledger and artifacts of this `pd serve` instead of the home's own.
     #[arg(long, env = "PD_SERVER", global = true, value_name = "URL")]
     server: Option<String>,
@@ -99,6 +104,8 @@ pub struct Ctx {
     pub home_dir: PathBuf,
     /// `--as` / `PD_ACTOR`.
     pub actor: Option<String>,
+    /// `--key` / `PD_KEY`.
+    pub key_file: Option<PathBuf>,
     /// `--server` / `PD_SERVER`.
     pub server: Option<String>,
     /// `--token` / `PD_TOKEN`.
@@ -125,16 +132,66 @@ pub trait Observer: Send {
 impl Ctx {
     /// Opens the home (`--store` overriding its configured store).
     pub fn home(&self) -> Result<Home> {
-        let mut home = Home::open(&self.home_dir)?;
+        let mut home = match (Home::open(&self.home_dir), &self.key_file, &self.server) {
+            // A holder with only their key file and the server's address needs no home.
+            (Err(_), Some(key), Some(server)) if !self.home_dir.join("config.toml").exists() => {
+                Home::keys_only(key, server)
+            }
+            (home, ..) => home?,
+        };
         if self.store.is_some() {
             home.config.store.clone_from(&self.store);
         }
         Ok(home)
     }
 
-    /// The acting key's name.
+    /// The acting key's name, when it comes from `--as` or the home (not from `--key`).
     pub fn actor(&self, home: &Home) -> String {
         self.actor.clone().unwrap_or_else(|| home.config.actor.clone())
+    }
+
+    /// Who acts and their secret key: the key in `--key FILE` under the name the ledger
+    /// enrolled it with, else `--as` (or the home's actor) with its key from the home.
+    pub fn signer(
+        &self,
+        home: &Home,
+        backend: &mut backend::Backend,
+    ) -> Result<(String, pd_ledger::SecretKey)> {
+        match &self.key_file {
+            Some(path) => {
+                let key = home::read_key_file(path)?;
+                let state = backend.state()?;
+                let found = pd_ledger::identify(&state, &key.public(), self.actor.as_deref(), None)
+                    .map_err(|e| Refused(format!("{}: {e}", path.display())))?;
+                Ok((found.decl.name.clone(), key))
+            }
+            None => {
+                let actor = self.actor(home);
+                let state = backend.state()?;
+                if let Some(k) = state.active_key(&actor) {
+                    // A rotation done in this home (maybe completed by other admins since).
+                    home.promote_next(&actor, &k.decl.public_key, k.since_seq)?;
+                }
+                let key = home.secret_key(&actor)?;
+                if let Some(k) = state.active_key(&actor).filter(|k| k.decl.public_key != key.public()) {
+                    refuse!(
+                        "the secret key of {actor} in {} is not {actor}'s current key in the ledger (rotated at #{}): act with the new key (--key FILE)",
+                        home.keys_dir().display(),
+                        k.since_seq
+                    );
+                }
+                Ok((actor, key))
+            }
+        }
+    }
+
+    /// The OpenPGP secret key of `actor`: beside `--key FILE` (same name, `.openpgp`), else
+    /// in the home.
+    pub fn pgp_key(&self, home: &Home, actor: &str) -> Result<pd_store::PgpKey> {
+        match &self.key_file {
+            Some(path) => home::read_pgp_file(&path.with_extension("openpgp")),
+            None => home.pgp_key(actor),
+        }
     }
 
     /// A command's result: pretty JSON on stdout, or to the observer.
@@ -214,6 +271,7 @@ where
     let ctx = Ctx {
         home_dir: cli.home,
         actor: cli.actor,
+        key_file: cli.key_file,
         server: cli.server,
         token: cli.token,
         store: cli.store,

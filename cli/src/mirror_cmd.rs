@@ -29,10 +29,9 @@ const RESTORE_BATCH: usize = 10_000;
 /// `pd ledger mirror`: uploads missing artifacts, then new segments, then a signed head.
 pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     let home = ctx.home()?;
-    let actor = ctx.actor(&home);
-    let key = home.secret_key(&actor)?;
+    let mut backend = Backend::open(ctx, Some(home.clone()))?;
+    let (actor, key) = ctx.signer(&home, &mut backend)?;
     let s3 = S3Store::open(&a.url)?;
-    let mut backend = Backend::open(ctx, Some(home))?;
     let entries = backend.entries(0)?;
     // The state of exactly these entries (a server may have grown meanwhile).
     let state = pd_ledger::replay(

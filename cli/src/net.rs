@@ -46,15 +46,13 @@ pub struct ServeArgs {
 /// Arguments of `pd agent`.
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The environment this target belongs to.
+    /// The environment this target belongs to (default: the one its key is enrolled in;
+    /// if given, it must match).
     #[arg(long)]
-    env: String,
+    env: Option<String>,
     /// Directory for versions, the `current` symlink and the agent's state.
     #[arg(long)]
     dir: PathBuf,
-    /// File holding the target key's secret (hex), instead of `--as NAME` from a home.
-    #[arg(long)]
-    key: Option<PathBuf>,
     /// Reload webhook: the agent POSTs `URL?ver=PD-x.y.z`; non-2xx is a failed load.
     #[arg(long, conflicts_with = "reload_cmd")]
     reload_url: Option<String>,
@@ -173,14 +171,15 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
     let Some(url) = ctx.server.clone() else {
         anyhow::bail!("pd agent needs --server URL (or PD_SERVER)");
     };
-    let home = ctx.home().ok();
-    let Some(actor) = ctx.actor.clone().or_else(|| home.as_ref().map(|h| h.config.actor.clone())) else {
-        anyhow::bail!("pd agent needs --as TARGET_KEY: the target's key name in the ledger");
-    };
-    let key = match (&a.key, &home) {
-        (Some(path), _) => crate::home::read_key_file(path)?,
-        (None, Some(h)) => h.secret_key(&actor)?,
-        (None, None) => anyhow::bail!("pd agent needs --key FILE or a --home holding {actor}'s key"),
+    // The key: --key FILE (the target's own), else --as NAME's key in the home.
+    let key = match &ctx.key_file {
+        Some(path) => crate::home::read_key_file(path)?,
+        None => {
+            let home = ctx
+                .home()
+                .context("pd agent needs --key FILE (the target's secret key) or a --home holding it")?;
+            home.secret_key(&ctx.actor(&home))?
+        }
     };
     let reload = match (a.reload_url, a.reload_cmd) {
         (Some(u), _) => Reload::Url(u),
@@ -190,13 +189,30 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let replica = Ledger::open(FileStore::open(&a.dir.join("ledger"))?)
         .with_context(|| format!("opening the agent's ledger replica in {}", a.dir.display()))?;
+    let mut replica = replica;
     let client = Client::new(&url, ctx.token.clone())?;
+    let rt = runtime()?;
+    // Who this agent is comes from the ledger's enrolment of its key, never from a flag.
+    // A restart while the server is away identifies from the replica kept from before.
+    if let Err(e) = rt.block_on(client.sync(&mut replica, None)) {
+        if replica.state().active_key_by_public(&key.public()).is_none() {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading the ledger from {url} to learn who this key is")));
+        }
+        tracing::warn!("{url} is unreachable ({e}); starting from the replica in the agent's directory");
+    }
+    let found = pd_ledger::identify(replica.state(), &key.public(), ctx.actor.as_deref(), a.env.as_deref())
+        .map_err(|e| crate::Refused(format!("pd agent: {e}")))?;
+    let actor = found.decl.name.clone();
+    let Some(env) = found.decl.env.clone() else {
+        crate::refuse!("pd agent: {actor} is not a target key (it has no environment); enrol one with --role target --env ENV");
+    };
     let objects = a.objects.as_deref().map_or(Ok(Objects::Server), Objects::parse)?;
     let cfg =
-        AgentConfig { client, env: a.env.clone(), actor: actor.clone(), key, dir: a.dir, reload, objects };
+        AgentConfig { client, env: env.clone(), actor: actor.clone(), key, dir: a.dir, reload, objects };
     let agent = Agent::new(cfg, replica)?;
-    println!("pd agent {actor} following {} at {url}", a.env);
-    runtime()?.block_on(async move { agent.run(stop_on_signal()).await })
+    println!("pd agent {actor} following {env} at {url}");
+    rt.block_on(async move { agent.run(stop_on_signal()).await })
 }
 
 /// Runs `pd example-target` until SIGTERM or Ctrl-C.

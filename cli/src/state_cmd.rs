@@ -41,7 +41,8 @@ pub fn state_json(state: &State, envs: &[String]) -> serde_json::Value {
                 .map(|t| {
                     let r = e.reports.get(&t.decl.name);
                     json!({ "name": t.decl.name, "version": r.map(|r| r.version),
-                            "outcome": r.map(|r| &r.outcome), "time": r.map(|r| output::time(r.time_ms)) })
+                            "outcome": r.map(|r| &r.outcome), "time": r.map(|r| output::time(r.time_ms)),
+                            "independent": r.map(|r| r.independent) })
                 })
                 .collect();
             json!({
@@ -51,7 +52,15 @@ pub fn state_json(state: &State, envs: &[String]) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "ledger_id": state.ledger_id, "entries": state.len, "head": state.head, "envs": envs, "pending_approvals": pending(state) })
+    let dependent: Vec<_> = state
+        .not_independent()
+        .into_iter()
+        .map(|d| json!({ "act": d.act, "actor": d.actor, "version": d.version, "seq": d.seq, "message": d.to_string() }))
+        .collect();
+    json!({
+        "ledger_id": state.ledger_id, "entries": state.len, "head": state.head, "envs": envs,
+        "pending_approvals": pending(state), "not_independent": dependent,
+    })
 }
 
 fn pending(state: &State) -> Vec<serde_json::Value> {
@@ -59,7 +68,7 @@ fn pending(state: &State) -> Vec<serde_json::Value> {
         .packages
         .iter()
         .filter(|p| !state.is_approved(p))
-        .map(|p| json!({ "version": p.package.version, "approvals": p.approvals.len(), "required": state.approvals_required }))
+        .map(|p| json!({ "version": p.package.version, "approvals": p.counted_approvals(), "required": state.approvals_required }))
         .collect()
 }
 
@@ -98,6 +107,9 @@ fn print_text(state: &State, envs: &[String]) {
             };
             println!("  {:<16} {line}", t.decl.name);
         }
+    }
+    for d in state.not_independent() {
+        println!("! {d}");
     }
     for p in pending(state) {
         println!(

@@ -60,9 +60,9 @@ class World:
         self.procs: List[Proc] = []
         self.server: Optional[Proc] = None
         self.pd("init")
-        self.pd("key", "new", "carol", "--role", "approver")
+        self.pd("key", "new", "carol", "--role", "approver", "--generate-here")
         for env in ("dev", "staging", "prod"):
-            self.pd("key", "new", f"{env}-1", "--role", "target", "--env", env)
+            self.pd("key", "new", f"{env}-1", "--role", "target", "--env", env, "--generate-here")
         self.policy = self.write("governance/llm_policy.yaml", POLICY)
 
     def write(self, name: str, text: str) -> Path:

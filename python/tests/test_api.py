@@ -111,7 +111,7 @@ def test_a_failing_target_raises_target_failed_and_rollback_restores(net: World)
     net.write("governance/llm_policy.yaml", POLICY + "  - model: broken\n")
     net.pd("ledger", "package", str(net.policy), "--version", "2.0.0", "--reason", "v2")
     net.pd("ledger", "approve", "PD-2.0.0", "--reason", "ok", actor="carol")
-    net.pd("key", "new", "dev-2", "--role", "target", "--env", "dev")
+    net.pd("key", "new", "dev-2", "--role", "target", "--env", "dev", "--generate-here")
     net.agent("dev-2", "dev", refuse="PD-2.0.0")
 
     with pytest.raises(hms_deploy.TargetFailedError) as failed:
@@ -128,7 +128,7 @@ def test_a_failing_target_raises_target_failed_and_rollback_restores(net: World)
 
 
 def test_targets_that_never_answer_raise_adoption_timeout(net: World) -> None:
-    net.pd("key", "new", "dev-2", "--role", "target", "--env", "dev")
+    net.pd("key", "new", "dev-2", "--role", "target", "--env", "dev", "--generate-here")
     net.pd("ledger", "package", str(net.policy), "--version", "1.0.0", "--reason", "v1")
     net.pd("ledger", "approve", "PD-1.0.0", "--reason", "ok", actor="carol")
     with pytest.raises(hms_deploy.AdoptionTimeoutError) as late:

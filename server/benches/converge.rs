@@ -21,6 +21,7 @@ fn decl(name: &str, key: &SecretKey, roles: &[Role], env: Option<&str>, pgp: Opt
         openpgp: pgp.map(|p| p.public_armored().expect("armored cert")),
         roles: roles.to_vec(),
         env: env.map(String::from),
+        custody: pd_ledger::Custody::Admin,
     }
 }
 
@@ -45,6 +46,7 @@ fn ledger(dir: &std::path::Path, n: usize, fx: &Fixture) -> Ledger<FileStore> {
         ledger_id: Hash([3; 32]),
         envs: vec!["dev".into()],
         approvals_required: 1,
+        admin_approvals: 1,
         keys: vec![decl("admin", &fx.admin, &admin_roles, None, Some(&fx.pgp))],
     });
     l.sign_append("admin", &fx.admin, 1, genesis).expect("genesis");

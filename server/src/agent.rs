@@ -363,10 +363,10 @@ impl<S: LedgerStore> Agent<S> {
             .package_by_hash(&desired.package)
             .ok_or_else(|| Adopt::refused(format!("no package {} in the ledger", desired.package.short())))?
             .clone();
-        let cert =
-            st.keys.get(&pkg.author).and_then(|k| k.decl.openpgp.clone()).ok_or_else(|| {
-                Adopt::refused(format!("the author {} has no OpenPGP certificate", pkg.author))
-            })?;
+        let cert = st
+            .package_cert(&pkg)
+            .map(str::to_string)
+            .ok_or_else(|| Adopt::refused(format!("the author {} has no OpenPGP certificate", pkg.author)))?;
         let bytes = self.fetch(&desired.package).await?;
         let t = &pkg.package.tarball;
         let digest = pd_store::ArtifactDigest::of(&bytes);
