@@ -79,6 +79,17 @@ pub fn checkpoint_parse(data: &[u8]) {
     }
 }
 
+/// `EnrolmentRequest::decode` (a `.request` file an admin is handed): what it accepts proves
+/// possession, and its JSON decodes back to the same request.
+pub fn enrolment_request(data: &[u8]) {
+    let Ok(r) = pd_ledger::EnrolmentRequest::decode(data) else { return };
+    assert!(
+        pd_ledger::enrol::proves_possession(&r.name, &r.public_key, r.openpgp.as_deref(), &r.proof),
+        "an accepted request proves possession"
+    );
+    assert_eq!(pd_ledger::EnrolmentRequest::decode(r.to_json().as_bytes()).as_ref(), Ok(&r), "decode(to_json(r)) == r");
+}
+
 /// A proof file: JSON into `Proof`, the JSON round trip, then `Proof::verify(&[])` with the
 /// keys the file names.
 pub fn proof_file(data: &[u8]) {

@@ -53,7 +53,21 @@ fn generate() -> Corpora {
     c.insert("proof_file", proof_seeds(&d, &all));
     c.insert("tarball_read", BTreeMap::from([("package.tar.gz".to_string(), package())]));
     c.insert("server_requests", wire_seeds(&d, &all));
+    c.insert("enrolment_request", request_seeds());
     c
+}
+
+/// Requests with and without a certificate, by a fixed key (the decoder does not parse the
+/// certificate, so a fixed armored text stands in for a random OpenPGP key).
+fn request_seeds() -> BTreeMap<String, Vec<u8>> {
+    let key = pd_ledger::SecretKey::from_seed([9; 32]);
+    let cert = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nxjMEZ0AAABYJKwYBBAHaRw8BAQdA\n-----END PGP PUBLIC KEY BLOCK-----\n";
+    let plain = pd_ledger::EnrolmentRequest::create("dev-1", &key, None);
+    let with_cert = pd_ledger::EnrolmentRequest::create("carol", &key, Some(cert.into()));
+    BTreeMap::from([
+        ("plain.request".to_string(), plain.to_json().into_bytes()),
+        ("with-openpgp.request".to_string(), with_cert.to_json().into_bytes()),
+    ])
 }
 
 /// The first entry of each kind.
@@ -268,6 +282,10 @@ fn every_seed_is_accepted_and_passes_its_target() {
     for bytes in c["tarball_read"].values() {
         assert!(tarball::read(bytes, &Limits::default()).is_ok());
         crate::tarball_read(bytes);
+    }
+    for (name, bytes) in &c["enrolment_request"] {
+        assert!(pd_ledger::EnrolmentRequest::decode(bytes).is_ok(), "{name}");
+        crate::enrolment_request(bytes);
     }
     for bytes in on_disk("openpgp_verify").values() {
         crate::openpgp_verify(bytes);
