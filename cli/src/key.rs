@@ -131,7 +131,7 @@ pub fn run(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
         KeyCmd::Revoke { name, reason, compromised, left: _ } => {
             let kind = if compromised { RevokeKind::Compromised } else { RevokeKind::Left };
             let body = Body::KeyRevoke(KeyRevoke { name, kind, reason });
-            change(ctx, describe(&body), body, |_| Ok(()), |_| {})
+            change(ctx, &body, body.clone(), |_| Ok(()), |_| {})
         }
         KeyCmd::Approve { seq } => approve(ctx, seq),
         KeyCmd::Pending => pending(ctx),
@@ -141,7 +141,7 @@ pub fn run(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
 }
 
 /// A fresh Ed25519 key and OpenPGP key for `name`.
-fn fresh(name: &str) -> Result<(SecretKey, PgpKey)> {
+fn fresh(name: &str) -> Result<Secret> {
     Ok((home::new_secret_key()?, pd_store::openpgp::generate(&format!("{name} (pd)"))?))
 }
 
@@ -225,11 +225,11 @@ pub fn read_request(path: &Path, name: Option<&str>) -> Result<EnrolmentRequest>
     Ok(request)
 }
 
+/// A secret generated here: the Ed25519 key and the OpenPGP key.
+type Secret = (SecretKey, PgpKey);
+
 /// A new key's public parts and custody, and the secret when generated here.
-fn public_parts(
-    source: &Source,
-    name: &str,
-) -> Result<(Option<(SecretKey, PgpKey)>, EnrolmentRequest, Custody)> {
+fn public_parts(source: &Source, name: &str) -> Result<(Option<Secret>, EnrolmentRequest, Custody)> {
     match &source.request {
         Some(path) => {
             let r = read_request(path, Some(name))?;
@@ -253,8 +253,8 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
     let body = Body::KeyAdd(decl);
     change(
         ctx,
-        describe(&body),
-        body,
+        &body,
+        body.clone(),
         |home| match &secret {
             Some((key, pgp)) => home.save_keys(&name, key, pgp),
             None => Ok(()),
@@ -279,30 +279,23 @@ fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
     // it the name's key (at once, or when the last admin of a quorum approves).
     change(
         ctx,
-        describe(&body),
-        body,
+        &body,
+        body.clone(),
         |home| match &secret {
             Some((key, pgp)) => home.save_next_keys(&name, key, pgp),
             None => Ok(()),
         },
         |home| home.forget_next_keys(&name),
-    )?;
-    if secret.is_some() {
-        let home = ctx.home()?;
-        let state = Backend::open(ctx, Some(home.clone()))?.state()?;
-        if let Some(k) = state.active_key(&a.name) {
-            home.promote_next(&a.name, &k.decl.public_key, k.since_seq)?;
-        }
-    }
-    Ok(())
+    )
 }
 
-/// Appends a key change as the acting admin: checks it first, runs `write` (secret files)
-/// before the entry and `undo` if the append fails, then reports whether it took effect or
-/// waits for more admins.
+/// Appends `body` (the key change `subject`, or an approval of it) as the acting admin:
+/// checks it first, runs `write` (secret files) before the entry and `undo` if the append
+/// fails, follows a rotation this home prepared once it takes effect, then reports whether
+/// the change took effect or waits for more admins.
 fn change(
     ctx: &Ctx,
-    what: String,
+    subject: &Body,
     body: Body,
     write: impl FnOnce(&Home) -> Result<()>,
     undo: impl FnOnce(&Home),
@@ -320,7 +313,13 @@ fn change(
             return Err(e);
         }
     };
-    report(ctx, &entry, &state, &what)
+    if let Some(k) = match subject {
+        Body::KeyRotate(r) => state.active_key(&r.name),
+        _ => None,
+    } {
+        home.promote_next(&k.decl.name, &k.decl.public_key, k.since_seq)?;
+    }
+    report(ctx, &entry, &state, &describe(subject))
 }
 
 /// What a key change did, in words.
@@ -379,16 +378,7 @@ fn approve(ctx: &Ctx, seq: u64) -> Result<()> {
         refuse!("no key change waiting at #{seq}; see `pd key pending`");
     };
     let (id, body) = (p.id, p.change.clone());
-    change(ctx, describe(&body), Body::KeyApprove(KeyApprove { seq, id }), |_| Ok(()), |_| {})?;
-    // A rotation done in this home that this approval completed.
-    if let Body::KeyRotate(r) = &body {
-        let home = ctx.home()?;
-        let state = Backend::open(ctx, Some(home.clone()))?.state()?;
-        if let Some(k) = state.active_key(&r.name) {
-            home.promote_next(&r.name, &k.decl.public_key, k.since_seq)?;
-        }
-    }
-    Ok(())
+    change(ctx, &body, Body::KeyApprove(KeyApprove { seq, id }), |_| Ok(()), |_| {})
 }
 
 fn pending(ctx: &Ctx) -> Result<()> {

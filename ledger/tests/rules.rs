@@ -465,7 +465,7 @@ fn with_an_admin_quorum_one_admin_only_proposes_and_a_second_completes() {
     let carol = key(2);
     w.ok(ADMIN, Body::KeyAdd(decl("carol", &carol, &[Role::Approver], None)));
     let (seq, id) = w.last();
-    assert!(w.ledger.state().keys.get("carol").is_none(), "one admin only proposes");
+    assert!(!w.ledger.state().keys.contains_key("carol"), "one admin only proposes");
     assert!(w.ledger.state().proposals.contains_key(&seq));
     let bad = |seq, id| Body::KeyApprove(KeyApprove { seq, id });
     assert!(matches!(w.refused(ADMIN, bad(seq, id)), RuleError::BadKeyApproval { .. }), "not the proposer");
