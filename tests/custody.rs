@@ -66,6 +66,11 @@ fn holders_generate_their_own_keys_and_the_admin_enrols_only_public_parts() {
     assert!(out.status.success(), "{}", text(&out));
     let dev1_key = w.path("dev-1-home/keys/dev-1.ed25519");
     assert!(dev1_key.exists() && w.path("dev-1.request").exists());
+    let out = std::process::Command::new(pd_e2e::bin("pd"))
+        .args(["--home", s(&w.path("dev-1-home")), "state"])
+        .output()
+        .expect("run pd");
+    assert!(text(&out).contains("holds keys but no ledger"), "{}", text(&out));
 
     // The admin enrols the public parts only.
     w.ok("", &["key", "new", "carol", "--role", "approver", "--request", "carol-keys/carol.request"]);

@@ -156,11 +156,11 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
     assert!(err.contains("no secret key \"nobody\""), "{err}");
     w.refused("", &["key", "revoke", "admin", "--reason", "oops", "--left"]);
 
-    // A secret key that no longer matches its enrolled public key: the signature is refused.
+    // A secret key that no longer matches its enrolled public key: refused before signing.
     let ed = w.home.join("keys/dev-1.ed25519");
     std::fs::write(&ed, format!("{}\n", "11".repeat(32))).unwrap();
     let err = w.refused("dev-1", &["ledger", "ack", "PD-0.1.0"]);
-    assert!(err.contains("does not verify"), "{err}");
+    assert!(err.contains("is not dev-1's key in the ledger (enrolled at #"), "{err}");
 
     // A corrupted artifact is never handed out.
     let obj = find_object(&w.home.join("objects"));

@@ -41,7 +41,11 @@ impl Backend {
                 rt.block_on(client.sync(&mut replica, None))?;
                 Ok(Backend::Remote { rt, client, replica })
             }
-            (None, Some(home)) => Ok(Backend::Local(home)),
+            (None, Some(home)) if home.has_ledger() => Ok(Backend::Local(home)),
+            (None, Some(home)) => anyhow::bail!(
+                "{} holds keys but no ledger (`pd key gen` made it): pass --server URL, or set `server` in its config.toml",
+                home.dir.display()
+            ),
             (None, None) => anyhow::bail!("no pd home and no server: pass --home DIR or --server URL"),
         }
     }

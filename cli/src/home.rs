@@ -94,12 +94,6 @@ impl Home {
     /// Opens the ledger, waiting a while if another pd process holds it.
     pub fn ledger(&self) -> Result<Ledger<FileStore>> {
         let path = self.dir.join("ledger");
-        if !path.exists() {
-            bail!(
-                "{} holds keys but no ledger (`pd key gen` made it): pass --server URL, or set `server` in its {CONFIG}",
-                self.dir.display()
-            );
-        }
         let start = Instant::now();
         let mut warned = false;
         let store = loop {
@@ -137,6 +131,11 @@ impl Home {
             None => Arc::new(FsStore::open(&self.objects_dir())?),
         };
         Ok(self.store.get_or_init(|| opened).clone())
+    }
+
+    /// Whether the home holds a ledger (not only keys, as `pd key gen` makes).
+    pub fn has_ledger(&self) -> bool {
+        self.dir.join("ledger").exists()
     }
 
     /// The home's own `objects/` directory.

@@ -174,10 +174,13 @@ impl Ctx {
                 }
                 let key = home.secret_key(&actor)?;
                 if let Some(k) = state.active_key(&actor).filter(|k| k.decl.public_key != key.public()) {
+                    let since = match k.past.len() {
+                        0 => format!("enrolled at #{}", k.added_seq),
+                        _ => format!("rotated; current since #{}", k.since_seq),
+                    };
                     refuse!(
-                        "the secret key of {actor} in {} is not {actor}'s current key in the ledger (rotated at #{}): act with the new key (--key FILE)",
-                        home.keys_dir().display(),
-                        k.since_seq
+                        "the secret key of {actor} in {} is not {actor}'s key in the ledger ({since}): act with the key the ledger enrolled (--key FILE)",
+                        home.keys_dir().display()
                     );
                 }
                 Ok((actor, key))
