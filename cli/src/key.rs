@@ -149,27 +149,9 @@ fn gen(ctx: &Ctx, name: &str, out: Option<PathBuf>) -> Result<()> {
     pd_ledger::rules::check_name("name", name).map_err(|e| crate::Refused(e.to_string()))?;
     let (key, pgp) = fresh(name)?;
     let request = EnrolmentRequest::create(name, &key, Some(pgp.public_armored()?));
-    let (keys_dir, request_path) = match &out {
-        Some(dir) => {
-            home::secret_dir(dir)?;
-            (dir.clone(), dir.join(format!("{name}.request")))
-        }
-        None => {
-            let home = match Home::open(&ctx.home_dir) {
-                Ok(h) => h,
-                Err(_) => {
-                    let config = Config {
-                        actor: name.into(),
-                        server: ctx.server.clone(),
-                        store: None,
-                        auto_rollback: false,
-                    };
-                    home::create_new(&ctx.home_dir, |dir| Home::create(dir, config).map(drop))?;
-                    Home::open(&ctx.home_dir)?
-                }
-            };
-            (home.keys_dir(), PathBuf::from(format!("{name}.request")))
-        }
+    let request_path = match &out {
+        Some(dir) => dir.join(format!("{name}.request")),
+        None => PathBuf::from(format!("{name}.request")),
     };
     if request_path.exists() {
         refuse!(
@@ -177,6 +159,26 @@ fn gen(ctx: &Ctx, name: &str, out: Option<PathBuf>) -> Result<()> {
             request_path.display()
         );
     }
+    let keys_dir = match &out {
+        Some(dir) => {
+            home::secret_dir(dir)?;
+            dir.clone()
+        }
+        None => match Home::open(&ctx.home_dir) {
+            Ok(home) => home.keys_dir(),
+            Err(_) => {
+                // No home yet: a keys-only one acting as NAME, using the server if one was given.
+                let config = Config {
+                    actor: name.into(),
+                    server: ctx.server.clone(),
+                    store: None,
+                    auto_rollback: false,
+                };
+                home::create_new(&ctx.home_dir, |dir| Home::create(dir, config).map(drop))?;
+                Home::open(&ctx.home_dir)?.keys_dir()
+            }
+        },
+    };
     home::save_keys(&keys_dir, name, &key, &pgp)?;
     home::write_file_atomic(&request_path, request.to_json().as_bytes())?;
     if ctx.json {
