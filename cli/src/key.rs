@@ -193,9 +193,9 @@ fn gen(ctx: &Ctx, name: &str, out: Option<PathBuf>) -> Result<()> {
         request_path.display(),
         pd_store::openpgp::short_fingerprint(&pgp.fingerprint())
     ));
+    let request = request_path.display();
     output::next(format!(
-        "hand {} to an admin, who runs `pd key new {name} --role approver --request {name}.request`",
-        request_path.display()
+        "hand {request} to an admin, who runs `pd key new {name} --role approver --request {request}`"
     ));
     Ok(())
 }

@@ -71,7 +71,7 @@ struct Cli {
 enum Cmd {
     /// Create a home: an admin key and the signed genesis entry.
     Init(init::InitArgs),
-    /// Enroll, revoke, list and export keys.
+    /// Keys: generate where the holder is, enrol, rotate, revoke, approve key changes, list, export.
     Key {
         #[command(subcommand)]
         cmd: key::KeyCmd,
