@@ -220,6 +220,11 @@ fn with_an_admin_quorum_of_two_one_admin_cannot_enrol_a_key_and_two_can() {
     assert!(out.contains("1 of 2 admins"), "{out}");
     let waiting = json(&w.ok("", &["key", "pending", "--json"]));
     let seq = waiting[0]["seq"].as_u64().expect("seq").to_string();
+    // What the second admin approves names the key it installs.
+    assert!(
+        waiting[0]["what"].as_str().is_some_and(|w| w.contains("key ") && w.contains("OpenPGP")),
+        "{waiting}"
+    );
     package(&w, "a: 1\n");
     // Proposed is not enrolled: carol cannot act yet, and the proposer cannot complete it.
     let err = w.refused("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "x"]);

@@ -180,33 +180,46 @@ impl Home {
         let _ = fs::remove_file(self.key_path(name, "openpgp"));
     }
 
-    /// Writes a rotation's new secret as `NAME.next.ed25519` (and `.openpgp`), to take over
-    /// from `NAME.ed25519` once the ledger makes it the name's key ([`Home::promote_next`]).
+    /// Writes a rotation's new secret as `NAME.ed25519.next` (and `NAME.openpgp.next`), to
+    /// take over from `NAME.ed25519` once the ledger makes it the name's key
+    /// ([`Home::promote_next`]). Refuses while another rotation of NAME waits here.
     pub fn save_next_keys(&self, name: &str, key: &SecretKey, pgp: &PgpKey) -> Result<()> {
-        save_keys(&self.keys_dir(), &format!("{name}.next"), key, pgp)
+        let ed = self.key_path(name, "ed25519.next");
+        let pg = self.key_path(name, "openpgp.next");
+        write_secret(&ed, format!("{}\n", hex::encode(key.seed())).as_bytes())?;
+        if let Err(e) = write_secret(&pg, &pgp.to_secret_bytes()?) {
+            let _ = fs::remove_file(&ed);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Removes a rotation's new secret after a refused rotation.
     pub fn forget_next_keys(&self, name: &str) {
-        self.forget_keys(&format!("{name}.next"));
+        let _ = fs::remove_file(self.key_path(name, "ed25519.next"));
+        let _ = fs::remove_file(self.key_path(name, "openpgp.next"));
     }
 
-    /// Follows a rotation done in this home: when `NAME.next.ed25519` holds `current` (the
+    /// Follows a rotation done in this home: when `NAME.ed25519.next` holds `current` (the
     /// ledger's key of `name` from entry `seq` on), moves the old files aside as
     /// `NAME.ed25519.rotated-SEQ` (kept: the old key signed history) and the next ones into
-    /// place. Returns whether it did.
+    /// place, the OpenPGP file first, so an interrupted move is finished by the next call.
+    /// Returns whether it did.
     pub fn promote_next(&self, name: &str, current: &pd_ledger::PublicKey, seq: u64) -> Result<bool> {
-        let next = self.key_path(&format!("{name}.next"), "ed25519");
+        let next = self.key_path(name, "ed25519.next");
         if !next.exists() || read_key_file(&next)?.public() != *current {
             return Ok(false);
         }
-        for ext in ["ed25519", "openpgp"] {
+        for ext in ["openpgp", "ed25519"] {
+            let next = self.key_path(name, &format!("{ext}.next"));
+            if !next.exists() {
+                continue; // moved by an earlier, interrupted call
+            }
             let path = self.key_path(name, ext);
             if path.exists() {
                 let aside = self.key_path(name, &format!("{ext}.rotated-{seq}"));
                 fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
             }
-            let next = self.key_path(&format!("{name}.next"), ext);
             fs::rename(&next, &path).with_context(|| format!("moving {} into place", next.display()))?;
         }
         Ok(true)

@@ -180,7 +180,12 @@ fn gen(ctx: &Ctx, name: &str, out: Option<PathBuf>) -> Result<()> {
         },
     };
     home::save_keys(&keys_dir, name, &key, &pgp)?;
-    home::write_file_atomic(&request_path, request.to_json().as_bytes())?;
+    if let Err(e) = home::write_file_atomic(&request_path, request.to_json().as_bytes()) {
+        // No request, no use for the key: leave nothing half-made.
+        let _ = std::fs::remove_file(keys_dir.join(format!("{name}.ed25519")));
+        let _ = std::fs::remove_file(keys_dir.join(format!("{name}.openpgp")));
+        return Err(e);
+    }
     if ctx.json {
         return ctx.emit(&serde_json::json!({
             "name": name, "keys_dir": keys_dir, "request_file": request_path, "request": request,
@@ -261,7 +266,11 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
             Some((key, pgp)) => home.save_keys(&name, key, pgp),
             None => Ok(()),
         },
-        |home| home.forget_keys(&name),
+        |home| {
+            if secret.is_some() {
+                home.forget_keys(&name)
+            }
+        },
     )
 }
 
@@ -287,7 +296,11 @@ fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
             Some((key, pgp)) => home.save_next_keys(&name, key, pgp),
             None => Ok(()),
         },
-        |home| home.forget_next_keys(&name),
+        |home| {
+            if secret.is_some() {
+                home.forget_next_keys(&name)
+            }
+        },
     )
 }
 
@@ -311,8 +324,19 @@ fn change(
     let (entry, state) = match backend.append(&actor, &signer, |_| Ok(body.clone())) {
         Ok(done) => done,
         Err(e) => {
-            undo(&home);
-            return Err(e);
+            // A server may have committed the entry before its answer was lost: then the
+            // secret is the key the ledger now holds, and is kept.
+            let from = state.len;
+            let landed = backend.entries(from).ok().and_then(|entries| {
+                entries.into_iter().find(|x| x.entry.actor == actor && x.entry.body == body)
+            });
+            match landed {
+                Some(entry) => (entry, backend.state()?),
+                None => {
+                    undo(&home);
+                    return Err(e);
+                }
+            }
         }
     };
     if let Some(k) = match subject {
@@ -325,19 +349,33 @@ fn change(
 }
 
 /// What a key change did, in words.
+/// What a key change does, in words, with the key it installs (so an admin approving it
+/// can compare that key with the one the holder says they made).
 fn describe(body: &Body) -> String {
+    let parts = |pk: &pd_ledger::PublicKey, cert: Option<&str>| {
+        let fpr = cert.and_then(|c| pd_store::openpgp::cert_fingerprint(c).ok());
+        let pgp = fpr.map(|f| format!(", OpenPGP {f}")).unwrap_or_default();
+        format!("key {}{pgp}", pk.to_string().get(..16).unwrap_or_default())
+    };
     match body {
         Body::KeyAdd(k) => {
             let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
             let env = k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default();
-            format!("enrolment of {} ({}){env}, custody {}", k.name, roles.join(", "), k.custody.as_str())
+            format!(
+                "enrolment of {} ({}){env}, custody {}, {}",
+                k.name,
+                roles.join(", "),
+                k.custody.as_str(),
+                parts(&k.public_key, k.openpgp.as_deref())
+            )
         }
         Body::KeyRotate(r) => {
             format!(
-                "rotation of {} (old key {}, new key custody {})",
+                "rotation of {} (old key {}, new key custody {}, {})",
                 r.name,
                 r.old.as_str(),
-                r.custody.as_str()
+                r.custody.as_str(),
+                parts(&r.public_key, r.openpgp.as_deref())
             )
         }
         Body::KeyRevoke(r) => format!("revocation of {} ({})", r.name, r.kind.as_str()),

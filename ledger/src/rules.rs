@@ -356,6 +356,7 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
     // Check the declared keys against a scratch state that knows the environments.
     let mut scratch = State::default();
     scratch.envs = g.envs.clone();
+    scratch.admin_approvals = g.admin_approvals;
     for k in &g.keys {
         check_key_decl(&scratch, k)?;
         let key = crate::state::KeyState {
@@ -390,12 +391,15 @@ fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
         (Some(_), false) => return Err(invalid("env", "only target keys are bound to an environment")),
         (None, false) => {}
     }
-    check_public_parts(&k.name, &k.public_key, k.openpgp.as_deref(), &k.custody, &k.roles)
+    check_public_parts(state, &k.name, &k.public_key, k.openpgp.as_deref(), &k.custody, &k.roles)
 }
 
 /// The parts of a key a holder vouches for: certificate present where needed and bounded,
-/// and, in holder custody, a proof of possession that verifies.
+/// and, in holder custody, a proof of possession that verifies. Under an admin quorum an
+/// admin key must be its holder's: one admin generating a second admin key would hold two
+/// of the quorum's votes.
 fn check_public_parts(
+    state: &State,
     name: &str,
     public_key: &PublicKey,
     openpgp: Option<&str>,
@@ -410,6 +414,12 @@ fn check_public_parts(
             return Err(invalid("openpgp", "an author key needs an OpenPGP certificate to sign packages"))
         }
         _ => {}
+    }
+    if state.admin_approvals > 1 && *custody == Custody::Admin && roles.contains(&Role::Admin) {
+        return Err(invalid(
+            "custody",
+            format!("key changes need {} admins, so admin {name:?} must make their own key: enrol it from their `pd key gen` request, not --generate-here", state.admin_approvals),
+        ));
     }
     if let Custody::Holder(proof) = custody {
         if !crate::enrol::proves_possession(name, public_key, openpgp, proof) {
@@ -442,7 +452,7 @@ fn check_key_rotate(state: &State, r: &KeyRotate) -> Result<(), RuleError> {
             "this key was already enrolled: rotate to a freshly generated key",
         ));
     }
-    check_public_parts(&r.name, &r.public_key, r.openpgp.as_deref(), &r.custody, &old.decl.roles)
+    check_public_parts(state, &r.name, &r.public_key, r.openpgp.as_deref(), &r.custody, &old.decl.roles)
 }
 
 fn active<'s>(state: &'s State, name: &str) -> Result<&'s crate::state::KeyState, RuleError> {

@@ -553,6 +553,9 @@ impl State {
         match change {
             Body::KeyAdd(k) => self.add_key(k, seq),
             Body::KeyRotate(r) => {
+                if r.old == RevokeKind::Compromised {
+                    self.forget_compromised(&r.name, seq);
+                }
                 if let Some(k) = self.keys.get_mut(&r.name) {
                     k.past.push(PastKey {
                         public_key: k.decl.public_key,
@@ -567,29 +570,41 @@ impl State {
                     k.decl.custody = r.custody.clone();
                     k.since_seq = seq + 1;
                 }
-                if r.old == RevokeKind::Compromised {
-                    self.void_pending_approvals(&r.name, seq);
-                }
             }
             Body::KeyRevoke(r) => {
+                if r.kind == RevokeKind::Compromised {
+                    self.forget_compromised(&r.name, seq);
+                }
                 if let Some(k) = self.keys.get_mut(&r.name) {
                     k.revoked = Some(Revocation { seq, kind: r.kind, reason: r.reason.clone() });
-                }
-                if r.kind == RevokeKind::Compromised {
-                    self.void_pending_approvals(&r.name, seq);
                 }
             }
             _ => unreachable!("apply_key_change: not a key change"),
         }
     }
 
-    /// A compromised key's approvals of packages never pushed anywhere stop counting.
-    fn void_pending_approvals(&mut self, name: &str, seq: u64) {
+    /// What `name`'s current key signed that has not yet taken effect stops counting once
+    /// the key is compromised (at entry `seq`): its approvals of packages never pushed
+    /// anywhere, its support for pending key changes (proposals it made are dropped), and its
+    /// acks (the holder's new key acks again). Acts by the name's earlier keys stay.
+    fn forget_compromised(&mut self, name: &str, seq: u64) {
+        let Some(since) = self.keys.get(name).map(|k| k.since_seq) else { return };
         let pushed: BTreeSet<Version> =
             self.env.values().flat_map(|e| e.history.iter().map(|d| d.version)).collect();
         for p in self.packages.iter_mut().filter(|p| !pushed.contains(&p.package.version)) {
-            for a in p.approvals.iter_mut().filter(|a| a.approver == name && a.void.is_none()) {
+            for a in
+                p.approvals.iter_mut().filter(|a| a.approver == name && a.seq >= since && a.void.is_none())
+            {
                 a.void = Some(seq);
+            }
+        }
+        self.proposals.retain(|_, p| p.proposer != name);
+        for p in self.proposals.values_mut() {
+            p.approvals.retain(|a| a != name);
+        }
+        for e in self.env.values_mut() {
+            if e.reports.get(name).is_some_and(|r| r.seq >= since) {
+                e.reports.remove(name);
             }
         }
     }

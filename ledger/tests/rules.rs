@@ -512,3 +512,66 @@ fn a_key_file_acts_only_under_the_name_and_environment_it_was_enrolled_with() {
     assert!(env.contains("--env prod") && env.contains("a target of dev"), "{env}");
     assert!(matches!(identify(s, &key(99).public(), None, None), Err(IdentifyError::NotEnrolled { .. })));
 }
+
+/// A rotation of `name` to `new`'s key (with a certificate) in holder custody.
+fn rotate_to(name: &str, new: &SecretKey, old: RevokeKind) -> Body {
+    let req = EnrolmentRequest::create(name, new, Some("CERT".into()));
+    Body::KeyRotate(KeyRotate {
+        name: name.into(),
+        public_key: req.public_key,
+        openpgp: req.openpgp,
+        custody: Custody::Holder(req.proof),
+        old,
+        reason: "x".into(),
+    })
+}
+
+#[test]
+fn a_compromised_admin_key_loses_its_support_for_pending_key_changes() {
+    let mut w = World::genesis(2, &[("bob", 20), ("cy", 21)]);
+    // The stolen admin key proposes a fake admin and stands behind another proposal.
+    w.ok(ADMIN, Body::KeyAdd(decl("mallory", &key(40), &[Role::Admin], None)));
+    let fake = w.last();
+    w.ok("bob", Body::KeyAdd(decl("carol", &key(41), &[Role::Approver], None)));
+    let carol = w.last();
+    w.ok(ADMIN, Body::KeyApprove(KeyApprove { seq: carol.0, id: carol.1 }));
+    assert!(w.ledger.state().active_key("carol").is_some(), "two admins enrolled carol");
+    w.ok("bob", Body::KeyAdd(decl("dave", &key(42), &[Role::Approver], None)));
+    let dave = w.last();
+    // bob and cy rotate admin's key as compromised.
+    w.ok("bob", rotate_to(ADMIN, &key(43), RevokeKind::Compromised));
+    let rot = w.last();
+    w.ok("cy", Body::KeyApprove(KeyApprove { seq: rot.0, id: rot.1 }));
+    let s = w.ledger.state();
+    assert!(!s.proposals.contains_key(&fake.0), "the stolen key's proposal is dropped");
+    assert!(s.proposals.contains_key(&dave.0), "others' proposals stay");
+    assert!(matches!(
+        w.refused("cy", Body::KeyApprove(KeyApprove { seq: fake.0, id: fake.1 })),
+        RuleError::BadKeyApproval { .. }
+    ));
+}
+
+#[test]
+fn under_an_admin_quorum_an_admin_key_cannot_be_generated_by_another_admin() {
+    let mut w = World::genesis(2, &[("bob", 20)]);
+    let mut d = decl("eve", &key(50), &[Role::Admin], None);
+    d.custody = Custody::Admin;
+    assert!(matches!(w.refused(ADMIN, Body::KeyAdd(d.clone())), RuleError::Invalid { field: "custody", .. }));
+    d.roles = vec![Role::Approver];
+    w.ok(ADMIN, Body::KeyAdd(d));
+}
+
+#[test]
+fn a_compromised_targets_acks_stop_counting_and_its_new_key_acks_again() {
+    let mut w = World::new();
+    let v = Version::new(1, 0, 0);
+    let h = w.package(v);
+    w.ok("carol", approve(v, h));
+    w.ok(ADMIN, push("dev", v, h));
+    w.ok("dev-1", ack("dev", v, h));
+    assert!(w.ledger.state().env["dev"].reports.contains_key("dev-1"));
+    w.ok(ADMIN, rotate_to("dev-1", &key(60), RevokeKind::Compromised));
+    let s = w.ledger.state();
+    assert!(!s.env["dev"].reports.contains_key("dev-1"), "a stolen key's ack is not adoption");
+    assert!(s.laggards("dev", v).contains(&"dev-1".to_string()));
+}
