@@ -131,7 +131,7 @@ pub fn run(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
         KeyCmd::Revoke { name, reason, compromised, left: _ } => {
             let kind = if compromised { RevokeKind::Compromised } else { RevokeKind::Left };
             let body = Body::KeyRevoke(KeyRevoke { name, kind, reason });
-            change(ctx, &body, body.clone(), |_| Ok(()), |_| {})
+            change(ctx, &body, body.clone(), None)
         }
         KeyCmd::Approve { seq } => approve(ctx, seq),
         KeyCmd::Pending => pending(ctx),
@@ -256,22 +256,9 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
     a.roles.dedup();
     let (secret, r, custody) = public_parts(&a.source, &a.name)?;
     let decl = KeyDecl { custody, ..r.decl(a.roles, a.env) };
-    let name = a.name.clone();
     let body = Body::KeyAdd(decl);
-    change(
-        ctx,
-        &body,
-        body.clone(),
-        |home| match &secret {
-            Some((key, pgp)) => home.save_keys(&name, key, pgp),
-            None => Ok(()),
-        },
-        |home| {
-            if secret.is_some() {
-                home.forget_keys(&name)
-            }
-        },
-    )
+    let generated = secret.map(|secret| Generated { name: a.name, secret, rotation: false });
+    change(ctx, &body, body.clone(), generated)
 }
 
 fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
@@ -285,42 +272,49 @@ fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
         old,
         reason: a.reason,
     });
-    let name = a.name.clone();
-    // A secret made here waits beside the old one and takes its place once the ledger makes
-    // it the name's key (at once, or when the last admin of a quorum approves).
-    change(
-        ctx,
-        &body,
-        body.clone(),
-        |home| match &secret {
-            Some((key, pgp)) => home.save_next_keys(&name, key, pgp),
-            None => Ok(()),
-        },
-        |home| {
-            if secret.is_some() {
-                home.forget_next_keys(&name)
-            }
-        },
-    )
+    let generated = secret.map(|secret| Generated { name: a.name, secret, rotation: true });
+    change(ctx, &body, body.clone(), generated)
+}
+
+/// A secret generated in this home for a key change.
+struct Generated {
+    name: String,
+    secret: Secret,
+    /// A rotation's secret waits beside the name's current one and takes its place once the
+    /// ledger makes it the name's key (at once, or when the last admin of a quorum approves).
+    rotation: bool,
+}
+
+impl Generated {
+    fn save(&self, home: &Home) -> Result<()> {
+        let (key, pgp) = &self.secret;
+        match self.rotation {
+            true => home.save_next_keys(&self.name, key, pgp),
+            false => home.save_keys(&self.name, key, pgp),
+        }
+    }
+
+    fn forget(&self, home: &Home) {
+        match self.rotation {
+            true => home.forget_next_keys(&self.name),
+            false => home.forget_keys(&self.name),
+        }
+    }
 }
 
 /// Appends `body` (the key change `subject`, or an approval of it) as the acting admin:
-/// checks it first, runs `write` (secret files) before the entry and `undo` if the append
-/// fails, follows a rotation this home prepared once it takes effect, then reports whether
-/// the change took effect or waits for more admins.
-fn change(
-    ctx: &Ctx,
-    subject: &Body,
-    body: Body,
-    write: impl FnOnce(&Home) -> Result<()>,
-    undo: impl FnOnce(&Home),
-) -> Result<()> {
+/// checks it first, writes a secret `generated` here before the entry and removes it if the
+/// entry did not land, follows a rotation this home prepared once it takes effect, then
+/// reports whether the change took effect or waits for more admins.
+fn change(ctx: &Ctx, subject: &Body, body: Body, generated: Option<Generated>) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
     let (actor, signer) = ctx.signer(&home, &mut backend)?;
     let state = backend.state()?;
     // Refuse before touching the disk; then write the secret, then the entry.
     precheck(&state, &actor, &signer, body.clone())?;
-    write(&home)?;
+    if let Some(g) = &generated {
+        g.save(&home)?;
+    }
     let (entry, state) = match backend.append(&actor, &signer, |_| Ok(body.clone())) {
         Ok(done) => done,
         Err(e) => {
@@ -333,7 +327,9 @@ fn change(
             match landed {
                 Some(entry) => (entry, backend.state()?),
                 None => {
-                    undo(&home);
+                    if let Some(g) = &generated {
+                        g.forget(&home);
+                    }
                     return Err(e);
                 }
             }
@@ -418,7 +414,7 @@ fn approve(ctx: &Ctx, seq: u64) -> Result<()> {
         refuse!("no key change waiting at #{seq}; see `pd key pending`");
     };
     let (id, body) = (p.id, p.change.clone());
-    change(ctx, &body, Body::KeyApprove(KeyApprove { seq, id }), |_| Ok(()), |_| {})
+    change(ctx, &body, Body::KeyApprove(KeyApprove { seq, id }), None)
 }
 
 fn pending(ctx: &Ctx) -> Result<()> {
