@@ -7,11 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v hyperfine >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null
-fi
-cargo build --release --locked --bin pd >/dev/null
-pd="$PWD/target/release/pd"
+. bench/lib.sh
+need hyperfine
+release_pd
 
 work=$(mktemp -d)
 trap 'pkill -f "gpg-agent.*$work" 2>/dev/null; rm -rf "$work"' EXIT

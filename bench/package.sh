@@ -6,11 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v hyperfine >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null
-fi
-cargo build --release --locked --bin pd >/dev/null
-pd="$PWD/target/release/pd"
+. bench/lib.sh
+need hyperfine
+release_pd
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -7,15 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
-command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
+. bench/lib.sh
+need hyperfine
 work=$(mktemp -d)
 if ! command -v aws >/dev/null; then
     python3 -m venv "$work/venv" && "$work/venv/bin/pip" install --quiet awscli
     PATH="$work/venv/bin:$PATH"
 fi
 garage=$(scripts/install-garage)
-cargo build --release --locked --bin pd >/dev/null
-pd="$PWD/target/release/pd"
+release_pd
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+. bench/lib.sh
+need wrk
+need nginx
 python3 -c "import blake3" 2>/dev/null || python3 -m pip install --quiet blake3 || python3 -m pip install --quiet --break-system-packages blake3
 cargo build --release --locked --bin pd >/dev/null
 work=$(mktemp -d)

@@ -81,7 +81,7 @@ impl Waited {
 /// Runs `pd ledger deploy`.
 pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     let (home, mut b) = Backend::of_home(ctx)?;
-    let (actor, key) = ctx.signer(&home, &mut b)?;
+    let (actor, key, _) = ctx.signer(&home, &mut b)?;
     let auto_rollback = a.auto_rollback || home.config.auto_rollback;
     let (version, state) = version_to_deploy(ctx, &home, &mut b, &a)?;
     let envs = plan(&state, version, &a)?;

@@ -317,3 +317,38 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub use pd_server::now_ms;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config { actor: "admin".into(), server: None, store: None, auto_rollback: false };
+        let home = Home::create(dir.path(), config).expect("home");
+        (dir, home)
+    }
+
+    #[test]
+    fn a_rotation_prepared_here_takes_over_only_once_the_ledger_holds_its_key_and_resumes_if_cut() {
+        let (_dir, home) = home();
+        let pgp = pd_store::openpgp::generate("admin (pd)").expect("pgp");
+        let (old, new) = (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]));
+        home.save_keys("admin", &old, &pgp).expect("old");
+        home.save_next_keys("admin", &new, &pgp).expect("next");
+        assert!(!home.promote_next("admin", &old.public(), 5).expect("promote"), "not the ledger's key yet");
+        assert_eq!(home.secret_key("admin").expect("key").public(), old.public());
+        // Cut after the OpenPGP half moved: the next call finishes the move.
+        fs::rename(home.key_path("admin", "openpgp"), home.key_path("admin", "openpgp.rotated-5"))
+            .expect("mv");
+        fs::rename(home.key_path("admin", "openpgp.next"), home.key_path("admin", "openpgp")).expect("mv");
+        assert!(home.promote_next("admin", &new.public(), 5).expect("promote"));
+        assert_eq!(home.secret_key("admin").expect("key").public(), new.public());
+        assert!(home.pgp_key("admin").is_ok());
+        assert_eq!(
+            read_key_file(&home.key_path("admin", "ed25519.rotated-5")).expect("kept").public(),
+            old.public()
+        );
+        assert!(!home.key_path("admin", "ed25519.next").exists());
+    }
+}

@@ -131,7 +131,7 @@ pub fn run(ctx: &Ctx, cmd: KeyCmd) -> Result<()> {
         KeyCmd::Revoke { name, reason, compromised, left: _ } => {
             let kind = if compromised { RevokeKind::Compromised } else { RevokeKind::Left };
             let body = Body::KeyRevoke(KeyRevoke { name, kind, reason });
-            change(ctx, &body, body.clone(), None)
+            change(ctx, None, |_| Ok((body.clone(), body)))
         }
         KeyCmd::Approve { seq } => approve(ctx, seq),
         KeyCmd::Pending => pending(ctx),
@@ -258,7 +258,7 @@ fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
     let decl = KeyDecl { custody, ..r.decl(a.roles, a.env) };
     let body = Body::KeyAdd(decl);
     let generated = secret.map(|secret| Generated { name: a.name, secret, rotation: false });
-    change(ctx, &body, body.clone(), generated)
+    change(ctx, generated, |_| Ok((body.clone(), body)))
 }
 
 fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
@@ -273,7 +273,7 @@ fn rotate(ctx: &Ctx, a: RotateArgs) -> Result<()> {
         reason: a.reason,
     });
     let generated = secret.map(|secret| Generated { name: a.name, secret, rotation: true });
-    change(ctx, &body, body.clone(), generated)
+    change(ctx, generated, |_| Ok((body.clone(), body)))
 }
 
 /// A secret generated in this home for a key change.
@@ -302,14 +302,19 @@ impl Generated {
     }
 }
 
-/// Appends `body` (the key change `subject`, or an approval of it) as the acting admin:
-/// checks it first, writes a secret `generated` here before the entry and removes it if the
-/// entry did not land, follows a rotation this home prepared once it takes effect, then
-/// reports whether the change took effect or waits for more admins.
-fn change(ctx: &Ctx, subject: &Body, body: Body, generated: Option<Generated>) -> Result<()> {
+/// Appends the entry `make` builds from the state — `(subject, body)`: the key change
+/// itself, or an approval of it — as the acting admin: checks it first, writes a secret
+/// `generated` here before the entry and removes it if the entry did not land, follows a
+/// rotation this home prepared once it takes effect, then reports whether the change took
+/// effect or waits for more admins.
+fn change(
+    ctx: &Ctx,
+    generated: Option<Generated>,
+    make: impl FnOnce(&State) -> Result<(Body, Body)>,
+) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let (actor, signer) = ctx.signer(&home, &mut backend)?;
-    let state = backend.state()?;
+    let (actor, signer, state) = ctx.signer(&home, &mut backend)?;
+    let (subject, body) = make(&state)?;
     // Refuse before touching the disk; then write the secret, then the entry.
     precheck(&state, &actor, &signer, body.clone())?;
     if let Some(g) = &generated {
@@ -335,48 +340,36 @@ fn change(ctx: &Ctx, subject: &Body, body: Body, generated: Option<Generated>) -
             }
         }
     };
-    if let Some(k) = match subject {
+    if let Some(k) = match &subject {
         Body::KeyRotate(r) => state.active_key(&r.name),
         _ => None,
     } {
         home.promote_next(&k.decl.name, &k.decl.public_key, k.since_seq)?;
     }
-    report(ctx, &entry, &state, &describe(subject))
+    report(ctx, &entry, &state, &describe(&subject))
 }
 
 /// What a key change did, in words.
-/// What a key change does, in words, with the key it installs (so an admin approving it
-/// can compare that key with the one the holder says they made).
+/// What a key change does, in words (the ledger log's summary of it), with the key it
+/// installs, so an admin approving it can compare that key with the one its holder made.
 fn describe(body: &Body) -> String {
-    let parts = |pk: &pd_ledger::PublicKey, cert: Option<&str>| {
+    let what = match body {
+        Body::KeyAdd(_) => "enrolment of",
+        Body::KeyRotate(_) => "rotation of",
+        Body::KeyRevoke(_) => "revocation of",
+        other => other.kind(),
+    };
+    let installs = match body {
+        Body::KeyAdd(k) => Some((&k.public_key, k.openpgp.as_deref())),
+        Body::KeyRotate(r) => Some((&r.public_key, r.openpgp.as_deref())),
+        _ => None,
+    };
+    let key = installs.map_or_else(String::new, |(pk, cert)| {
         let fpr = cert.and_then(|c| pd_store::openpgp::cert_fingerprint(c).ok());
         let pgp = fpr.map(|f| format!(", OpenPGP {f}")).unwrap_or_default();
-        format!("key {}{pgp}", pk.to_string().get(..16).unwrap_or_default())
-    };
-    match body {
-        Body::KeyAdd(k) => {
-            let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
-            let env = k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default();
-            format!(
-                "enrolment of {} ({}){env}, custody {}, {}",
-                k.name,
-                roles.join(", "),
-                k.custody.as_str(),
-                parts(&k.public_key, k.openpgp.as_deref())
-            )
-        }
-        Body::KeyRotate(r) => {
-            format!(
-                "rotation of {} (old key {}, new key custody {}, {})",
-                r.name,
-                r.old.as_str(),
-                r.custody.as_str(),
-                parts(&r.public_key, r.openpgp.as_deref())
-            )
-        }
-        Body::KeyRevoke(r) => format!("revocation of {} ({})", r.name, r.kind.as_str()),
-        other => other.kind().to_string(),
-    }
+        format!(" · key {}{pgp}", pk.to_string().get(..16).unwrap_or_default())
+    });
+    format!("{what} {}{key}", crate::ledger_cmd::summary(body))
 }
 
 fn report(ctx: &Ctx, entry: &SignedEntry, state: &State, what: &str) -> Result<()> {
@@ -409,12 +402,12 @@ fn report(ctx: &Ctx, entry: &SignedEntry, state: &State, what: &str) -> Result<(
 }
 
 fn approve(ctx: &Ctx, seq: u64) -> Result<()> {
-    let state = Backend::open(ctx, ctx.home().ok())?.state()?;
-    let Some(p) = state.proposals.get(&seq) else {
-        refuse!("no key change waiting at #{seq}; see `pd key pending`");
-    };
-    let (id, body) = (p.id, p.change.clone());
-    change(ctx, &body, Body::KeyApprove(KeyApprove { seq, id }), None)
+    change(ctx, None, |state| {
+        let Some(p) = state.proposals.get(&seq) else {
+            refuse!("no key change waiting at #{seq}; see `pd key pending`");
+        };
+        Ok((p.change.clone(), Body::KeyApprove(KeyApprove { seq, id: p.id })))
+    })
 }
 
 fn pending(ctx: &Ctx) -> Result<()> {

@@ -195,9 +195,8 @@ pub fn package_with(
     backend: &mut Backend,
     a: &PackageArgs,
 ) -> Result<(SignedEntry, pd_store::tarball::Built, String)> {
-    let (actor, key) = ctx.signer(home, backend)?;
+    let (actor, key, state) = ctx.signer(home, backend)?;
     let pgp = ctx.pgp_key(home, &actor)?;
-    let state = backend.state()?;
     let limits = pd_store::Limits::default();
     let files = pd_store::tarball::collect(&a.files, &limits)?;
     let version = next_version(&state, a)?;
@@ -257,7 +256,7 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
 /// Signs and appends `make(state)` as the acting key, on the home's ledger or the server.
 fn append_with(ctx: &Ctx, make: impl FnMut(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let (actor, key) = ctx.signer(&home, &mut backend)?;
+    let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let mut make = make;
     backend.append(&actor, &key, |st| make(st, &actor))
 }
@@ -350,7 +349,7 @@ pub fn previous_version(state: &State, env: &str) -> Result<Version> {
 
 fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let (actor, key) = ctx.signer(&home, &mut backend)?;
+    let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let mut from = None;
     let (entry, _) = backend.append(&actor, &key, |state| {
         from = state.env.get(&a.env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
@@ -512,7 +511,7 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
 fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()> {
     let home = ctx.home()?;
     let mut backend = Backend::open(ctx, Some(home.clone()))?;
-    let (actor, key) = ctx.signer(&home, &mut backend)?;
+    let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let entries: Vec<_> =
         backend.entries(0)?.into_iter().map(|e| serde_bytes::ByteBuf::from(e.bytes)).collect();
     // The state of exactly these entries (a server may have grown meanwhile).

@@ -151,19 +151,21 @@ impl Ctx {
     }
 
     /// Who acts and their secret key: the key in `--key FILE` under the name the ledger
-    /// enrolled it with, else `--as` (or the home's actor) with its key from the home.
+    /// enrolled it with, else `--as` (or the home's actor) with its key from the home. Also
+    /// returns the state it checked the key against, for the caller's own checks.
     pub fn signer(
         &self,
         home: &Home,
         backend: &mut backend::Backend,
-    ) -> Result<(String, pd_ledger::SecretKey)> {
+    ) -> Result<(String, pd_ledger::SecretKey, pd_ledger::State)> {
         match &self.key_file {
             Some(path) => {
                 let key = home::read_key_file(path)?;
                 let state = backend.state()?;
                 let found = pd_ledger::identify(&state, &key.public(), self.actor.as_deref(), None)
                     .map_err(|e| Refused(format!("{}: {e}", path.display())))?;
-                Ok((found.decl.name.clone(), key))
+                let name = found.decl.name.clone();
+                Ok((name, key, state))
             }
             None => {
                 let actor = self.actor(home);
@@ -183,7 +185,7 @@ impl Ctx {
                         home.keys_dir().display()
                     );
                 }
-                Ok((actor, key))
+                Ok((actor, key, state))
             }
         }
     }

@@ -30,7 +30,7 @@ const RESTORE_BATCH: usize = 10_000;
 pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     let home = ctx.home()?;
     let mut backend = Backend::open(ctx, Some(home.clone()))?;
-    let (actor, key) = ctx.signer(&home, &mut backend)?;
+    let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let s3 = S3Store::open(&a.url)?;
     let entries = backend.entries(0)?;
     // The state of exactly these entries (a server may have grown meanwhile).

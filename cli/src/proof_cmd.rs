@@ -52,7 +52,7 @@ pub struct ConsistencyArgs {
 /// Appends a checkpoint over every entry so far, signed by the acting key (log role).
 pub fn checkpoint(ctx: &Ctx, a: CheckpointArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let (actor, key) = ctx.signer(&home, &mut backend)?;
+    let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let (entry, state) = backend.append(&actor, &key, |st| Ok(st.sign_checkpoint(&key)))?;
     let cp = state.latest_checkpoint().filter(|c| c.seq == entry.entry.seq).context("checkpoint folded")?;
     let note = state.signed_note(cp).render();
