@@ -42,15 +42,15 @@ fn init_keys_package_approve_deploy_ack_promote_rollback_export_verify() {
 
     let state = w.state();
     assert_eq!(state["envs"][2]["env"], "prod");
-    assert_eq!(state["envs"][2]["desired"], "PD-23.1.0");
-    assert_eq!(state["envs"][2]["laggards"], serde_json::json!([]));
+    assert_eq!(state["envs"][2]["sets"][0]["desired"], "PD-23.1.0");
+    assert_eq!(state["envs"][2]["sets"][0]["waiting"], serde_json::json!([]));
 
     let out = w.ok("", &["ledger", "rollback", "prod", "--reason", "error spike"]);
     assert!(out.contains("prod rolled back to PD-23.0.0 (was PD-23.1.0)"), "{out}");
     let state = w.state();
-    assert_eq!(state["envs"][2]["desired"], "PD-23.0.0");
-    assert_eq!(state["envs"][2]["via"], "rollback");
-    assert_eq!(state["envs"][2]["laggards"], serde_json::json!(["prod-1"]));
+    assert_eq!(state["envs"][2]["sets"][0]["desired"], "PD-23.0.0");
+    assert_eq!(state["envs"][2]["sets"][0]["via"], "rollback");
+    assert_eq!(state["envs"][2]["sets"][0]["waiting"], serde_json::json!(["prod-1"]));
     w.ok("prod-1", &["ledger", "ack", "PD-23.0.0"]);
 
     let log = w.log();
@@ -89,7 +89,7 @@ fn init_keys_package_approve_deploy_ack_promote_rollback_export_verify() {
     assert_eq!(report["ok"], true);
     assert_eq!(report["artifacts_checked"], 2);
     assert_eq!(report["entries"], log.len() as u64);
-    assert_eq!(report["envs"]["prod"]["desired"]["version"], "PD-23.0.0");
+    assert_eq!(report["envs"][2]["sets"][0]["desired"]["version"], "PD-23.0.0");
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -73,6 +73,15 @@ impl Backend {
         }
     }
 
+    /// The server's newest heartbeat per target (none on a home without a server: nobody
+    /// collects them there).
+    pub fn heartbeats(&mut self) -> Result<pd_server::wire::Heartbeats> {
+        match self {
+            Backend::Local(_) => Ok(pd_server::wire::Heartbeats::default()),
+            Backend::Remote { rt, client, .. } => Ok(rt.block_on(client.heartbeats())?),
+        }
+    }
+
     /// The current state and the Merkle tree over every entry, for proofs.
     pub fn tree(&mut self) -> Result<(State, Tree<Sha256>)> {
         match self {
@@ -174,9 +183,9 @@ impl Backend {
 /// Refuses `body` before anything is written if the rules would refuse it now.
 pub fn precheck(state: &State, actor: &str, key: &SecretKey, body: Body) -> Result<()> {
     let probe = pd_ledger::Entry::sign(
-        state.len,
-        state.head,
-        home::now_ms().max(state.last_time_ms),
+        state.len(),
+        state.head(),
+        home::now_ms().max(state.last_time_ms()),
         actor,
         body,
         key,

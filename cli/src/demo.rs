@@ -251,6 +251,7 @@ impl Cluster {
                         dir: agent_dir,
                         reload,
                         objects: pd_server::agent::Objects::Server,
+                        heartbeat: std::time::Duration::from_secs(10),
                     };
                     let replica = pd_ledger::Ledger::open(pd_ledger::storage::MemStore::default())?;
                     tasks

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use pd_ledger::state::PackageState;
-use pd_ledger::{Body, Outcome, Push, Rollback, SecretKey, State, Version};
+use pd_ledger::{Body, Push, Rollback, SecretKey, State, Version};
 use serde_json::json;
 
 use crate::backend::Backend;
@@ -62,17 +62,32 @@ pub struct Waited {
     pub failed: Vec<(String, String)>,
     /// Targets that did not report in time.
     pub missing: Vec<String>,
+    /// Targets expected when the wait began and revoked during it.
+    pub revoked: Vec<String>,
+    /// Enrolled targets the fleet lacks to reach its minimum.
+    pub short_by: usize,
 }
 
 impl Waited {
+    /// Adopted by the one rule ([`pd_ledger::adoption`]), and nobody the wait began with
+    /// was revoked meanwhile (a revocation must not turn a wait into a success).
     fn adopted(&self) -> bool {
-        self.failed.is_empty() && self.missing.is_empty()
+        self.failed.is_empty() && self.missing.is_empty() && self.revoked.is_empty() && self.short_by == 0
     }
 
     fn problems(&self) -> String {
         let mut parts: Vec<String> = self.failed.iter().map(|(t, e)| format!("{t} failed: {e}")).collect();
         if !self.missing.is_empty() {
             parts.push(format!("no answer yet from {}", self.missing.join(", ")));
+        }
+        if !self.revoked.is_empty() {
+            parts.push(format!(
+                "{} revoked during the wait (rerun the deploy to accept the smaller fleet)",
+                self.revoked.join(", ")
+            ));
+        }
+        if self.short_by > 0 {
+            parts.push(format!("the fleet lacks {} enrolled target(s) of its minimum", self.short_by));
         }
         parts.join("; ")
     }
@@ -92,7 +107,8 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     let mut report = Vec::new();
     for env in &envs {
         let state = b.state()?;
-        let desired = state.env.get(env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
+        let here = pd_ledger::adoption::adoption_of(&state, env, version);
+        let desired = here.desired.as_ref().map(|d| d.version);
         let mut seq = None;
         if desired != Some(version) {
             let (entry, _) = b.append(&actor, &key, |st| {
@@ -104,7 +120,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             if !ctx.json {
                 println!("  {version} pushed to {env} at #{}", entry.entry.seq);
             }
-        } else if state.fully_adopted(env, version) {
+        } else if here.adopted_version(version) {
             report.push(json!({ "env": env, "outcome": "already adopted" }));
             continue;
         }
@@ -136,7 +152,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     }
     output::ok("all targets acknowledged");
     let state = b.state()?;
-    if let Some(next) = envs.last().and_then(|e| state.env_index(e)).and_then(|i| state.envs.get(i + 1)) {
+    if let Some(next) = envs.last().and_then(|e| state.env_index(e)).and_then(|i| state.envs().get(i + 1)) {
         output::next(format!("pd ledger deploy {version} --reason \"…\" (promotes to {next})"));
     }
     Ok(())
@@ -163,15 +179,23 @@ fn not_adopted(
         rolled_back_to: None,
     };
     if let Some(timeout) = rollback {
-        let (back, stuck) =
-            match roll_back(ctx, b, actor, key, env, format!("automatic: {problems}"), timeout) {
-                Ok(back) => (back, String::new()),
-                // The rollback entry is written but its targets did not all come back either.
-                Err(e) => match e.downcast::<NotAdopted>() {
-                    Ok(n) => (n.version, format!(", but {}", n.message)),
-                    Err(e) => return Err(e),
-                },
-            };
+        let set = b.state()?.package(version).map(|p| p.package.name.clone());
+        let (back, stuck) = match roll_back(
+            ctx,
+            b,
+            actor,
+            key,
+            (env, set.as_deref()),
+            format!("automatic: {problems}"),
+            timeout,
+        ) {
+            Ok(back) => (back, String::new()),
+            // The rollback entry is written but its targets did not all come back either.
+            Err(e) => match e.downcast::<NotAdopted>() {
+                Ok(n) => (n.version, format!(", but {}", n.message)),
+                Err(e) => return Err(e),
+            },
+        };
         failure.message =
             format!("{version} failed in {env} ({problems}); rolled {env} back to {back}{stuck}");
         failure.rolled_back_to = Some(back);
@@ -209,7 +233,7 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
 /// The end of `deploy --no-wait`: one environment pushed, nobody waited for.
 fn pushed_only(ctx: &Ctx, state: &State, env: &str, version: Version, seq: Option<u64>) -> Result<()> {
     if seq.is_none() {
-        let waiting = state.laggards(env, version).join(", ");
+        let waiting = pd_ledger::adoption::adoption_of(state, env, version).waiting().join(", ");
         refuse!("{version} is already pushed to {env}, waiting for {waiting}; the next environment follows once they acknowledge");
     }
     if ctx.json {
@@ -239,7 +263,7 @@ fn check_artifact(b: &mut Backend, state: &State, pkg: &PackageState) -> Result<
 fn check_envs(state: &State, a: &DeployArgs) -> Result<()> {
     for e in a.env.iter().chain(&a.until) {
         if state.env_index(e).is_none() {
-            refuse!("unknown environment {e:?}; this ledger has: {}", state.envs.join(", "));
+            refuse!("unknown environment {e:?}; this ledger has: {}", state.envs().join(", "));
         }
     }
     Ok(())
@@ -252,14 +276,15 @@ fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> 
         return Ok(vec![env.clone()]);
     }
     // From the first environment that has not adopted the version yet.
-    let Some(start) = state.envs.iter().position(|e| !state.fully_adopted(e, version)) else {
-        refuse!("{version} is already adopted in every environment ({})", state.envs.join(", "));
+    let adopted = |e: &String| pd_ledger::adoption::adoption_of(state, e, version).adopted_version(version);
+    let Some(start) = state.envs().iter().position(|e| !adopted(e)) else {
+        refuse!("{version} is already adopted in every environment ({})", state.envs().join(", "));
     };
-    let end = a.until.as_deref().and_then(|u| state.env_index(u)).unwrap_or(state.envs.len() - 1);
+    let end = a.until.as_deref().and_then(|u| state.env_index(u)).unwrap_or(state.envs().len() - 1);
     if end < start {
-        refuse!("{version} is already adopted up to {}", state.envs[start - 1]);
+        refuse!("{version} is already adopted up to {}", state.envs()[start - 1]);
     }
-    Ok(state.envs[start..=end].to_vec())
+    Ok(state.envs()[start..=end].to_vec())
 }
 
 /// Waits until every target of `env` reported `version`, more than `max_failed` of them
@@ -282,21 +307,21 @@ pub fn wait(
     }
     let mut state = b.state()?;
     let mut last = None;
+    let expected: Vec<String> =
+        pd_ledger::adoption::adoption_of(&state, env, version).targets.into_iter().map(|(n, _)| n).collect();
     loop {
-        let e = state.env.get(env);
-        let since =
-            e.and_then(|e| e.desired.as_ref()).filter(|d| d.version == version).map_or(u64::MAX, |d| d.seq);
-        let mut w = Waited { targets: 0, loaded: 0, failed: Vec::new(), missing: Vec::new() };
-        for t in state.targets(env) {
-            w.targets += 1;
-            let name = &t.decl.name;
-            match e.and_then(|e| e.reports.get(name)).filter(|r| r.version == version && r.seq > since) {
-                Some(r) => match &r.outcome {
-                    Outcome::Loaded => w.loaded += 1,
-                    Outcome::Failed(err) => w.failed.push((name.clone(), err.clone())),
-                },
-                None => w.missing.push(name.clone()),
-            }
+        let a = pd_ledger::adoption::adoption_of(&state, env, version);
+        let current = a.desired.as_ref().is_some_and(|d| d.version == version);
+        let mut w = Waited {
+            targets: a.targets.len(),
+            loaded: if current { a.loaded() } else { 0 },
+            failed: if current { a.failed() } else { Vec::new() },
+            missing: if current { a.waiting() } else { a.targets.iter().map(|(n, _)| n.clone()).collect() },
+            revoked: expected.iter().filter(|n| !a.targets.iter().any(|(t, _)| t == *n)).cloned().collect(),
+            short_by: a.short_by(),
+        };
+        if w.targets == 0 && w.missing.is_empty() {
+            w.missing.push(format!("any target of {env}"));
         }
         if last != Some((w.loaded, w.failed.len())) {
             last = Some((w.loaded, w.failed.len()));
@@ -308,7 +333,8 @@ pub fn wait(
         bar.set_length(w.targets as u64);
         bar.set_position(w.loaded as u64);
         let too_many = w.failed.len() as f64 > max_failed * w.targets as f64;
-        if w.missing.is_empty() || too_many || Instant::now() >= deadline {
+        let ended = !w.revoked.is_empty() || w.short_by > 0;
+        if w.missing.is_empty() || too_many || ended || Instant::now() >= deadline {
             if w.adopted() {
                 bar.finish_and_clear();
             } else {
@@ -316,7 +342,7 @@ pub fn wait(
             }
             return Ok(w);
         }
-        state = b.wait(state.len, deadline, &|| ctx.check())?;
+        state = b.wait(state.len(), deadline, &|| ctx.check())?;
     }
 }
 
@@ -327,12 +353,13 @@ pub fn roll_back(
     b: &mut Backend,
     actor: &str,
     key: &SecretKey,
-    env: &str,
+    (env, set): (&str, Option<&str>),
     reason: String,
     timeout: Duration,
 ) -> Result<Version> {
     let (entry, _) = b.append(actor, key, |st| {
-        let version = previous_version(st, env)?;
+        let set = crate::ledger_cmd::slot_set(st, env, set)?;
+        let version = previous_version(st, env, &set)?;
         let package = package_of(st, version)?.package.tarball.blake3;
         Ok(Body::Rollback(Rollback { env: env.to_string(), version, package, reason: reason.clone() }))
     })?;

@@ -26,6 +26,10 @@ pub struct InitArgs {
     /// with the admin role; repeat for several.
     #[arg(long = "admin-request", value_name = "FILE")]
     admin_requests: Vec<std::path::PathBuf>,
+    /// Targets every environment expects (change one with `pd env set ENV --min-targets N`):
+    /// a push to fewer enrolled targets is refused, and adoption needs them all.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    min_targets: u32,
 }
 
 const ADMIN: &str = "admin";
@@ -72,6 +76,7 @@ fn build(
         envs: args.envs.iter().map(|e| e.trim().to_string()).collect(),
         approvals_required: args.approvals,
         admin_approvals: args.admin_approvals,
+        min_targets: args.min_targets,
         keys,
     };
     let mut ledger = Ledger::open(FileStore::open(&dir.join("ledger"))?)?;

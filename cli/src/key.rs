@@ -325,7 +325,7 @@ fn change(
         Err(e) => {
             // A server may have committed the entry before its answer was lost: then the
             // secret is the key the ledger now holds, and is kept.
-            let from = state.len;
+            let from = state.len();
             let landed = backend.entries(from).ok().and_then(|entries| {
                 entries.into_iter().find(|x| x.entry.actor == actor && x.entry.body == body)
             });
@@ -378,22 +378,22 @@ fn report(ctx: &Ctx, entry: &SignedEntry, state: &State, what: &str) -> Result<(
         Body::KeyApprove(a) => a.seq,
         _ => seq,
     };
-    let waiting = state.proposals.get(&proposal_seq);
+    let waiting = state.proposals().get(&proposal_seq);
     let have = waiting.map(|p| state.proposal_support(p, &p.proposer));
     if ctx.json {
         return ctx.emit(&serde_json::json!({
             "change": entry.entry.body.kind(), "what": what, "seq": seq, "entry_id": entry.id,
             "by": entry.entry.actor, "applied": waiting.is_none(), "proposal_seq": proposal_seq,
-            "admin_approvals": have, "admin_approvals_required": state.admin_approvals,
+            "admin_approvals": have, "admin_approvals_required": state.admin_approvals(),
         }));
     }
     match have {
         None => output::ok(format!("{what} recorded by {} at #{seq}", entry.entry.actor)),
         Some(have) => {
-            let need = state.admin_approvals;
+            let need = state.admin_approvals();
             output::ok(format!(
                 "{what} proposed by {} at #{proposal_seq}: {have} of {need} admins",
-                state.proposals[&proposal_seq].proposer
+                state.proposals()[&proposal_seq].proposer
             ));
             output::next(format!("another admin runs `pd key approve {proposal_seq}`"));
         }
@@ -403,7 +403,7 @@ fn report(ctx: &Ctx, entry: &SignedEntry, state: &State, what: &str) -> Result<(
 
 fn approve(ctx: &Ctx, seq: u64) -> Result<()> {
     change(ctx, None, |state| {
-        let Some(p) = state.proposals.get(&seq) else {
+        let Some(p) = state.proposals().get(&seq) else {
             refuse!("no key change waiting at #{seq}; see `pd key pending`");
         };
         Ok((p.change.clone(), Body::KeyApprove(KeyApprove { seq, id: p.id })))
@@ -413,7 +413,7 @@ fn approve(ctx: &Ctx, seq: u64) -> Result<()> {
 fn pending(ctx: &Ctx) -> Result<()> {
     let state = Backend::open(ctx, ctx.home().ok())?.state()?;
     let rows: Vec<_> = state
-        .proposals
+        .proposals()
         .values()
         .map(|p| {
             let approvers: Vec<&str> =
@@ -426,7 +426,7 @@ fn pending(ctx: &Ctx) -> Result<()> {
             .iter()
             .map(|(p, approvers, have)| serde_json::json!({
                 "seq": p.seq, "id": p.id, "change": p.change.kind(), "what": describe(&p.change),
-                "approved_by": approvers, "admin_approvals": have, "admin_approvals_required": state.admin_approvals,
+                "approved_by": approvers, "admin_approvals": have, "admin_approvals_required": state.admin_approvals(),
             }))
             .collect();
         return ctx.emit(&json);
@@ -439,7 +439,7 @@ fn pending(ctx: &Ctx) -> Result<()> {
             "#{:<6} {} · {have} of {} admins ({}) · pd key approve {}",
             p.seq,
             describe(&p.change),
-            state.admin_approvals,
+            state.admin_approvals(),
             approvers.join(", "),
             p.seq
         );
@@ -449,7 +449,7 @@ fn pending(ctx: &Ctx) -> Result<()> {
 
 fn list(ctx: &Ctx) -> Result<()> {
     let state = Backend::open(ctx, ctx.home().ok())?.state()?;
-    let keys: Vec<_> = state.keys.values().collect();
+    let keys: Vec<_> = state.keys().values().collect();
     if ctx.json {
         let rows: Vec<_> = keys
             .iter()
@@ -489,7 +489,7 @@ fn list(ctx: &Ctx) -> Result<()> {
 
 fn export(ctx: &Ctx, name: &str, openpgp: bool, vkey: bool) -> Result<()> {
     let state = Backend::open(ctx, ctx.home().ok())?.state()?;
-    let Some(key) = state.keys.get(name) else {
+    let Some(key) = state.keys().get(name) else {
         refuse!("no key named {name:?} in this ledger; see `pd key list`");
     };
     match (openpgp, &key.decl.openpgp) {

@@ -116,6 +116,9 @@ pub struct RollbackArgs {
     /// The version to return to (default: the one before the current).
     #[arg(long)]
     to: Option<Version>,
+    /// The policy set to roll back (needed when the environment runs several).
+    #[arg(long)]
+    set: Option<String>,
     /// Why (recorded in the ledger).
     #[arg(long)]
     reason: String,
@@ -215,7 +218,7 @@ pub fn package_with(
         }
         _ => None,
     };
-    backend.put_object(&state.ledger_id, &actor, &key, &built.bytes)?;
+    backend.put_object(&state.ledger_id(), &actor, &key, &built.bytes)?;
     match backend.append(&actor, &key, |_| Ok(body.clone())) {
         Ok((entry, _)) => Ok((entry, built, pgp.fingerprint())),
         Err(e) => {
@@ -267,7 +270,7 @@ fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
         Ok(Body::Approve(Approve { version, package, reason: reason.clone() }))
     })?;
     let pkg = package_of(&state, version)?;
-    let (have, need) = (pkg.counted_approvals(), state.approvals_required);
+    let (have, need) = (pkg.counted_approvals(), state.approvals_required());
     if ctx.json {
         return ctx.emit(
             &serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need }),
@@ -298,7 +301,7 @@ pub fn deploy_version(state: &State, target: &str) -> Result<Option<Version>> {
     let files = pd_store::tarball::collect(&[path.to_path_buf()], &pd_store::Limits::default())?;
     let wanted: Vec<(String, [u8; 32])> =
         files.iter().map(|f| (f.path.clone(), pd_store::ArtifactDigest::of(&f.bytes).blake3)).collect();
-    let found = state.packages.iter().rev().find(|p| {
+    let found = state.packages().iter().rev().find(|p| {
         p.package.files.len() == wanted.len()
             && p.package.files.iter().zip(&wanted).all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
     });
@@ -307,7 +310,7 @@ pub fn deploy_version(state: &State, target: &str) -> Result<Option<Version>> {
 
 fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
     let (entry, _) = append_with(ctx, |state, actor| {
-        let Some(env) = state.keys.get(actor).and_then(|k| k.decl.env.clone()) else {
+        let Some(env) = state.keys().get(actor).and_then(|k| k.decl.env.clone()) else {
             refuse!("{actor} is not a target key; act as a target with --as NAME");
         };
         let package = package_of(state, version)?.package.tarball.blake3;
@@ -333,15 +336,34 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// The version before the current one in an environment's history.
-pub fn previous_version(state: &State, env: &str) -> Result<Version> {
-    let Some(e) = state.env.get(env) else {
-        refuse!("unknown environment {env:?}; this ledger has: {}", state.envs.join(", "));
+/// The policy set a command on `env` means: the one named, or the only one pushed there.
+pub fn slot_set(state: &State, env: &str, set: Option<&str>) -> Result<String> {
+    let Some(e) = state.env(env) else {
+        refuse!("unknown environment {env:?}; this ledger has: {}", state.envs().join(", "));
     };
-    let Some(current) = e.desired.as_ref().map(|d| d.version) else {
+    if let Some(set) = set {
+        return Ok(set.to_string());
+    }
+    let sets: Vec<&String> = e.sets().keys().collect();
+    match sets.as_slice() {
+        [] => refuse!("nothing was ever deployed to {env}; there is nothing to roll back"),
+        [one] => Ok(one.to_string()),
+        many => refuse!(
+            "{env} runs several policy sets ({}): name one with --set",
+            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// The version before the current one in a slot's history.
+pub fn previous_version(state: &State, env: &str, set: &str) -> Result<Version> {
+    let Some(slot) = state.slot(env, set) else {
+        refuse!("nothing of {set} was ever deployed to {env}; there is nothing to roll back");
+    };
+    let Some(current) = slot.desired().map(|d| d.version) else {
         refuse!("nothing was ever deployed to {env}; there is nothing to roll back");
     };
-    match e.history.iter().rev().map(|d| d.version).find(|v| *v != current) {
+    match slot.history().iter().rev().map(|d| d.version).find(|v| *v != current) {
         Some(v) => Ok(v),
         None => refuse!("{env} has had only {current}; there is no earlier version to return to"),
     }
@@ -352,10 +374,14 @@ fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<()> {
     let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let mut from = None;
     let (entry, _) = backend.append(&actor, &key, |state| {
-        from = state.env.get(&a.env).and_then(|e| e.desired.as_ref()).map(|d| d.version);
+        let set = match a.to {
+            Some(v) => package_of(state, v)?.package.name.clone(),
+            None => slot_set(state, &a.env, a.set.as_deref())?,
+        };
+        from = state.desired(&a.env, &set).map(|d| d.version);
         let version = match a.to {
             Some(v) => v,
-            None => previous_version(state, &a.env)?,
+            None => previous_version(state, &a.env, &set)?,
         };
         let package = package_of(state, version)?.package.tarball.blake3;
         Ok(Body::Rollback(Rollback { env: a.env.clone(), version, package, reason: a.reason.clone() }))
@@ -390,10 +416,11 @@ pub fn summary(body: &Body) -> String {
         Body::KeyAdd(k) => {
             let roles: Vec<&str> = k.roles.iter().map(|r| r.as_str()).collect();
             format!(
-                "{} ({}){} · custody {}",
+                "{} ({}){}{} · custody {}",
                 k.name,
                 roles.join(","),
                 k.env.as_ref().map(|e| format!(" in {e}")).unwrap_or_default(),
+                if k.sets.is_empty() { String::new() } else { format!(" following {}", k.sets.join(",")) },
                 k.custody.as_str()
             )
         }
@@ -418,6 +445,8 @@ pub fn summary(body: &Body) -> String {
             Outcome::Failed(e) => format!("{} FAILED in {}: {e}", a.version, a.env),
         },
         Body::Rollback(r) => format!("{} ← {} · {}", r.env, r.version, r.reason),
+        Body::Retry(r) => format!("failed targets in {} retry {} · {}", r.env, r.version, r.reason),
+        Body::EnvSet(e) => format!("{}: at least {} target(s) · {}", e.env, e.min_targets, e.reason),
         Body::Checkpoint(c) => format!("{} entries · root {}", c.size, c.root.short()),
     }
 }
@@ -461,7 +490,7 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
         },
     };
     let Some(entry) = backend.entries(seq)?.into_iter().next() else {
-        refuse!("no entry #{seq}: the ledger has {} entries", state.len);
+        refuse!("no entry #{seq}: the ledger has {} entries", state.len());
     };
     let approvals = match &entry.entry.body {
         Body::Package(p) => package_of(state, p.version)?.approvals.clone(),
@@ -523,30 +552,30 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
     } else {
         (Vec::new(), Contents::EntriesOnly)
     };
-    let head = Head::sign(state, &actor, home::now_ms().max(state.last_time_ms), contents, &key);
+    let head = Head::sign(state, &actor, home::now_ms().max(state.last_time_ms()), contents, &key);
     let export = Export { format: FORMAT.to_string(), entries, artifacts, head };
     let bytes = export.encode();
     home::write_file_atomic(file, &bytes)?;
     if ctx.json {
         return ctx.emit(
-            &serde_json::json!({ "file": file, "entries": state.len, "artifacts": export.artifacts.len(), "bytes": bytes.len(), "head": state.head }),
+            &serde_json::json!({ "file": file, "entries": state.len(), "artifacts": export.artifacts.len(), "bytes": bytes.len(), "head": state.head() }),
         );
     }
     output::ok(format!(
         "exported {} entries and {} artifacts ({}) to {}",
-        state.len,
+        state.len(),
         export.artifacts.len(),
         output::size(bytes.len() as u64),
         file.display()
     ));
-    println!("  head #{} {} signed by {actor}", state.len.saturating_sub(1), state.head);
+    println!("  head #{} {} signed by {actor}", state.len().saturating_sub(1), state.head());
     output::next(format!("pd-verify {}", file.display()));
     Ok(())
 }
 
 fn artifacts(backend: &mut Backend, state: &State) -> Result<Vec<ExportArtifact>> {
-    let mut out: Vec<ExportArtifact> = Vec::with_capacity(state.packages.len());
-    for p in &state.packages {
+    let mut out: Vec<ExportArtifact> = Vec::with_capacity(state.packages().len());
+    for p in state.packages() {
         let hash = p.package.tarball.blake3;
         let bytes =
             backend.get_object(&hash).with_context(|| format!("artifact of {}", p.package.version))?;

@@ -40,15 +40,16 @@ pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     )?;
     crate::ledger_cmd::may_sign_head(&state, &actor)?;
     let head =
-        Head::sign(&state, &actor, home::now_ms().max(state.last_time_ms), Contents::WithArtifacts, &key);
+        Head::sign(&state, &actor, home::now_ms().max(state.last_time_ms()), Contents::WithArtifacts, &key);
     let mut read = |from: u64, end: u64| {
         Ok(entries[from as usize..end as usize].iter().map(|e| e.bytes.clone()).collect())
     };
     let mut fetch = |h: &Hash| backend.get_object(h);
     let pushed = pd_server::mirror::push(&s3, &state, &head, &mut read, &mut fetch)?;
     if ctx.json {
-        return ctx
-            .emit(&serde_json::json!({ "url": s3.url().to_string(), "head": state.head, "pushed": pushed }));
+        return ctx.emit(
+            &serde_json::json!({ "url": s3.url().to_string(), "head": state.head(), "pushed": pushed }),
+        );
     }
     if pushed.before == pushed.entries {
         output::ok(format!(
@@ -68,7 +69,7 @@ pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
             if pushed.artifacts == 1 { "" } else { "s" },
         ));
     }
-    println!("  head #{} {} signed by {actor}", state.len.saturating_sub(1), state.head);
+    println!("  head #{} {} signed by {actor}", state.len().saturating_sub(1), state.head());
     output::next(format!("pd ledger verify {}", s3.url()));
     Ok(())
 }
@@ -100,8 +101,8 @@ fn read_verified(ctx: &Ctx, s3: &S3Store) -> Result<Verified> {
     // The head must say the mirror carries every artifact; each is read and checked below.
     let mut report = pd_verify::verify_entries(&export, None).map_err(|e| refused(e.to_string()))?;
     report.require_artifacts().map_err(|e| refused(e.to_string()))?;
-    let mut artifacts = Vec::with_capacity(report.state.packages.len());
-    for p in &report.state.packages {
+    let mut artifacts = Vec::with_capacity(report.state.packages().len());
+    for p in report.state.packages() {
         let hash = p.package.tarball.blake3;
         let bytes = match s3.get(&hash.0) {
             Ok(b) => b,
@@ -167,25 +168,25 @@ pub fn restore(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
             ledger.append_batch(batch)?;
         }
         anyhow::ensure!(
-            ledger.head() == report.state.head,
+            ledger.head() == report.state.head(),
             "the restored ledger's head differs from the verified one"
         );
         Ok(())
     })?;
     if ctx.json {
         return ctx.emit(&serde_json::json!({
-            "home": ctx.home_dir, "url": s3.url().to_string(), "entries": report.state.len,
-            "head": report.state.head, "artifacts": artifacts.len(), "actor": actor,
+            "home": ctx.home_dir, "url": s3.url().to_string(), "entries": report.state.len(),
+            "head": report.state.head(), "artifacts": artifacts.len(), "actor": actor,
         }));
     }
     output::ok(format!(
         "restored {} entries and {} artifacts from {} into {} (verified like pd-verify)",
-        report.state.len,
+        report.state.len(),
         artifacts.len(),
         s3.url(),
         ctx.home_dir.display()
     ));
-    println!("  head #{} {}", report.state.len.saturating_sub(1), report.state.head);
+    println!("  head #{} {}", report.state.len().saturating_sub(1), report.state.head());
     println!(
         "  secret keys are never mirrored: put {actor}'s key files into {}/keys/ to act",
         ctx.home_dir.display()
@@ -197,7 +198,7 @@ pub fn restore(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
 /// The first active admin key, to be the restored home's default actor.
 fn admin_of(state: &State) -> String {
     let mut admins: Vec<&String> = state
-        .keys
+        .keys()
         .iter()
         .filter(|(n, k)| k.decl.roles.contains(&Role::Admin) && state.active_key(n).is_some())
         .map(|(n, _)| n)

@@ -64,6 +64,21 @@ pub struct AgentArgs {
     /// still checks every hash and the OpenPGP signature itself.
     #[arg(long, value_name = "URL")]
     objects: Option<String>,
+    /// How often to send the server a signed heartbeat (what runs here); `pd state` shows a
+    /// target as stale after three intervals without one.
+    #[arg(long, default_value = "10s", value_parser = heartbeat_interval)]
+    pub heartbeat: std::time::Duration,
+}
+
+/// Shortest and longest `--heartbeat` interval.
+fn heartbeat_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let range = pd_ledger::heartbeat::INTERVAL_MS;
+    if range.contains(&(d.as_millis() as u64)) {
+        Ok(d)
+    } else {
+        Err(format!("{s:?}: give an interval from {} ms to {} ms", range.start(), range.end()))
+    }
 }
 
 /// Arguments of `pd example-target`.
@@ -208,8 +223,17 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         crate::refuse!("pd agent: {actor} is not a target key (it has no environment); enrol one with --role target --env ENV");
     };
     let objects = a.objects.as_deref().map_or(Ok(Objects::Server), Objects::parse)?;
-    let cfg =
-        AgentConfig { client, env: env.clone(), actor: actor.clone(), key, dir: a.dir, reload, objects };
+    let heartbeat = a.heartbeat;
+    let cfg = AgentConfig {
+        client,
+        env: env.clone(),
+        actor: actor.clone(),
+        key,
+        dir: a.dir,
+        reload,
+        objects,
+        heartbeat,
+    };
     let agent = Agent::new(cfg, replica)?;
     println!("pd agent {actor} following {env} at {url}");
     rt.block_on(async move { agent.run(stop_on_signal()).await })

@@ -88,8 +88,8 @@ pub fn prove(ctx: &Ctx, a: ProveArgs) -> Result<()> {
         (_, Ok(v)) => crate::ledger_cmd::package_of(&state, v)?.seq,
         _ => anyhow::bail!("{:?} is neither a seq number nor a version such as PD-23.1.0", a.what),
     };
-    let Some(entry) = backend.entries(seq)?.into_iter().next().filter(|_| seq < state.len) else {
-        refuse!("no entry #{seq}: the ledger has {} entries", state.len);
+    let Some(entry) = backend.entries(seq)?.into_iter().next().filter(|_| seq < state.len()) else {
+        refuse!("no entry #{seq}: the ledger has {} entries", state.len());
     };
     let at = match &a.at {
         Some(at) => resolve(&state, &tree, at)?,
@@ -144,7 +144,7 @@ fn read_note(path: &Path) -> Result<SignedCheckpoint> {
 /// A checkpoint named by its entry's seq, or by a note file that must agree with this ledger.
 fn resolve(state: &State, tree: &Tree<Sha256>, arg: &str) -> Result<CheckpointState> {
     if let Ok(seq) = arg.parse::<u64>() {
-        return match state.checkpoints.iter().find(|c| c.seq == seq) {
+        return match state.checkpoints().iter().find(|c| c.seq == seq) {
             Some(c) => Ok(c.clone()),
             None => refuse!("entry #{seq} is not a checkpoint; `pd ledger log` lists them"),
         };
@@ -154,16 +154,16 @@ fn resolve(state: &State, tree: &Tree<Sha256>, arg: &str) -> Result<CheckpointSt
         anyhow::bail!("{arg:?} is neither a checkpoint's seq number nor a checkpoint note file");
     }
     let note = read_note(path)?.checkpoint;
-    let origin = pd_ledger::note::origin(&state.ledger_id);
+    let origin = pd_ledger::note::origin(&state.ledger_id());
     if note.origin != origin {
         refuse!("{} is a checkpoint of {}, not of this ledger ({origin})", path.display(), note.origin);
     }
-    if note.size > state.len {
+    if note.size > state.len() {
         refuse!(
             "{} covers {} entries but this ledger has only {}: it was truncated, or forked",
             path.display(),
             note.size,
-            state.len
+            state.len()
         );
     }
     let here = Hash(tree.root(note.size)?);
@@ -176,7 +176,7 @@ fn resolve(state: &State, tree: &Tree<Sha256>, arg: &str) -> Result<CheckpointSt
             note.root
         );
     }
-    match state.checkpoints.iter().find(|c| c.checkpoint.size == note.size) {
+    match state.checkpoints().iter().find(|c| c.checkpoint.size == note.size) {
         Some(c) => Ok(c.clone()),
         None => refuse!("this ledger has no checkpoint entry of size {}", note.size),
     }

@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 use clap::Args;
-use pd_ledger::{Outcome, State};
+use pd_ledger::heartbeat::Liveness;
+use pd_ledger::State;
+use pd_server::wire::{Heartbeats, Seen};
 use serde_json::json;
 
 use crate::{output, refuse, Ctx};
@@ -14,42 +16,76 @@ pub struct StateArgs {
     env: Option<String>,
 }
 
-/// Prints desired versions, each target's adopted version and pending approvals.
+/// Prints each environment's slots (desired version, adoption by the one rule), each
+/// target's running version, last heartbeat and liveness, and pending approvals.
 pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
-    let state = &crate::backend::Backend::open(ctx, ctx.home().ok())?.state()?;
+    let mut backend = crate::backend::Backend::open(ctx, ctx.home().ok())?;
+    let state = &backend.state()?;
     let envs: Vec<String> = match a.env {
         Some(e) if state.env_index(&e).is_some() => vec![e],
-        Some(e) => refuse!("unknown environment {e:?}; this ledger has: {}", state.envs.join(", ")),
-        None => state.envs.clone(),
+        Some(e) => refuse!("unknown environment {e:?}; this ledger has: {}", state.envs().join(", ")),
+        None => state.envs().to_vec(),
     };
+    let beats = backend.heartbeats()?;
     if ctx.json {
-        return ctx.emit(&state_json(state, &envs));
+        return ctx.emit(&state_json(state, &envs, &beats));
     }
-    print_text(state, &envs);
+    print_text(state, &envs, &beats);
     Ok(())
 }
 
-/// The state of `envs` plus pending approvals, as JSON (shared with `pd-verify --json`).
-pub fn state_json(state: &State, envs: &[String]) -> serde_json::Value {
-    let envs: Vec<_> = envs
-        .iter()
-        .map(|env| {
-            let e = &state.env[env];
-            let desired = e.desired.as_ref();
-            let targets: Vec<_> = state
-                .targets(env)
-                .map(|t| {
-                    let r = e.reports.get(&t.decl.name);
-                    json!({ "name": t.decl.name, "version": r.map(|r| r.version),
-                            "outcome": r.map(|r| &r.outcome), "time": r.map(|r| output::time(r.time_ms)),
-                            "independent": r.map(|r| r.independent) })
+/// One target as `pd state` shows it: what it runs (from its signed heartbeat), when it was
+/// last seen and whether it is stale, next to its latest ack per set.
+fn target_json(state: &State, name: &str, seen: Option<&Seen>, now_ms: u64) -> serde_json::Value {
+    let last = seen.map(|s| (s.received_ms, s.heartbeat.interval_ms));
+    let liveness = pd_ledger::heartbeat::liveness(last, now_ms);
+    let running: serde_json::Map<String, serde_json::Value> = seen
+        .map(|s| s.heartbeat.running.iter().map(|r| (r.set.clone(), json!(r.version))).collect())
+        .unwrap_or_default();
+    let env = state.keys().get(name).and_then(|k| k.decl.env.clone()).unwrap_or_default();
+    let reports: serde_json::Map<String, serde_json::Value> = state
+        .env(&env)
+        .map(|e| {
+            e.sets()
+                .iter()
+                .filter_map(|(set, slot)| slot.report(name).map(|r| (set.clone(), r)))
+                .map(|(set, r)| {
+                    let v = json!({ "version": r.version, "outcome": r.outcome, "seq": r.seq,
+                                    "time": output::time(r.time_ms), "independent": r.independent });
+                    (set, v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "name": name, "running": running, "last_seen": seen.map(|s| output::time(s.received_ms)),
+        "last_seen_ago_ms": seen.map(|s| now_ms.saturating_sub(s.received_ms)),
+        "liveness": liveness, "stale": liveness == Liveness::Stale, "acks": reports,
+    })
+}
+
+/// The state of `envs` plus pending approvals, as JSON.
+pub fn state_json(state: &State, envs: &[String], beats: &Heartbeats) -> serde_json::Value {
+    let seen = beats.verified(state);
+    let envs: Vec<_> = pd_ledger::adoption::overview(state)
+        .into_iter()
+        .filter(|e| envs.contains(&e.env))
+        .map(|e| {
+            let targets: Vec<_> =
+                e.targets.iter().map(|t| target_json(state, t, seen.get(t), beats.now_ms)).collect();
+            let stale: Vec<_> = targets.iter().filter(|t| t["stale"] == true).map(|t| t["name"].clone()).collect();
+            let sets: Vec<_> = e
+                .sets
+                .iter()
+                .map(|s| {
+                    let d = s.adoption.desired.as_ref();
+                    json!({ "set": s.set, "desired": d.map(|d| d.version), "via": d.map(|d| d.via),
+                            "desired_seq": d.map(|d| d.seq), "adopted": s.adopted,
+                            "loaded": s.adoption.loaded(), "targets": s.adoption.targets.len(),
+                            "failed": s.adoption.failed(), "waiting": s.adoption.waiting() })
                 })
                 .collect();
-            json!({
-                "env": env, "desired": desired.map(|d| d.version), "via": desired.map(|d| d.via),
-                "desired_seq": desired.map(|d| d.seq), "targets": targets,
-                "laggards": desired.map(|d| state.laggards(env, d.version)).unwrap_or_default(),
-            })
+            json!({ "env": e.env, "min_targets": e.min_targets, "sets": sets, "targets": targets, "stale": stale })
         })
         .collect();
     let dependent: Vec<_> = state
@@ -58,54 +94,91 @@ pub fn state_json(state: &State, envs: &[String]) -> serde_json::Value {
         .map(|d| json!({ "act": d.act, "actor": d.actor, "version": d.version, "seq": d.seq, "message": d.to_string() }))
         .collect();
     json!({
-        "ledger_id": state.ledger_id, "entries": state.len, "head": state.head, "envs": envs,
+        "ledger_id": state.ledger_id(), "entries": state.len(), "head": state.head(), "envs": envs,
         "pending_approvals": pending(state), "not_independent": dependent,
     })
 }
 
 fn pending(state: &State) -> Vec<serde_json::Value> {
     state
-        .packages
+        .packages()
         .iter()
         .filter(|p| !state.is_approved(p))
-        .map(|p| json!({ "version": p.package.version, "approvals": p.counted_approvals(), "required": state.approvals_required }))
+        .map(|p| json!({ "version": p.package.version, "approvals": p.counted_approvals(), "required": state.approvals_required() }))
         .collect()
 }
 
-fn print_text(state: &State, envs: &[String]) {
-    println!("ledger {} · {} entries · head {}", state.ledger_id.short(), state.len, state.head.short());
-    for env in envs {
-        let e = &state.env[env];
-        match &e.desired {
-            None => println!("{env}: nothing deployed"),
-            Some(d) => {
-                let lag = state.laggards(env, d.version);
-                let n = state.targets(env).count();
-                let via = match d.via {
-                    pd_ledger::state::Via::Push => "push",
-                    pd_ledger::state::Via::Rollback => "rollback",
-                };
-                println!(
-                    "{env}: desired {} ({via} at #{}) · {}/{n} targets adopted",
-                    d.version,
-                    d.seq,
-                    n - lag.len()
-                );
-            }
+fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
+    println!(
+        "ledger {} · {} entries · head {}",
+        state.ledger_id().short(),
+        state.len(),
+        state.head().short()
+    );
+    let seen = beats.verified(state);
+    for e in pd_ledger::adoption::overview(state).into_iter().filter(|e| envs.contains(&e.env)) {
+        let env = &e.env;
+        if e.sets.is_empty() {
+            println!(
+                "{env}: nothing deployed · {} target(s), fleet minimum {}",
+                e.targets.len(),
+                e.min_targets
+            );
         }
-        for t in state.targets(env) {
-            let line = match e.reports.get(&t.decl.name) {
-                None => "no report yet".to_string(),
-                Some(r) => match &r.outcome {
-                    Outcome::Loaded => {
-                        format!("{} loaded at {}", r.version, output::time(r.time_ms))
-                    }
-                    Outcome::Failed(err) => {
-                        format!("{} FAILED at {}: {err}", r.version, output::time(r.time_ms))
-                    }
-                },
+        for s in &e.sets {
+            let a = &s.adoption;
+            let Some(d) = &a.desired else { continue };
+            let via = match d.via {
+                pd_ledger::state::Via::Push => "push",
+                pd_ledger::state::Via::Rollback => "rollback",
             };
-            println!("  {:<16} {line}", t.decl.name);
+            let mark = if s.adopted { "adopted" } else { "not adopted" };
+            println!(
+                "{env}/{}: desired {} ({via} at #{}) · {}/{} targets loaded, fleet minimum {} · {mark}",
+                s.set,
+                d.version,
+                d.seq,
+                a.loaded(),
+                a.targets.len(),
+                a.min_targets
+            );
+        }
+        for t in &e.targets {
+            let j = target_json(state, t, seen.get(t), beats.now_ms);
+            let running = match j["running"].as_object() {
+                Some(m) if !m.is_empty() => m
+                    .iter()
+                    .map(|(s, v)| format!("{s} {}", v.as_str().unwrap_or("?")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => "running: unknown".into(),
+            };
+            let seen = match (j["last_seen_ago_ms"].as_u64(), j["stale"] == true) {
+                (None, _) => "never seen".to_string(),
+                (Some(ms), stale) => {
+                    let ago = humantime::format_duration(std::time::Duration::from_secs(ms / 1000));
+                    format!("last seen {ago} ago{}", if stale { " · STALE" } else { "" })
+                }
+            };
+            let acks: Vec<String> = j["acks"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(set, r)| match r["outcome"].as_str() {
+                            Some("loaded") => {
+                                format!("{set}: acked {}", r["version"].as_str().unwrap_or("?"))
+                            }
+                            _ => format!(
+                                "{set}: {} FAILED: {}",
+                                r["version"].as_str().unwrap_or("?"),
+                                r["outcome"]["failed"].as_str().unwrap_or("")
+                            ),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let acks = if acks.is_empty() { "no ack yet".to_string() } else { acks.join(", ") };
+            println!("  {t:<16} {running} · {seen} · {acks}");
         }
     }
     for d in state.not_independent() {

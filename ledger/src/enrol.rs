@@ -131,6 +131,7 @@ impl EnrolmentRequest {
             openpgp: self.openpgp.clone(),
             roles,
             env,
+            sets: Vec::new(),
             custody: Custody::Holder(self.proof),
         }
     }

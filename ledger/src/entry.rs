@@ -7,11 +7,12 @@ use crate::keys::{self, SecretKey};
 use crate::limits::MAX_ENTRY_BYTES;
 use crate::version::Version;
 
-/// The ledger format this code reads and writes, recorded in genesis. Format 3: SHA-256
+/// The ledger format this code reads and writes, recorded in genesis. Format 4: SHA-256
 /// (RFC 6962) Merkle tree, checkpoint notes signed under the origin's name, key custody with
-/// proof of possession, rotation, revocation kinds and admin quorum. A ledger of any other
+/// proof of possession, rotation, revocation kinds and admin quorum, policy sets (a slot per
+/// environment and set), fleet minimums (`env_set`) and `retry`. A ledger of any other
 /// format is refused at its first entry, so a format change can never be misread.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Domain tag of entry signatures.
 pub const ENTRY_DOMAIN: &[u8] = b"pd/entry/v1\0";
@@ -68,6 +69,10 @@ pub enum Body {
     Ack(Ack),
     /// Makes an earlier version the desired one again.
     Rollback(Rollback),
+    /// Asks the targets that failed to load the desired version to try again.
+    Retry(Retry),
+    /// Sets an environment's fleet settings.
+    EnvSet(EnvSet),
     /// A signed head of the Merkle tree over every entry before it.
     Checkpoint(Checkpoint),
 }
@@ -88,6 +93,9 @@ pub struct Genesis {
     /// effect at its own entry; above 1 it is a proposal until [`KeyApprove`] entries by
     /// other admins complete it. Genesis declares at least this many admins.
     pub admin_approvals: u32,
+    /// Targets every environment expects until an [`EnvSet`] says otherwise (at least 1):
+    /// a push to a slot with fewer enrolled targets is refused, and adoption needs them all.
+    pub min_targets: u32,
     /// The first keys; the signer must be one of them, with the admin role.
     pub keys: Vec<KeyDecl>,
 }
@@ -106,8 +114,17 @@ pub struct KeyDecl {
     pub roles: Vec<Role>,
     /// The environment of a target key.
     pub env: Option<String>,
+    /// The policy sets a target follows, sorted; empty means every set.
+    pub sets: Vec<String>,
     /// Who generated the secret.
     pub custody: Custody,
+}
+
+impl KeyDecl {
+    /// Whether this target follows policy set `set`.
+    pub fn follows(&self, set: &str) -> bool {
+        self.sets.is_empty() || self.sets.iter().any(|s| s == set)
+    }
 }
 
 /// Who holds a key's secret, as far as the ledger can tell.
@@ -245,6 +262,34 @@ pub struct KeyApprove {
     pub id: Hash,
 }
 
+/// Asks the targets of the desired version's slot whose last report is a failure to load
+/// it again; their earlier failures stop counting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Environment.
+    pub env: String,
+    /// The desired version.
+    pub version: Version,
+    /// Its tarball BLAKE3.
+    pub package: Hash,
+    /// Why.
+    pub reason: String,
+}
+
+/// An environment's fleet settings, whole: each `env_set` replaces the one before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvSet {
+    /// Environment.
+    pub env: String,
+    /// Enrolled targets a slot of this environment needs before a push, and acks before it
+    /// counts as adopted (at least 1).
+    pub min_targets: u32,
+    /// Why.
+    pub reason: String,
+}
+
 /// A policy file inside a package.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,7 +322,8 @@ pub struct Artifact {
 pub struct Package {
     /// Version, higher than every earlier package.
     pub version: Version,
-    /// Policy name.
+    /// The policy set: each set has its own desired version per environment, so deploying
+    /// one never replaces another.
     pub name: String,
     /// Files inside, sorted by path.
     pub files: Vec<FileDigest>,
@@ -386,6 +432,8 @@ impl Body {
             Body::Push(_) => "push",
             Body::Ack(_) => "ack",
             Body::Rollback(_) => "rollback",
+            Body::Retry(_) => "retry",
+            Body::EnvSet(_) => "env_set",
             Body::Checkpoint(_) => "checkpoint",
         }
     }
@@ -527,6 +575,11 @@ mod tests {
                 }
             )),
             (any::<u64>(), arb_hash()).prop_map(|(seq, id)| Body::KeyApprove(KeyApprove { seq, id })),
+            (arb_text(), arb_version(), arb_hash(), arb_text()).prop_map(
+                |(env, version, package, reason)| Body::Retry(Retry { env, version, package, reason })
+            ),
+            (arb_text(), any::<u32>(), arb_text())
+                .prop_map(|(env, min_targets, reason)| Body::EnvSet(EnvSet { env, min_targets, reason })),
             (arb_text(), any::<[u8; 32]>(), proptest::option::of(arb_text()), any::<bool>()).prop_map(
                 |(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
                     name,
@@ -534,6 +587,7 @@ mod tests {
                     openpgp,
                     roles: if target { vec![Role::Target] } else { vec![Role::Author, Role::Deployer] },
                     env: target.then(|| "dev".to_string()),
+                    sets: if target { vec!["p".into()] } else { vec![] },
                     custody: if target { Custody::Admin } else { Custody::Holder(Signature([7; 64])) },
                 })
             ),

@@ -5,12 +5,14 @@
 //! clock and draws no randomness: time and keys are arguments.
 #![warn(missing_docs)]
 
+pub mod adoption;
 pub mod bytes;
 pub mod enrol;
 pub mod entry;
 pub mod export;
 #[cfg(feature = "file")]
 pub mod file_store;
+pub mod heartbeat;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
@@ -28,8 +30,9 @@ pub mod version;
 pub use bytes::{Hash, PublicKey, Signature};
 pub use enrol::{EnrolmentRequest, RequestError};
 pub use entry::{
-    Ack, Approve, Artifact, Body, Checkpoint, Custody, EncodingError, Entry, FileDigest, Genesis, KeyApprove,
-    KeyDecl, KeyRevoke, KeyRotate, Outcome, Package, Push, RevokeKind, Role, Rollback, SignedEntry,
+    Ack, Approve, Artifact, Body, Checkpoint, Custody, EncodingError, Entry, EnvSet, FileDigest, Genesis,
+    KeyApprove, KeyDecl, KeyRevoke, KeyRotate, Outcome, Package, Push, Retry, RevokeKind, Role, Rollback,
+    SignedEntry,
 };
 pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;

@@ -24,3 +24,9 @@ pub const MAX_EXPORT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 pub const MAX_REQUEST_BYTES: usize = 2 * MAX_OPENPGP_BYTES;
 /// Most admins a key change may require.
 pub const MAX_ADMIN_APPROVALS: u32 = 16;
+/// Largest fleet minimum an environment may declare.
+pub const MAX_MIN_TARGETS: u32 = 1_000_000;
+/// Most policy sets one target key may follow.
+pub const MAX_TARGET_SETS: usize = 64;
+/// Largest encoded heartbeat, in bytes.
+pub const MAX_HEARTBEAT_BYTES: usize = 16 * 1024;

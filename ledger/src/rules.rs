@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::{
-    Ack, Approve, Body, Checkpoint, Custody, Entry, Genesis, KeyApprove, KeyDecl, KeyRevoke, KeyRotate,
-    Package, Push, Role, Rollback, SignedEntry,
+    Ack, Approve, Body, Checkpoint, Custody, Entry, EnvSet, Genesis, KeyApprove, KeyDecl, KeyRevoke,
+    KeyRotate, Package, Push, Retry, Role, Rollback, SignedEntry,
 };
 use crate::limits::*;
 use crate::state::State;
@@ -162,8 +162,20 @@ pub enum RuleError {
         /// Approvals needed.
         need: u32,
     },
+    /// The slot has fewer enrolled targets than its environment's fleet minimum.
+    #[error("{env} has {have} enrolled target(s) following {set}, fewer than the {need} it expects: enrol targets (on each: `pd key gen NAME`; then `pd key new NAME --role target --env {env} --request NAME.request`) or lower the minimum with `pd env set {env} --min-targets N --reason …`")]
+    TooFewTargets {
+        /// Environment.
+        env: String,
+        /// Policy set.
+        set: String,
+        /// Active targets following it.
+        have: usize,
+        /// The fleet minimum.
+        need: u32,
+    },
     /// Promotion order skipped.
-    #[error("{version} cannot go to {env} before it is fully adopted in {before}{}", waiting_for(.laggards))]
+    #[error("{version} cannot go to {env} before it is fully adopted in {before}{}{}", waiting_for(.laggards), short(*.short_by))]
     PromotionSkip {
         /// Package.
         version: Version,
@@ -173,6 +185,8 @@ pub enum RuleError {
         before: String,
         /// Targets of `before` that have not loaded it (empty if it was never pushed there).
         laggards: Vec<String>,
+        /// Targets `before` lacks to reach its fleet minimum.
+        short_by: usize,
     },
     /// A push that would not move forward.
     #[error("{env} already wants {current}; pushing {version} would not move forward (to go back, use `pd ledger rollback {env}`)")]
@@ -194,12 +208,26 @@ pub enum RuleError {
         /// Why not.
         problem: String,
     },
-    /// An ack that is not about the desired version of the target's environment.
+    /// An ack that is not about a version desired in the target's slot.
     #[error("ack refused: {problem}")]
     BadAck {
         /// Why.
         problem: String,
     },
+    /// A retry of something that is not the desired version.
+    #[error("retry refused: {problem}")]
+    BadRetry {
+        /// Why.
+        problem: String,
+    },
+}
+
+fn short(by: usize) -> String {
+    if by == 0 {
+        String::new()
+    } else {
+        format!(" (its fleet lacks {by} enrolled target(s))")
+    }
 }
 
 fn waiting_for(laggards: &[String]) -> String {
@@ -251,6 +279,8 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
         Body::Push(p) => check_push(state, e, p),
         Body::Ack(a) => check_ack(state, e, a),
         Body::Rollback(r) => check_rollback(state, e, r),
+        Body::Retry(r) => check_retry(state, e, r),
+        Body::EnvSet(s) => check_env_set(state, e, s),
         Body::Checkpoint(c) => check_checkpoint(state, e, c),
     }?;
     Ok(key)
@@ -288,18 +318,10 @@ fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), Rul
 
 /// The signer's key, which must be active and hold `role`.
 fn authorize(state: &State, e: &Entry, role: Role, action: &'static str) -> Result<PublicKey, RuleError> {
-    let key = state.keys.get(&e.actor).ok_or_else(|| RuleError::UnknownKey { actor: e.actor.clone() })?;
-    if let Some(r) = &key.revoked {
-        let reason = format!("{}: {}", r.kind.as_str(), r.reason);
-        return Err(RuleError::RevokedKey { actor: e.actor.clone(), reason });
-    }
-    if !key.decl.roles.contains(&role) {
-        return Err(RuleError::MissingRole { actor: e.actor.clone(), role, action });
-    }
-    Ok(key.decl.public_key)
+    crate::adoption::active_with(state, &e.actor, Some((role, action))).map(|k| k.decl.public_key)
 }
 
-fn check_env(state: &State, env: &str) -> Result<(), RuleError> {
+pub(crate) fn check_env(state: &State, env: &str) -> Result<(), RuleError> {
     if state.env_index(env).is_some() {
         Ok(())
     } else {
@@ -350,6 +372,7 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
             ),
         ));
     }
+    check_min_targets(g.min_targets)?;
     if g.keys.is_empty() || g.keys.len() > MAX_GENESIS_KEYS {
         return Err(invalid("keys", format!("need 1 to {MAX_GENESIS_KEYS} keys")));
     }
@@ -390,6 +413,15 @@ fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
         }
         (Some(_), false) => return Err(invalid("env", "only target keys are bound to an environment")),
         (None, false) => {}
+    }
+    if !k.sets.is_empty() && !is_target {
+        return Err(invalid("sets", "only target keys follow policy sets"));
+    }
+    if k.sets.len() > MAX_TARGET_SETS || !k.sets.windows(2).all(|w| w[0] < w[1]) {
+        return Err(invalid("sets", format!("at most {MAX_TARGET_SETS} policy sets, each once, sorted")));
+    }
+    for set in &k.sets {
+        check_set_name(set)?;
     }
     check_public_parts(state, &k.name, &k.public_key, k.openpgp.as_deref(), &k.custody, &k.roles)
 }
@@ -506,15 +538,7 @@ fn check_key_approve(state: &State, e: &Entry, a: &KeyApprove) -> Result<PublicK
 fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, RuleError> {
     let key = authorize(state, e, Role::Author, "package policies")?;
     check_text("reason", &p.reason, true)?;
-    let name_ok = !p.name.is_empty()
-        && p.name.len() <= MAX_NAME_BYTES
-        && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !name_ok {
-        return Err(invalid(
-            "policy name",
-            format!("{:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '.', '_', '-'", p.name),
-        ));
-    }
+    check_set_name(&p.name)?;
     if let Some(latest) = state.latest_package() {
         if p.version <= latest.package.version {
             return Err(RuleError::VersionNotIncreasing {
@@ -534,6 +558,12 @@ fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, Rul
     }
     for f in &p.files {
         check_path(&f.path)?;
+        if let Some(other) = state.set_of_path(&f.path).filter(|s| *s != p.name) {
+            return Err(invalid(
+                "file path",
+                format!("{:?} belongs to the policy set {other}; a path belongs to one set, so that deploying one set never replaces another's file (package it as {other}, or rename it)", f.path),
+            ));
+        }
     }
     if p.openpgp_sig.is_empty() || p.openpgp_sig.len() > MAX_OPENPGP_BYTES {
         return Err(invalid("openpgp_sig", format!("must be 1 to {MAX_OPENPGP_BYTES} bytes")));
@@ -556,8 +586,33 @@ pub fn check_path(path: &str) -> Result<(), RuleError> {
     }
 }
 
+/// A policy set's name (the package name): letters, digits, `.`, `_`, `-`.
+pub fn check_set_name(name: &str) -> Result<(), RuleError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "policy set name",
+            format!("{name:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '.', '_', '-'"),
+        ))
+    }
+}
+
+fn check_min_targets(n: u32) -> Result<(), RuleError> {
+    if n == 0 || n > MAX_MIN_TARGETS {
+        return Err(invalid(
+            "min_targets",
+            format!("must be 1 to {MAX_MIN_TARGETS}: zero targets never count as adopted"),
+        ));
+    }
+    Ok(())
+}
+
 /// The package a version and hash name together.
-fn named_package<'s>(
+pub(crate) fn named_package<'s>(
     state: &'s State,
     version: Version,
     package: &Hash,
@@ -581,44 +636,10 @@ fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, Rul
     Ok(key)
 }
 
-/// Whether `version` may be pushed to `env` now: approved, in promotion order, forward.
-pub fn check_promotion(state: &State, env: &str, version: Version, package: &Hash) -> Result<(), RuleError> {
-    check_env(state, env)?;
-    let pkg = named_package(state, version, package)?;
-    if !state.is_approved(pkg) {
-        return Err(RuleError::NotApproved {
-            version,
-            have: pkg.counted_approvals(),
-            need: state.approvals_required,
-        });
-    }
-    let idx = state.env_index(env).unwrap_or(0);
-    if idx > 0 {
-        let before = &state.envs[idx - 1];
-        if !state.fully_adopted(before, version) {
-            let pushed =
-                state.env.get(before).and_then(|e| e.desired.as_ref()).is_some_and(|d| d.version == version);
-            let laggards = if pushed { state.laggards(before, version) } else { Vec::new() };
-            return Err(RuleError::PromotionSkip {
-                version,
-                env: env.to_string(),
-                before: before.clone(),
-                laggards,
-            });
-        }
-    }
-    if let Some(current) = state.env.get(env).and_then(|e| e.desired.as_ref()) {
-        if version <= current.version {
-            return Err(RuleError::NotForward { env: env.to_string(), version, current: current.version });
-        }
-    }
-    Ok(())
-}
-
 fn check_push(state: &State, e: &Entry, p: &Push) -> Result<PublicKey, RuleError> {
     let key = authorize(state, e, Role::Deployer, "push versions")?;
     check_text("reason", &p.reason, true)?;
-    check_promotion(state, &p.env, p.version, &p.package)?;
+    crate::adoption::check_promotion(state, &p.env, p.version, &p.package)?;
     Ok(key)
 }
 
@@ -627,33 +648,16 @@ fn check_ack(state: &State, e: &Entry, a: &Ack) -> Result<PublicKey, RuleError> 
     if let crate::entry::Outcome::Failed(error) = &a.outcome {
         check_text("error", error, true)?;
     }
-    let bound = state.keys.get(&e.actor).and_then(|k| k.decl.env.as_deref());
-    if bound != Some(a.env.as_str()) {
-        return Err(RuleError::BadAck {
-            problem: format!(
-                "{} is a target of {}, not of {:?}",
-                e.actor,
-                bound.unwrap_or("no environment"),
-                a.env
-            ),
-        });
-    }
-    let desired = state.env.get(&a.env).and_then(|x| x.desired.as_ref());
-    match desired {
-        Some(d) if d.version == a.version && d.package == a.package => Ok(key),
-        Some(d) => {
-            Err(RuleError::BadAck { problem: format!("{} wants {}, not {}", a.env, d.version, a.version) })
-        }
-        None => Err(RuleError::BadAck { problem: format!("nothing was pushed to {} yet", a.env) }),
-    }
+    crate::adoption::check_ack(state, e, a, &state.keys[&e.actor])?;
+    Ok(key)
 }
 
 fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, RuleError> {
     let key = authorize(state, e, Role::Deployer, "roll back")?;
     check_text("reason", &r.reason, true)?;
     check_env(state, &r.env)?;
-    named_package(state, r.version, &r.package)?;
-    let env = &state.env[&r.env];
+    let set = named_package(state, r.version, &r.package)?.package.name.as_str();
+    let env = state.slot(&r.env, set).cloned().unwrap_or_default();
     let bad = |problem: &str| RuleError::BadRollback {
         env: r.env.clone(),
         version: r.version,
@@ -667,6 +671,28 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     if !env.history.iter().any(|d| d.version == r.version) {
         return Err(bad("it was never deployed there; roll back only to a version the environment had"));
     }
+    Ok(key)
+}
+
+fn check_retry(state: &State, e: &Entry, r: &Retry) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Deployer, "ask targets to retry")?;
+    check_text("reason", &r.reason, true)?;
+    check_env(state, &r.env)?;
+    let set = named_package(state, r.version, &r.package)?.package.name.as_str();
+    match state.desired(&r.env, set) {
+        Some(d) if d.version == r.version && d.package == r.package => Ok(key),
+        Some(d) => Err(RuleError::BadRetry {
+            problem: format!("{} wants {} of {set}, not {}", r.env, d.version, r.version),
+        }),
+        None => Err(RuleError::BadRetry { problem: format!("nothing of {set} was pushed to {} yet", r.env) }),
+    }
+}
+
+fn check_env_set(state: &State, e: &Entry, s: &EnvSet) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Admin, "change environment settings")?;
+    check_text("reason", &s.reason, true)?;
+    check_env(state, &s.env)?;
+    check_min_targets(s.min_targets)?;
     Ok(key)
 }
 

@@ -47,6 +47,7 @@ pub fn deployed<S: LedgerStore>(store: S) -> Deployed<S> {
         envs: vec!["dev".into()],
         approvals_required: 1,
         admin_approvals: 1,
+        min_targets: 1,
         keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer, Role::Log], None)],
     });
     let mut ledger = Ledger::open(store).expect("empty store opens");

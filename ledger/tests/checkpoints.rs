@@ -18,7 +18,7 @@ fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
     let mut d = deployed(MemStore::default());
     d.append_acks(10);
     let Body::Checkpoint(good) = d.ledger.state().sign_checkpoint(&d.admin) else { unreachable!() };
-    let len = d.ledger.state().len;
+    let len = d.ledger.state().len();
     assert_eq!(good.size, len);
     assert_eq!(good.root.0, d.ledger.tree().root(len).unwrap());
 
@@ -37,7 +37,7 @@ fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
             RuleError::Invalid { field: f, .. } => assert_eq!(f, field),
             other => panic!("{field}: {other}"),
         }
-        assert_eq!(d.ledger.state().len, len, "nothing appended");
+        assert_eq!(d.ledger.state().len(), len, "nothing appended");
     }
     // Only the log role signs checkpoints.
     let carol = SecretKey::from_seed([2; 32]);
@@ -48,7 +48,7 @@ fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
     ));
 
     d.ledger.sign_append("admin", &d.admin, 5, Body::Checkpoint(good)).expect("a true checkpoint");
-    assert_eq!(d.ledger.state().checkpoints.len(), 1);
+    assert_eq!(d.ledger.state().checkpoints().len(), 1);
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn inclusion_and_consistency_proofs_verify_and_name_what_they_prove() {
     let cp = d.ledger.state().sign_checkpoint(&d.admin);
     d.ledger.sign_append("admin", &d.admin, 5, cp).unwrap();
     let (st, tree) = (d.ledger.state(), d.ledger.tree());
-    let (first, last) = (&st.checkpoints[0], &st.checkpoints[1]);
+    let (first, last) = (&st.checkpoints()[0], &st.checkpoints()[1]);
 
     let package = d.ledger.entries(3).next().unwrap().unwrap();
     let proof = Proof::inclusion(st, tree, &package, first).unwrap();
@@ -105,12 +105,12 @@ fn inclusion_and_consistency_proofs_verify_and_name_what_they_prove() {
 fn a_reopened_ledger_rebuilds_the_same_tree() {
     let mut d = deployed(MemStore::default());
     d.append_acks(1000);
-    let root = d.ledger.tree().root(d.ledger.state().len).unwrap();
+    let root = d.ledger.tree().root(d.ledger.state().len()).unwrap();
     let bytes: Vec<Vec<u8>> = d.ledger.entries(0).map(|e| e.unwrap().bytes).collect();
     let store = MemStore::default();
     pd_ledger::LedgerStore::append(&store, 0, &bytes.iter().map(|b| b.as_slice()).collect::<Vec<_>>())
         .unwrap();
     let reopened = pd_ledger::Ledger::open(store).unwrap();
-    assert_eq!(reopened.tree().root(reopened.state().len).unwrap(), root);
-    assert_eq!(reopened.state().tree.root(), root);
+    assert_eq!(reopened.tree().root(reopened.state().len()).unwrap(), root);
+    assert_eq!(reopened.state().tree().root(), root);
 }

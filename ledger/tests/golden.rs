@@ -34,7 +34,7 @@ const PACKAGES: [(&str, Version); 2] =
 
 /// Entry labels: the body kind, and for acks the outcome. `label` matches every `Body`
 /// exhaustively; a new kind must get a label here and an entry in `steps`.
-const LABELS: [&str; 12] = [
+const LABELS: [&str; 14] = [
     "genesis",
     "key_add",
     "key_rotate",
@@ -45,7 +45,9 @@ const LABELS: [&str; 12] = [
     "push",
     "ack_loaded",
     "ack_failed",
+    "retry",
     "rollback",
+    "env_set",
     "checkpoint",
 ];
 
@@ -61,7 +63,9 @@ fn label(body: &Body) -> &'static str {
         Body::Push(_) => "push",
         Body::Ack(Ack { outcome: Outcome::Loaded, .. }) => "ack_loaded",
         Body::Ack(Ack { outcome: Outcome::Failed(_), .. }) => "ack_failed",
+        Body::Retry(_) => "retry",
         Body::Rollback(_) => "rollback",
+        Body::EnvSet(_) => "env_set",
         Body::Checkpoint(_) => "checkpoint",
     }
 }
@@ -116,6 +120,7 @@ impl GoldenPackage {
 
 /// What an entry is: signed by an actor, an actor's approval of the key change just
 /// proposed, or a checkpoint by `admin` over the entries so far.
+#[allow(clippy::large_enum_variant)] // a short list of test steps
 enum Step {
     Sign(&'static str, Body),
     ApproveLast(&'static str),
@@ -135,7 +140,7 @@ fn key_decl(
 /// Every kind of entry, in an order the rule accepts: two admins must agree on each key change
 /// (proposal, then bob's approval); the target's key is in admin custody; v1 reaches dev,
 /// v1.1 fails to load there and is rolled back; the approver rotates, then leaves;
-/// checkpoints at 8 and 19.
+/// checkpoints at 8 and 21.
 fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
     let [v1, v2] = p;
     let push = |p: &GoldenPackage, reason: &str| Push {
@@ -162,6 +167,7 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
                 envs: vec!["dev".into(), "prod".into()],
                 approvals_required: 1,
                 admin_approvals: 2,
+                min_targets: 1,
                 keys: vec![
                     key_decl("admin", &k.admin, Some(cert.into()), &admin_roles, None),
                     key_decl("bob", &k.bob, None, &[Role::Admin], None),
@@ -195,6 +201,15 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
         ),
         Step::Sign(
             "admin",
+            Body::Retry(Retry {
+                env: "dev".into(),
+                version: v2.version,
+                package: v2.hash(),
+                reason: "the model limit was raised".into(),
+            }),
+        ),
+        Step::Sign(
+            "admin",
             Body::Rollback(Rollback {
                 env: "dev".into(),
                 version: v1.version,
@@ -223,6 +238,10 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
             }),
         ),
         Step::ApproveLast("bob"),
+        Step::Sign(
+            "admin",
+            Body::EnvSet(EnvSet { env: "prod".into(), min_targets: 2, reason: "two regions".into() }),
+        ),
         Step::Checkpoint,
     ]
 }
@@ -356,7 +375,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
     });
     let (ledger, entries) = build_ledger(&keys, steps(&keys, &cert, &packages));
     let state = ledger.state();
-    let [old, new] = [&state.checkpoints[0], &state.checkpoints[1]];
+    let [old, new] = [&state.checkpoints()[0], &state.checkpoints()[1]];
 
     let mut artifacts: Vec<ExportArtifact> = packages
         .iter()
@@ -387,7 +406,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
     table.extend([
         Fixture { name: "export.cbor".into(), built: export.encode(), reencode: reencode_export },
         Fixture {
-            name: "checkpoint-19.note".into(),
+            name: "checkpoint-21.note".into(),
             built: state.signed_note(new).render().into_bytes(),
             reencode: reencode_note,
         },
@@ -397,7 +416,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
             reencode: reencode_proof,
         },
         Fixture {
-            name: "proof-consistency-8-19.json".into(),
+            name: "proof-consistency-8-21.json".into(),
             built: proof_file(&consistency),
             reencode: reencode_proof,
         },
@@ -414,15 +433,16 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
 
 fn the_stored_entries_replay_as_a_valid_ledger(stored: &[&[u8]], built: &State) {
     let state = replay(stored.iter().copied(), Signatures::Verify).expect("the golden entries replay");
-    assert_eq!((state.len, state.head, state.ledger_id), (20, built.head, LEDGER_ID));
-    let dev = state.env["dev"].desired.as_ref().expect("dev has a desired version");
-    assert_eq!((dev.version, dev.seq), (Version::new(1, 0, 0), 14), "dev was rolled back to PD-1.0.0");
-    assert!(state.keys["carol"].revoked.is_some());
-    assert_eq!(state.keys["carol"].past.len(), 1, "carol's first key was rotated away");
-    assert!(state.proposals.is_empty(), "bob approved every key change");
+    assert_eq!((state.len(), state.head(), state.ledger_id()), (22, built.head(), LEDGER_ID));
+    let dev = state.desired("dev", "llm-policy").expect("dev has a desired version");
+    assert_eq!((dev.version, dev.seq), (Version::new(1, 0, 0), 15), "dev was rolled back to PD-1.0.0");
+    assert_eq!(state.min_targets("prod"), 2);
+    assert!(state.keys()["carol"].revoked.is_some());
+    assert_eq!(state.keys()["carol"].past.len(), 1, "carol's first key was rotated away");
+    assert!(state.proposals().is_empty(), "bob approved every key change");
     let dependent: Vec<String> = state.not_independent().iter().map(|d| d.actor.clone()).collect();
     assert_eq!(dependent, ["dev-1"], "only the target's key was made in the admin's custody");
-    assert_eq!(state.checkpoints.iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 19]);
+    assert_eq!(state.checkpoints().iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 21]);
 }
 
 fn the_stored_export_verifies_with_pd_verify(
@@ -433,14 +453,14 @@ fn the_stored_export_verifies_with_pd_verify(
     let decoded = Export::decode(export).expect("the golden export decodes");
     let held: Vec<&[u8]> = decoded.entries.iter().map(|e| e.as_slice()).collect();
     assert_eq!(held, entries, "the export holds exactly the golden entries");
-    let note = std::str::from_utf8(&stored["checkpoint-19.note"]).expect("a note is text");
+    let note = std::str::from_utf8(&stored["checkpoint-21.note"]).expect("a note is text");
     let since = SignedCheckpoint::parse(note).expect("the golden note parses");
     let report = pd_verify::verify_bytes(export, Some(&since))
         .unwrap_or_else(|e| panic!("pd-verify refuses the golden export: {e}"));
-    assert_eq!(report.state.len, 20);
+    assert_eq!(report.state.len(), 22);
     assert_eq!(report.artifacts_checked, 2, "both tarballs and their OpenPGP signatures checked");
-    let (size, root, _) = report.extends.expect("the export extends checkpoint 19");
-    assert_eq!((size, root), (19, since.checkpoint.root));
+    let (size, root, _) = report.extends.expect("the export extends checkpoint 21");
+    assert_eq!((size, root), (21, since.checkpoint.root));
 }
 
 fn the_stored_proofs_verify(
@@ -455,9 +475,9 @@ fn the_stored_proofs_verify(
     let pinned = [(state.origin(), keys.admin.public())];
     let inclusion = proof("proof-inclusion-9.json").verify(&pinned).expect("the inclusion proof holds");
     assert_eq!(inclusion.entry, Some((9, "ack".to_string(), included.id)));
-    assert_eq!(inclusion.size, 19);
+    assert_eq!(inclusion.size, 21);
     let consistency =
-        proof("proof-consistency-8-19.json").verify(&pinned).expect("the consistency proof holds");
-    assert_eq!(consistency.extends, Some((8, state.checkpoints[0].checkpoint.root)));
-    assert_eq!(consistency.size, 19);
+        proof("proof-consistency-8-21.json").verify(&pinned).expect("the consistency proof holds");
+    assert_eq!(consistency.extends, Some((8, state.checkpoints()[0].checkpoint.root)));
+    assert_eq!(consistency.size, 21);
 }

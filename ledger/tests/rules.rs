@@ -53,6 +53,7 @@ impl World {
             envs: vec!["dev".into(), "staging".into(), "prod".into()],
             approvals_required: 1,
             admin_approvals,
+            min_targets: 1,
             keys,
         });
         let mut ledger = Ledger::open(MemStore::default()).unwrap();
@@ -64,7 +65,7 @@ impl World {
 
     /// The seq and id of the last entry.
     fn last(&self) -> (u64, Hash) {
-        (self.ledger.state().len - 1, self.ledger.state().head)
+        (self.ledger.state().len() - 1, self.ledger.state().head())
     }
 
     fn try_as(&mut self, actor: &str, body: Body) -> Result<(), LedgerError> {
@@ -78,12 +79,12 @@ impl World {
     }
 
     fn refused(&mut self, actor: &str, body: Body) -> RuleError {
-        let before = self.ledger.state().head;
+        let before = self.ledger.state().head();
         let err = match self.try_as(actor, body) {
             Err(LedgerError::Refused(e)) => e,
             other => panic!("expected a refusal, got {other:?}"),
         };
-        assert_eq!(self.ledger.state().head, before, "a refusal changes nothing");
+        assert_eq!(self.ledger.state().head(), before, "a refusal changes nothing");
         err
     }
 
@@ -159,7 +160,17 @@ fn the_story_and_its_refusals() {
     let h2 = w.package(v2);
     w.ok("carol", approve(v2, h2));
     w.ok(ADMIN, push("dev", v2, h2));
-    assert!(matches!(w.refused("dev-1", ack("dev", v1, h1)), RuleError::BadAck { .. }), "stale ack");
+    // A version the target still ran when v2 became desired is acked (superseded, not adoption)…
+    w.ok("dev-1", ack("dev", v1, h1));
+    let a = pd_ledger::adoption::adoption(w.ledger.state(), "dev", "llm_policy");
+    assert_eq!(a.waiting(), ["dev-1", "dev-2"], "an ack of the superseded version does not adopt v2");
+    // …but after loading v2, going back to v1 without a rollback is a downgrade.
+    w.ok("dev-1", ack("dev", v2, h2));
+    assert!(matches!(w.refused("dev-1", ack("dev", v1, h1)), RuleError::BadAck { .. }), "downgrade");
+    assert!(
+        matches!(w.refused("staging-1", ack("staging", v2, h2)), RuleError::BadAck { .. }),
+        "never desired there"
+    );
     assert!(matches!(
         w.refused(
             ADMIN,
@@ -171,9 +182,9 @@ fn the_story_and_its_refusals() {
         ADMIN,
         Body::Rollback(Rollback { env: "dev".into(), version: v1, package: h1, reason: "errors".into() }),
     );
-    let dev = &w.ledger.state().env["dev"];
-    assert_eq!(dev.desired.as_ref().map(|d| d.version), Some(v1));
-    assert_eq!(dev.history.len(), 3);
+    let dev = w.ledger.state().slot("dev", "llm_policy").unwrap();
+    assert_eq!(dev.desired().map(|d| d.version), Some(v1));
+    assert_eq!(dev.history().len(), 3);
 
     w.ok(ADMIN, revoke("carol", RevokeKind::Left));
     assert!(matches!(w.refused("carol", approve(v2, h2)), RuleError::RevokedKey { .. }));
@@ -221,15 +232,16 @@ fn forged_signature_and_broken_chain_are_refused() {
     let mallory = key(66);
     let forged = w.ledger.sign_next(ADMIN, &mallory, 100, revoke("carol", RevokeKind::Left));
     assert!(matches!(w.ledger.append(forged), Err(LedgerError::Refused(RuleError::BadSignature { .. }))));
-    let stale = Entry::sign(state.len, Hash([1; 32]), 100, ADMIN, revoke("carol", RevokeKind::Left), &key(1));
+    let stale =
+        Entry::sign(state.len(), Hash([1; 32]), 100, ADMIN, revoke("carol", RevokeKind::Left), &key(1));
     assert!(matches!(w.ledger.append(stale), Err(LedgerError::Refused(RuleError::Prev { .. }))));
-    assert_eq!(w.ledger.state().len, state.len);
+    assert_eq!(w.ledger.state().len(), state.len());
 }
 
 #[test]
 fn batch_append_is_all_or_nothing() {
     let mut w = World::new();
-    let len = w.ledger.state().len;
+    let len = w.ledger.state().len();
     let admin = key(1);
     let good = Body::KeyAdd(decl("ed", &key(50), &[Role::Approver], None));
     let bad = Body::KeyAdd(decl("ed", &key(51), &[Role::Approver], None));
@@ -238,7 +250,7 @@ fn batch_append_is_all_or_nothing() {
         w.ledger.append_batch(&batch),
         Err(LedgerError::Refused(RuleError::DuplicateKey { .. }))
     ));
-    assert_eq!(w.ledger.state().len, len);
+    assert_eq!(w.ledger.state().len(), len);
     assert_eq!(w.ledger.store().len().unwrap(), len);
     let batch = w.ledger.sign_batch(ADMIN, &admin, 10, vec![good]);
     w.ledger.append_batch(&batch).unwrap();
@@ -249,7 +261,7 @@ fn batch_append_is_all_or_nothing() {
         Signatures::Verify,
     )
     .unwrap();
-    assert_eq!(reopened.head, w.ledger.state().head);
+    assert_eq!(reopened.head(), w.ledger.state().head());
 }
 
 #[test]
@@ -313,6 +325,7 @@ fn genesis_limits_are_enforced() {
             envs,
             approvals_required: approvals,
             admin_approvals: 1,
+            min_targets: 1,
             keys,
         })
     };
@@ -367,7 +380,7 @@ fn a_holder_custody_key_needs_its_own_proof_of_possession() {
         dependent,
         [format!(
             "approval by frank of {v} (#{}): key created in admin's custody (not independent)",
-            s.len - 2
+            s.len() - 2
         )]
     );
 }
@@ -404,7 +417,7 @@ fn rotation_replaces_the_key_under_the_same_name_and_roles() {
     w.keys.retain(|(n, k)| *n != "carol" || k.public() == req.public_key);
     w.ok("carol", approve(v2, h2));
     let s = w.ledger.state();
-    assert_eq!(s.keys["carol"].decl.roles, [Role::Approver]);
+    assert_eq!(s.keys()["carol"].decl.roles, [Role::Approver]);
     assert_eq!(s.package(v).unwrap().counted_approvals(), 1, "a left key's approvals still count");
     assert_eq!(s.key_at("carol", rotated_at).unwrap().public_key, &key(2).public());
     assert_eq!(s.key_at("carol", rotated_at + 1).unwrap().public_key, &req.public_key);
@@ -453,6 +466,7 @@ fn with_an_admin_quorum_one_admin_only_proposes_and_a_second_completes() {
                     envs: vec!["dev".into()],
                     approvals_required: 1,
                     admin_approvals: 2,
+                    min_targets: 1,
                     keys: vec![decl(ADMIN, &admin, &[Role::Admin], None)],
                 });
                 l.sign_append(ADMIN, &admin, 1, g)
@@ -465,8 +479,8 @@ fn with_an_admin_quorum_one_admin_only_proposes_and_a_second_completes() {
     let carol = key(2);
     w.ok(ADMIN, Body::KeyAdd(decl("carol", &carol, &[Role::Approver], None)));
     let (seq, id) = w.last();
-    assert!(!w.ledger.state().keys.contains_key("carol"), "one admin only proposes");
-    assert!(w.ledger.state().proposals.contains_key(&seq));
+    assert!(!w.ledger.state().keys().contains_key("carol"), "one admin only proposes");
+    assert!(w.ledger.state().proposals().contains_key(&seq));
     let bad = |seq, id| Body::KeyApprove(KeyApprove { seq, id });
     assert!(matches!(w.refused(ADMIN, bad(seq, id)), RuleError::BadKeyApproval { .. }), "not the proposer");
     assert!(
@@ -476,7 +490,7 @@ fn with_an_admin_quorum_one_admin_only_proposes_and_a_second_completes() {
     assert!(matches!(w.refused("bob", bad(seq + 9, id)), RuleError::BadKeyApproval { .. }));
     w.ok("bob", bad(seq, id));
     assert!(w.ledger.state().active_key("carol").is_some(), "two admins enrol");
-    assert!(w.ledger.state().proposals.is_empty());
+    assert!(w.ledger.state().proposals().is_empty());
     assert!(matches!(w.refused("bob", bad(seq, id)), RuleError::BadKeyApproval { .. }), "done once");
     // Revoking an admin would leave fewer than the quorum: refused even as a proposal.
     assert!(matches!(
@@ -543,8 +557,8 @@ fn a_compromised_admin_key_loses_its_support_for_pending_key_changes() {
     let rot = w.last();
     w.ok("cy", Body::KeyApprove(KeyApprove { seq: rot.0, id: rot.1 }));
     let s = w.ledger.state();
-    assert!(!s.proposals.contains_key(&fake.0), "the stolen key's proposal is dropped");
-    assert!(s.proposals.contains_key(&dave.0), "others' proposals stay");
+    assert!(!s.proposals().contains_key(&fake.0), "the stolen key's proposal is dropped");
+    assert!(s.proposals().contains_key(&dave.0), "others' proposals stay");
     assert!(matches!(
         w.refused("cy", Body::KeyApprove(KeyApprove { seq: fake.0, id: fake.1 })),
         RuleError::BadKeyApproval { .. }
@@ -569,9 +583,12 @@ fn a_compromised_targets_acks_stop_counting_and_its_new_key_acks_again() {
     w.ok("carol", approve(v, h));
     w.ok(ADMIN, push("dev", v, h));
     w.ok("dev-1", ack("dev", v, h));
-    assert!(w.ledger.state().env["dev"].reports.contains_key("dev-1"));
+    assert!(w.ledger.state().slot("dev", "llm_policy").unwrap().report("dev-1").is_some());
     w.ok(ADMIN, rotate_to("dev-1", &key(60), RevokeKind::Compromised));
     let s = w.ledger.state();
-    assert!(!s.env["dev"].reports.contains_key("dev-1"), "a stolen key's ack is not adoption");
-    assert!(s.laggards("dev", v).contains(&"dev-1".to_string()));
+    assert!(
+        s.slot("dev", "llm_policy").unwrap().report("dev-1").is_none(),
+        "a stolen key's ack is not adoption"
+    );
+    assert!(pd_ledger::adoption::adoption(s, "dev", "llm_policy").waiting().contains(&"dev-1".to_string()));
 }

@@ -89,7 +89,7 @@ def test_deploy_packages_a_new_file_and_returns_the_id_pd_ledger_log_records(
         ("pushed", "prod"),
         ("adopted", "prod"),
     ]
-    assert all(env["desired"] == deploy_id and env["laggards"] == [] for env in hms_deploy.state()["envs"])
+    assert all(env["sets"][0]["desired"] == deploy_id and env["sets"][0]["waiting"] == [] for env in hms_deploy.state()["envs"])
     assert capfd.readouterr().out == "", "the API prints nothing"
 
 
@@ -123,8 +123,8 @@ def test_a_failing_target_raises_target_failed_and_rollback_restores(net: World)
     assert "dev-2 failed" in str(e)
 
     assert hms_deploy.rollback("dev", reason="error spike") == "PD-1.0.0"
-    dev = hms_deploy.state("dev")["envs"][0]
-    assert (dev["desired"], dev["via"], dev["laggards"]) == ("PD-1.0.0", "rollback", [])
+    dev = hms_deploy.state("dev")["envs"][0]["sets"][0]
+    assert (dev["desired"], dev["via"], dev["waiting"]) == ("PD-1.0.0", "rollback", [])
 
 
 def test_targets_that_never_answer_raise_adoption_timeout(net: World) -> None:
@@ -210,7 +210,7 @@ def test_the_gil_is_released_while_deploy_waits_for_targets(world: World) -> Non
     t.start()
     assert waiting.wait(timeout=60), "deploy never started waiting"
     # This thread runs Python and pd while the deploy thread waits inside Rust.
-    assert hms_deploy.state("dev")["envs"][0]["laggards"] == ["dev-1"]
+    assert hms_deploy.state("dev")["envs"][0]["sets"][0]["waiting"] == ["dev-1"]
     assert t.is_alive()
     world.agent("dev-1", "dev")
     t.join(timeout=60)

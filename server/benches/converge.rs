@@ -21,6 +21,7 @@ fn decl(name: &str, key: &SecretKey, roles: &[Role], env: Option<&str>, pgp: Opt
         openpgp: pgp.map(|p| p.public_armored().expect("armored cert")),
         roles: roles.to_vec(),
         env: env.map(String::from),
+        sets: Vec::new(),
         custody: pd_ledger::Custody::Admin,
     }
 }
@@ -47,6 +48,7 @@ fn ledger(dir: &std::path::Path, n: usize, fx: &Fixture) -> Ledger<FileStore> {
         envs: vec!["dev".into()],
         approvals_required: 1,
         admin_approvals: 1,
+        min_targets: 1,
         keys: vec![decl("admin", &fx.admin, &admin_roles, None, Some(&fx.pgp))],
     });
     l.sign_append("admin", &fx.admin, 1, genesis).expect("genesis");
@@ -68,7 +70,7 @@ async fn package(client: &Client, replica: &mut Ledger<MemStore>, fx: &Fixture, 
     let built = pd_store::tarball::build("llm_policy", &version.to_string(), &files, &Default::default())
         .expect("tarball");
     let sig = fx.pgp.sign_detached_armored(&built.bytes).expect("sign");
-    let id = replica.state().ledger_id;
+    let id = replica.state().ledger_id();
     client.put_object(&id, "admin", &fx.admin, built.bytes.clone()).await.expect("upload");
     let body = Body::Package(built.to_package(version, sig, "bench".into()));
     let now = pd_server::now_ms();
@@ -122,6 +124,7 @@ fn run(n: usize, runs: usize) -> (Vec<f64>, Vec<f64>) {
                 dir: dir.path().join("agents").join(i.to_string()),
                 reload: Reload::None,
                 objects: pd_server::agent::Objects::Server,
+                heartbeat: Duration::from_secs(10),
             };
             let replica = Ledger::open(MemStore::default()).expect("replica");
             agents.push(tokio::spawn(Agent::new(cfg, replica).expect("agent").run(stop_rx.clone())));
@@ -157,7 +160,7 @@ fn run(n: usize, runs: usize) -> (Vec<f64>, Vec<f64>) {
                 .await
                 .expect("push");
             loop {
-                let len = replica.state().len;
+                let len = replica.state().len();
                 if done(replica.state(), version) {
                     break;
                 }
@@ -166,9 +169,10 @@ fn run(n: usize, runs: usize) -> (Vec<f64>, Vec<f64>) {
             }
             totals.push(start.elapsed().as_secs_f64());
             let pushed_ms = entry.entry.time_ms;
-            let reports = &replica.state().env["dev"].reports;
+            let set = replica.state().package(version).expect("packaged").package.name.clone();
+            let slot = replica.state().slot("dev", &set).expect("pushed").clone();
             acks.extend(
-                reports
+                slot.reports()
                     .values()
                     .filter(|r| r.version == version)
                     .map(|r| (r.time_ms - pushed_ms) as f64 / 1e3),
@@ -186,7 +190,7 @@ fn run(n: usize, runs: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn done(state: &State, version: Version) -> bool {
-    state.fully_adopted("dev", version)
+    pd_ledger::adoption::adoption_of(state, "dev", version).adopted_version(version)
 }
 
 fn main() {

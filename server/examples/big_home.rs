@@ -21,8 +21,8 @@ fn main() -> anyhow::Result<()> {
     key.write(true).create_new(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut key, 0o600);
     writeln!(key.open(dir.join("keys/admin.ed25519"))?, "{}", hex::encode(deployed.admin.seed()))?;
-    let have = deployed.ledger.state().len as usize;
+    let have = deployed.ledger.state().len() as usize;
     deployed.append_acks(n.saturating_sub(have));
-    println!("{} entries in {}", deployed.ledger.state().len, dir.display());
+    println!("{} entries in {}", deployed.ledger.state().len(), dir.display());
     Ok(())
 }

@@ -1,22 +1,27 @@
-//! `pd agent`: follows one environment beside a target and converges it to the desired
-//! version.
+//! `pd agent`: follows one environment beside a target and converges each policy set it
+//! follows to the desired version.
 //!
 //! The agent keeps its own replica of the ledger and checks every entry with the same rules
 //! and signatures as everyone else, so a server cannot make it run anything the ledger does
 //! not authorize. For the desired version it fetches the tarball by hash, checks BLAKE3,
 //! SHA-256, size and the author's OpenPGP signature, unpacks it into `DIR/versions/<ver>`,
-//! swaps the `DIR/current` symlink atomically, asks the target to reload, and only after the
-//! target said yes signs a `loaded` ack. Anything it cannot verify or load is acked `failed`
-//! with the reason, and the previous version stays current.
+//! composes `DIR/views/<id>` from every set's running files, swaps the `DIR/current` symlink
+//! to it atomically, asks the target to reload, and only after the target said yes signs a
+//! `loaded` ack. What it verified to be wrong, or the target refused, is acked `failed` with
+//! the reason, and the previous view stays current; what only failed to arrive (the server,
+//! a store) is retried with backoff and never reported as a failure.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
+use pd_ledger::adoption::{self, AgentView, Step};
+use pd_ledger::heartbeat::{Heartbeat, Running};
 use pd_ledger::merkle::{verify_consistency, Sha256};
-use pd_ledger::state::{Desired, Via};
+use pd_ledger::state::Desired;
 use pd_ledger::{
     Ack, Body, Hash, Ledger, LedgerError, LedgerStore, Outcome, SecretKey, SignedEntry, Version,
 };
@@ -46,12 +51,14 @@ pub struct AgentConfig {
     pub actor: String,
     /// The target key.
     pub key: SecretKey,
-    /// Where versions, the `current` link and the agent's own state live.
+    /// Where versions, the `current` view and the agent's own state live.
     pub dir: PathBuf,
     /// How to notify the target.
     pub reload: Reload,
     /// Where artifacts come from.
     pub objects: Objects,
+    /// How often to send a heartbeat.
+    pub heartbeat: Duration,
 }
 
 /// Where an agent fetches artifacts by content hash. Whatever the source, the agent checks
@@ -81,15 +88,47 @@ impl Objects {
 
 /// What the agent remembers across restarts (`DIR/agent.json`).
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Local {
-    /// The version the target runs, after a successful reload.
-    running: Option<(Version, Hash)>,
-    /// The desired entry (seq) this agent already reported as failed.
-    failed_seq: Option<u64>,
+    /// What the target runs per policy set, after a successful reload.
+    #[serde(default)]
+    running: BTreeMap<String, (Version, Hash)>,
     /// The newest checkpoint this agent verified (size, root): every later ledger it
     /// follows must extend it.
     #[serde(default)]
     checkpoint: Option<(u64, Hash)>,
+}
+
+/// What an agent reports about itself: to the server in heartbeats, to supervisors on
+/// `/healthz`.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    /// The ledger followed (zero before the first sync).
+    pub ledger_id: Hash,
+    /// Entries in the verified replica.
+    pub replica_len: u64,
+    /// What the target runs, by set.
+    pub running: Vec<Running>,
+    /// When the server last answered (this agent's clock), if ever.
+    pub contact_ms: Option<u64>,
+    /// Why the target does not run what is desired, if it does not (empty: it does).
+    pub behind: Vec<String>,
+}
+
+impl Status {
+    /// Why a supervisor should not count this agent as healthy at `now_ms`, if it should not:
+    /// it lost the server for three heartbeat intervals, or the target does not run the
+    /// desired versions.
+    pub fn unhealthy(&self, now_ms: u64, interval: Duration) -> Option<String> {
+        let lost = self.contact_ms.is_none_or(|t| {
+            pd_ledger::heartbeat::liveness(Some((t, interval.as_millis() as u64)), now_ms)
+                == pd_ledger::heartbeat::Liveness::Stale
+        });
+        if lost {
+            return Some("not following the server: no answer for three heartbeat intervals".into());
+        }
+        (!self.behind.is_empty()).then(|| self.behind.join("; "))
+    }
 }
 
 /// The server's ledger cannot be trusted: it does not verify, or it does not extend a
@@ -122,8 +161,12 @@ pub struct Agent<S: LedgerStore> {
     replica: Ledger<S>,
     local: Local,
     http: reqwest::Client,
-    /// The desired entry (seq) this agent acked and may not see in its replica yet.
-    acked: Option<u64>,
+    /// Per set, the desired entry (seq) this agent acked loaded (not yet in its replica, maybe).
+    acked: BTreeMap<String, u64>,
+    /// Per set, the desired entry it failed to load and the seq of its failed ack. Kept in
+    /// memory only: a restarted agent tries again.
+    failed: BTreeMap<String, (u64, u64)>,
+    status: watch::Sender<Status>,
 }
 
 const STATE_FILE: &str = "agent.json";
@@ -140,47 +183,75 @@ impl<S: LedgerStore> Agent<S> {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-        Ok(Agent { cfg, replica, local, http, acked: None })
+        let (status, _) = watch::channel(Status::default());
+        Ok(Agent { cfg, replica, local, http, acked: BTreeMap::new(), failed: BTreeMap::new(), status })
     }
 
-    /// The version the target runs, as far as this agent knows.
-    pub fn running(&self) -> Option<Version> {
-        self.local.running.map(|(v, _)| v)
+    /// The version the target runs of `set`, as far as this agent knows.
+    pub fn running(&self, set: &str) -> Option<Version> {
+        self.local.running.get(set).map(|(v, _)| *v)
+    }
+
+    /// What the agent says about itself, updated as it goes.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    fn running_text(&self) -> String {
+        if self.local.running.is_empty() {
+            return "nothing".into();
+        }
+        self.local.running.iter().map(|(s, (v, _))| format!("{s} {v}")).collect::<Vec<_>>().join(", ")
     }
 
     /// Follows the server until `stop` turns true: catch up, converge, then wait for events
-    /// (reconnecting with a growing pause when the server goes away).
+    /// (reconnecting after a growing, jittered pause when the server or a store fails), and
+    /// sends a heartbeat every interval meanwhile.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let beats = tokio::spawn(heartbeats(
+            self.cfg.client.clone(),
+            self.cfg.actor.clone(),
+            SecretKey::from_seed(self.cfg.key.seed()),
+            self.cfg.heartbeat,
+            self.status.clone(),
+            stop.clone(),
+        ));
         let mut pause = Duration::from_millis(100);
-        while !*stop.borrow() {
+        let outcome = loop {
+            if *stop.borrow() {
+                break Ok(());
+            }
             match self.follow(&mut stop).await {
                 Ok(()) => pause = Duration::from_millis(100),
                 Err(e) if is_untrusted(&e) => {
-                    return Err(e.context(format!(
+                    break Err(e.context(format!(
                         "refusing to follow the server's ledger: it is forked, rewritten or tampered with; \
                          {} stays on {}",
                         self.cfg.actor,
-                        self.running().map_or("nothing".into(), |v| v.to_string())
+                        self.running_text()
                     )))
                 }
                 Err(e) => {
-                    tracing::warn!(env = %self.cfg.env, "agent: {e:#}; reconnecting in {pause:?}");
+                    let wait = jittered(pause);
+                    tracing::warn!(env = %self.cfg.env, "agent: {e:#}; retrying in {wait:?}");
                     tokio::select! {
-                        _ = tokio::time::sleep(pause) => {},
+                        _ = tokio::time::sleep(wait) => {},
                         _ = stop.changed() => {},
                     }
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-        Ok(())
+        };
+        beats.abort();
+        outcome
     }
 
     /// One connection: sync, converge, and apply events until the stream ends.
     async fn follow(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
         self.cfg.client.sync(&mut self.replica, None).await?;
+        self.touch();
         self.converge().await?;
-        let events = match self.cfg.client.events(self.replica.state().len).await {
+        let events = match self.cfg.client.events(self.replica.state().len()).await {
             Ok(events) => events,
             Err(ClientError::Refused { status, message }) => {
                 tracing::warn!(env = %self.cfg.env, "no event stream ({status} {message}); polling instead");
@@ -201,21 +272,25 @@ impl<S: LedgerStore> Agent<S> {
             let mut last = None;
             for ev in batch {
                 let ev = ev?;
-                let next = self.replica.state().len + fresh.len() as u64;
+                let next = self.replica.state().len() + fresh.len() as u64;
                 if ev.seq == next {
                     let bytes = hex::decode(&ev.entry).map_err(|e| anyhow!("event {}: {e}", ev.seq))?;
                     fresh.push(SignedEntry::decode(&bytes)?);
                 }
                 let ours = ev.env.as_deref() == Some(self.cfg.env.as_str());
                 relevant |= ours && ev.kind != "ack"
-                    || matches!(ev.kind.as_str(), "key_add" | "key_revoke" | "checkpoint");
+                    || matches!(
+                        ev.kind.as_str(),
+                        "key_add" | "key_rotate" | "key_revoke" | "key_approve" | "checkpoint"
+                    );
                 last = Some(ev.seq);
             }
             self.replica.append_batch(&fresh)?;
-            if let Some(last) = last.filter(|l| *l >= self.replica.state().len) {
+            if let Some(last) = last.filter(|l| *l >= self.replica.state().len()) {
                 // A gap in the stream: fetch what is missing.
                 self.cfg.client.sync(&mut self.replica, Some(last + 1)).await?;
             }
+            self.touch();
             if relevant {
                 self.converge().await?;
             }
@@ -225,11 +300,12 @@ impl<S: LedgerStore> Agent<S> {
     /// Follows by long-polling the head, for servers or proxies without event streams.
     async fn poll(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
         loop {
-            let len = self.replica.state().len;
+            let len = self.replica.state().len();
             let head = tokio::select! {
                 head = self.cfg.client.head_after(len, Duration::from_secs(25)) => head?,
                 _ = stop.changed() => return Ok(()),
             };
+            self.touch();
             if head.len > len {
                 self.cfg.client.sync(&mut self.replica, Some(head.len)).await?;
                 self.converge().await?;
@@ -237,62 +313,103 @@ impl<S: LedgerStore> Agent<S> {
         }
     }
 
-    /// Brings the target to the desired version if it is not there, and makes sure the
-    /// ledger knows. Transport errors propagate (retry later); anything else is acked.
+    /// Records that the server answered.
+    fn touch(&self) {
+        let st = self.replica.state();
+        let (id, len) = (st.ledger_id(), st.len());
+        self.status.send_modify(|s| {
+            s.contact_ms = Some(crate::now_ms());
+            s.ledger_id = id;
+            s.replica_len = len;
+        });
+    }
+
+    /// The policy sets this target follows: those its key names, or every set there is.
+    fn sets(&self) -> Result<Vec<String>> {
+        let st = self.replica.state();
+        let key = st
+            .active_key(&self.cfg.actor)
+            .ok_or_else(|| anyhow!("{} is not an active key of this ledger", self.cfg.actor))?;
+        Ok(match key.decl.sets.is_empty() {
+            true => st.sets().into_iter().map(String::from).collect(),
+            false => key.decl.sets.clone(),
+        })
+    }
+
+    /// Brings every followed set to its desired version, as the install rule
+    /// ([`pd_ledger::adoption::agent_step`]) says, and makes sure the ledger knows. Transient
+    /// trouble (the server, a store) propagates, to be retried; a version that does not
+    /// verify or that the target refuses is acked `failed`.
     pub async fn converge(&mut self) -> Result<()> {
         self.check_checkpoints()?;
-        let st = self.replica.state();
-        let Some(desired) = st.env.get(&self.cfg.env).and_then(|e| e.desired.clone()) else {
-            return Ok(());
-        };
-        // Only what a verified checkpoint commits to: the entry that made the version
-        // desired (and so its package before it) must be under the newest checkpoint.
-        if st.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= desired.seq) {
-            tracing::info!(env = %self.cfg.env, version = %desired.version, "waiting for a checkpoint over entry #{}", desired.seq);
-            return Ok(());
-        }
-        if st.active_key(&self.cfg.actor).is_none() {
-            bail!("{} is not an active key of this ledger", self.cfg.actor);
-        }
-        if self.local.running == Some((desired.version, desired.package)) {
-            let report = st.env.get(&self.cfg.env).and_then(|e| e.reports.get(&self.cfg.actor));
-            let acked = self.acked == Some(desired.seq)
-                || report.is_some_and(|r| {
-                    r.version == desired.version && r.outcome == Outcome::Loaded && r.seq > desired.seq
-                });
-            if !acked {
-                self.ack(&desired, Outcome::Loaded).await?;
+        let mut behind = Vec::new();
+        for set in self.sets()? {
+            let view = AgentView {
+                running: self.local.running.get(&set).copied(),
+                acked: self.acked.get(&set).copied(),
+                failed: self.failed.get(&set).copied(),
+            };
+            let step = adoption::agent_step(self.replica.state(), &self.cfg.actor, &self.cfg.env, &set, view);
+            match step {
+                Step::Idle | Step::Done => {}
+                Step::AwaitCheckpoint(d) => {
+                    tracing::info!(env = %self.cfg.env, %set, version = %d.version, "waiting for a checkpoint over entry #{}", d.seq);
+                    behind.push(format!("{set}: {} waits for a checkpoint", d.version));
+                }
+                Step::Failed(d) => behind.push(format!("{set}: {} failed here", d.version)),
+                Step::Ack(d) => self.ack(&set, &d, Outcome::Loaded).await?,
+                Step::Refuse(d, why) => {
+                    behind.push(format!("{set}: {} refused", d.version));
+                    self.ack(&set, &d, Outcome::Failed(why)).await?;
+                }
+                Step::Install(d) => match self.adopt(&set, &d).await {
+                    Ok(()) => {
+                        self.local.running.insert(set.clone(), (d.version, d.package));
+                        self.save()?;
+                        tracing::info!(env = %self.cfg.env, %set, version = %d.version, "loaded");
+                        self.publish_running();
+                        self.ack(&set, &d, Outcome::Loaded).await?;
+                    }
+                    Err(Adopt::Transport(e)) => {
+                        self.status
+                            .send_modify(|s| s.behind = vec![format!("{set}: fetching {}", d.version)]);
+                        return Err(e);
+                    }
+                    Err(Adopt::Refused(why)) => {
+                        tracing::warn!(env = %self.cfg.env, %set, version = %d.version, "refused: {why}");
+                        behind.push(format!("{set}: {} failed here", d.version));
+                        self.ack(&set, &d, Outcome::Failed(why)).await?;
+                    }
+                },
             }
-            return Ok(());
         }
-        if self.local.failed_seq == Some(desired.seq) {
-            return Ok(());
-        }
-        match self.adopt(&desired).await {
-            Ok(()) => {
-                self.local.running = Some((desired.version, desired.package));
-                self.save()?;
-                tracing::info!(env = %self.cfg.env, version = %desired.version, "loaded");
-                self.ack(&desired, Outcome::Loaded).await
-            }
-            Err(Adopt::Transport(e)) => Err(e),
-            Err(Adopt::Refused(why)) => {
-                tracing::warn!(env = %self.cfg.env, version = %desired.version, "refused: {why}");
-                self.local.failed_seq = Some(desired.seq);
-                self.save()?;
-                self.ack(&desired, Outcome::Failed(why)).await
-            }
-        }
+        self.status.send_modify(|s| s.behind = behind);
+        Ok(())
+    }
+
+    fn publish_running(&self) {
+        let running = self
+            .local
+            .running
+            .iter()
+            .map(|(set, (version, package))| Running {
+                set: set.clone(),
+                version: *version,
+                package: *package,
+            })
+            .collect();
+        self.status.send_modify(|s| s.running = running);
     }
 
     /// Holds the replica to the newest checkpoint this agent verified before: the newest
     /// checkpoint now must extend it (an RFC 9162 consistency proof over the replica's tree),
     /// then it becomes the one to hold later ledgers to.
     fn check_checkpoints(&mut self) -> Result<()> {
+        self.publish_running();
         let (st, tree) = (self.replica.state(), self.replica.tree());
         let Some(latest) = st.latest_checkpoint().map(|c| (c.checkpoint.size, c.checkpoint.root)) else {
             if let Some((size, _)) = self.local.checkpoint {
-                if st.len >= size {
+                if st.len() >= size {
                     return Err(Untrusted(format!(
                         "the server's ledger has no checkpoint, but this agent verified one of {size} entries"
                     ))
@@ -322,24 +439,30 @@ impl<S: LedgerStore> Agent<S> {
         self.save()
     }
 
-    /// Signs and sends an ack of `desired`. It goes on the server's head without waiting for
-    /// this replica to catch up, so a thousand targets acking at once do not each replay the
-    /// others' acks inside their turn; the replica learns of it from the event stream.
-    async fn ack(&mut self, desired: &Desired, outcome: Outcome) -> Result<()> {
+    /// Signs and sends an ack of `desired` of `set`. It goes on the server's head without
+    /// waiting for this replica to catch up, so a thousand targets acking at once do not each
+    /// replay the others' acks inside their turn; the replica learns of it from the stream.
+    /// Any version it loaded is acked, even one a newer entry superseded meanwhile.
+    async fn ack(&mut self, set: &str, desired: &Desired, outcome: Outcome) -> Result<()> {
+        let failed = matches!(outcome, Outcome::Failed(_));
         let body = Body::Ack(Ack {
             env: self.cfg.env.clone(),
             version: desired.version,
             package: desired.package,
             outcome,
         });
-        let (c, id) = (&self.cfg, self.replica.state().ledger_id);
+        let (c, id) = (&self.cfg, self.replica.state().ledger_id());
         match c.client.append_blind(&id, &c.actor, &c.key, crate::now_ms(), body).await {
-            Ok(_) => {
-                self.acked = Some(desired.seq);
+            Ok(entry) if failed => {
+                self.failed.insert(set.to_string(), (desired.seq, entry.entry.seq));
                 Ok(())
             }
-            // The rules refused it: most likely another push came first. The next event
-            // brings this agent up to date and it converges again.
+            Ok(_) => {
+                self.acked.insert(set.to_string(), desired.seq);
+                Ok(())
+            }
+            // The rules refused it (a key change came first, say). The next event brings
+            // this agent up to date and it converges again.
             Err(ClientError::Refused { status: 403, message }) => {
                 tracing::warn!(env = %c.env, "ack of {} refused: {message}", desired.version);
                 Ok(())
@@ -348,17 +471,9 @@ impl<S: LedgerStore> Agent<S> {
         }
     }
 
-    /// Fetches, verifies, unpacks, switches and reloads one version.
-    async fn adopt(&mut self, desired: &Desired) -> Result<(), Adopt> {
+    /// Fetches, verifies, unpacks, switches and reloads one version of `set`.
+    async fn adopt(&mut self, set: &str, desired: &Desired) -> Result<(), Adopt> {
         let st = self.replica.state();
-        if let Some((running, _)) = self.local.running {
-            if desired.version < running && desired.via != Via::Rollback {
-                return Err(Adopt::refused(format!(
-                    "refusing to downgrade from {running} to {} without a rollback entry",
-                    desired.version
-                )));
-            }
-        }
         let pkg = st
             .package_by_hash(&desired.package)
             .ok_or_else(|| Adopt::refused(format!("no package {} in the ledger", desired.package.short())))?
@@ -367,7 +482,7 @@ impl<S: LedgerStore> Agent<S> {
             .package_cert(&pkg)
             .map(str::to_string)
             .ok_or_else(|| Adopt::refused(format!("the author {} has no OpenPGP certificate", pkg.author)))?;
-        let bytes = self.fetch(&desired.package).await?;
+        let bytes = self.fetch(&desired.package, pkg.package.tarball.size).await?;
         let t = &pkg.package.tarball;
         let digest = pd_store::ArtifactDigest::of(&bytes);
         if digest.blake3 != t.blake3.0 || digest.sha256 != t.sha256.0 || digest.size != t.size {
@@ -377,59 +492,73 @@ impl<S: LedgerStore> Agent<S> {
             .map_err(|e| Adopt::refused(format!("OpenPGP signature: {e}")))?;
         let version = desired.version;
         let dir = self.cfg.dir.clone();
-        let unpacked = tokio::task::spawn_blocking(move || install(&dir, version, &bytes))
-            .await
-            .map_err(|e| Adopt::refused(e.to_string()))?;
-        unpacked.map_err(|e| Adopt::refused(format!("unpacking: {e:#}")))?;
-        let previous = self.local.running.map(|(v, _)| v);
-        switch(&self.cfg.dir, version).map_err(|e| Adopt::refused(format!("switching: {e:#}")))?;
-        if let Err(why) = self.reload(version).await {
+        let mut running = self.local.running.clone();
+        running.insert(set.to_string(), (version, desired.package));
+        let view = tokio::task::spawn_blocking(move || -> Result<PathBuf> {
+            install(&dir, version, &bytes)?;
+            compose(&dir, &running)
+        })
+        .await
+        .map_err(|e| Adopt::refused(e.to_string()))?
+        .map_err(|e| Adopt::refused(format!("installing: {e:#}")))?;
+        let previous = std::fs::read_link(self.cfg.dir.join("current")).ok();
+        switch(&self.cfg.dir, &view).map_err(|e| Adopt::refused(format!("switching: {e:#}")))?;
+        if let Err(why) = self.reload(set, version).await {
             if let Some(prev) = previous {
-                let _ = switch(&self.cfg.dir, prev);
+                let _ = switch(&self.cfg.dir, &prev);
             }
             return Err(Adopt::refused(format!("the target did not load it: {why}")));
         }
+        prune_views(&self.cfg.dir, &view, previous.as_deref());
         Ok(())
     }
 
-    /// The artifact `hash` from the configured source (the caller checks its hashes).
-    /// Unreachable sources, and a bucket that does not hold it yet, are retried later.
-    async fn fetch(&self, hash: &Hash) -> Result<Vec<u8>, Adopt> {
+    /// The artifact `hash` (of `size` bytes, as its package entry says) from the configured
+    /// source; the caller checks its hashes. Anything that keeps the bytes from arriving is
+    /// transient and retried; only bytes that arrived and are wrong are the package's fault.
+    async fn fetch(&self, hash: &Hash, size: u64) -> Result<Vec<u8>, Adopt> {
         let h = *hash;
         let bytes = match &self.cfg.objects {
             Objects::Server => match self.cfg.client.get_object(hash).await {
                 Ok(b) => b,
-                Err(e @ ClientError::Unreachable { .. }) => return Err(Adopt::Transport(e.into())),
-                Err(e) => return Err(Adopt::refused(format!("fetching the artifact: {e}"))),
+                Err(ClientError::Malformed { problem, .. }) => {
+                    return Err(Adopt::refused(format!("the server sent a wrong artifact: {problem}")))
+                }
+                Err(e) => return Err(Adopt::Transport(anyhow!("fetching the artifact: {e}"))),
             },
             Objects::S3(s3) => {
                 let s3 = s3.clone();
                 match tokio::task::spawn_blocking(move || pd_store::BlobStore::get(s3.as_ref(), &h.0)).await {
                     Ok(Ok(b)) => b,
-                    Ok(Err(e @ pd_store::StoreError::Corrupt { .. })) => {
-                        return Err(Adopt::refused(format!("fetching the artifact: {e}")))
+                    Ok(Err(e)) => {
+                        return Err(Adopt::Transport(anyhow!("fetching the artifact from S3: {e}")))
                     }
-                    Ok(Err(e)) => return Err(Adopt::Transport(e.into())),
                     Err(e) => return Err(Adopt::Transport(e.into())),
                 }
             }
             Objects::Http(base) => {
                 let url = format!("{base}/{}", hash.to_hex());
                 let got = async { self.http.get(&url).send().await?.error_for_status()?.bytes().await };
-                got.await.map_err(|e| Adopt::Transport(anyhow::anyhow!("fetching {url}: {e}")))?.to_vec()
+                got.await.map_err(|e| Adopt::Transport(anyhow!("fetching {url}: {e}")))?.to_vec()
             }
         };
+        if bytes.len() as u64 != size {
+            return Err(Adopt::refused(format!(
+                "the artifact is {} bytes, its package entry says {size}",
+                bytes.len()
+            )));
+        }
         Ok(bytes)
     }
 
-    async fn reload(&self, version: Version) -> Result<(), String> {
+    async fn reload(&self, set: &str, version: Version) -> Result<(), String> {
         match &self.cfg.reload {
             Reload::None => Ok(()),
             Reload::Url(url) => {
                 let sep = if url.contains('?') { '&' } else { '?' };
                 let resp = self
                     .http
-                    .post(format!("{url}{sep}ver={version}"))
+                    .post(format!("{url}{sep}ver={version}&set={set}"))
                     .send()
                     .await
                     .map_err(|e| format!("{url}: {e}"))?;
@@ -445,6 +574,7 @@ impl<S: LedgerStore> Agent<S> {
                     .arg("-c")
                     .arg(cmd)
                     .env("PD_VERSION", version.to_string())
+                    .env("PD_POLICY_SET", set)
                     .env("PD_POLICY_DIR", self.cfg.dir.join("current"))
                     .output()
                     .await
@@ -469,8 +599,51 @@ impl<S: LedgerStore> Agent<S> {
     }
 }
 
+/// A pause of 50–150 % of `base`, so a fleet that lost its server does not come back in step.
+fn jittered(base: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = getrandom::fill(&mut b).map_or(0x8000, |()| u16::from_le_bytes(b));
+    base.mul_f64(0.5 + f64::from(r) / f64::from(u16::MAX))
+}
+
+/// Sends a signed heartbeat every `interval` with what `status` says, until `stop`.
+async fn heartbeats(
+    client: Client,
+    target: String,
+    key: SecretKey,
+    interval: Duration,
+    status: watch::Sender<Status>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = stop.changed() => return,
+        }
+        let s = status.borrow().clone();
+        if s.ledger_id == Hash::ZERO {
+            continue;
+        }
+        let hb = Heartbeat {
+            ledger_id: s.ledger_id,
+            target: target.clone(),
+            time_ms: crate::now_ms(),
+            interval_ms: interval.as_millis() as u64,
+            running: s.running,
+            replica_len: s.replica_len,
+        }
+        .sign(&key);
+        match client.heartbeat(&hb).await {
+            Ok(()) => status.send_modify(|s| s.contact_ms = Some(crate::now_ms())),
+            Err(e) => tracing::debug!("heartbeat: {e}"),
+        }
+    }
+}
+
 enum Adopt {
-    /// The server or artifact source is unreachable: try again later, report nothing.
+    /// The server or artifact source failed: try again later, report nothing.
     Transport(anyhow::Error),
     /// The version cannot be adopted: report it with this reason.
     Refused(String),
@@ -482,25 +655,76 @@ impl Adopt {
     }
 }
 
-/// Unpacks a verified tarball into `DIR/versions/<version>` (replacing what was there).
+/// Unpacks a verified tarball into `DIR/versions/<version>` (kept if already there: a
+/// version's bytes never change).
 fn install(dir: &Path, version: Version, bytes: &[u8]) -> Result<()> {
     let versions = dir.join("versions");
     let target = versions.join(version.to_string());
+    if target.is_dir() {
+        return Ok(());
+    }
     let tmp = versions.join(format!(".tmp-{version}"));
     let _ = std::fs::remove_dir_all(&tmp);
     pd_store::tarball::unpack(bytes, &tmp, &pd_store::Limits::default())?;
-    let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&tmp, &target)?;
     Ok(())
 }
 
-/// Points `DIR/current` at `versions/<version>` atomically (symlink + rename).
-fn switch(dir: &Path, version: Version) -> Result<()> {
+/// Builds the view the target reads: every followed set's running files side by side in
+/// `DIR/views/<id>` (hard links into `DIR/versions`; the ledger gives each path to one set,
+/// so they never collide). Returns its path relative to `DIR`.
+fn compose(dir: &Path, running: &BTreeMap<String, (Version, Hash)>) -> Result<PathBuf> {
+    let mut h = blake3::Hasher::new();
+    for (set, (v, _)) in running {
+        h.update(format!("{set}={v};").as_bytes());
+    }
+    let name = PathBuf::from("views").join(&h.finalize().to_hex()[..16]);
+    let view = dir.join(&name);
+    if view.is_dir() {
+        return Ok(name);
+    }
+    let tmp = dir.join("views").join(".tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    for (v, _) in running.values() {
+        link_tree(&dir.join("versions").join(v.to_string()), &tmp)?;
+    }
+    std::fs::rename(&tmp, &view)?;
+    Ok(name)
+}
+
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            link_tree(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes views other than the current and the previous one.
+fn prune_views(dir: &Path, current: &Path, previous: Option<&Path>) {
+    let Ok(entries) = std::fs::read_dir(dir.join("views")) else { return };
+    for e in entries.flatten() {
+        let name = PathBuf::from("views").join(e.file_name());
+        if name != current && Some(name.as_path()) != previous {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Points `DIR/current` at `view` (relative to `DIR`) atomically (symlink + rename).
+fn switch(dir: &Path, view: &Path) -> Result<()> {
     let link = dir.join("current");
     let tmp = dir.join(".current.tmp");
     let _ = std::fs::remove_file(&tmp);
     #[cfg(unix)]
-    std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp)?;
+    std::os::unix::fs::symlink(view, &tmp)?;
     #[cfg(not(unix))]
     bail!("pd agent needs symlinks (unix)");
     std::fs::rename(&tmp, &link)?;

@@ -26,8 +26,7 @@ use pd_ledger::export::{Contents, Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::file_store::FileStore;
 use pd_ledger::proof::Proof;
 use pd_ledger::{
-    Body, Hash, Ledger, LedgerError, LedgerStore, Role, RuleError, SecretKey, SignedEntry, State,
-    StorageError,
+    Body, Hash, Ledger, LedgerError, LedgerStore, RuleError, SecretKey, SignedEntry, State, StorageError,
 };
 use pd_store::{BlobStore, StoreError};
 use serde::Deserialize;
@@ -102,6 +101,8 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     /// Turn-request nonces seen within the last [`TURN_WINDOW_MS`], with their times.
     nonces: Mutex<HashMap<Hash, u64>>,
+    /// The newest heartbeat per target: when it arrived (server clock), its time and bytes.
+    heartbeats: Mutex<HashMap<String, KeptHeartbeat>>,
     /// Why the last object write failed, until a probe shows the store takes writes again.
     objects_failure: Mutex<Option<String>>,
     metrics: Metrics,
@@ -109,6 +110,9 @@ struct Shared {
 }
 
 type App = Arc<Shared>;
+
+/// A target's newest heartbeat: when it arrived (server clock), its own time, its bytes.
+type KeptHeartbeat = (u64, u64, Vec<u8>);
 
 /// Objects up to this size are kept in memory once read and verified…
 const SMALL_OBJECT: usize = 256 * 1024;
@@ -137,9 +141,25 @@ fn bad(msg: impl std::fmt::Display) -> Error {
     Error(StatusCode::BAD_REQUEST, msg.to_string())
 }
 
+/// A failure of the server itself: the detail (which may name its files) goes to its log,
+/// never to the client.
 fn internal(msg: impl std::fmt::Display) -> Error {
     tracing::error!("{msg}");
-    Error(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
+    Error(StatusCode::INTERNAL_SERVER_ERROR, "the server failed to serve this; its log says why".into())
+}
+
+/// A storage failure: the OS error (a full disk, say) is named, the file it hit is not.
+fn storage_failed(e: &(dyn std::error::Error + 'static)) -> Error {
+    tracing::error!("{e}");
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            let msg = format!("the server's storage failed: {io}; its log says where");
+            return Error(StatusCode::INTERNAL_SERVER_ERROR, msg);
+        }
+        cause = c.source();
+    }
+    internal(e)
 }
 
 impl From<LedgerError> for Error {
@@ -152,7 +172,14 @@ impl From<LedgerError> for Error {
             LedgerError::Storage(StorageError::Conflict { seq }) => {
                 Error(StatusCode::CONFLICT, format!("seq {seq} is taken; take a new turn and retry"))
             }
-            other => internal(other),
+            LedgerError::Storage(StorageError::Io(msg)) => {
+                tracing::error!("{msg}");
+                // The OS error ends the message; what comes before names the server's files.
+                let os = msg.rsplit(": ").next().unwrap_or("an I/O error");
+                let msg = format!("the server's ledger storage failed: {os}; its log says where");
+                Error(StatusCode::INTERNAL_SERVER_ERROR, msg)
+            }
+            other => storage_failed(&other),
         }
     }
 }
@@ -177,7 +204,7 @@ impl Shared {
     fn head(&self) -> HeadInfo {
         let l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let s = l.state();
-        HeadInfo { ledger_id: s.ledger_id, len: s.len, head: s.head, last_time_ms: s.last_time_ms }
+        HeadInfo { ledger_id: s.ledger_id(), len: s.len(), head: s.head(), last_time_ms: s.last_time_ms() }
     }
 
     /// Events from `from` on (at most `limit`): from the recent ones when they reach back
@@ -238,8 +265,13 @@ impl Shared {
             "mirroring needs a key to sign the head",
         )?;
         let state = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).state().clone();
-        let head =
-            Head::sign(&state, actor, crate::now_ms().max(state.last_time_ms), Contents::WithArtifacts, key);
+        let head = Head::sign(
+            &state,
+            actor,
+            crate::now_ms().max(state.last_time_ms()),
+            Contents::WithArtifacts,
+            key,
+        );
         let mut read = |from: u64, end: u64| -> anyhow::Result<Vec<Vec<u8>>> {
             Ok(self.reader.scan(from).take((end - from) as usize).collect::<Result<_, _>>()?)
         };
@@ -344,7 +376,7 @@ async fn checkpoint_ticker(app: App) {
         let behind = {
             let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let st = l.state();
-            st.len > 0 && st.latest_checkpoint().is_none_or(|c| c.seq + 1 < st.len)
+            !st.is_empty() && st.latest_checkpoint().is_none_or(|c| c.seq + 1 < st.len())
         };
         if behind {
             write_checkpoint(app.clone()).await;
@@ -400,7 +432,7 @@ fn shared(
     shutdown: watch::Receiver<bool>,
 ) -> App {
     let reader = ledger.store().clone();
-    let (len, _) = watch::channel(ledger.state().len);
+    let (len, _) = watch::channel(ledger.state().len());
     Arc::new(Shared {
         ledger: Mutex::new(ledger),
         reader,
@@ -413,6 +445,7 @@ fn shared(
         shutdown,
         objects_failure: Mutex::new(None),
         nonces: Mutex::default(),
+        heartbeats: Mutex::default(),
         metrics: Metrics::default(),
         opts,
     })
@@ -427,6 +460,7 @@ fn routes(app: App) -> Router {
         .route("/v1/turn/{lease}", delete(release_turn))
         .route("/v1/objects/{hash}", get(get_object).put(put_object).head(get_object))
         .route("/v1/state", get(state))
+        .route("/v1/heartbeats", get(heartbeats_list).post(heartbeat_post))
         .route("/v1/export", get(export))
         .route("/v1/checkpoint", get(checkpoint))
         .route("/v1/proofs/inclusion", get(inclusion_proof))
@@ -526,14 +560,9 @@ async fn take_turn(AxState(app): AxState<App>, Json(req): Json<TurnRequest>) -> 
         let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = l.state();
         // An empty ledger takes its genesis from whoever brings it; afterwards only keys.
-        if st.len > 0 {
-            let Some(key) = st.active_key(&req.actor) else {
-                return Err(forbidden(format!(
-                    "{:?} is not an active key of this ledger; an admin enrolls it with `pd key new`",
-                    req.actor
-                )));
-            };
-            let digest = wire::turn_digest(&st.ledger_id, &req.actor, req.time_ms, &req.nonce);
+        let key = pd_ledger::adoption::may_take_turn(st, &req.actor).map_err(|e| forbidden(e.to_string()))?;
+        if let Some(key) = key {
+            let digest = wire::turn_digest(&st.ledger_id(), &req.actor, req.time_ms, &req.nonce);
             if !pd_ledger::keys::verify(&key.decl.public_key, wire::TURN_DOMAIN, &digest, &req.sig) {
                 return Err(forbidden(format!(
                     "the turn request signature by {:?} does not verify",
@@ -630,7 +659,7 @@ async fn commit(
         let entry = make(&l)?;
         l.append(entry.clone())?;
         let due = checkpoint_due(&worker.opts, l.state(), &entry);
-        Ok::<_, LedgerError>((entry, l.state().len, due))
+        Ok::<_, LedgerError>((entry, l.state().len(), due))
     })
     .await
     .map_err(internal)?;
@@ -660,7 +689,7 @@ fn checkpoint_due(opts: &ServeOptions, state: &State, last: &SignedEntry) -> boo
     match last.entry.body {
         Body::Checkpoint(_) => false,
         Body::Push(_) | Body::Rollback(_) => true,
-        _ => state.len - since >= opts.checkpoint_every,
+        _ => state.len() - since >= opts.checkpoint_every,
     }
 }
 
@@ -670,7 +699,7 @@ async fn write_checkpoint(app: App) {
     let _turn = app.turn.clone().lock_owned().await;
     let last_is_checkpoint = {
         let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        l.state().latest_checkpoint().is_some_and(|c| c.seq + 1 == l.state().len)
+        l.state().latest_checkpoint().is_some_and(|c| c.seq + 1 == l.state().len())
     };
     if last_is_checkpoint {
         return;
@@ -772,10 +801,9 @@ async fn put_object(
     {
         let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = l.state();
-        let Some(key) = st.active_key(&actor).filter(|k| k.decl.roles.contains(&Role::Author)) else {
-            return Err(Error(StatusCode::FORBIDDEN, format!("{actor:?} is not an active author key")));
-        };
-        let digest = wire::put_digest(&st.ledger_id, &hash);
+        let key = pd_ledger::adoption::may_upload(st, &actor)
+            .map_err(|e| Error(StatusCode::FORBIDDEN, e.to_string()))?;
+        let digest = wire::put_digest(&st.ledger_id(), &hash);
         if !pd_ledger::keys::verify(&key.decl.public_key, wire::PUT_DOMAIN, &digest, &sig) {
             return Err(Error(
                 StatusCode::FORBIDDEN,
@@ -789,7 +817,7 @@ async fn put_object(
         if matches!(e, pd_store::StoreError::Io { .. }) {
             *app.objects_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         }
-        return Err(internal(e));
+        return Err(storage_failed(&e));
     }
     Ok(StatusCode::CREATED)
 }
@@ -797,6 +825,56 @@ async fn put_object(
 /// `GET /healthz`: 200 while the ledger and the object store take writes; 503 with the
 /// reasons after a write failed (a full disk, an I/O error), until a probe shows they take
 /// writes again — so a supervisor sees the trouble, and no restart is needed once it is gone.
+/// How far a heartbeat's own time may be from the server's.
+const HEARTBEAT_WINDOW_MS: u64 = 60_000;
+
+/// `POST /v1/heartbeats`: a target's signed heartbeat, kept as its newest if it verifies, is
+/// within a minute of the server's clock and is newer than the one kept (a replay is refused).
+async fn heartbeat_post(AxState(app): AxState<App>, body: Bytes) -> Result<StatusCode, Error> {
+    use pd_ledger::heartbeat::SignedHeartbeat;
+    let hb = SignedHeartbeat::decode(&body).map_err(bad)?;
+    {
+        let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        hb.verify(l.state()).map_err(|e| Error(StatusCode::FORBIDDEN, e.to_string()))?;
+    }
+    let now = crate::now_ms();
+    let h = &hb.heartbeat;
+    if now.abs_diff(h.time_ms) > HEARTBEAT_WINDOW_MS {
+        return Err(Error(
+            StatusCode::FORBIDDEN,
+            "the heartbeat's time is more than a minute off; fix the clock".into(),
+        ));
+    }
+    let mut kept = app.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.get(&h.target).is_some_and(|(_, t, _)| *t >= h.time_ms) {
+        return Err(Error(
+            StatusCode::CONFLICT,
+            "an equal or newer heartbeat of this target is kept: a replay is refused".into(),
+        ));
+    }
+    kept.insert(h.target.clone(), (now, h.time_ms, body.to_vec()));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/heartbeats`: the newest heartbeat of each target, signed by it.
+async fn heartbeats_list(AxState(app): AxState<App>) -> Json<wire::Heartbeats> {
+    Json(app.heartbeats_now())
+}
+
+impl Shared {
+    fn heartbeats_now(&self) -> wire::Heartbeats {
+        let kept = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        let heartbeats = kept
+            .values()
+            .map(|(received_ms, _, bytes)| wire::HeartbeatSeen {
+                received_ms: *received_ms,
+                heartbeat: hex::encode(bytes),
+            })
+            .collect();
+        wire::Heartbeats { now_ms: crate::now_ms(), heartbeats }
+    }
+}
+
 async fn healthz(AxState(app): AxState<App>) -> Response {
     let worker = app.clone();
     let problems = tokio::task::spawn_blocking(move || worker.health())
@@ -827,7 +905,7 @@ struct InclusionQuery {
 /// The checkpoint entry of `size` entries, or the newest one.
 fn checkpoint_of(st: &State, size: Option<u64>) -> Result<&pd_ledger::state::CheckpointState, Error> {
     let found = match size {
-        Some(n) => st.checkpoints.iter().find(|c| c.checkpoint.size == n),
+        Some(n) => st.checkpoints().iter().find(|c| c.checkpoint.size == n),
         None => st.latest_checkpoint(),
     };
     found.ok_or_else(|| match size {
@@ -889,11 +967,11 @@ async fn export(AxState(app): AxState<App>) -> Result<Response, Error> {
     let (state, entries) = {
         let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let st = l.state().clone();
-        let raw = app.entries(0, st.len as usize)?;
+        let raw = app.entries(0, st.len() as usize)?;
         (st, raw)
     };
-    let mut artifacts = Vec::with_capacity(state.packages.len());
-    for p in &state.packages {
+    let mut artifacts = Vec::with_capacity(state.packages().len());
+    for p in state.packages() {
         let hash = p.package.tarball.blake3;
         let bytes = app.store.get(&hash.0).map_err(internal)?;
         artifacts.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
@@ -902,7 +980,7 @@ async fn export(AxState(app): AxState<App>) -> Result<Response, Error> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let head = Head::sign(&state, actor, now.max(state.last_time_ms), Contents::WithArtifacts, key);
+    let head = Head::sign(&state, actor, now.max(state.last_time_ms()), Contents::WithArtifacts, key);
     let export = Export {
         format: FORMAT.to_string(),
         entries: entries.into_iter().map(serde_bytes::ByteBuf::from).collect(),
@@ -966,7 +1044,7 @@ fn sse_event(e: &SignedEntry) -> Option<SseEvent> {
 async fn metrics(AxState(app): AxState<App>) -> impl IntoResponse {
     let len = *app.len.borrow();
     let m = &app.metrics;
-    let text = format!(
+    let mut text = format!(
         "# HELP pd_ledger_entries Entries in the ledger.\n# TYPE pd_ledger_entries gauge\npd_ledger_entries {len}\n\
          # HELP pd_appends_total Entries appended through this server.\n# TYPE pd_appends_total counter\npd_appends_total {}\n\
          # HELP pd_appends_refused_total Entries refused.\n# TYPE pd_appends_refused_total counter\npd_appends_refused_total {}\n\
@@ -979,5 +1057,46 @@ async fn metrics(AxState(app): AxState<App>) -> impl IntoResponse {
         m.object_bytes.load(Relaxed),
         m.event_streams.load(Relaxed),
     );
+    let beats = app.heartbeats_now();
+    let l = app.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    fleet_metrics(&mut text, l.state(), &beats);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Per-environment gauges (targets, stale; per set adopted and failed, by the adoption
+/// rule) and each target's seconds since its last heartbeat.
+fn fleet_metrics(out: &mut String, state: &State, beats: &wire::Heartbeats) {
+    use std::fmt::Write as _;
+    let seen = beats.verified(state);
+    let gauges = [
+        ("pd_env_targets", "Active targets of an environment."),
+        ("pd_env_stale_targets", "Targets with no heartbeat for three intervals."),
+        ("pd_env_adopted_targets", "Targets that loaded the desired version of a policy set."),
+        ("pd_env_failed_targets", "Targets that failed to load the desired version of a policy set."),
+        ("pd_target_last_seen_seconds", "Seconds since a target's last heartbeat."),
+    ];
+    for (name, help) in gauges {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+    }
+    for env in pd_ledger::adoption::overview(state) {
+        let e = &env.env;
+        let mut stale = 0;
+        for t in &env.targets {
+            let last = seen.get(t).map(|s| (s.received_ms, s.heartbeat.interval_ms));
+            if pd_ledger::heartbeat::liveness(last, beats.now_ms) != pd_ledger::heartbeat::Liveness::Live {
+                stale += 1;
+            }
+            if let Some((at, _)) = last {
+                let secs = beats.now_ms.saturating_sub(at) as f64 / 1000.0;
+                let _ = writeln!(out, "pd_target_last_seen_seconds{{env=\"{e}\",target=\"{t}\"}} {secs}");
+            }
+        }
+        let _ = writeln!(out, "pd_env_targets{{env=\"{e}\"}} {}", env.targets.len());
+        let _ = writeln!(out, "pd_env_stale_targets{{env=\"{e}\"}} {stale}");
+        for slot in &env.sets {
+            let (set, a) = (&slot.set, &slot.adoption);
+            let _ = writeln!(out, "pd_env_adopted_targets{{env=\"{e}\",set=\"{set}\"}} {}", a.loaded());
+            let _ = writeln!(out, "pd_env_failed_targets{{env=\"{e}\",set=\"{set}\"}} {}", a.failed().len());
+        }
+    }
 }

@@ -141,23 +141,23 @@ impl Client {
             None => {
                 let head = self.head().await?;
                 let st = replica.state();
-                let same_prefix = head.len > st.len || (head.len == st.len && head.head == st.head);
-                if st.len > 0 && !same_prefix {
+                let same_prefix = head.len > st.len() || (head.len == st.len() && head.head == st.head());
+                if !st.is_empty() && !same_prefix {
                     return Err(ClientError::Diverged(format!(
                         "the server's ledger has {} entries (head {}), but this replica verified {} (head {}): \
                          the server's ledger was truncated or forked",
-                        head.len, head.head, st.len, st.head
+                        head.len, head.head, st.len(), st.head()
                     )));
                 }
                 head.len
             }
         };
-        while replica.state().len < len {
-            let page = self.entries(replica.state().len).await?;
+        while replica.state().len() < len {
+            let page = self.entries(replica.state().len()).await?;
             if page.is_empty() {
                 return Err(self.malformed(format!(
                     "it announced {len} entries but sent none after {}",
-                    replica.state().len
+                    replica.state().len()
                 )));
             }
             let decoded = page
@@ -180,15 +180,15 @@ impl Client {
         now_ms: u64,
         mut make: impl FnMut(&State) -> Result<Body, E>,
     ) -> Result<SignedEntry, E> {
-        if replica.state().len == 0 {
+        if replica.state().is_empty() {
             self.sync(replica, None).await?;
         }
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let turn = self.turn(&replica.state().ledger_id, actor, key, now_ms).await?;
+            let turn = self.turn(&replica.state().ledger_id(), actor, key, now_ms).await?;
             self.sync(replica, Some(turn.seq)).await?;
-            if replica.state().len != turn.seq || replica.head() != turn.prev {
+            if replica.state().len() != turn.seq || replica.head() != turn.prev {
                 self.release(&turn.lease).await;
                 return Err(self.malformed("its turn does not match the entries it served").into());
             }
@@ -300,6 +300,21 @@ impl Client {
             return Err(self.malformed(format!("object {} does not hash to its name", hash.short())));
         }
         Ok(bytes.to_vec())
+    }
+
+    /// Sends a signed heartbeat.
+    pub async fn heartbeat(&self, hb: &pd_ledger::heartbeat::SignedHeartbeat) -> Result<(), ClientError> {
+        let r = self
+            .req(reqwest::Method::POST, "/v1/heartbeats")
+            .header(reqwest::header::CONTENT_TYPE, "application/cbor")
+            .body(hb.encode());
+        self.send(r).await.map(drop)
+    }
+
+    /// The newest heartbeat of each target, as the server received them. Each is signed by
+    /// its target: check it with [`wire::Heartbeats::verified`] against a verified replica.
+    pub async fn heartbeats(&self) -> Result<wire::Heartbeats, ClientError> {
+        self.json(self.req(reqwest::Method::GET, "/v1/heartbeats")).await
     }
 
     /// A signed export of the whole ledger with every artifact.

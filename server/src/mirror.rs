@@ -92,14 +92,14 @@ pub fn push(
     read: &mut dyn FnMut(u64, u64) -> Result<Vec<Vec<u8>>>,
     fetch: &mut dyn FnMut(&Hash) -> Result<Vec<u8>>,
 ) -> Result<Pushed> {
-    assert_eq!((head.len, head.head), (state.len, state.head), "the head is signed over this state");
+    assert_eq!((head.len, head.head), (state.len(), state.head()), "the head is signed over this state");
     let segs = segments(s3)?;
     let before = segs.last().map_or(0, |s| s.1);
-    if before > state.len {
+    if before > state.len() {
         bail!(
             "the mirror at {} holds {before} entries, this ledger only {}: it mirrors another ledger or a longer history; use another prefix",
             s3.url(),
-            state.len
+            state.len()
         );
     }
     if let Some(last) = segs.last() {
@@ -113,8 +113,8 @@ pub fn push(
             );
         }
     }
-    let mut pushed = Pushed { entries: state.len, before, ..Pushed::default() };
-    for p in state.packages.iter().filter(|p| p.seq >= before) {
+    let mut pushed = Pushed { entries: state.len(), before, ..Pushed::default() };
+    for p in state.packages().iter().filter(|p| p.seq >= before) {
         let hash = p.package.tarball.blake3;
         if !s3.contains(&hash.0)? {
             let bytes = fetch(&hash).with_context(|| format!("the artifact of {}", p.package.version))?;
@@ -123,8 +123,8 @@ pub fn push(
         }
     }
     let mut from = before;
-    while from < state.len {
-        let end = (from + SEGMENT_ENTRIES).min(state.len);
+    while from < state.len() {
+        let end = (from + SEGMENT_ENTRIES).min(state.len());
         let entries: Vec<ByteBuf> = read(from, end)?.into_iter().map(ByteBuf::from).collect();
         if entries.len() as u64 != end - from {
             bail!("the ledger returned {} entries for {from}..{end}", entries.len());

@@ -17,8 +17,11 @@ use tokio::sync::watch;
 /// What the target runs now.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Loaded {
-    /// The version loaded (none before the first reload).
+    /// The version loaded last (none before the first reload).
     pub version: Option<Version>,
+    /// The version loaded per policy set (reloads that name their set).
+    #[serde(default)]
+    pub sets: std::collections::BTreeMap<String, Version>,
     /// Policy files held in memory.
     pub files: usize,
     /// Their total size.
@@ -34,6 +37,7 @@ struct Target {
 #[derive(Deserialize)]
 struct ReloadQuery {
     ver: Version,
+    set: Option<String>,
 }
 
 /// Serves until `stop` turns true. `refuse` lists versions this target fails to load, to
@@ -74,7 +78,12 @@ async fn reload(
         Ok(Err(e)) => return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("cannot load the policy: {e}"))),
         Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     };
-    *t.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Loaded { version: Some(q.ver), files, bytes };
+    let mut loaded = t.loaded.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sets = std::mem::take(&mut loaded.sets);
+    if let Some(set) = q.set {
+        sets.insert(set, q.ver);
+    }
+    *loaded = Loaded { version: Some(q.ver), sets, files, bytes };
     Ok(format!("loaded {}\n", q.ver))
 }
 

@@ -227,3 +227,49 @@ mod header_tests {
         assert_eq!(next_after_last_event_id("x"), None);
     }
 }
+
+/// `GET /v1/heartbeats`: the newest heartbeat per target and the server's clock.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Heartbeats {
+    /// The server's time when it answered; `received_ms` is on the same clock.
+    pub now_ms: u64,
+    /// One per target that sent any.
+    pub heartbeats: Vec<HeartbeatSeen>,
+}
+
+/// One target's newest heartbeat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeartbeatSeen {
+    /// When the server received it (server clock).
+    pub received_ms: u64,
+    /// The signed heartbeat's CBOR, hex.
+    pub heartbeat: String,
+}
+
+/// A heartbeat whose signature verified against a replica.
+#[derive(Clone, Debug, Serialize)]
+pub struct Seen {
+    /// When the server received it (server clock).
+    pub received_ms: u64,
+    /// What the target said.
+    pub heartbeat: pd_ledger::heartbeat::Heartbeat,
+}
+
+impl Heartbeats {
+    /// The heartbeats that verify against `state` (an active target key signed each), by
+    /// target; the rest are dropped, as a server cannot speak for a target.
+    pub fn verified(&self, state: &pd_ledger::State) -> std::collections::BTreeMap<String, Seen> {
+        self.heartbeats
+            .iter()
+            .filter_map(|h| {
+                let bytes = hex::decode(&h.heartbeat).ok()?;
+                let hb = pd_ledger::heartbeat::SignedHeartbeat::decode(&bytes).ok()?;
+                hb.verify(state).ok()?;
+                Some((
+                    hb.heartbeat.target.clone(),
+                    Seen { received_ms: h.received_ms, heartbeat: hb.heartbeat },
+                ))
+            })
+            .collect()
+    }
+}

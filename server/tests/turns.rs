@@ -13,7 +13,7 @@ async fn a_replayed_turn_request_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let pd_ledger::testkit::Deployed { ledger, admin, .. } =
         deployed(FileStore::open(&dir.path().join("ledger")).unwrap());
-    let ledger_id = ledger.state().ledger_id;
+    let ledger_id = ledger.state().ledger_id();
     let store = Arc::new(pd_store::FsStore::open(&dir.path().join("objects")).unwrap());
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -13,7 +13,7 @@ const ENTRIES: usize = 100_000;
 
 fn verify(c: &mut Criterion) {
     let mut fixture = deployed(MemStore::default());
-    let setup = fixture.ledger.state().len as usize;
+    let setup = fixture.ledger.state().len() as usize;
     fixture.append_acks(ENTRIES - setup);
     let export = fixture.export();
     let bytes = export.encode();
@@ -24,7 +24,7 @@ fn verify(c: &mut Criterion) {
         .map(|b| {
             let e = SignedEntry::decode(b).expect("entry").entry;
             SignedMessage {
-                key: state.keys[&e.actor].decl.public_key,
+                key: state.keys()[&e.actor].decl.public_key,
                 message: e.signed_message(),
                 sig: e.sig,
             }

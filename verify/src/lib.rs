@@ -162,7 +162,7 @@ pub fn verify_entries(export: &Export, since: Option<&SignedCheckpoint>) -> Resu
     let mut state = State::default();
     let cut = since.map_or(0, |s| (s.checkpoint.size as usize).min(entries.len()));
     replay_onto(&mut state, entries[..cut].iter().map(|e| e.as_slice()), Signatures::Verify)?;
-    let prefix_root = Hash(state.tree.root());
+    let prefix_root = Hash(state.tree().root());
     replay_onto(&mut state, entries[cut..].iter().map(|e| e.as_slice()), Signatures::Verify)?;
     check_head(&state, &export.head)?;
     let extends = since.map(|s| check_since(&state, s, cut as u64, prefix_root)).transpose()?;
@@ -177,7 +177,7 @@ fn check_since(
 ) -> Result<(u64, Hash, String), VerifyError> {
     let c = &since.checkpoint;
     let fail = |m: String| Err(VerifyError::Since(m));
-    let origin = pd_ledger::note::origin(&state.ledger_id);
+    let origin = pd_ledger::note::origin(&state.ledger_id());
     if c.origin != origin {
         return fail(format!("it is of {}, this export is of {origin}", c.origin));
     }
@@ -232,7 +232,7 @@ pub fn check_artifacts(state: &State, export: &Export) -> Result<usize, VerifyEr
         check_package_artifact(state, pkg, &a.bytes).map_err(problem)?;
     }
     if let Some(missing) = state
-        .packages
+        .packages()
         .iter()
         .find(|p| export.artifacts.binary_search_by(|a| a.blake3.cmp(&p.package.tarball.blake3)).is_err())
     {
@@ -282,17 +282,17 @@ pub fn print_report(r: &Report) {
     let s = &r.state;
     println!(
         "✔ ledger {} · {} entries: encoding, chain, Ed25519 signatures and every rule hold",
-        s.ledger_id.short(),
-        s.len
+        s.ledger_id().short(),
+        s.len()
     );
     let role = s
-        .keys
+        .keys()
         .get(&r.head.actor)
         .map(|k| k.decl.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","));
     println!(
         "✔ signed head #{} {} by {} ({}) at {} matches",
-        s.len.saturating_sub(1),
-        s.head.short(),
+        s.len().saturating_sub(1),
+        s.head().short(),
         r.head.actor,
         role.unwrap_or_default(),
         humantime::format_rfc3339_seconds(
@@ -315,15 +315,22 @@ pub fn print_report(r: &Report) {
             "- entries only, accepted with --no-artifacts: tarball hashes and OpenPGP signatures not checked"
         );
     }
-    for env in &s.envs {
-        let e = &s.env[env];
-        match &e.desired {
-            None => println!("  {env}: nothing deployed"),
-            Some(d) => {
-                let n = s.targets(env).count();
-                let lag = s.laggards(env, d.version).len();
-                println!("  {env}: {} · {}/{n} targets adopted", d.version, n - lag);
-            }
+    for env in pd_ledger::adoption::overview(s) {
+        if env.sets.is_empty() {
+            println!("  {}: nothing deployed", env.env);
+        }
+        for slot in &env.sets {
+            let a = &slot.adoption;
+            let desired = a.desired.as_ref().map_or("nothing".to_string(), |d| d.version.to_string());
+            let mark = if slot.adopted { "adopted" } else { "not adopted" };
+            println!(
+                "  {}/{}: {desired} · {}/{} targets loaded (fleet minimum {}) · {mark}",
+                env.env,
+                slot.set,
+                a.loaded(),
+                a.targets.len(),
+                a.min_targets
+            );
         }
     }
 }
@@ -332,14 +339,14 @@ pub fn print_report(r: &Report) {
 pub fn report_json(r: &Report) -> serde_json::Value {
     let packages: Vec<_> = r
         .state
-        .packages
+        .packages()
         .iter()
-        .map(|p| serde_json::json!({ "version": p.package.version, "seq": p.seq, "author": p.author, "blake3": p.package.tarball.blake3, "sha256": p.package.tarball.sha256, "approvals": p.approvals.iter().map(|a| serde_json::json!({ "approver": a.approver, "seq": a.seq, "independent": a.independent, "void": a.void })).collect::<Vec<_>>() }))
+        .map(|p| serde_json::json!({ "version": p.package.version, "set": p.package.name, "seq": p.seq, "author": p.author, "blake3": p.package.tarball.blake3, "sha256": p.package.tarball.sha256, "approvals": p.approvals.iter().map(|a| serde_json::json!({ "approver": a.approver, "seq": a.seq, "independent": a.independent, "void": a.void })).collect::<Vec<_>>() }))
         .collect();
     serde_json::json!({
-        "ok": true, "ledger_id": r.state.ledger_id, "entries": r.state.len, "head": r.state.head,
+        "ok": true, "ledger_id": r.state.ledger_id(), "entries": r.state.len(), "head": r.state.head(),
         "head_signed_by": r.head.actor, "head_signed_at_ms": r.head.time_ms, "contents": r.head.contents, "artifacts_checked": r.artifacts_checked,
         "extends": r.extends.as_ref().map(|(size, root, signer)| serde_json::json!({ "size": size, "root": root, "signer": signer })),
-        "envs": r.state.env, "packages": packages, "not_independent": r.state.not_independent(),
+        "envs": pd_ledger::adoption::overview(&r.state), "packages": packages, "not_independent": r.state.not_independent(),
     })
 }

@@ -28,6 +28,7 @@ fn ledger() -> Export {
             envs: vec!["dev".into(), "prod".into()],
             approvals_required: 1,
             admin_approvals: 1,
+            min_targets: 1,
             keys: vec![decl("admin", &admin, &[Role::Admin, Role::Author, Role::Deployer], None)],
         }),
     );
@@ -69,8 +70,14 @@ fn ledger() -> Export {
 fn the_untouched_export_verifies() {
     let bytes = ledger().encode();
     let report = pd_verify::verify_bytes(&bytes, None).unwrap();
-    assert_eq!(report.state.len, 12);
-    assert_eq!(report.state.env["dev"].desired.as_ref().unwrap().version, Version::new(1, 1, 0));
+    assert_eq!(report.state.len(), 12);
+    assert_eq!(
+        pd_ledger::adoption::adoption_of(&report.state, "dev", Version::new(1, 1, 0))
+            .desired
+            .unwrap()
+            .version,
+        Version::new(1, 1, 0)
+    );
 }
 
 proptest! {

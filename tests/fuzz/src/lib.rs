@@ -44,7 +44,7 @@ pub fn entry_decode(data: &[u8]) {
     if rules::check_rules(&State::default(), &e).is_ok() {
         let mut state = State::default();
         state.apply(&e);
-        assert_eq!((state.len, state.head), (1, e.id), "genesis folds to a ledger of one entry");
+        assert_eq!((state.len(), state.head()), (1, e.id), "genesis folds to a ledger of one entry");
     }
 }
 
@@ -56,7 +56,7 @@ pub fn export_decode(data: &[u8]) {
     assert_eq!(Export::decode(&export.encode()).as_ref(), Ok(&export));
     let entries = export.entries.iter().map(|b| b.as_slice());
     if let Ok(state) = replay(entries, Signatures::TrustLocalStore) {
-        assert_eq!(state.len, export.entries.len() as u64, "a replayed ledger has every entry");
+        assert_eq!(state.len(), export.entries.len() as u64, "a replayed ledger has every entry");
     }
 }
 
@@ -87,7 +87,11 @@ pub fn enrolment_request(data: &[u8]) {
         pd_ledger::enrol::proves_possession(&r.name, &r.public_key, r.openpgp.as_deref(), &r.proof),
         "an accepted request proves possession"
     );
-    assert_eq!(pd_ledger::EnrolmentRequest::decode(r.to_json().as_bytes()).as_ref(), Ok(&r), "decode(to_json(r)) == r");
+    assert_eq!(
+        pd_ledger::EnrolmentRequest::decode(r.to_json().as_bytes()).as_ref(),
+        Ok(&r),
+        "decode(to_json(r)) == r"
+    );
 }
 
 /// A proof file: JSON into `Proof`, the JSON round trip, then `Proof::verify(&[])` with the

@@ -97,7 +97,7 @@ fn note_seeds(d: &Deployed<MemStore>) -> BTreeMap<String, Vec<u8>> {
     let st = d.ledger.state();
     let note = st.signed_note(st.latest_checkpoint().expect("a checkpoint")).render();
     // Another log's note: an extension line, and a signature of another type that pd skips.
-    let mut other = st.signed_note(&st.checkpoints[0]);
+    let mut other = st.signed_note(&st.checkpoints()[0]);
     other.checkpoint.extensions.push("extension line".into());
     let mut foreign = other.render();
     foreign.push_str("\u{2014} witness.example/w1 AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n");
@@ -110,7 +110,7 @@ fn note_seeds(d: &Deployed<MemStore>) -> BTreeMap<String, Vec<u8>> {
 
 fn proof_seeds(d: &Deployed<MemStore>, all: &[SignedEntry]) -> BTreeMap<String, Vec<u8>> {
     let (st, tree) = (d.ledger.state(), d.ledger.tree());
-    let (first, last) = (&st.checkpoints[0], &st.checkpoints[1]);
+    let (first, last) = (&st.checkpoints()[0], &st.checkpoints()[1]);
     let inclusion = Proof::inclusion(st, tree, &all[3], last).expect("inclusion proof");
     let consistency = Proof::consistency(st, tree, &st.signed_note(first), last).expect("consistency proof");
     let json = |p: &Proof| serde_json::to_vec_pretty(p).expect("proof JSON");
@@ -144,11 +144,11 @@ fn wire_seeds(d: &Deployed<MemStore>, all: &[SignedEntry]) -> BTreeMap<String, V
     let mut listed_cbor = Vec::new();
     ciborium::into_writer(&listed, &mut listed_cbor).expect("CBOR");
     let turn = serde_json::json!({
-        "lease": "00112233445566778899aabbccddeeff", "seq": st.len, "prev": st.head,
-        "min_time_ms": st.last_time_ms, "expires_in_ms": 5000,
+        "lease": "00112233445566778899aabbccddeeff", "seq": st.len(), "prev": st.head(),
+        "min_time_ms": st.last_time_ms(), "expires_in_ms": 5000,
     });
     let head = serde_json::json!({
-        "ledger_id": st.ledger_id, "len": st.len, "head": st.head, "last_time_ms": st.last_time_ms,
+        "ledger_id": st.ledger_id(), "len": st.len(), "head": st.head(), "last_time_ms": st.last_time_ms(),
     });
     BTreeMap::from([
         ("0-turn-request.json".to_string(), tagged(W::TurnRequest, json(&turn_request))),
