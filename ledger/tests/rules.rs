@@ -592,3 +592,86 @@ fn a_compromised_targets_acks_stop_counting_and_its_new_key_acks_again() {
     );
     assert!(pd_ledger::adoption::adoption(s, "dev", "llm_policy").waiting().contains(&"dev-1".to_string()));
 }
+
+/// Adoption, one line per history: what the slot holds after the steps, and whether the
+/// promotion rule lets the version on to staging (the two must agree).
+#[test]
+fn adoption_table() {
+    use pd_ledger::adoption::{adoption, Status};
+    type Steps = &'static [(&'static str, &'static str)];
+    // (steps, adopted, dev-1, dev-2); steps act on v1 ("push1", "ack1 dev-1", …) and v2.
+    let table: &[(Steps, bool, Status, Status)] = &[
+        (&[("push", "v1")], false, Status::Waiting, Status::Waiting),
+        (&[("push", "v1"), ("ack dev-1", "v1")], false, Status::Loaded, Status::Waiting),
+        (&[("push", "v1"), ("ack dev-1", "v1"), ("ack dev-2", "v1")], true, Status::Loaded, Status::Loaded),
+        (
+            &[("push", "v1"), ("fail dev-1", "v1"), ("ack dev-2", "v1")],
+            false,
+            Status::Failed("no".into()),
+            Status::Loaded,
+        ),
+        (
+            &[("push", "v1"), ("fail dev-1", "v1"), ("retry", "v1"), ("ack dev-2", "v1")],
+            false,
+            Status::Waiting,
+            Status::Loaded,
+        ),
+        (
+            &[("push", "v1"), ("fail dev-1", "v1"), ("ack dev-1", "v1"), ("ack dev-2", "v1")],
+            true,
+            Status::Loaded,
+            Status::Loaded,
+        ),
+        // Acks before a rollback made v1 desired again do not count for it.
+        (
+            &[("push", "v1"), ("ack dev-1", "v1"), ("ack dev-2", "v1"), ("push", "v2"), ("rollback", "v1")],
+            false,
+            Status::Waiting,
+            Status::Waiting,
+        ),
+    ];
+    for (i, (steps, adopted, one, two)) in table.iter().enumerate() {
+        let mut w = World::new();
+        let (v1, v2) = (Version::new(1, 0, 0), Version::new(1, 1, 0));
+        let (h1, h2) = (w.package(v1), w.package(v2));
+        w.ok("carol", approve(v1, h1));
+        w.ok("carol", approve(v2, h2));
+        for (what, v) in steps.iter() {
+            let (v, h) = if *v == "v1" { (v1, h1) } else { (v2, h2) };
+            let (kind, target) = what.split_once(' ').unwrap_or((what, ""));
+            let body = match kind {
+                "push" => push("dev", v, h),
+                "ack" => ack("dev", v, h),
+                "fail" => Body::Ack(Ack {
+                    env: "dev".into(),
+                    version: v,
+                    package: h,
+                    outcome: Outcome::Failed("no".into()),
+                }),
+                "retry" => {
+                    Body::Retry(Retry { env: "dev".into(), version: v, package: h, reason: "fixed".into() })
+                }
+                "rollback" => {
+                    Body::Rollback(Rollback { env: "dev".into(), version: v, package: h, reason: "r".into() })
+                }
+                other => panic!("{other}"),
+            };
+            w.ok(if target.is_empty() { ADMIN } else { target }, body);
+        }
+        let a = adoption(w.ledger.state(), "dev", "llm_policy");
+        assert_eq!(a.adopted(), *adopted, "line {i}");
+        assert_eq!(
+            a.targets,
+            vec![("dev-1".to_string(), one.clone()), ("dev-2".to_string(), two.clone())],
+            "line {i}"
+        );
+        let v = a.desired.as_ref().map(|d| d.version).unwrap();
+        let promoted = pd_ledger::adoption::check_promotion(
+            w.ledger.state(),
+            "staging",
+            v,
+            &if v == v1 { h1 } else { h2 },
+        );
+        assert_eq!(promoted.is_ok(), *adopted, "line {i}: the rule and adoption disagree: {promoted:?}");
+    }
+}
