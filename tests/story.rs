@@ -274,3 +274,24 @@ fn pd_verify_refuses_an_entries_only_export_unless_told_and_names_the_head_signe
     assert!(err.contains("only an active log or admin key"), "{err}");
     assert!(!w.path("by-target.pdx").exists());
 }
+
+#[test]
+fn a_push_to_an_environment_short_of_its_fleet_minimum_is_refused_with_the_way_out() {
+    let w = World::standard();
+    let policy = w.write("governance/llm_policy.yaml", POLICY);
+    let p = policy.to_str().unwrap();
+    w.ok("", &["ledger", "package", p, "--reason", "baseline"]);
+    w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "reviewed"]);
+    let out = w.ok("", &["env", "set", "dev", "--min-targets", "3", "--reason", "three regions"]);
+    assert!(out.contains("dev expects at least 3 target(s)"), "{out}");
+    let said = w.refused_with(1, "", &["ledger", "deploy", p, "--reason", "go", "--no-wait"]);
+    assert!(
+        said.contains("fewer than the 3 it expects") && said.contains("pd env set dev --min-targets"),
+        "{said}"
+    );
+    let refused = w.refused_with(1, "", &["env", "set", "dev", "--min-targets", "0", "--reason", "none"]);
+    assert!(refused.contains("zero targets never count"), "{refused}");
+    w.ok("", &["env", "set", "dev", "--min-targets", "1", "--reason", "one region for now"]);
+    let out = w.ok("", &["ledger", "deploy", p, "--reason", "go", "--no-wait"]);
+    assert!(out.contains("PD-0.1.0 pushed to dev"), "{out}");
+}

@@ -257,7 +257,10 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
 }
 
 /// Signs and appends `make(state)` as the acting key, on the home's ledger or the server.
-fn append_with(ctx: &Ctx, make: impl FnMut(&State, &str) -> Result<Body>) -> Result<(SignedEntry, State)> {
+pub(crate) fn append_with(
+    ctx: &Ctx,
+    make: impl FnMut(&State, &str) -> Result<Body>,
+) -> Result<(SignedEntry, State)> {
     let (home, mut backend) = Backend::of_home(ctx)?;
     let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let mut make = make;

@@ -9,6 +9,7 @@
 mod backend;
 mod demo;
 mod deploy;
+mod env_cmd;
 mod home;
 mod init;
 mod key;
@@ -83,6 +84,11 @@ enum Cmd {
     },
     /// Show the state of each environment, derived from the ledger.
     State(state_cmd::StateArgs),
+    /// Environment settings: the fleet each environment expects.
+    Env {
+        #[command(subcommand)]
+        cmd: env_cmd::EnvCmd,
+    },
     /// Read artifacts from the content-addressed store.
     Store {
         #[command(subcommand)]
@@ -288,6 +294,7 @@ where
         Cmd::Key { cmd } => key::run(&ctx, cmd),
         Cmd::Ledger { cmd } => ledger_cmd::run(&ctx, cmd),
         Cmd::State(a) => state_cmd::run(&ctx, a),
+        Cmd::Env { cmd } => env_cmd::run(&ctx, cmd),
         Cmd::Store { cmd } => store_cmd::run(&ctx, cmd),
         Cmd::Serve(a) => net::serve(&ctx, a),
         Cmd::Agent(a) => net::agent(&ctx, a),
