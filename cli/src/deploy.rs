@@ -312,7 +312,7 @@ pub fn wait(
     loop {
         let a = pd_ledger::adoption::adoption_of(&state, env, version);
         let current = a.desired.as_ref().is_some_and(|d| d.version == version);
-        let mut w = Waited {
+        let w = Waited {
             targets: a.targets.len(),
             loaded: if current { a.loaded() } else { 0 },
             failed: if current { a.failed() } else { Vec::new() },
@@ -320,9 +320,6 @@ pub fn wait(
             revoked: expected.iter().filter(|n| !a.targets.iter().any(|(t, _)| t == *n)).cloned().collect(),
             short_by: a.short_by(),
         };
-        if w.targets == 0 && w.missing.is_empty() {
-            w.missing.push(format!("any target of {env}"));
-        }
         if last != Some((w.loaded, w.failed.len())) {
             last = Some((w.loaded, w.failed.len()));
             let failed: serde_json::Map<String, serde_json::Value> =

@@ -657,12 +657,12 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     check_text("reason", &r.reason, true)?;
     check_env(state, &r.env)?;
     let set = named_package(state, r.version, &r.package)?.package.name.as_str();
-    let env = state.slot(&r.env, set).cloned().unwrap_or_default();
     let bad = |problem: &str| RuleError::BadRollback {
         env: r.env.clone(),
         version: r.version,
         problem: problem.to_string(),
     };
+    let Some(env) = state.slot(&r.env, set) else { return Err(bad("nothing was ever pushed there")) };
     match &env.desired {
         None => return Err(bad("nothing was ever pushed there")),
         Some(d) if d.version == r.version => return Err(bad("it is already the desired version")),

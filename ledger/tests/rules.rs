@@ -675,3 +675,49 @@ fn adoption_table() {
         assert_eq!(promoted.is_ok(), *adopted, "line {i}: the rule and adoption disagree: {promoted:?}");
     }
 }
+
+/// Two policy sets in one environment: each has its own slot, pushing one leaves the other's
+/// desired version and acks as they were, and a path of one set cannot be packaged in another.
+#[test]
+fn policy_sets_are_independent_and_a_path_belongs_to_one_set() {
+    let mut w = World::new();
+    let (v1, v2) = (Version::new(1, 0, 0), Version::new(2, 0, 0));
+    let h1 = w.package(v1);
+    let web = |name: &str, path: &str, seed: u8| {
+        let h = Hash([seed; 32]);
+        Body::Package(Package {
+            version: v2,
+            name: name.into(),
+            files: vec![FileDigest { path: path.into(), size: 1, sha256: h, blake3: h }],
+            tarball: Artifact { blake3: h, sha256: h, size: 10 },
+            openpgp_sig: "SIG".into(),
+            reason: "r".into(),
+        })
+    };
+    match w.refused(ADMIN, web("web", "llm_policy.yaml", 7)) {
+        RuleError::Invalid { field: "file path", problem } => {
+            assert!(problem.contains("llm_policy"), "{problem}")
+        }
+        other => panic!("{other:?}"),
+    }
+    w.ok(ADMIN, web("web", "web.yaml", 7));
+    let h2 = Hash([7; 32]);
+    w.ok("carol", approve(v1, h1));
+    w.ok("carol", approve(v2, h2));
+    w.ok(ADMIN, push("dev", v1, h1));
+    w.ok("dev-1", ack("dev", v1, h1));
+    w.ok(ADMIN, push("dev", v2, h2));
+    let st = w.ledger.state();
+    assert_eq!(
+        st.desired("dev", "llm_policy").map(|d| d.version),
+        Some(v1),
+        "pushing web left llm_policy alone"
+    );
+    assert_eq!(st.desired("dev", "web").map(|d| d.version), Some(v2));
+    let llm = pd_ledger::adoption::adoption(st, "dev", "llm_policy");
+    assert_eq!(
+        llm.targets[0].1,
+        pd_ledger::adoption::Status::Loaded,
+        "dev-1's ack of llm_policy still counts"
+    );
+}

@@ -99,8 +99,7 @@ struct Local {
     checkpoint: Option<(u64, Hash)>,
 }
 
-/// What an agent reports about itself: to the server in heartbeats, to supervisors on
-/// `/healthz`.
+/// What an agent reports about itself, in its heartbeats.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
     /// The ledger followed (zero before the first sync).
@@ -109,26 +108,6 @@ pub struct Status {
     pub replica_len: u64,
     /// What the target runs, by set.
     pub running: Vec<Running>,
-    /// When the server last answered (this agent's clock), if ever.
-    pub contact_ms: Option<u64>,
-    /// Why the target does not run what is desired, if it does not (empty: it does).
-    pub behind: Vec<String>,
-}
-
-impl Status {
-    /// Why a supervisor should not count this agent as healthy at `now_ms`, if it should not:
-    /// it lost the server for three heartbeat intervals, or the target does not run the
-    /// desired versions.
-    pub fn unhealthy(&self, now_ms: u64, interval: Duration) -> Option<String> {
-        let lost = self.contact_ms.is_none_or(|t| {
-            pd_ledger::heartbeat::liveness(Some((t, interval.as_millis() as u64)), now_ms)
-                == pd_ledger::heartbeat::Liveness::Stale
-        });
-        if lost {
-            return Some("not following the server: no answer for three heartbeat intervals".into());
-        }
-        (!self.behind.is_empty()).then(|| self.behind.join("; "))
-    }
 }
 
 /// The server's ledger cannot be trusted: it does not verify, or it does not extend a
@@ -213,7 +192,7 @@ impl<S: LedgerStore> Agent<S> {
             self.cfg.actor.clone(),
             SecretKey::from_seed(self.cfg.key.seed()),
             self.cfg.heartbeat,
-            self.status.clone(),
+            self.status.subscribe(),
             stop.clone(),
         ));
         let mut pause = Duration::from_millis(100);
@@ -313,12 +292,11 @@ impl<S: LedgerStore> Agent<S> {
         }
     }
 
-    /// Records that the server answered.
+    /// Records the replica's ledger and length for heartbeats.
     fn touch(&self) {
         let st = self.replica.state();
         let (id, len) = (st.ledger_id(), st.len());
         self.status.send_modify(|s| {
-            s.contact_ms = Some(crate::now_ms());
             s.ledger_id = id;
             s.replica_len = len;
         });
@@ -341,8 +319,8 @@ impl<S: LedgerStore> Agent<S> {
     /// trouble (the server, a store) propagates, to be retried; a version that does not
     /// verify or that the target refuses is acked `failed`.
     pub async fn converge(&mut self) -> Result<()> {
+        self.publish_running();
         self.check_checkpoints()?;
-        let mut behind = Vec::new();
         for set in self.sets()? {
             let view = AgentView {
                 running: self.local.running.get(&set).copied(),
@@ -351,17 +329,12 @@ impl<S: LedgerStore> Agent<S> {
             };
             let step = adoption::agent_step(self.replica.state(), &self.cfg.actor, &self.cfg.env, &set, view);
             match step {
-                Step::Idle | Step::Done => {}
+                Step::Idle | Step::Done | Step::Failed(_) => {}
                 Step::AwaitCheckpoint(d) => {
                     tracing::info!(env = %self.cfg.env, %set, version = %d.version, "waiting for a checkpoint over entry #{}", d.seq);
-                    behind.push(format!("{set}: {} waits for a checkpoint", d.version));
                 }
-                Step::Failed(d) => behind.push(format!("{set}: {} failed here", d.version)),
                 Step::Ack(d) => self.ack(&set, &d, Outcome::Loaded).await?,
-                Step::Refuse(d, why) => {
-                    behind.push(format!("{set}: {} refused", d.version));
-                    self.ack(&set, &d, Outcome::Failed(why)).await?;
-                }
+                Step::Refuse(d, why) => self.ack(&set, &d, Outcome::Failed(why)).await?,
                 Step::Install(d) => match self.adopt(&set, &d).await {
                     Ok(()) => {
                         self.local.running.insert(set.clone(), (d.version, d.package));
@@ -370,20 +343,14 @@ impl<S: LedgerStore> Agent<S> {
                         self.publish_running();
                         self.ack(&set, &d, Outcome::Loaded).await?;
                     }
-                    Err(Adopt::Transport(e)) => {
-                        self.status
-                            .send_modify(|s| s.behind = vec![format!("{set}: fetching {}", d.version)]);
-                        return Err(e);
-                    }
+                    Err(Adopt::Transport(e)) => return Err(e),
                     Err(Adopt::Refused(why)) => {
                         tracing::warn!(env = %self.cfg.env, %set, version = %d.version, "refused: {why}");
-                        behind.push(format!("{set}: {} failed here", d.version));
                         self.ack(&set, &d, Outcome::Failed(why)).await?;
                     }
                 },
             }
         }
-        self.status.send_modify(|s| s.behind = behind);
         Ok(())
     }
 
@@ -405,7 +372,6 @@ impl<S: LedgerStore> Agent<S> {
     /// checkpoint now must extend it (an RFC 9162 consistency proof over the replica's tree),
     /// then it becomes the one to hold later ledgers to.
     fn check_checkpoints(&mut self) -> Result<()> {
-        self.publish_running();
         let (st, tree) = (self.replica.state(), self.replica.tree());
         let Some(latest) = st.latest_checkpoint().map(|c| (c.checkpoint.size, c.checkpoint.root)) else {
             if let Some((size, _)) = self.local.checkpoint {
@@ -612,7 +578,7 @@ async fn heartbeats(
     target: String,
     key: SecretKey,
     interval: Duration,
-    status: watch::Sender<Status>,
+    status: watch::Receiver<Status>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -635,9 +601,8 @@ async fn heartbeats(
             replica_len: s.replica_len,
         }
         .sign(&key);
-        match client.heartbeat(&hb).await {
-            Ok(()) => status.send_modify(|s| s.contact_ms = Some(crate::now_ms())),
-            Err(e) => tracing::debug!("heartbeat: {e}"),
+        if let Err(e) = client.heartbeat(&hb).await {
+            tracing::debug!("heartbeat: {e}");
         }
     }
 }
