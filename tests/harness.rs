@@ -425,7 +425,9 @@ impl<'w> Net<'w> {
             vec!["--server", self.url(), "agent", "--env", env, "--dir", &dir, "--reload-url", reload];
         args.extend_from_slice(extra);
         let cmd = self.w.pd(target, &args);
-        let p = Proc::spawn(cmd, &self.w.path(&format!("agent-{target}.log")), "following");
+        // With --health-listen the agent's URL is its health address, printed after "following".
+        let marker = if extra.contains(&"--health-listen") { "agent health on" } else { "following" };
+        let p = Proc::spawn(cmd, &self.w.path(&format!("agent-{target}.log")), marker);
         self.procs.push((format!("agent-{target}:{env}:{reload}"), p));
     }
 
@@ -437,9 +439,29 @@ impl<'w> Net<'w> {
 
     /// Starts the agent of `target` again with its old settings (its target kept running).
     pub fn restart_agent(&mut self, target: &str, env: &str) {
+        self.restart_agent_with(target, env, &[]);
+    }
+
+    /// [`Net::restart_agent`] with extra `pd agent` arguments.
+    pub fn restart_agent_with(&mut self, target: &str, env: &str, extra: &[&str]) {
         let t = self.procs.iter().find(|(n, _)| n == &format!("target-{target}")).expect("target running");
         let reload = format!("{}/reload", t.1.url);
-        self.start_agent(target, env, &reload, &[]);
+        self.start_agent(target, env, &reload, extra);
+    }
+
+    /// Replaces `target`'s example target with one on the same port that refuses nothing
+    /// (the target's owner fixed it); its agent keeps running.
+    pub fn fix_target(&mut self, target: &str) {
+        let name = format!("target-{target}");
+        let i = self.procs.iter().position(|(n, _)| n == &name).expect("target running");
+        let (_, mut old) = self.procs.remove(i);
+        let listen = old.url.trim_start_matches("http://").to_string();
+        old.kill();
+        let mut t = Command::new(bin("pd"));
+        t.args(["example-target", "--listen", &listen, "--policy-dir"])
+            .arg(self.agent_dir(target).join("current"));
+        let fixed = Proc::spawn(t, &self.w.path(&format!("target-{target}-fixed.log")), "listening on");
+        self.procs.push((name, fixed));
     }
 
     /// `GET /version` of `target`'s example target.
@@ -448,5 +470,39 @@ impl<'w> Net<'w> {
         let (status, body) = http(&t.1.url, "GET", "/version", b"");
         assert_eq!(status, 200);
         serde_json::from_slice(&body).expect("version JSON")
+    }
+}
+
+/// Exports an honest appender would never write, for showing that `pd-verify` refuses them.
+pub mod forge {
+    use pd_ledger::export::Export;
+    use pd_ledger::{Body, Entry, Push, SecretKey, SignedEntry, Version};
+    use std::path::Path;
+
+    /// The export at `file` with one more entry: a push of `version` to `env` signed by the
+    /// home's admin key and chained to the last entry, whatever the rules say. The head is
+    /// left as it was: the verifier replays entries before it checks the head.
+    pub fn append_push(file: &Path, home: &Path, env: &str, version: &str) -> Vec<u8> {
+        let mut export = Export::decode(&std::fs::read(file).expect("export")).expect("an export");
+        let entries: Vec<SignedEntry> =
+            export.entries.iter().map(|b| SignedEntry::decode(b).expect("an entry")).collect();
+        let version: Version = version.parse().expect("a version");
+        let package = entries
+            .iter()
+            .find_map(|e| match &e.entry.body {
+                Body::Package(p) if p.version == version => Some(p.tarball.blake3),
+                _ => None,
+            })
+            .expect("the version is packaged");
+        let last = entries.last().expect("a ledger");
+        let text = std::fs::read_to_string(home.join("keys/admin.ed25519")).expect("admin key");
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut seed).expect("a key file");
+        let body = Body::Push(Push { env: env.into(), version, package, reason: "forged".into() });
+        let seq = last.entry.seq + 1;
+        let forged =
+            Entry::sign(seq, last.id, last.entry.time_ms + 1, "admin", body, &SecretKey::from_seed(seed));
+        export.entries.push(serde_bytes::ByteBuf::from(forged.bytes));
+        export.encode()
     }
 }

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use pd_ledger::state::PackageState;
-use pd_ledger::{Body, Push, Rollback, SecretKey, State, Version};
+use pd_ledger::{Body, Push, Retry, Rollback, SecretKey, State, Version};
 use serde_json::json;
 
 use crate::backend::Backend;
 use crate::home::Home;
 use crate::ledger_cmd::{deploy_version, package_of, package_with, previous_version, PackageArgs};
 use crate::{output, refuse, CheckFailed, Ctx, NotAdopted};
+use pd_ledger::heartbeat::Liveness;
 
 /// Arguments of `pd ledger deploy`.
 #[derive(Args)]
@@ -42,6 +43,32 @@ pub struct DeployArgs {
     /// Fraction of an environment's targets that may fail before it counts as failed.
     #[arg(long, default_value_t = 0.0, value_name = "RATIO", value_parser = ratio)]
     max_failed: f64,
+    /// End the wait as failed (rolling back with --auto-rollback) as soon as a target of the
+    /// environment is stale: no heartbeat within 3 of its intervals.
+    #[arg(long)]
+    fail_on_stale: bool,
+    /// The version is already pushed and some targets failed to load it: ask them to try
+    /// again (a signed `retry` entry) and wait; their earlier failures stop counting.
+    #[arg(long)]
+    retry_failed: bool,
+}
+
+/// When a wait ends without adoption.
+#[derive(Clone, Copy)]
+pub struct Until {
+    /// The wait gives up then.
+    pub deadline: Instant,
+    /// Fraction of targets that may fail.
+    pub max_failed: f64,
+    /// A stale target ends it.
+    pub fail_on_stale: bool,
+}
+
+impl Until {
+    /// Waits up to `timeout` for all targets, however many fail, stale or not.
+    pub fn after(timeout: Duration) -> Until {
+        Until { deadline: Instant::now() + timeout, max_failed: 1.0, fail_on_stale: false }
+    }
 }
 
 fn ratio(s: &str) -> Result<f64, String> {
@@ -66,6 +93,8 @@ pub struct Waited {
     pub revoked: Vec<String>,
     /// Enrolled targets the fleet lacks to reach its minimum.
     pub short_by: usize,
+    /// Targets with no heartbeat within 3 of their intervals, when the wait ended.
+    pub stale: Vec<String>,
 }
 
 impl Waited {
@@ -82,12 +111,15 @@ impl Waited {
         }
         if !self.revoked.is_empty() {
             parts.push(format!(
-                "{} revoked during the wait (rerun the deploy to accept the smaller fleet)",
+                "{} revoked during the wait (a rerun of the deploy counts the fleet as it is now)",
                 self.revoked.join(", ")
             ));
         }
         if self.short_by > 0 {
             parts.push(format!("the fleet lacks {} enrolled target(s) of its minimum", self.short_by));
+        }
+        if !self.stale.is_empty() {
+            parts.push(format!("stale (no heartbeat within 3 intervals): {}", self.stale.join(", ")));
         }
         parts.join("; ")
     }
@@ -100,6 +132,15 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     let auto_rollback = a.auto_rollback || home.config.auto_rollback;
     let (version, state) = version_to_deploy(ctx, &home, &mut b, &a)?;
     let envs = plan(&state, version, &a)?;
+    if envs.is_empty() {
+        let end = a.until.as_deref().and_then(|u| state.env_index(u)).unwrap_or(state.envs().len() - 1);
+        let done = state.envs()[..=end].join(", ");
+        if ctx.json {
+            return ctx.emit(&json!({ "version": version, "envs": [], "already_adopted": done }));
+        }
+        output::ok(format!("{version} is already adopted in {done}: nothing to do"));
+        return Ok(());
+    }
     if !ctx.json {
         let names: Vec<String> = envs.iter().map(|e| format!("{e}…")).collect();
         output::working(format!("deploying to {}", names.join(" ")));
@@ -110,7 +151,20 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         let here = pd_ledger::adoption::adoption_of(&state, env, version);
         let desired = here.desired.as_ref().map(|d| d.version);
         let mut seq = None;
-        if desired != Some(version) {
+        if a.retry_failed && desired == Some(version) && !here.failed().is_empty() {
+            let failed: Vec<String> = here.failed().into_iter().map(|(t, _)| t).collect();
+            let (entry, _) = b.append(&actor, &key, |st| {
+                let package = package_of(st, version)?.package.tarball.blake3;
+                Ok(Body::Retry(Retry { env: env.clone(), version, package, reason: a.reason.clone() }))
+            })?;
+            seq = Some(entry.entry.seq);
+            ctx.progress(
+                json!({ "event": "retry", "env": env, "version": version, "seq": seq, "targets": failed }),
+            )?;
+            if !ctx.json {
+                println!("  {} asked to retry {version} in {env} at #{}", failed.join(", "), entry.entry.seq);
+            }
+        } else if desired != Some(version) {
             let (entry, _) = b.append(&actor, &key, |st| {
                 let package = package_of(st, version)?.package.tarball.blake3;
                 Ok(Body::Push(Push { env: env.clone(), version, package, reason: a.reason.clone() }))
@@ -127,7 +181,9 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         if a.no_wait {
             return pushed_only(ctx, &state, env, version, seq);
         }
-        let waited = wait(ctx, &mut b, env, version, Instant::now() + a.timeout, a.max_failed)?;
+        let until =
+            Until { max_failed: a.max_failed, fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
+        let waited = wait(ctx, &mut b, env, version, until)?;
         if waited.adopted() {
             ctx.progress(
                 json!({ "event": "adopted", "env": env, "version": version, "targets": waited.targets }),
@@ -138,7 +194,8 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             report.push(json!({ "env": env, "seq": seq, "outcome": "adopted", "targets": waited.targets }));
             continue;
         }
-        let rollback = auto_rollback.then_some(a.timeout);
+        let rollback =
+            auto_rollback.then(|| Until { fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) });
         let failure = not_adopted(ctx, &mut b, (&actor, &key), env, version, &waited, rollback)?;
         let outcome = if auto_rollback { "rolled back" } else { "failed" };
         report.push(json!({ "env": env, "seq": seq, "outcome": outcome, "wait": waited, "rolled_back_to": failure.rolled_back_to }));
@@ -167,7 +224,7 @@ fn not_adopted(
     env: &str,
     version: Version,
     waited: &Waited,
-    rollback: Option<Duration>,
+    rollback: Option<Until>,
 ) -> Result<NotAdopted> {
     let problems = waited.problems();
     let mut failure = NotAdopted {
@@ -178,7 +235,7 @@ fn not_adopted(
         missing: waited.missing.clone(),
         rolled_back_to: None,
     };
-    if let Some(timeout) = rollback {
+    if let Some(until) = rollback {
         let set = b.state()?.package(version).map(|p| p.package.name.clone());
         let (back, stuck) = match roll_back(
             ctx,
@@ -187,7 +244,7 @@ fn not_adopted(
             key,
             (env, set.as_deref()),
             format!("automatic: {problems}"),
-            timeout,
+            until,
         ) {
             Ok(back) => (back, String::new()),
             // The rollback entry is written but its targets did not all come back either.
@@ -275,28 +332,17 @@ fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> 
     if let Some(env) = &a.env {
         return Ok(vec![env.clone()]);
     }
-    // From the first environment that has not adopted the version yet.
+    // From the first environment that has not adopted the version yet (none: a rerun of a
+    // deploy that is done, which succeeds).
     let adopted = |e: &String| pd_ledger::adoption::adoption_of(state, e, version).adopted_version(version);
-    let Some(start) = state.envs().iter().position(|e| !adopted(e)) else {
-        refuse!("{version} is already adopted in every environment ({})", state.envs().join(", "));
-    };
+    let start = state.envs().iter().position(|e| !adopted(e)).unwrap_or(state.envs().len());
     let end = a.until.as_deref().and_then(|u| state.env_index(u)).unwrap_or(state.envs().len() - 1);
-    if end < start {
-        refuse!("{version} is already adopted up to {}", state.envs()[start - 1]);
-    }
-    Ok(state.envs()[start..=end].to_vec())
+    Ok(state.envs().get(start..=end).unwrap_or_default().to_vec())
 }
 
-/// Waits until every target of `env` reported `version`, more than `max_failed` of them
-/// failed, or `deadline` passed; shows progress.
-pub fn wait(
-    ctx: &Ctx,
-    b: &mut Backend,
-    env: &str,
-    version: Version,
-    deadline: Instant,
-    max_failed: f64,
-) -> Result<Waited> {
+/// Waits until every target of `env` reported `version`, or `until` ends the wait; shows
+/// progress and names stale targets within one heartbeat interval of their turning stale.
+pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Until) -> Result<Waited> {
     let bar = indicatif::ProgressBar::new(0).with_message(format!("{env}: targets acknowledged {version}"));
     bar.set_style(
         indicatif::ProgressStyle::with_template("⟳ {msg} {pos}/{len} [{elapsed}]")
@@ -306,12 +352,39 @@ pub fn wait(
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut state = b.state()?;
-    let mut last = None;
+    let (mut last, mut last_stale) = (None, Vec::<String>::new());
     let expected: Vec<String> =
         pd_ledger::adoption::adoption_of(&state, env, version).targets.into_iter().map(|(n, _)| n).collect();
+    if !ctx.json {
+        println!("  waiting for {} target(s) in {env}: {}", expected.len(), expected.join(", "));
+    }
     loop {
         let a = pd_ledger::adoption::adoption_of(&state, env, version);
         let current = a.desired.as_ref().is_some_and(|d| d.version == version);
+        let beats = b.heartbeats()?;
+        let seen = beats.verified(&state);
+        let stale: Vec<String> = a
+            .targets
+            .iter()
+            .filter(|(t, _)| beats.liveness(seen.get(t)) == Liveness::Stale)
+            .map(|(t, _)| t.clone())
+            .collect();
+        // Wake at least once per heartbeat interval, so a target turning stale is named in time.
+        let interval = a
+            .targets
+            .iter()
+            .filter_map(|(t, _)| seen.get(t).map(|s| s.heartbeat.interval_ms))
+            .min()
+            .unwrap_or(pd_ledger::heartbeat::DEFAULT_INTERVAL_MS);
+        if stale != last_stale {
+            ctx.progress(json!({ "event": "stale", "env": env, "targets": stale }))?;
+            for t in stale.iter().filter(|t| !ctx.json && !last_stale.contains(t)) {
+                let ago = seen.get(t).map(|s| beats.now_ms.saturating_sub(s.received_ms)).unwrap_or_default();
+                let ago = humantime::format_duration(Duration::from_secs(ago / 1000));
+                bar.suspend(|| output::warn(format!("{t} is stale: its last heartbeat came {ago} ago")));
+            }
+            last_stale = stale.clone();
+        }
         let w = Waited {
             targets: a.targets.len(),
             loaded: if current { a.loaded() } else { 0 },
@@ -319,6 +392,7 @@ pub fn wait(
             missing: if current { a.waiting() } else { a.targets.iter().map(|(n, _)| n.clone()).collect() },
             revoked: expected.iter().filter(|n| !a.targets.iter().any(|(t, _)| t == *n)).cloned().collect(),
             short_by: a.short_by(),
+            stale,
         };
         if last != Some((w.loaded, w.failed.len())) {
             last = Some((w.loaded, w.failed.len()));
@@ -329,9 +403,9 @@ pub fn wait(
         }
         bar.set_length(w.targets as u64);
         bar.set_position(w.loaded as u64);
-        let too_many = w.failed.len() as f64 > max_failed * w.targets as f64;
-        let ended = !w.revoked.is_empty() || w.short_by > 0;
-        if w.missing.is_empty() || too_many || ended || Instant::now() >= deadline {
+        let too_many = w.failed.len() as f64 > until.max_failed * w.targets as f64;
+        let ended = !w.revoked.is_empty() || w.short_by > 0 || (until.fail_on_stale && !w.stale.is_empty());
+        if w.missing.is_empty() || too_many || ended || Instant::now() >= until.deadline {
             if w.adopted() {
                 bar.finish_and_clear();
             } else {
@@ -339,7 +413,8 @@ pub fn wait(
             }
             return Ok(w);
         }
-        state = b.wait(state.len(), deadline, &|| ctx.check())?;
+        let wake = until.deadline.min(Instant::now() + Duration::from_millis(interval));
+        state = b.wait(state.len(), wake, &|| ctx.check())?;
     }
 }
 
@@ -352,7 +427,7 @@ pub fn roll_back(
     key: &SecretKey,
     (env, set): (&str, Option<&str>),
     reason: String,
-    timeout: Duration,
+    until: Until,
 ) -> Result<Version> {
     let (entry, _) = b.append(actor, key, |st| {
         let set = crate::ledger_cmd::slot_set(st, env, set)?;
@@ -367,13 +442,13 @@ pub fn roll_back(
     if !ctx.json {
         output::working(format!("rolling {env} back to {} (#{})", r.version, entry.entry.seq));
     }
-    converge(ctx, b, env, r.version, timeout)?;
+    converge(ctx, b, env, r.version, until)?;
     Ok(r.version)
 }
 
 /// Waits for every target of `env` to report `version` loaded after a rollback.
-pub fn converge(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, timeout: Duration) -> Result<()> {
-    let w = wait(ctx, b, env, version, Instant::now() + timeout, 1.0)?;
+pub fn converge(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Until) -> Result<()> {
+    let w = wait(ctx, b, env, version, until)?;
     if !w.adopted() {
         let message = format!("{env} did not converge back to {version}: {}", w.problems());
         let (failed, missing) = (w.failed, w.missing);

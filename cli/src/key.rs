@@ -102,6 +102,9 @@ pub struct NewArgs {
     /// The environment of a target key.
     #[arg(long)]
     env: Option<String>,
+    /// A policy set a target key follows (repeat for several; default: every set).
+    #[arg(long = "set", value_name = "SET")]
+    sets: Vec<String>,
     #[command(flatten)]
     source: Source,
 }
@@ -254,8 +257,10 @@ fn public_parts(source: &Source, name: &str) -> Result<(Option<Secret>, Enrolmen
 fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
     a.roles.sort();
     a.roles.dedup();
+    a.sets.sort();
+    a.sets.dedup();
     let (secret, r, custody) = public_parts(&a.source, &a.name)?;
-    let decl = KeyDecl { custody, ..r.decl(a.roles, a.env) };
+    let decl = KeyDecl { custody, sets: a.sets, ..r.decl(a.roles, a.env) };
     let body = Body::KeyAdd(decl);
     let generated = secret.map(|secret| Generated { name: a.name, secret, rotation: false });
     change(ctx, generated, |_| Ok((body.clone(), body)))
@@ -455,7 +460,7 @@ fn list(ctx: &Ctx) -> Result<()> {
             .iter()
             .map(|k| {
                 serde_json::json!({
-                    "name": k.decl.name, "roles": k.decl.roles, "env": k.decl.env,
+                    "name": k.decl.name, "roles": k.decl.roles, "env": k.decl.env, "sets": k.decl.sets,
                     "public_key": k.decl.public_key, "custody": k.decl.custody.as_str(),
                     "added_seq": k.added_seq, "since_seq": k.since_seq, "rotations": k.past.len(),
                     "vkey": state.note_vkey(&k.decl.public_key),
@@ -467,7 +472,10 @@ fn list(ctx: &Ctx) -> Result<()> {
     }
     for k in keys {
         let roles: Vec<&str> = k.decl.roles.iter().map(|r| r.as_str()).collect();
-        let env = k.decl.env.as_ref().map(|e| format!(" env={e}")).unwrap_or_default();
+        let mut env = k.decl.env.as_ref().map(|e| format!(" env={e}")).unwrap_or_default();
+        if !k.decl.sets.is_empty() {
+            env.push_str(&format!(" sets={}", k.decl.sets.join(",")));
+        }
         let status = match &k.revoked {
             Some(r) => format!("revoked at #{} ({}): {}", r.seq, r.kind.as_str(), r.reason),
             None => "active".to_string(),

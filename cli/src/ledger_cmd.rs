@@ -397,7 +397,13 @@ fn rollback(ctx: &Ctx, a: RollbackArgs) -> Result<()> {
     // Over the network agents converge at once: show them. Locally targets ack by script.
     let waited = backend.is_remote() && !a.no_wait;
     if waited {
-        crate::deploy::converge(ctx, &mut backend, &r.env, r.version, a.timeout)?;
+        crate::deploy::converge(
+            ctx,
+            &mut backend,
+            &r.env,
+            r.version,
+            crate::deploy::Until::after(a.timeout),
+        )?;
     }
     if ctx.json {
         return ctx.emit(

@@ -68,6 +68,11 @@ pub struct AgentArgs {
     /// target as stale after three intervals without one.
     #[arg(long, default_value = "10s", value_parser = heartbeat_interval)]
     pub heartbeat: std::time::Duration,
+    /// Serve `GET /healthz` here for a supervisor: 200 while the agent follows the server and
+    /// the target runs every followed set's desired version, 503 otherwise (port 0 picks a
+    /// free port; the chosen address is printed).
+    #[arg(long, value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
 }
 
 /// Shortest and longest `--heartbeat` interval.
@@ -236,7 +241,17 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
     };
     let agent = Agent::new(cfg, replica)?;
     println!("pd agent {actor} following {env} at {url}");
-    rt.block_on(async move { agent.run(stop_on_signal()).await })
+    rt.block_on(async move {
+        let stop = stop_on_signal();
+        if let Some(addr) = a.health_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--health-listen {addr}: cannot listen there"))?;
+            println!("agent health on http://{} (GET /healthz)", listener.local_addr()?);
+            tokio::spawn(pd_server::agent::serve_health(listener, agent.status(), stop.clone()));
+        }
+        agent.run(stop).await
+    })
 }
 
 /// Runs `pd example-target` until SIGTERM or Ctrl-C.

@@ -10,6 +10,11 @@ pub fn working(line: impl std::fmt::Display) {
     println!("⟳ {line}");
 }
 
+/// Something the reader should look at; the work goes on.
+pub fn warn(line: impl std::fmt::Display) {
+    println!("! {line}");
+}
+
 /// The suggested next command.
 pub fn next(line: impl std::fmt::Display) {
     println!("next: {line}");

@@ -36,9 +36,8 @@ pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
 
 /// One target as `pd state` shows it: what it runs (from its signed heartbeat), when it was
 /// last seen and whether it is stale, next to its latest ack per set.
-fn target_json(state: &State, name: &str, seen: Option<&Seen>, now_ms: u64) -> serde_json::Value {
-    let last = seen.map(|s| (s.received_ms, s.heartbeat.interval_ms));
-    let liveness = pd_ledger::heartbeat::liveness(last, now_ms);
+fn target_json(state: &State, name: &str, seen: Option<&Seen>, beats: &Heartbeats) -> serde_json::Value {
+    let (liveness, now_ms) = (beats.liveness(seen), beats.now_ms);
     let running: serde_json::Map<String, serde_json::Value> = seen
         .map(|s| s.heartbeat.running.iter().map(|r| (r.set.clone(), json!(r.version))).collect())
         .unwrap_or_default();
@@ -72,7 +71,7 @@ pub fn state_json(state: &State, envs: &[String], beats: &Heartbeats) -> serde_j
         .filter(|e| envs.contains(&e.env))
         .map(|e| {
             let targets: Vec<_> =
-                e.targets.iter().map(|t| target_json(state, t, seen.get(t), beats.now_ms)).collect();
+                e.targets.iter().map(|t| target_json(state, t, seen.get(t), beats)).collect();
             let stale: Vec<_> = targets.iter().filter(|t| t["stale"] == true).map(|t| t["name"].clone()).collect();
             let sets: Vec<_> = e
                 .sets
@@ -144,7 +143,7 @@ fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
             );
         }
         for t in &e.targets {
-            let j = target_json(state, t, seen.get(t), beats.now_ms);
+            let j = target_json(state, t, seen.get(t), beats);
             let running = match j["running"].as_object() {
                 Some(m) if !m.is_empty() => m
                     .iter()

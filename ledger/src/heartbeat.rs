@@ -20,6 +20,9 @@ pub const STALE_AFTER_INTERVALS: u64 = 3;
 /// Shortest and longest heartbeat interval, in milliseconds.
 pub const INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
+/// The interval an agent sends at unless told otherwise (`pd agent --heartbeat`).
+pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
+
 /// What a target says about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -721,3 +721,117 @@ fn policy_sets_are_independent_and_a_path_belongs_to_one_set() {
         "dev-1's ack of llm_policy still counts"
     );
 }
+
+/// What the adoption module must say, derived from the raw entries by a model that knows
+/// nothing but the definition: per slot, the last push or rollback makes a version desired;
+/// an active target of the environment adopted it if its last ack there is a `loaded` of that
+/// tarball after that entry; a failure counts until a later `retry`; a slot is adopted when
+/// every one of at least max(1, minimum) targets adopted it.
+fn model(
+    entries: &[SignedEntry],
+    env: &str,
+) -> (Option<(Version, u64)>, Vec<(String, adoption::Status)>, bool) {
+    use adoption::Status;
+    let (mut desired, mut retry, mut min) = (None, 0, 1u32);
+    let mut targets: Vec<String> = Vec::new();
+    let mut last_ack: std::collections::BTreeMap<String, (u64, Version, Outcome)> = Default::default();
+    for e in entries {
+        let seq = e.entry.seq;
+        match &e.entry.body {
+            Body::Push(p) if p.env == env => desired = Some((p.version, seq)),
+            Body::Rollback(r) if r.env == env => desired = Some((r.version, seq)),
+            Body::Retry(r) if r.env == env => retry = seq,
+            Body::EnvSet(s) if s.env == env => min = s.min_targets,
+            Body::KeyAdd(k) if k.env.as_deref() == Some(env) => targets.push(k.name.clone()),
+            Body::KeyRevoke(k) => targets.retain(|t| *t != k.name),
+            Body::Ack(a) if a.env == env => {
+                drop(last_ack.insert(e.entry.actor.clone(), (seq, a.version, a.outcome.clone())))
+            }
+            _ => {}
+        }
+    }
+    let statuses: Vec<(String, Status)> = targets
+        .iter()
+        .map(|t| {
+            let status = match (desired, last_ack.get(t)) {
+                (Some((v, at)), Some((seq, av, outcome))) if *av == v && *seq > at => match outcome {
+                    Outcome::Loaded => Status::Loaded,
+                    Outcome::Failed(_) if retry > *seq => Status::Waiting,
+                    Outcome::Failed(e) => Status::Failed(e.clone()),
+                },
+                _ => Status::Waiting,
+            };
+            (t.clone(), status)
+        })
+        .collect();
+    let adopted = desired.is_some()
+        && statuses.len() >= min.max(1) as usize
+        && statuses.iter().all(|(_, s)| *s == Status::Loaded);
+    (desired, statuses, adopted)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Over random histories of pushes, rollbacks, acks, failures, retries, revocations and
+    /// fleet minimums: the adoption module agrees with the model, the deploy wait's reading
+    /// of it (nothing failed, nothing waiting, a full fleet) with `adopted`, the promotion rule
+    /// with adoption one environment down, and the verifier's replay of the entries with the
+    /// appender's state.
+    #[test]
+    fn adoption_the_wait_the_rule_and_the_verifier_agree(ops in proptest::collection::vec((0u8..20, 0usize..3, 0usize..3), 1..40)) {
+        use adoption::{adoption, check_promotion};
+        let mut w = World::new();
+        let versions: Vec<(Version, Hash)> = (0..3).map(|i| {
+            let v = Version::new(1, i, 0);
+            let h = w.package(v);
+            w.ok("carol", approve(v, h));
+            (v, h)
+        }).collect();
+        let targets = [("dev-1", "dev"), ("dev-2", "dev"), ("staging-1", "staging")];
+        for (kind, t, v) in ops {
+            let ((version, package), (target, tenv)) = (versions[v], targets[t]);
+            // Weighted towards acks, which most histories are made of.
+            let (actor, body) = match kind {
+                0..=2 => (ADMIN, push("dev", version, package)),
+                3 => (ADMIN, push("staging", version, package)),
+                4..=5 => (ADMIN, Body::Rollback(Rollback { env: tenv.into(), version, package, reason: "r".into() })),
+                6..=13 => (target, ack(tenv, version, package)),
+                14..=15 => (target, Body::Ack(Ack { env: tenv.into(), version, package, outcome: Outcome::Failed("no".into()) })),
+                16..=17 => (ADMIN, Body::Retry(Retry { env: tenv.into(), version, package, reason: "again".into() })),
+                18 => (ADMIN, revoke(target, RevokeKind::Left)),
+                _ => (ADMIN, Body::EnvSet(EnvSet { env: tenv.into(), min_targets: v as u32 + 1, reason: "fleet".into() })),
+            };
+            let before = w.ledger.state().head();
+            if w.try_as(actor, body).is_err() {
+                proptest::prop_assert_eq!(w.ledger.state().head(), before, "a refusal changes nothing");
+            }
+            let st = w.ledger.state();
+            let entries: Vec<SignedEntry> = w.ledger.entries(0).map(|e| e.unwrap()).collect();
+            for env in ["dev", "staging"] {
+                let a = adoption(st, env, "llm_policy");
+                let (desired, statuses, adopted) = model(&entries, env);
+                proptest::prop_assert_eq!(a.desired.as_ref().map(|d| (d.version, d.seq)), desired);
+                proptest::prop_assert_eq!(&a.targets, &statuses);
+                proptest::prop_assert_eq!(a.adopted(), adopted);
+                let waited = a.failed().is_empty() && a.waiting().is_empty() && a.short_by() == 0;
+                proptest::prop_assert_eq!(a.desired.is_some() && waited, a.adopted(), "the wait's reading");
+            }
+            let dev = adoption(st, "dev", "llm_policy");
+            let staging = adoption(st, "staging", "llm_policy");
+            let highest = st.slot("staging", "llm_policy").and_then(|s| s.history().iter().map(|d| d.version).max());
+            for (version, package) in &versions {
+                let allowed = dev.adopted_version(*version)
+                    && staging.short_by() == 0
+                    && highest.is_none_or(|h| *version > h);
+                let rule = check_promotion(st, "staging", *version, package);
+                proptest::prop_assert_eq!(rule.is_ok(), allowed, "{} to staging: {:?}", version, rule);
+            }
+            let bytes: Vec<Vec<u8>> = entries.iter().map(|e| e.bytes.clone()).collect();
+            let replayed = replay::replay(bytes.iter().map(|b| b.as_slice()), replay::Signatures::Verify).unwrap();
+            proptest::prop_assert_eq!(
+                serde_json::to_value(adoption::overview(&replayed)).unwrap(),
+                serde_json::to_value(adoption::overview(st)).unwrap()
+            );
+        }
+    }
+}

@@ -99,8 +99,8 @@ struct Local {
     checkpoint: Option<(u64, Hash)>,
 }
 
-/// What an agent reports about itself, in its heartbeats.
-#[derive(Clone, Debug, Default)]
+/// What an agent reports about itself, in its heartbeats and on `/healthz`.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
     /// The ledger followed (zero before the first sync).
     pub ledger_id: Hash,
@@ -108,6 +108,17 @@ pub struct Status {
     pub replica_len: u64,
     /// What the target runs, by set.
     pub running: Vec<Running>,
+    /// Whether the agent is connected to the server and its replica verified.
+    pub following: bool,
+    /// The followed sets whose desired version the target does not run, with why.
+    pub behind: BTreeMap<String, String>,
+}
+
+impl Status {
+    /// Healthy: it follows the server and the target runs what every followed set desires.
+    pub fn healthy(&self) -> bool {
+        self.following && self.behind.is_empty()
+    }
 }
 
 /// The server's ledger cannot be trusted: it does not verify, or it does not extend a
@@ -200,7 +211,9 @@ impl<S: LedgerStore> Agent<S> {
             if *stop.borrow() {
                 break Ok(());
             }
-            match self.follow(&mut stop).await {
+            let followed = self.follow(&mut stop).await;
+            self.status.send_modify(|s| s.following = false);
+            match followed {
                 Ok(()) => pause = Duration::from_millis(100),
                 Err(e) if is_untrusted(&e) => {
                     break Err(e.context(format!(
@@ -229,6 +242,7 @@ impl<S: LedgerStore> Agent<S> {
     async fn follow(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
         self.cfg.client.sync(&mut self.replica, None).await?;
         self.touch();
+        self.status.send_modify(|s| s.following = true);
         self.converge().await?;
         let events = match self.cfg.client.events(self.replica.state().len()).await {
             Ok(events) => events,
@@ -321,37 +335,62 @@ impl<S: LedgerStore> Agent<S> {
     pub async fn converge(&mut self) -> Result<()> {
         self.publish_running();
         self.check_checkpoints()?;
-        for set in self.sets()? {
+        let sets = self.sets()?;
+        self.status.send_modify(|s| s.behind.retain(|set, _| sets.contains(set)));
+        for set in sets {
             let view = AgentView {
                 running: self.local.running.get(&set).copied(),
                 acked: self.acked.get(&set).copied(),
                 failed: self.failed.get(&set).copied(),
             };
             let step = adoption::agent_step(self.replica.state(), &self.cfg.actor, &self.cfg.env, &set, view);
+            // What /healthz says is set before the ledger hears of it, so nobody who read an
+            // ack sees an older health.
             match step {
-                Step::Idle | Step::Done | Step::Failed(_) => {}
+                Step::Idle | Step::Done => self.behind(&set, None),
+                Step::Failed(d) => self.behind(&set, Some(format!("failed to load {}", d.version))),
                 Step::AwaitCheckpoint(d) => {
                     tracing::info!(env = %self.cfg.env, %set, version = %d.version, "waiting for a checkpoint over entry #{}", d.seq);
+                    self.behind(&set, Some(format!("{} waits for a checkpoint over #{}", d.version, d.seq)));
                 }
-                Step::Ack(d) => self.ack(&set, &d, Outcome::Loaded).await?,
-                Step::Refuse(d, why) => self.ack(&set, &d, Outcome::Failed(why)).await?,
-                Step::Install(d) => match self.adopt(&set, &d).await {
-                    Ok(()) => {
-                        self.local.running.insert(set.clone(), (d.version, d.package));
-                        self.save()?;
-                        tracing::info!(env = %self.cfg.env, %set, version = %d.version, "loaded");
-                        self.publish_running();
-                        self.ack(&set, &d, Outcome::Loaded).await?;
+                Step::Ack(d) => {
+                    self.behind(&set, None);
+                    self.ack(&set, &d, Outcome::Loaded).await?;
+                }
+                Step::Refuse(d, why) => {
+                    self.behind(&set, Some(why.clone()));
+                    self.ack(&set, &d, Outcome::Failed(why)).await?;
+                }
+                Step::Install(d) => {
+                    self.behind(&set, Some(format!("installing {}", d.version)));
+                    match self.adopt(&set, &d).await {
+                        Ok(()) => {
+                            self.local.running.insert(set.clone(), (d.version, d.package));
+                            self.save()?;
+                            tracing::info!(env = %self.cfg.env, %set, version = %d.version, "loaded");
+                            self.publish_running();
+                            self.behind(&set, None);
+                            self.ack(&set, &d, Outcome::Loaded).await?;
+                        }
+                        Err(Adopt::Transport(e)) => return Err(e),
+                        Err(Adopt::Refused(why)) => {
+                            tracing::warn!(env = %self.cfg.env, %set, version = %d.version, "refused: {why}");
+                            self.behind(&set, Some(format!("failed to load {}: {why}", d.version)));
+                            self.ack(&set, &d, Outcome::Failed(why)).await?;
+                        }
                     }
-                    Err(Adopt::Transport(e)) => return Err(e),
-                    Err(Adopt::Refused(why)) => {
-                        tracing::warn!(env = %self.cfg.env, %set, version = %d.version, "refused: {why}");
-                        self.ack(&set, &d, Outcome::Failed(why)).await?;
-                    }
-                },
+                }
             }
         }
         Ok(())
+    }
+
+    /// Records on the status why the target does not run `set`'s desired version (`None`: it does).
+    fn behind(&self, set: &str, why: Option<String>) {
+        self.status.send_modify(|s| match why {
+            Some(why) => drop(s.behind.insert(set.to_string(), why)),
+            None => drop(s.behind.remove(set)),
+        });
     }
 
     fn publish_running(&self) {
@@ -563,6 +602,30 @@ impl<S: LedgerStore> Agent<S> {
         f.sync_all()?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// Serves `GET /healthz` for supervisors until `stop`: 200 while the agent follows the
+/// server and the target runs the desired version of every set it follows, else 503; the
+/// body is the agent's [`Status`] as JSON either way.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    status: watch::Receiver<Status>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let s = status.borrow().clone();
+            let code = if s.healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            async move { (code, axum::Json(serde_json::json!({ "healthy": s.healthy(), "status": s }))) }
+        }),
+    );
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    Ok(())
 }
 
 /// A pause of 50–150 % of `base`, so a fleet that lost its server does not come back in step.

@@ -256,6 +256,12 @@ pub struct Seen {
 }
 
 impl Heartbeats {
+    /// A target's liveness by its verified heartbeat (from [`Heartbeats::verified`]), on
+    /// the server's clock.
+    pub fn liveness(&self, seen: Option<&Seen>) -> pd_ledger::heartbeat::Liveness {
+        pd_ledger::heartbeat::liveness(seen.map(|s| (s.received_ms, s.heartbeat.interval_ms)), self.now_ms)
+    }
+
     /// The heartbeats that verify against `state` (an active target key signed each), by
     /// target; the rest are dropped, as a server cannot speak for a target.
     pub fn verified(&self, state: &pd_ledger::State) -> std::collections::BTreeMap<String, Seen> {
