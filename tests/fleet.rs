@@ -89,7 +89,7 @@ fn a_killed_agent_turns_stale_and_fail_on_stale_ends_the_wait_with_a_rollback() 
     net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--timeout", "60s"]);
     let liveness = |net: &Net, t: &str| {
         let dev = env_of(&state(net), "dev");
-        dev["targets"].as_array()?.iter().find(|x| x["name"] == t).map(|x| x.clone())
+        dev["targets"].as_array()?.iter().find(|x| x["name"] == t).cloned()
     };
     // Its heartbeats say what it runs.
     net.wait_for(|net| (liveness(net, "dev-2")?["running"]["llm_policy"] == "PD-0.1.0").then_some(()));

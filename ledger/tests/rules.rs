@@ -722,15 +722,16 @@ fn policy_sets_are_independent_and_a_path_belongs_to_one_set() {
     );
 }
 
+/// A slot as the model sees it: the desired version and its entry, each target's status,
+/// and whether the slot is adopted.
+type Model = (Option<(Version, u64)>, Vec<(String, adoption::Status)>, bool);
+
 /// What the adoption module must say, derived from the raw entries by a model that knows
 /// nothing but the definition: per slot, the last push or rollback makes a version desired;
 /// an active target of the environment adopted it if its last ack there is a `loaded` of that
 /// tarball after that entry; a failure counts until a later `retry`; a slot is adopted when
 /// every one of at least max(1, minimum) targets adopted it.
-fn model(
-    entries: &[SignedEntry],
-    env: &str,
-) -> (Option<(Version, u64)>, Vec<(String, adoption::Status)>, bool) {
+fn model(entries: &[SignedEntry], env: &str) -> Model {
     use adoption::Status;
     let (mut desired, mut retry, mut min) = (None, 0, 1u32);
     let mut targets: Vec<String> = Vec::new();
