@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use pd_ledger::merkle::{Sha256, Tree};
 use pd_ledger::storage::MemStore;
 use pd_ledger::{Body, Hash, Ledger, SecretKey, SignedEntry, State};
+use pd_server::client::ClientError;
 use pd_server::Client;
 
 use crate::home::{self, Home};
@@ -157,13 +158,7 @@ impl Backend {
         const TICK: Duration = Duration::from_millis(100);
         let left = deadline.saturating_duration_since(Instant::now());
         match self {
-            Backend::Local(_) => {
-                let until = Instant::now() + left.min(Duration::from_millis(200));
-                while Instant::now() < until {
-                    check()?;
-                    std::thread::sleep(until.saturating_duration_since(Instant::now()).min(TICK));
-                }
-            }
+            Backend::Local(_) => pause(Instant::now() + left.min(Duration::from_millis(200)), check)?,
             Backend::Remote { rt, client, .. } => rt.block_on(async {
                 let grown = client.head_after(len, left.min(Duration::from_secs(25)));
                 tokio::pin!(grown);
@@ -178,6 +173,26 @@ impl Backend {
         }
         self.state()
     }
+}
+
+/// Whether `e` only says the server could not be reached or failed for now (a restart, an
+/// overloaded proxy): worth retrying, never a verdict on the request.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ClientError>(),
+            Some(ClientError::Unreachable { .. }) | Some(ClientError::Refused { status: 500.., .. })
+        )
+    })
+}
+
+/// Sleeps until `until`, running `check` every 100 ms; its error (an interrupt) ends it.
+pub fn pause(until: Instant, check: &dyn Fn() -> Result<()>) -> Result<()> {
+    while Instant::now() < until {
+        check()?;
+        std::thread::sleep(until.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+    }
+    Ok(())
 }
 
 /// Refuses `body` before anything is written if the rules would refuse it now.

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::backend::Backend;
 use crate::home::Home;
-use crate::ledger_cmd::{deploy_version, package_of, package_with, previous_version, PackageArgs};
+use crate::ledger_cmd::{deploy_version, package_of, package_with, previous_version, PackageArgs, Packaged};
 use crate::{output, refuse, CheckFailed, Ctx, NotAdopted};
 use pd_ledger::heartbeat::Liveness;
 
@@ -165,14 +165,19 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
                 println!("  {} asked to retry {version} in {env} at #{}", failed.join(", "), entry.entry.seq);
             }
         } else if desired != Some(version) {
-            let (entry, _) = b.append(&actor, &key, |st| {
-                let package = package_of(st, version)?.package.tarball.blake3;
-                Ok(Body::Push(Push { env: env.clone(), version, package, reason: a.reason.clone() }))
-            })?;
-            seq = Some(entry.entry.seq);
-            ctx.progress(json!({ "event": "pushed", "env": env, "version": version, "seq": seq }))?;
-            if !ctx.json {
-                println!("  {version} pushed to {env} at #{}", entry.entry.seq);
+            let revert = std::path::Path::new(&a.target).exists();
+            match make_desired(&mut b, (&actor, &key), (env, version, revert), &a.reason)? {
+                Some(entry) => {
+                    seq = Some(entry.entry.seq);
+                    let how =
+                        if matches!(entry.entry.body, Body::Rollback(_)) { "rolled back" } else { "pushed" };
+                    ctx.progress(json!({ "event": how, "env": env, "version": version, "seq": seq }))?;
+                    if !ctx.json {
+                        println!("  {version} {how} to {env} at #{}", entry.entry.seq);
+                    }
+                }
+                None if !ctx.json => println!("  {version} was just pushed to {env} by another deploy"),
+                None => {}
             }
         } else if here.adopted_version(version) {
             report.push(json!({ "env": env, "outcome": "already adopted" }));
@@ -271,12 +276,17 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
         Some(v) => (v, None),
         None => {
             let args = PackageArgs::of(a.target.clone().into(), a.reason.clone());
-            let (entry, _, _) = package_with(ctx, home, b, &args)?;
-            let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
-            (p.version, Some(entry.entry.seq))
+            match package_with(ctx, home, b, &args)? {
+                Packaged::New(entry, _, _) => {
+                    let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
+                    (p.version, Some(entry.entry.seq))
+                }
+                // A concurrent deploy of the same file packaged it first.
+                Packaged::Reused(v, _) => (v, None),
+            }
         }
     };
-    let state = if new_at.is_some() { b.state()? } else { state };
+    let state = b.state()?;
     let fpr = check_artifact(b, &state, package_of(&state, version)?)?;
     ctx.progress(json!({ "event": "packaged", "version": version, "new_at": new_at, "openpgp": fpr }))?;
     if !ctx.json {
@@ -287,11 +297,57 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
     Ok((version, state))
 }
 
+/// A version already desired where a deploy was asked to push it: a rerun, or a concurrent
+/// deploy that pushed first. Raised under the append turn, so one of them pushes.
+#[derive(Debug, thiserror::Error)]
+#[error("already desired")]
+struct AlreadyDesired;
+
+/// Makes `version` desired in `env`, deciding under the append turn: a push, or, with `revert`
+/// (the deploy named files whose content an older package holds: a `git revert`) and a version
+/// the environment ran before and has since moved past, a rollback to it. A version named
+/// outright is always a push, which the rules refuse if it moves backwards. `None`: it
+/// already is desired there.
+fn make_desired(
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    (env, version, revert): (&str, Version, bool),
+    reason: &str,
+) -> Result<Option<pd_ledger::SignedEntry>> {
+    let appended = b.append(actor, key, |st| {
+        let pkg = package_of(st, version)?;
+        let slot = st.slot(env, &pkg.package.name);
+        if slot.and_then(|s| s.desired()).is_some_and(|d| d.version == version) {
+            return Err(AlreadyDesired.into());
+        }
+        let history = slot.map(|s| s.history()).unwrap_or_default();
+        let back = revert
+            && history.iter().any(|d| d.version == version)
+            && history.iter().any(|d| d.version > version);
+        let (env, package, reason) = (env.to_string(), pkg.package.tarball.blake3, reason.to_string());
+        Ok(match back {
+            true => Body::Rollback(Rollback { env, version, package, reason }),
+            false => Body::Push(Push { env, version, package, reason }),
+        })
+    });
+    match appended {
+        Ok((entry, _)) => Ok(Some(entry)),
+        Err(e) if e.is::<AlreadyDesired>() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The end of `deploy --no-wait`: one environment pushed, nobody waited for.
 fn pushed_only(ctx: &Ctx, state: &State, env: &str, version: Version, seq: Option<u64>) -> Result<()> {
     if seq.is_none() {
         let waiting = pd_ledger::adoption::adoption_of(state, env, version).waiting().join(", ");
-        refuse!("{version} is already pushed to {env}, waiting for {waiting}; the next environment follows once they acknowledge");
+        if ctx.json {
+            return ctx.emit(
+                &json!({ "version": version, "env": env, "seq": null, "waited": false, "waiting": waiting }),
+            );
+        }
+        output::ok(format!("{version} is already pushed to {env}; waiting for {waiting}"));
+        return Ok(());
     }
     if ctx.json {
         return ctx.emit(&json!({ "version": version, "env": env, "seq": seq, "waited": false }));
@@ -353,6 +409,7 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
     }
     let mut state = b.state()?;
     let (mut last, mut last_stale) = (None, Vec::<String>::new());
+    let (mut beats, mut outage) = (pd_server::wire::Heartbeats::default(), None::<Duration>);
     let expected: Vec<String> =
         pd_ledger::adoption::adoption_of(&state, env, version).targets.into_iter().map(|(n, _)| n).collect();
     if !ctx.json {
@@ -361,7 +418,11 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
     loop {
         let a = pd_ledger::adoption::adoption_of(&state, env, version);
         let current = a.desired.as_ref().is_some_and(|d| d.version == version);
-        let beats = b.heartbeats()?;
+        match b.heartbeats() {
+            Ok(h) => beats = h,
+            Err(e) if crate::backend::is_transient(&e) => {}
+            Err(e) => return Err(e),
+        }
         let seen = beats.verified(&state);
         let stale: Vec<String> = a
             .targets
@@ -414,7 +475,29 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
             return Ok(w);
         }
         let wake = until.deadline.min(Instant::now() + Duration::from_millis(interval));
-        state = b.wait(state.len(), wake, &|| ctx.check())?;
+        // The server restarting (or a proxy failing) does not end the wait: retry, with
+        // growing pauses, until the deadline; agents retry the same way meanwhile.
+        match b.wait(state.len(), wake, &|| ctx.check()) {
+            Ok(s) => {
+                if outage.take().is_some() && !ctx.json {
+                    bar.suspend(|| output::ok("the server is back"));
+                }
+                state = s;
+            }
+            Err(e) if crate::backend::is_transient(&e) => {
+                let pause =
+                    outage.map_or(Duration::from_millis(200), |p| (p * 2).min(Duration::from_secs(5)));
+                if outage.is_none() && !ctx.json {
+                    bar.suspend(|| {
+                        output::warn(format!("{}; retrying until the timeout", output::chain(&e)))
+                    });
+                }
+                ctx.progress(json!({ "event": "server unreachable", "error": output::chain(&e) }))?;
+                outage = Some(pause);
+                crate::backend::pause(until.deadline.min(Instant::now() + pause), &|| ctx.check())?;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

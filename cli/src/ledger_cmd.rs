@@ -7,7 +7,6 @@ use clap::{Args, Subcommand};
 use pd_ledger::export::{Contents, Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::state::PackageState;
 use pd_ledger::{Ack, Approve, Body, Bump, Outcome, Rollback, SignedEntry, State, Version};
-use pd_store::FsStore;
 
 use crate::backend::{precheck, Backend};
 use crate::home;
@@ -186,48 +185,99 @@ fn policy_name(a: &PackageArgs) -> String {
 
 fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
-    let (entry, built, fpr) = package_with(ctx, &home, &mut backend, &a)?;
-    report_package(ctx, &entry, &built, &fpr)
+    match package_with(ctx, &home, &mut backend, &a)? {
+        Packaged::New(entry, built, fpr) => report_package(ctx, &entry, &built, &fpr),
+        Packaged::Reused(version, seq) => {
+            if ctx.json {
+                return ctx.emit(&serde_json::json!({ "version": version, "seq": seq, "reused": true }));
+            }
+            output::ok(format!(
+                "already packaged as {version} (#{seq}): the same files with the same content"
+            ));
+            Ok(())
+        }
+    }
 }
 
-/// Builds, signs, stores and records a package of `a.files` as the acting key. Returns its
-/// entry, the tarball and the signer's OpenPGP fingerprint.
+/// What `pd ledger package` did.
+pub enum Packaged {
+    /// A new package: its entry, tarball and the signer's OpenPGP fingerprint.
+    New(SignedEntry, pd_store::tarball::Built, String),
+    /// A package of exactly these files already exists: its version and entry.
+    Reused(Version, u64),
+}
+
+/// A package of `a.files` with the same name exists: under the append turn, to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("already packaged")]
+struct AlreadyPackaged;
+
+/// Another package was appended after this one's version was computed: build it again.
+#[derive(Debug, thiserror::Error)]
+#[error("the next version moved")]
+struct VersionMoved;
+
+/// The newest package holding exactly `files` (same paths, same bytes), of policy set `name`
+/// when given.
+fn holding<'s>(
+    state: &'s State,
+    name: Option<&str>,
+    files: &[pd_store::tarball::PolicyFile],
+) -> Option<&'s PackageState> {
+    state.packages().iter().rev().find(|p| {
+        name.is_none_or(|n| p.package.name == n)
+            && p.package.files.len() == files.len()
+            && p.package
+                .files
+                .iter()
+                .zip(files)
+                .all(|(f, w)| f.path == w.path && f.blake3.0 == pd_store::ArtifactDigest::of(&w.bytes).blake3)
+    })
+}
+
+/// Builds, signs, stores and records a package of `a.files` as the acting key, or finds the
+/// package that already holds exactly them. The version is checked again under the append
+/// turn: when a concurrent run took it, this one rebuilds at the next version (or, if the
+/// other run packaged the same files, reuses its package). Objects are never deleted: one
+/// left by a failed append is unreferenced, content-addressed and harmless, while removing
+/// it could remove the bytes of a concurrent run that did commit them.
 pub fn package_with(
     ctx: &Ctx,
     home: &home::Home,
     backend: &mut Backend,
     a: &PackageArgs,
-) -> Result<(SignedEntry, pd_store::tarball::Built, String)> {
-    let (actor, key, state) = ctx.signer(home, backend)?;
-    let pgp = ctx.pgp_key(home, &actor)?;
+) -> Result<Packaged> {
     let limits = pd_store::Limits::default();
     let files = pd_store::tarball::collect(&a.files, &limits)?;
-    let version = next_version(&state, a)?;
     let name = policy_name(a);
-    let built = pd_store::tarball::build(&name, &version.to_string(), &files, &limits)?;
-    let sig = pgp.sign_detached_armored(&built.bytes)?;
-    let body = Body::Package(built.to_package(version, sig.clone(), a.reason.clone()));
-    // Every check before any write: the rule, then the signature as a verifier will see it.
-    precheck(&state, &actor, &key, body.clone())?;
-    let cert = state.active_key(&actor).and_then(|k| k.decl.openpgp.as_deref());
-    pd_store::openpgp::verify_detached(cert.unwrap_or_default(), &built.bytes, &sig)?;
-    // A file this command adds to a local objects/ directory, to remove if the append fails.
-    let fresh = match &*backend {
-        Backend::Local(h) if h.config.store.is_none() => {
-            Some(FsStore::open(&h.objects_dir())?.path_of(&built.digest.blake3)).filter(|p| !p.exists())
+    loop {
+        let (actor, key, state) = ctx.signer(home, backend)?;
+        if let Some(p) = holding(&state, Some(&name), &files) {
+            return Ok(Packaged::Reused(p.package.version, p.seq));
         }
-        _ => None,
-    };
-    backend.put_object(&state.ledger_id(), &actor, &key, &built.bytes)?;
-    match backend.append(&actor, &key, |_| Ok(body.clone())) {
-        Ok((entry, _)) => Ok((entry, built, pgp.fingerprint())),
-        Err(e) => {
-            // Leave the store as it was (a server or bucket keeps the unreferenced object:
-            // content-addressed, so harmless).
-            if let Some(path) = fresh {
-                let _ = std::fs::remove_file(path);
+        let pgp = ctx.pgp_key(home, &actor)?;
+        let version = next_version(&state, a)?;
+        let built = pd_store::tarball::build(&name, &version.to_string(), &files, &limits)?;
+        let sig = pgp.sign_detached_armored(&built.bytes)?;
+        let body = Body::Package(built.to_package(version, sig.clone(), a.reason.clone()));
+        // Every check before any write: the rule, then the signature as a verifier will see it.
+        precheck(&state, &actor, &key, body.clone())?;
+        let cert = state.active_key(&actor).and_then(|k| k.decl.openpgp.as_deref());
+        pd_store::openpgp::verify_detached(cert.unwrap_or_default(), &built.bytes, &sig)?;
+        backend.put_object(&state.ledger_id(), &actor, &key, &built.bytes)?;
+        let appended = backend.append(&actor, &key, |st| {
+            if holding(st, Some(&name), &files).is_some() {
+                return Err(AlreadyPackaged.into());
             }
-            Err(e)
+            if next_version(st, a)? != version {
+                return Err(VersionMoved.into());
+            }
+            Ok(body.clone())
+        });
+        match appended {
+            Ok((entry, _)) => return Ok(Packaged::New(entry, built, pgp.fingerprint())),
+            Err(e) if e.is::<AlreadyPackaged>() || e.is::<VersionMoved>() => continue,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -237,7 +287,7 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
     if ctx.json {
         return ctx.emit(&serde_json::json!({
             "version": p.version, "name": p.name, "seq": entry.entry.seq, "entry_id": entry.id,
-            "tarball": p.tarball, "files": p.files, "openpgp_fingerprint": fpr,
+            "tarball": p.tarball, "files": p.files, "openpgp_fingerprint": fpr, "reused": false,
         }));
     }
     let n = built.files.len();
@@ -302,13 +352,7 @@ pub fn deploy_version(state: &State, target: &str) -> Result<Option<Version>> {
         };
     }
     let files = pd_store::tarball::collect(&[path.to_path_buf()], &pd_store::Limits::default())?;
-    let wanted: Vec<(String, [u8; 32])> =
-        files.iter().map(|f| (f.path.clone(), pd_store::ArtifactDigest::of(&f.bytes).blake3)).collect();
-    let found = state.packages().iter().rev().find(|p| {
-        p.package.files.len() == wanted.len()
-            && p.package.files.iter().zip(&wanted).all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
-    });
-    Ok(found.map(|p| p.package.version))
+    Ok(holding(state, None, &files).map(|p| p.package.version))
 }
 
 fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
