@@ -121,7 +121,8 @@ fn a_killed_agent_turns_stale_and_fail_on_stale_ends_the_wait_with_a_rollback() 
     assert!(said.contains("rolled dev back to PD-0.1.0"), "{said}");
     let dev = slot(&state(&net), "dev", "llm_policy");
     assert_eq!((dev["desired"].as_str(), dev["via"].as_str()), (Some("PD-0.1.0"), Some("rollback")), "{dev}");
-    assert_eq!(file(&net, "dev-1", "llm_policy.yaml").as_deref(), Some(&b"max_tokens: 1000\n"[..]));
+    // The rollback's wait ended at the stale target too; dev-1 converges on its own.
+    net.wait_for(|net| (file(net, "dev-1", "llm_policy.yaml")? == b"max_tokens: 1000\n").then_some(()));
 }
 
 #[test]

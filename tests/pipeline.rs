@@ -130,6 +130,122 @@ fn a_deploy_whose_server_restarts_mid_wait_completes_after_the_restart() {
     net.restart_server();
     net.agent("dev-2", "dev", &[]);
     assert!(deploy.wait_exit(), "{}", std::fs::read_to_string(w.path("deploy.log")).unwrap_or_default());
-    let out = std::fs::read_to_string(w.path("deploy.out")).unwrap_or_default();
-    assert!(out.contains("2/2 targets acknowledged"), "{out}");
+    let s: serde_json::Value = serde_json::from_str(&net.ok("", &["state", "--json"])).expect("state");
+    let dev = &s["envs"][0]["sets"][0];
+    assert_eq!((dev["adopted"].as_bool(), dev["loaded"].as_u64()), (Some(true), Some(2)), "{dev}");
+}
+
+#[test]
+fn files_that_do_not_parse_are_refused_with_line_and_column_and_change_nothing() {
+    let w = World::standard();
+    for (file, text, at) in [
+        ("bad.yaml", "a:\n  b: [1,\n", "bad.yaml:3:1"),
+        ("bad.json", "{\n  \"a\": 1,\n}\n", "bad.json:3:1"),
+        ("bad.toml", "a = 1\nb = = 2\n", "bad.toml:2:5"),
+        ("empty.yaml", "\n", "empty.yaml is empty"),
+    ] {
+        w.write(file, text);
+        let said = w.refused_with(1, "", &["ledger", "package", file, "--reason", "ci"]);
+        assert!(said.contains(at) && said.contains("--no-validate"), "{file}: {said}");
+    }
+    // Skipping the checks is possible, and the entry says so.
+    w.ok("", &["ledger", "package", "bad.yaml", "--no-validate", "--reason", "as is"]);
+    let p = w.log().into_iter().find(|e| e["kind"] == "package").expect("a package");
+    assert_eq!(p["body"]["package"]["checked"]["parsed"], false, "{p}");
+    assert!(w.ok("", &["ledger", "log"]).contains("NOT VALIDATED"));
+}
+
+#[test]
+fn a_sets_schema_and_validator_refuse_bad_content_and_are_recorded() {
+    let w = World::standard();
+    w.write(
+        "schema.json",
+        r#"{"type": "object", "required": ["max_tokens"], "properties": {"max_tokens": {"type": "integer", "maximum": 100000}}}"#,
+    );
+    w.ok("", &["policy", "schema", "llm_policy", "schema.json"]);
+    w.write("llm_policy.yaml", "max_tokens: many\n");
+    let said = w.refused_with(1, "", &["ledger", "package", "llm_policy.yaml", "--reason", "ci"]);
+    assert!(said.contains("JSON Schema of llm_policy") && said.contains("/max_tokens"), "{said}");
+    w.ok("", &["policy", "validator", "llm_policy", "grep -q 'max_tokens: [0-9]*$'"]);
+    w.write("llm_policy.yaml", "max_tokens: 1000 # generous\n");
+    let said = w.refused_with(1, "", &["ledger", "package", "llm_policy.yaml", "--reason", "ci"]);
+    assert!(said.contains("the validator of llm_policy"), "{said}");
+    w.write("llm_policy.yaml", "max_tokens: 1000\n");
+    w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "ci"]);
+    let p = w.log().into_iter().find(|e| e["kind"] == "package").expect("a package");
+    let checked = &p["body"]["package"]["checked"];
+    assert_eq!(checked["parsed"], true, "{p}");
+    assert!(
+        checked["schema"].is_string() && checked["command"].as_str().is_some_and(|c| c.contains("grep")),
+        "{p}"
+    );
+}
+
+#[test]
+fn a_withdrawn_package_cannot_be_approved_or_pushed_and_no_longer_blocks_a_good_one() {
+    let w = world();
+    w.write("llm_policy.yaml", "junk\u{1}\n");
+    w.ok("", &["ledger", "package", "llm_policy.yaml", "--no-validate", "--reason", "oops"]);
+    w.ok("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "looked fine"]);
+    w.ok("", &["ledger", "deploy", "PD-0.2.0", "--env", "dev", "--reason", "go", "--no-wait"]);
+    let blocked = w.refused_with(
+        1,
+        "",
+        &["ledger", "deploy", "PD-0.1.0", "--env", "dev", "--reason", "good", "--no-wait"],
+    );
+    assert!(blocked.contains("PD-0.2.0"), "{blocked}");
+    w.ok("", &["ledger", "withdraw", "PD-0.2.0", "--reason", "binary junk"]);
+    let said = w.refused_with(1, "", &["ledger", "deploy", "PD-0.2.0", "--env", "dev", "--reason", "again"]);
+    assert!(said.contains("withdrawn"), "{said}");
+    w.ok("", &["key", "new", "dave", "--role", "approver", "--generate-here"]);
+    let said = w.refused_with(1, "dave", &["ledger", "approve", "PD-0.2.0", "--reason", "ok"]);
+    assert!(said.contains("withdrawn"), "{said}");
+    w.ok("", &["ledger", "deploy", "PD-0.1.0", "--env", "dev", "--reason", "good", "--no-wait"]);
+    assert!(w.ok("", &["ledger", "log"]).contains("PD-0.2.0 WITHDRAWN"));
+    let s = w.state();
+    assert_eq!(s["withdrawn"][0]["version"], "PD-0.2.0", "{s}");
+    assert_eq!(s["envs"][0]["sets"][0]["desired"], "PD-0.1.0");
+    let file = w.path("w.pdx");
+    w.ok("", &["ledger", "export", file.to_str().expect("path"), "--with-artifacts"]);
+    let out = w.verify(&[file.to_str().expect("path")]);
+    assert!(out.status.success() && pd_e2e::text(&out).contains("WITHDRAWN"), "{}", pd_e2e::text(&out));
+}
+
+#[test]
+fn a_package_built_in_a_git_tree_records_its_commit_and_require_clean_refuses_a_dirty_tree() {
+    let w = World::standard();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=ci", "-c", "user.email=ci@example.org"])
+            .args(args)
+            .current_dir(w.dir.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", pd_e2e::text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    w.write(".gitignore", ".pd/\n");
+    w.write("llm_policy.yaml", "max_tokens: 1000\n");
+    git(&["add", "."]);
+    git(&["commit", "-qm", "policy"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    w.ok("", &["ledger", "package", "llm_policy.yaml", "--require-clean", "--reason", "ci"]);
+    let show: serde_json::Value =
+        serde_json::from_str(&w.ok("", &["ledger", "show", "PD-0.1.0", "--json"])).expect("show JSON");
+    assert_eq!(
+        show["body"]["package"]["source"],
+        serde_json::json!({ "commit": head, "clean": true }),
+        "{show}"
+    );
+    w.write("llm_policy.yaml", "max_tokens: 2000\n");
+    let said =
+        w.refused_with(1, "", &["ledger", "package", "llm_policy.yaml", "--require-clean", "--reason", "ci"]);
+    assert!(said.contains("llm_policy.yaml") && said.contains(&head[..12]), "{said}");
+    w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "ci"]);
+    assert!(w.ok("", &["ledger", "log"]).contains("(dirty)"));
+    let file = w.path("g.pdx");
+    w.ok("", &["ledger", "export", file.to_str().expect("path"), "--with-artifacts"]);
+    let out = w.verify(&[file.to_str().expect("path")]);
+    assert!(pd_e2e::text(&out).contains(&format!("git {head}")), "{}", pd_e2e::text(&out));
 }

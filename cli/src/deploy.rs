@@ -277,7 +277,8 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
         None => {
             let args = PackageArgs::of(a.target.clone().into(), a.reason.clone());
             match package_with(ctx, home, b, &args)? {
-                Packaged::New(entry, _, _) => {
+                Packaged::New(new) => {
+                    let entry = &new.0;
                     let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
                     (p.version, Some(entry.entry.seq))
                 }
@@ -287,6 +288,9 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
         }
     };
     let state = b.state()?;
+    if let Some(w) = &package_of(&state, version)?.withdrawn {
+        refuse!("{version} was withdrawn at #{} ({}); it can never be deployed: package the files again for a new version", w.seq, w.reason);
+    }
     let fpr = check_artifact(b, &state, package_of(&state, version)?)?;
     ctx.progress(json!({ "event": "packaged", "version": version, "new_at": new_at, "openpgp": fpr }))?;
     if !ctx.json {

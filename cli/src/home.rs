@@ -28,6 +28,21 @@ pub struct Config {
     /// Whether `pd ledger deploy` rolls back a failed environment without `--auto-rollback`.
     #[serde(default)]
     pub auto_rollback: bool,
+    /// How each policy set's files are checked before they are packaged (`pd policy`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub policy: std::collections::BTreeMap<String, PolicyConfig>,
+}
+
+/// The checks of one policy set, beyond parsing by file type.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A JSON Schema every `.yaml`/`.yml`/`.json`/`.toml` file must satisfy, relative to the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<PathBuf>,
+    /// A command (`sh -c`) that must exit 0 for the files, run in a directory holding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<String>,
 }
 
 /// An opened home directory.
@@ -82,6 +97,11 @@ impl Home {
         let config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid pd config", path.display()))?;
         Ok(Home { dir: dir.to_path_buf(), config, store: Arc::default() })
+    }
+
+    /// Replaces the config file with `self.config`, atomically.
+    pub fn save_config(&self) -> Result<()> {
+        write_file_atomic(&self.dir.join(CONFIG), toml::to_string(&self.config)?.as_bytes())
     }
 
     /// Writes a new home's config (the caller created the directory).
@@ -230,7 +250,13 @@ impl Home {
     pub fn keys_only(key_file: &Path, server: &str) -> Home {
         let dir = key_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let actor = key_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let config = Config { actor, server: Some(server.into()), store: None, auto_rollback: false };
+        let config = Config {
+            actor,
+            server: Some(server.into()),
+            store: None,
+            auto_rollback: false,
+            policy: Default::default(),
+        };
         Home { dir: dir.to_path_buf(), config, store: Arc::default() }
     }
 }
@@ -324,7 +350,13 @@ mod tests {
 
     fn home() -> (tempfile::TempDir, Home) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config { actor: "admin".into(), server: None, store: None, auto_rollback: false };
+        let config = Config {
+            actor: "admin".into(),
+            server: None,
+            store: None,
+            auto_rollback: false,
+            policy: Default::default(),
+        };
         let home = Home::create(dir.path(), config).expect("home");
         (dir, home)
     }

@@ -60,7 +60,13 @@ fn build(
     admins: Vec<KeyDecl>,
     store: Option<String>,
 ) -> Result<(Hash, String)> {
-    let config = Config { actor: ADMIN.to_string(), server: None, store, auto_rollback: false };
+    let config = Config {
+        actor: ADMIN.to_string(),
+        server: None,
+        store,
+        auto_rollback: false,
+        policy: Default::default(),
+    };
     let home = Home::create(dir, config)?;
     let key = home::new_secret_key()?;
     let pgp = pd_store::openpgp::generate(&format!("{ADMIN} (pd)"))?;

@@ -176,6 +176,7 @@ fn gen(ctx: &Ctx, name: &str, out: Option<PathBuf>) -> Result<()> {
                     server: ctx.server.clone(),
                     store: None,
                     auto_rollback: false,
+                    policy: Default::default(),
                 };
                 home::create_new(&ctx.home_dir, |dir| Home::create(dir, config).map(drop))?;
                 Home::open(&ctx.home_dir)?.keys_dir()

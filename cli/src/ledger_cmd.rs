@@ -37,6 +37,15 @@ pub enum LedgerCmd {
     },
     /// Make an earlier version desired again in one environment.
     Rollback(RollbackArgs),
+    /// Withdraw a package (author, approver or admin): it can never be approved or
+    /// deployed again, and it no longer blocks newer or older good packages.
+    Withdraw {
+        /// The package, e.g. PD-0.8.0.
+        version: Version,
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
     /// List every entry.
     Log,
     /// Show one entry (by seq) or one package (by version) in full.
@@ -87,12 +96,28 @@ pub struct PackageArgs {
     /// Policy name (default: the first file's name without extension).
     #[arg(long)]
     name: Option<String>,
+    /// Skip the checks before signing (parsing by type, the set's JSON Schema and validator,
+    /// no empty files); the package entry records that it was not validated.
+    #[arg(long)]
+    no_validate: bool,
+    /// Refuse unless the files are in a git working tree with no uncommitted changes (the
+    /// commit is recorded either way when there is one).
+    #[arg(long)]
+    require_clean: bool,
 }
 
 impl PackageArgs {
     /// One file or directory with the default name and the next minor version.
     pub fn of(path: PathBuf, reason: String) -> PackageArgs {
-        PackageArgs { files: vec![path], reason, bump: None, version: None, name: None }
+        PackageArgs {
+            files: vec![path],
+            reason,
+            bump: None,
+            version: None,
+            name: None,
+            no_validate: false,
+            require_clean: false,
+        }
     }
 }
 
@@ -134,6 +159,7 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
     match cmd {
         LedgerCmd::Package(a) => package(ctx, a),
         LedgerCmd::Approve { version, reason } => approve(ctx, version, reason),
+        LedgerCmd::Withdraw { version, reason } => withdraw(ctx, version, reason),
         LedgerCmd::Deploy(a) => crate::deploy::run(ctx, a),
         LedgerCmd::Ack { version, failed } => ack(ctx, version, failed),
         LedgerCmd::Rollback(a) => rollback(ctx, a),
@@ -186,7 +212,7 @@ fn policy_name(a: &PackageArgs) -> String {
 fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
     let (home, mut backend) = Backend::of_home(ctx)?;
     match package_with(ctx, &home, &mut backend, &a)? {
-        Packaged::New(entry, built, fpr) => report_package(ctx, &entry, &built, &fpr),
+        Packaged::New(new) => report_package(ctx, &new.0, &new.1, &new.2),
         Packaged::Reused(version, seq) => {
             if ctx.json {
                 return ctx.emit(&serde_json::json!({ "version": version, "seq": seq, "reused": true }));
@@ -202,7 +228,7 @@ fn package(ctx: &Ctx, a: PackageArgs) -> Result<()> {
 /// What `pd ledger package` did.
 pub enum Packaged {
     /// A new package: its entry, tarball and the signer's OpenPGP fingerprint.
-    New(SignedEntry, pd_store::tarball::Built, String),
+    New(Box<(SignedEntry, pd_store::tarball::Built, String)>),
     /// A package of exactly these files already exists: its version and entry.
     Reused(Version, u64),
 }
@@ -225,7 +251,8 @@ fn holding<'s>(
     files: &[pd_store::tarball::PolicyFile],
 ) -> Option<&'s PackageState> {
     state.packages().iter().rev().find(|p| {
-        name.is_none_or(|n| p.package.name == n)
+        p.withdrawn.is_none()
+            && name.is_none_or(|n| p.package.name == n)
             && p.package.files.len() == files.len()
             && p.package
                 .files
@@ -250,6 +277,11 @@ pub fn package_with(
     let limits = pd_store::Limits::default();
     let files = pd_store::tarball::collect(&a.files, &limits)?;
     let name = policy_name(a);
+    let checked = match a.no_validate {
+        true => pd_ledger::Checked::default(),
+        false => crate::validate::check(home, &name, &files)?,
+    };
+    let source = crate::provenance::source(&a.files, a.require_clean)?;
     loop {
         let (actor, key, state) = ctx.signer(home, backend)?;
         if let Some(p) = holding(&state, Some(&name), &files) {
@@ -259,7 +291,9 @@ pub fn package_with(
         let version = next_version(&state, a)?;
         let built = pd_store::tarball::build(&name, &version.to_string(), &files, &limits)?;
         let sig = pgp.sign_detached_armored(&built.bytes)?;
-        let body = Body::Package(built.to_package(version, sig.clone(), a.reason.clone()));
+        let package = built.to_package(version, sig.clone(), a.reason.clone());
+        let body =
+            Body::Package(pd_ledger::Package { checked: checked.clone(), source: source.clone(), ..package });
         // Every check before any write: the rule, then the signature as a verifier will see it.
         precheck(&state, &actor, &key, body.clone())?;
         let cert = state.active_key(&actor).and_then(|k| k.decl.openpgp.as_deref());
@@ -275,7 +309,7 @@ pub fn package_with(
             Ok(body.clone())
         });
         match appended {
-            Ok((entry, _)) => return Ok(Packaged::New(entry, built, pgp.fingerprint())),
+            Ok((entry, _)) => return Ok(Packaged::New(Box::new((entry, built, pgp.fingerprint())))),
             Err(e) if e.is::<AlreadyPackaged>() || e.is::<VersionMoved>() => continue,
             Err(e) => return Err(e),
         }
@@ -315,6 +349,32 @@ pub(crate) fn append_with(
     let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let mut make = make;
     backend.append(&actor, &key, |st| make(st, &actor))
+}
+
+fn withdraw(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
+    let (entry, state) = append_with(ctx, |state, _| {
+        let package = package_of(state, version)?.package.tarball.blake3;
+        Ok(Body::Withdraw(pd_ledger::Withdraw { version, package, reason: reason.clone() }))
+    })?;
+    // Where it is still desired, targets keep what they run until a good version is pushed.
+    let desired: Vec<String> = pd_ledger::adoption::overview(&state)
+        .iter()
+        .filter(|e| e.sets.iter().any(|s| s.adoption.desired.as_ref().is_some_and(|d| d.version == version)))
+        .map(|e| e.env.clone())
+        .collect();
+    if ctx.json {
+        return ctx.emit(
+            &serde_json::json!({ "version": version, "seq": entry.entry.seq, "still_desired_in": desired }),
+        );
+    }
+    output::ok(format!("{version} withdrawn by {} at #{}", entry.entry.actor, entry.entry.seq));
+    if !desired.is_empty() {
+        output::next(format!(
+            "{} still desire {version}: deploy a good version there (targets install nothing withdrawn)",
+            desired.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
@@ -489,8 +549,24 @@ pub fn summary(body: &Body) -> String {
         Body::KeyRevoke(r) => format!("{} ({}): {}", r.name, r.kind.as_str(), r.reason),
         Body::KeyApprove(a) => format!("approves the key change at #{} ({})", a.seq, a.id.short()),
         Body::Package(p) => {
-            format!("{} {} sha256:{} · {}", p.version, p.name, &p.tarball.sha256.to_hex()[..12], p.reason)
+            let source = p.source.as_ref().map(|s| {
+                format!(
+                    " · git {}{}",
+                    &s.commit[..12.min(s.commit.len())],
+                    if s.clean { "" } else { " (dirty)" }
+                )
+            });
+            let checked = if p.checked.parsed { "" } else { " · NOT VALIDATED" };
+            format!(
+                "{} {} sha256:{}{}{checked} · {}",
+                p.version,
+                p.name,
+                &p.tarball.sha256.to_hex()[..12],
+                source.unwrap_or_default(),
+                p.reason
+            )
         }
+        Body::Withdraw(w) => format!("{} WITHDRAWN · {}", w.version, w.reason),
         Body::Approve(a) => format!("{} · {}", a.version, a.reason),
         Body::Push(p) => format!("{} → {} · {}", p.version, p.env, p.reason),
         Body::Ack(a) => match &a.outcome {

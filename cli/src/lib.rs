@@ -17,9 +17,12 @@ mod ledger_cmd;
 mod mirror_cmd;
 mod net;
 mod output;
+mod policy_cmd;
 mod proof_cmd;
+mod provenance;
 mod state_cmd;
 mod store_cmd;
+mod validate;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -88,6 +91,11 @@ enum Cmd {
     Env {
         #[command(subcommand)]
         cmd: env_cmd::EnvCmd,
+    },
+    /// How each policy set's files are checked before packaging: JSON Schema, validator.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cmd::PolicyCmd,
     },
     /// Read artifacts from the content-addressed store.
     Store {
@@ -295,6 +303,7 @@ where
         Cmd::Ledger { cmd } => ledger_cmd::run(&ctx, cmd),
         Cmd::State(a) => state_cmd::run(&ctx, a),
         Cmd::Env { cmd } => env_cmd::run(&ctx, cmd),
+        Cmd::Policy { cmd } => policy_cmd::run(&ctx, cmd),
         Cmd::Store { cmd } => store_cmd::run(&ctx, cmd),
         Cmd::Serve(a) => net::serve(&ctx, a),
         Cmd::Agent(a) => net::agent(&ctx, a),

@@ -151,7 +151,13 @@ pub fn restore(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     let Verified { report, entries, artifacts } = read_verified(ctx, &s3)?;
     let actor = admin_of(&report.state);
     home::create_new(&ctx.home_dir, |dir| {
-        let config = Config { actor: actor.clone(), server: None, store: None, auto_rollback: false };
+        let config = Config {
+            actor: actor.clone(),
+            server: None,
+            store: None,
+            auto_rollback: false,
+            policy: Default::default(),
+        };
         let home = Home::create(dir, config)?;
         let store = FsStore::open(&home.objects_dir())?;
         for bytes in &artifacts {

@@ -95,6 +95,7 @@ pub fn state_json(state: &State, envs: &[String], beats: &Heartbeats) -> serde_j
     json!({
         "ledger_id": state.ledger_id(), "entries": state.len(), "head": state.head(), "envs": envs,
         "pending_approvals": pending(state), "not_independent": dependent,
+        "withdrawn": state.packages().iter().filter_map(|p| p.withdrawn.as_ref().map(|w| json!({ "version": p.package.version, "set": p.package.name, "seq": w.seq, "by": w.by, "reason": w.reason }))).collect::<Vec<_>>(),
     })
 }
 
@@ -102,7 +103,7 @@ fn pending(state: &State) -> Vec<serde_json::Value> {
     state
         .packages()
         .iter()
-        .filter(|p| !state.is_approved(p))
+        .filter(|p| !state.is_approved(p) && p.withdrawn.is_none())
         .map(|p| json!({ "version": p.package.version, "approvals": p.counted_approvals(), "required": state.approvals_required() }))
         .collect()
 }
@@ -182,6 +183,11 @@ fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
     }
     for d in state.not_independent() {
         println!("! {d}");
+    }
+    for p in state.packages().iter().filter(|p| p.withdrawn.is_some()) {
+        let w =
+            p.withdrawn.as_ref().map(|w| format!("#{} by {}: {}", w.seq, w.by, w.reason)).unwrap_or_default();
+        println!("withdrawn: {} ({}) {w}", p.package.version, p.package.name);
     }
     for p in pending(state) {
         println!(

@@ -163,7 +163,7 @@ pub fn overview(state: &State) -> Vec<EnvView> {
 /// ever had (going back is a rollback).
 pub fn check_promotion(state: &State, env: &str, version: Version, package: &Hash) -> Result<(), RuleError> {
     crate::rules::check_env(state, env)?;
-    let pkg = crate::rules::named_package(state, version, package)?;
+    let pkg = crate::rules::live_package(state, version, package)?;
     if !state.is_approved(pkg) {
         return Err(RuleError::NotApproved {
             version,
@@ -198,7 +198,9 @@ pub fn check_promotion(state: &State, env: &str, version: Version, package: &Has
             });
         }
     }
-    let highest = state.slot(env, set).and_then(|s| s.history().iter().map(|d| d.version).max());
+    // A withdrawn version does not block: the slot moves on from what it had before.
+    let live = |v: &Version| state.package(*v).is_some_and(|p| p.withdrawn.is_none());
+    let highest = state.slot(env, set).and_then(|s| s.history().iter().map(|d| d.version).filter(live).max());
     if let Some(current) = highest.filter(|h| version <= *h) {
         return Err(RuleError::NotForward { env: env.to_string(), version, current });
     }
@@ -280,6 +282,10 @@ pub enum Step {
 pub fn agent_step(state: &State, target: &str, env: &str, set: &str, view: AgentView) -> Step {
     let Some(slot) = state.slot(env, set) else { return Step::Idle };
     let Some(d) = slot.desired().cloned() else { return Step::Idle };
+    if state.package(d.version).is_some_and(|p| p.withdrawn.is_some()) {
+        // Withdrawn after it was pushed: install nothing, keep what runs until a push.
+        return if view.running == Some((d.version, d.package)) { Step::Done } else { Step::Idle };
+    }
     if state.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= d.seq) {
         return Step::AwaitCheckpoint(d);
     }

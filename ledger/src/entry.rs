@@ -12,7 +12,7 @@ use crate::version::Version;
 /// proof of possession, rotation, revocation kinds and admin quorum, policy sets (a slot per
 /// environment and set), fleet minimums (`env_set`) and `retry`. A ledger of any other
 /// format is refused at its first entry, so a format change can never be misread.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Domain tag of entry signatures.
 pub const ENTRY_DOMAIN: &[u8] = b"pd/entry/v1\0";
@@ -73,6 +73,8 @@ pub enum Body {
     Retry(Retry),
     /// Sets an environment's fleet settings.
     EnvSet(EnvSet),
+    /// Marks a package never deployable again.
+    Withdraw(Withdraw),
     /// A signed head of the Merkle tree over every entry before it.
     Checkpoint(Checkpoint),
 }
@@ -331,6 +333,46 @@ pub struct Package {
     pub tarball: Artifact,
     /// Armored OpenPGP detached signature over the tarball by the author's certificate.
     pub openpgp_sig: String,
+    /// How the files were checked before they were signed.
+    pub checked: Checked,
+    /// Where the files came from, when they were in a git working tree.
+    pub source: Option<Source>,
+    /// Why.
+    pub reason: String,
+}
+
+/// How a package's files were checked before they were signed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checked {
+    /// Every file was non-empty and `.yaml`/`.yml`, `.json` and `.toml` files parsed
+    /// (false: packaged with `--no-validate`).
+    pub parsed: bool,
+    /// BLAKE3 of the JSON Schema every structured file satisfied, if the set has one.
+    pub schema: Option<Hash>,
+    /// The validator command that accepted the files, if the set has one.
+    pub command: Option<String>,
+}
+
+/// The git commit a package's files were taken from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The commit id (hex: 40 digits for SHA-1 repositories, 64 for SHA-256).
+    pub commit: String,
+    /// Whether the working tree matched that commit (no changes, no untracked files).
+    pub clean: bool,
+}
+
+/// Withdraws a package: it can never be approved, pushed, rolled back to or retried, and it
+/// no longer counts when a push is checked for moving forward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Withdraw {
+    /// The package's version.
+    pub version: Version,
+    /// Its tarball BLAKE3.
+    pub package: Hash,
     /// Why.
     pub reason: String,
 }
@@ -434,6 +476,7 @@ impl Body {
             Body::Rollback(_) => "rollback",
             Body::Retry(_) => "retry",
             Body::EnvSet(_) => "env_set",
+            Body::Withdraw(_) => "withdraw",
             Body::Checkpoint(_) => "checkpoint",
         }
     }
@@ -595,9 +638,11 @@ mod tests {
                 |(version, name, b3, sha, size, reason)| Body::Package(Package {
                     version,
                     name: name.clone(),
-                    files: vec![FileDigest { path: name, size, sha256: sha, blake3: b3 }],
+                    files: vec![FileDigest { path: name.clone(), size, sha256: sha, blake3: b3 }],
                     tarball: Artifact { blake3: b3, sha256: sha, size },
                     openpgp_sig: reason.clone(),
+                    checked: Checked { parsed: size % 2 == 0, schema: Some(b3), command: Some(name.clone()) },
+                    source: Some(Source { commit: "0".repeat(40), clean: size % 3 == 0 }),
                     reason,
                 })
             ),

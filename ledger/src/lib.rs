@@ -30,9 +30,9 @@ pub mod version;
 pub use bytes::{Hash, PublicKey, Signature};
 pub use enrol::{EnrolmentRequest, RequestError};
 pub use entry::{
-    Ack, Approve, Artifact, Body, Checkpoint, Custody, EncodingError, Entry, EnvSet, FileDigest, Genesis,
-    KeyApprove, KeyDecl, KeyRevoke, KeyRotate, Outcome, Package, Push, Retry, RevokeKind, Role, Rollback,
-    SignedEntry,
+    Ack, Approve, Artifact, Body, Checked, Checkpoint, Custody, EncodingError, Entry, EnvSet, FileDigest,
+    Genesis, KeyApprove, KeyDecl, KeyRevoke, KeyRotate, Outcome, Package, Push, Retry, RevokeKind, Role,
+    Rollback, SignedEntry, Source, Withdraw,
 };
 pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;

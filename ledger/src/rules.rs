@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::{
     Ack, Approve, Body, Checkpoint, Custody, Entry, EnvSet, Genesis, KeyApprove, KeyDecl, KeyRevoke,
-    KeyRotate, Package, Push, Retry, Role, Rollback, SignedEntry,
+    KeyRotate, Package, Push, Retry, Role, Rollback, SignedEntry, Withdraw,
 };
 use crate::limits::*;
 use crate::state::State;
@@ -121,6 +121,16 @@ pub enum RuleError {
         version: Version,
         /// Latest recorded.
         latest: Version,
+    },
+    /// The package was withdrawn.
+    #[error("{version} was withdrawn at #{seq} ({reason}); it can never be approved or deployed: package the files again for a new version")]
+    Withdrawn {
+        /// The version.
+        version: Version,
+        /// The withdrawing entry.
+        seq: u64,
+        /// Why it was withdrawn.
+        reason: String,
     },
     /// The same tarball was already packaged.
     #[error("these exact bytes are already packaged as {version}")]
@@ -281,6 +291,7 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
         Body::Rollback(r) => check_rollback(state, e, r),
         Body::Retry(r) => check_retry(state, e, r),
         Body::EnvSet(s) => check_env_set(state, e, s),
+        Body::Withdraw(w) => check_withdraw(state, e, w),
         Body::Checkpoint(c) => check_checkpoint(state, e, c),
     }?;
     Ok(key)
@@ -568,6 +579,15 @@ fn check_package(state: &State, e: &Entry, p: &Package) -> Result<PublicKey, Rul
     if p.openpgp_sig.is_empty() || p.openpgp_sig.len() > MAX_OPENPGP_BYTES {
         return Err(invalid("openpgp_sig", format!("must be 1 to {MAX_OPENPGP_BYTES} bytes")));
     }
+    if let Some(cmd) = &p.checked.command {
+        check_text("validator command", cmd, true)?;
+    }
+    if let Some(src) = &p.source {
+        let hex = src.commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex || !(src.commit.len() == 40 || src.commit.len() == 64) {
+            return Err(invalid("source commit", "a git commit id: 40 or 64 lowercase hex digits"));
+        }
+    }
     Ok(key)
 }
 
@@ -623,10 +643,38 @@ pub(crate) fn named_package<'s>(
         .ok_or(RuleError::UnknownPackage { version, package: *package })
 }
 
+/// [`named_package`], refusing a withdrawn one: what may still be approved, pushed, rolled
+/// back to or retried.
+pub(crate) fn live_package<'s>(
+    state: &'s State,
+    version: Version,
+    package: &Hash,
+) -> Result<&'s crate::state::PackageState, RuleError> {
+    let pkg = named_package(state, version, package)?;
+    match &pkg.withdrawn {
+        Some(w) => Err(RuleError::Withdrawn { version, seq: w.seq, reason: w.reason.clone() }),
+        None => Ok(pkg),
+    }
+}
+
+fn check_withdraw(state: &State, e: &Entry, w: &Withdraw) -> Result<PublicKey, RuleError> {
+    let key = crate::adoption::active_with(state, &e.actor, None)?;
+    if ![Role::Author, Role::Approver, Role::Admin].iter().any(|r| key.decl.roles.contains(r)) {
+        return Err(RuleError::MissingRole {
+            actor: e.actor.clone(),
+            role: Role::Author,
+            action: "withdraw packages (author, approver or admin)",
+        });
+    }
+    check_text("reason", &w.reason, true)?;
+    live_package(state, w.version, &w.package)?;
+    Ok(key.decl.public_key)
+}
+
 fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, RuleError> {
     let key = authorize(state, e, Role::Approver, "approve packages")?;
     check_text("reason", &a.reason, true)?;
-    let pkg = named_package(state, a.version, &a.package)?;
+    let pkg = live_package(state, a.version, &a.package)?;
     if pkg.author == e.actor {
         return Err(RuleError::SelfApproval { actor: e.actor.clone(), version: a.version });
     }
@@ -656,7 +704,7 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     let key = authorize(state, e, Role::Deployer, "roll back")?;
     check_text("reason", &r.reason, true)?;
     check_env(state, &r.env)?;
-    let set = named_package(state, r.version, &r.package)?.package.name.as_str();
+    let set = live_package(state, r.version, &r.package)?.package.name.as_str();
     let bad = |problem: &str| RuleError::BadRollback {
         env: r.env.clone(),
         version: r.version,
@@ -678,7 +726,7 @@ fn check_retry(state: &State, e: &Entry, r: &Retry) -> Result<PublicKey, RuleErr
     let key = authorize(state, e, Role::Deployer, "ask targets to retry")?;
     check_text("reason", &r.reason, true)?;
     check_env(state, &r.env)?;
-    let set = named_package(state, r.version, &r.package)?.package.name.as_str();
+    let set = live_package(state, r.version, &r.package)?.package.name.as_str();
     match state.desired(&r.env, set) {
         Some(d) if d.version == r.version && d.package == r.package => Ok(key),
         Some(d) => Err(RuleError::BadRetry {

@@ -158,6 +158,19 @@ pub struct PackageState {
     pub package: Package,
     /// Valid approvals, in order.
     pub approvals: Vec<Approval>,
+    /// The entry that withdrew it, if one did.
+    pub withdrawn: Option<Withdrawn>,
+}
+
+/// A package's withdrawal.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Withdrawn {
+    /// The withdrawing entry.
+    pub seq: u64,
+    /// Who withdrew it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
 }
 
 impl PackageState {
@@ -634,7 +647,14 @@ impl State {
                     time_ms: e.time_ms,
                     package: p.clone(),
                     approvals: Vec::new(),
+                    withdrawn: None,
                 });
+            }
+            Body::Withdraw(w) => {
+                if let Some(&i) = self.by_hash.get(&w.package) {
+                    let by = e.actor.clone();
+                    self.packages[i].withdrawn = Some(Withdrawn { seq: e.seq, by, reason: w.reason.clone() });
+                }
             }
             Body::Approve(a) => {
                 let independent = self.independent(&e.actor);

@@ -17,6 +17,8 @@ pub fn package(version: Version, hash: Hash) -> Body {
         files: vec![FileDigest { path: "p.yaml".into(), size: 1, sha256: hash, blake3: hash }],
         tarball: Artifact { blake3: hash, sha256: hash, size: 1 },
         openpgp_sig: "SIG".into(),
+        checked: Default::default(),
+        source: None,
         reason: "test".into(),
     })
 }

@@ -34,7 +34,7 @@ const PACKAGES: [(&str, Version); 2] =
 
 /// Entry labels: the body kind, and for acks the outcome. `label` matches every `Body`
 /// exhaustively; a new kind must get a label here and an entry in `steps`.
-const LABELS: [&str; 14] = [
+const LABELS: [&str; 15] = [
     "genesis",
     "key_add",
     "key_rotate",
@@ -47,6 +47,7 @@ const LABELS: [&str; 14] = [
     "ack_failed",
     "retry",
     "rollback",
+    "withdraw",
     "env_set",
     "checkpoint",
 ];
@@ -66,6 +67,7 @@ fn label(body: &Body) -> &'static str {
         Body::Retry(_) => "retry",
         Body::Rollback(_) => "rollback",
         Body::EnvSet(_) => "env_set",
+        Body::Withdraw(_) => "withdraw",
         Body::Checkpoint(_) => "checkpoint",
     }
 }
@@ -113,8 +115,9 @@ impl GoldenPackage {
         Hash(self.built.digest.blake3)
     }
 
-    fn body(&self, reason: &str) -> Body {
-        Body::Package(self.built.to_package(self.version, self.sig.clone(), reason.into()))
+    fn body(&self, reason: &str, checked: Checked, source: Option<Source>) -> Body {
+        let p = self.built.to_package(self.version, self.sig.clone(), reason.into());
+        Body::Package(Package { checked, source, ..p })
     }
 }
 
@@ -139,8 +142,8 @@ fn key_decl(
 
 /// Every kind of entry, in an order the rule accepts: two admins must agree on each key change
 /// (proposal, then bob's approval); the target's key is in admin custody; v1 reaches dev,
-/// v1.1 fails to load there and is rolled back; the approver rotates, then leaves;
-/// checkpoints at 8 and 21.
+/// v1.1 fails to load there, is rolled back and withdrawn; the approver rotates, then leaves;
+/// checkpoints at 8 and 22.
 fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
     let [v1, v2] = p;
     let push = |p: &GoldenPackage, reason: &str| Push {
@@ -184,12 +187,26 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
             }),
         ),
         Step::ApproveLast("bob"),
-        Step::Sign("admin", v1.body("first policy")),
+        Step::Sign(
+            "admin",
+            v1.body(
+                "first policy",
+                Checked { parsed: true, schema: None, command: None },
+                Some(Source { commit: "0123456789abcdef0123456789abcdef01234567".into(), clean: true }),
+            ),
+        ),
         Step::Sign("carol", Body::Approve(approve(v1))),
         Step::Sign("admin", Body::Push(push(v1, "first rollout"))),
         Step::Checkpoint,
         Step::Sign("dev-1", Body::Ack(ack(v1, Outcome::Loaded))),
-        Step::Sign("admin", v2.body("larger default model")),
+        Step::Sign(
+            "admin",
+            v2.body(
+                "larger default model",
+                Checked { parsed: true, schema: Some(Hash([0x5c; 32])), command: Some("opa check".into()) },
+                None,
+            ),
+        ),
         Step::Sign("carol", Body::Approve(approve(v2))),
         Step::Sign("admin", Body::Push(push(v2, "try the larger model"))),
         Step::Sign(
@@ -215,6 +232,14 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
                 version: v1.version,
                 package: v1.hash(),
                 reason: "PD-1.1.0 failed to load on dev-1".into(),
+            }),
+        ),
+        Step::Sign(
+            "admin",
+            Body::Withdraw(Withdraw {
+                version: v2.version,
+                package: v2.hash(),
+                reason: "over the model limit; superseded".into(),
             }),
         ),
         Step::Sign("admin", {
@@ -406,7 +431,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
     table.extend([
         Fixture { name: "export.cbor".into(), built: export.encode(), reencode: reencode_export },
         Fixture {
-            name: "checkpoint-21.note".into(),
+            name: "checkpoint-22.note".into(),
             built: state.signed_note(new).render().into_bytes(),
             reencode: reencode_note,
         },
@@ -416,7 +441,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
             reencode: reencode_proof,
         },
         Fixture {
-            name: "proof-consistency-8-21.json".into(),
+            name: "proof-consistency-8-22.json".into(),
             built: proof_file(&consistency),
             reencode: reencode_proof,
         },
@@ -433,7 +458,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
 
 fn the_stored_entries_replay_as_a_valid_ledger(stored: &[&[u8]], built: &State) {
     let state = replay(stored.iter().copied(), Signatures::Verify).expect("the golden entries replay");
-    assert_eq!((state.len(), state.head(), state.ledger_id()), (22, built.head(), LEDGER_ID));
+    assert_eq!((state.len(), state.head(), state.ledger_id()), (23, built.head(), LEDGER_ID));
     let dev = state.desired("dev", "llm-policy").expect("dev has a desired version");
     assert_eq!((dev.version, dev.seq), (Version::new(1, 0, 0), 15), "dev was rolled back to PD-1.0.0");
     assert_eq!(state.min_targets("prod"), 2);
@@ -442,7 +467,7 @@ fn the_stored_entries_replay_as_a_valid_ledger(stored: &[&[u8]], built: &State) 
     assert!(state.proposals().is_empty(), "bob approved every key change");
     let dependent: Vec<String> = state.not_independent().iter().map(|d| d.actor.clone()).collect();
     assert_eq!(dependent, ["dev-1"], "only the target's key was made in the admin's custody");
-    assert_eq!(state.checkpoints().iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 21]);
+    assert_eq!(state.checkpoints().iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 22]);
 }
 
 fn the_stored_export_verifies_with_pd_verify(
@@ -453,14 +478,14 @@ fn the_stored_export_verifies_with_pd_verify(
     let decoded = Export::decode(export).expect("the golden export decodes");
     let held: Vec<&[u8]> = decoded.entries.iter().map(|e| e.as_slice()).collect();
     assert_eq!(held, entries, "the export holds exactly the golden entries");
-    let note = std::str::from_utf8(&stored["checkpoint-21.note"]).expect("a note is text");
+    let note = std::str::from_utf8(&stored["checkpoint-22.note"]).expect("a note is text");
     let since = SignedCheckpoint::parse(note).expect("the golden note parses");
     let report = pd_verify::verify_bytes(export, Some(&since))
         .unwrap_or_else(|e| panic!("pd-verify refuses the golden export: {e}"));
-    assert_eq!(report.state.len(), 22);
+    assert_eq!(report.state.len(), 23);
     assert_eq!(report.artifacts_checked, 2, "both tarballs and their OpenPGP signatures checked");
-    let (size, root, _) = report.extends.expect("the export extends checkpoint 21");
-    assert_eq!((size, root), (21, since.checkpoint.root));
+    let (size, root, _) = report.extends.expect("the export extends checkpoint 22");
+    assert_eq!((size, root), (22, since.checkpoint.root));
 }
 
 fn the_stored_proofs_verify(
@@ -475,9 +500,9 @@ fn the_stored_proofs_verify(
     let pinned = [(state.origin(), keys.admin.public())];
     let inclusion = proof("proof-inclusion-9.json").verify(&pinned).expect("the inclusion proof holds");
     assert_eq!(inclusion.entry, Some((9, "ack".to_string(), included.id)));
-    assert_eq!(inclusion.size, 21);
+    assert_eq!(inclusion.size, 22);
     let consistency =
-        proof("proof-consistency-8-21.json").verify(&pinned).expect("the consistency proof holds");
+        proof("proof-consistency-8-22.json").verify(&pinned).expect("the consistency proof holds");
     assert_eq!(consistency.extends, Some((8, state.checkpoints()[0].checkpoint.root)));
-    assert_eq!(consistency.size, 21);
+    assert_eq!(consistency.size, 22);
 }

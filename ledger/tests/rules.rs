@@ -98,6 +98,8 @@ impl World {
                 files: vec![FileDigest { path: "llm_policy.yaml".into(), size: 1, sha256: h, blake3: h }],
                 tarball: Artifact { blake3: h, sha256: h, size: 10 },
                 openpgp_sig: "SIG".into(),
+                checked: Default::default(),
+                source: None,
                 reason: "r".into(),
             }),
         );
@@ -152,6 +154,8 @@ fn the_story_and_its_refusals() {
                 files: vec![],
                 tarball: Artifact { blake3: Hash([1; 32]), sha256: Hash([1; 32]), size: 1 },
                 openpgp_sig: "S".into(),
+                checked: Default::default(),
+                source: None,
                 reason: "r".into(),
             })
         ),
@@ -219,6 +223,8 @@ fn self_approval_is_refused() {
             files: vec![FileDigest { path: "p.yaml".into(), size: 1, sha256: h, blake3: h }],
             tarball: Artifact { blake3: h, sha256: h, size: 1 },
             openpgp_sig: "S".into(),
+            checked: Default::default(),
+            source: None,
             reason: "r".into(),
         }),
     );
@@ -277,6 +283,8 @@ fn every_entry_limit_is_enforced() {
             files: vec![FileDigest { path: "p.yaml".into(), size: 1, sha256: h, blake3: h }],
             tarball: Artifact { blake3: h, sha256: h, size: 1 },
             openpgp_sig: "S".into(),
+            checked: Default::default(),
+            source: None,
             reason: "r".into(),
         };
         f(&mut p);
@@ -691,6 +699,8 @@ fn policy_sets_are_independent_and_a_path_belongs_to_one_set() {
             files: vec![FileDigest { path: path.into(), size: 1, sha256: h, blake3: h }],
             tarball: Artifact { blake3: h, sha256: h, size: 10 },
             openpgp_sig: "SIG".into(),
+            checked: Default::default(),
+            source: None,
             reason: "r".into(),
         })
     };
@@ -835,4 +845,51 @@ proptest::proptest! {
             );
         }
     }
+}
+
+/// A withdrawn package can never be approved, pushed, rolled back to or retried, an agent
+/// installs nothing withdrawn, and the slot moves on from what it had before it.
+#[test]
+fn a_withdrawn_package_is_never_deployable_and_no_longer_blocks() {
+    use pd_ledger::adoption::{agent_step, AgentView, Step};
+    let mut w = World::new();
+    let (v1, v2, v3) = (Version::new(1, 0, 0), Version::new(2, 0, 0), Version::new(3, 0, 0));
+    let (h1, h2) = (w.package(v1), w.package(v2));
+    w.ok("carol", approve(v1, h1));
+    w.ok("carol", approve(v2, h2));
+    w.ok(ADMIN, push("dev", v2, h2));
+    assert!(matches!(w.refused(ADMIN, push("dev", v1, h1)), RuleError::NotForward { .. }));
+    let withdraw = |v, h| Body::Withdraw(Withdraw { version: v, package: h, reason: "junk".into() });
+    assert!(
+        matches!(w.refused("dev-1", withdraw(v2, h2)), RuleError::MissingRole { .. }),
+        "a target may not"
+    );
+    w.ok("carol", withdraw(v2, h2));
+    assert!(matches!(w.refused(ADMIN, withdraw(v2, h2)), RuleError::Withdrawn { .. }), "once");
+    let h3 = w.package(v3);
+    assert!(matches!(w.refused("carol", approve(v2, h2)), RuleError::Withdrawn { .. }));
+    for body in [
+        push("staging", v2, h2),
+        Body::Retry(Retry { env: "dev".into(), version: v2, package: h2, reason: "r".into() }),
+    ] {
+        assert!(matches!(w.refused(ADMIN, body), RuleError::Withdrawn { .. }));
+    }
+    let st = w.ledger.state();
+    let view = AgentView { running: Some((v1, h1)), ..AgentView::default() };
+    assert_eq!(
+        agent_step(st, "dev-1", "dev", "llm_policy", view),
+        Step::Idle,
+        "nothing withdrawn is installed"
+    );
+    // v1 is below v2, but v2 no longer counts: the older good package goes out again.
+    w.ok(ADMIN, push("dev", v1, h1));
+    w.ok("carol", approve(v3, h3));
+    w.ok(ADMIN, push("dev", v3, h3));
+    assert!(matches!(
+        w.refused(
+            ADMIN,
+            Body::Rollback(Rollback { env: "dev".into(), version: v2, package: h2, reason: "r".into() })
+        ),
+        RuleError::Withdrawn { .. }
+    ));
 }

@@ -106,6 +106,8 @@ impl Built {
                 size: self.digest.size,
             },
             openpgp_sig,
+            checked: Default::default(),
+            source: None,
             reason,
         }
     }

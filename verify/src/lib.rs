@@ -315,6 +315,26 @@ pub fn print_report(r: &Report) {
             "- entries only, accepted with --no-artifacts: tarball hashes and OpenPGP signatures not checked"
         );
     }
+    for p in s.packages() {
+        let pkg = &p.package;
+        let source = match &pkg.source {
+            Some(src) => {
+                format!("git {}{}", src.commit, if src.clean { "" } else { " (uncommitted changes)" })
+            }
+            None => "no git source".into(),
+        };
+        let checked = match (&pkg.checked.parsed, &pkg.checked.schema, &pkg.checked.command) {
+            (false, ..) => "NOT VALIDATED".to_string(),
+            (true, schema, cmd) => {
+                let mut how = vec!["parsed".to_string()];
+                how.extend(schema.map(|h| format!("schema {}", h.short())));
+                how.extend(cmd.as_ref().map(|c| format!("validator `{c}`")));
+                how.join(", ")
+            }
+        };
+        let withdrawn = p.withdrawn.as_ref().map(|w| format!(" · WITHDRAWN at #{}: {}", w.seq, w.reason));
+        println!("  {} {} · {source} · {checked}{}", pkg.version, pkg.name, withdrawn.unwrap_or_default());
+    }
     for env in pd_ledger::adoption::overview(s) {
         if env.sets.is_empty() {
             println!("  {}: nothing deployed", env.env);
@@ -341,7 +361,7 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         .state
         .packages()
         .iter()
-        .map(|p| serde_json::json!({ "version": p.package.version, "set": p.package.name, "seq": p.seq, "author": p.author, "blake3": p.package.tarball.blake3, "sha256": p.package.tarball.sha256, "approvals": p.approvals.iter().map(|a| serde_json::json!({ "approver": a.approver, "seq": a.seq, "independent": a.independent, "void": a.void })).collect::<Vec<_>>() }))
+        .map(|p| serde_json::json!({ "version": p.package.version, "set": p.package.name, "seq": p.seq, "author": p.author, "blake3": p.package.tarball.blake3, "sha256": p.package.tarball.sha256, "source": p.package.source, "checked": p.package.checked, "withdrawn": p.withdrawn, "approvals": p.approvals.iter().map(|a| serde_json::json!({ "approver": a.approver, "seq": a.seq, "independent": a.independent, "void": a.void })).collect::<Vec<_>>() }))
         .collect();
     serde_json::json!({
         "ok": true, "ledger_id": r.state.ledger_id(), "entries": r.state.len(), "head": r.state.head(),
