@@ -8,10 +8,7 @@ use serde_json::Value;
 
 /// A standard world plus `dev-2`, with PD-0.1.0 (llm_policy) packaged and approved.
 fn world() -> World {
-    let w = World::standard();
-    w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev", "--generate-here"]);
-    package(&w, None, "llm_policy.yaml", "max_tokens: 1000\n", "PD-0.1.0");
-    w
+    World::packaged()
 }
 
 /// Packages `file` with `text` as `version` (the next one) and approves it, through the
@@ -96,6 +93,7 @@ fn a_killed_agent_turns_stale_and_fail_on_stale_ends_the_wait_with_a_rollback() 
     net.kill_agent("dev-2");
     let seen = net.wait_for(|net| liveness(net, "dev-2").filter(|t| t["stale"] == true));
     assert_eq!(seen["running"]["llm_policy"], "PD-0.1.0", "{seen}");
+    assert_eq!(seen["desired"]["llm_policy"], "PD-0.1.0", "{seen}");
     assert!(seen["last_seen_ago_ms"].as_u64().is_some_and(|ms| ms > 600), "stale after 3 intervals: {seen}");
     let dev = env_of(&state(&net), "dev");
     assert_eq!(dev["stale"], serde_json::json!(["dev-2"]), "{dev}");

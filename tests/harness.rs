@@ -129,6 +129,17 @@ impl World {
         Command::new(bin("pd-verify")).args(args).output().expect("run pd-verify")
     }
 
+    /// [`World::standard`] plus `dev-2`, with `llm_policy.yaml` (`max_tokens: 1000`)
+    /// packaged as PD-0.1.0 and approved by carol.
+    pub fn packaged() -> World {
+        let w = World::standard();
+        w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev", "--generate-here"]);
+        w.write("llm_policy.yaml", "max_tokens: 1000\n");
+        w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "first"]);
+        w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
+        w
+    }
+
     /// init, an approver `carol` and one target per environment (`dev-1`, `staging-1`, `prod-1`).
     pub fn standard() -> World {
         let w = World::new();

@@ -6,12 +6,7 @@ use pd_e2e::{Net, Proc, World};
 
 /// A standard world plus `dev-2`, with PD-0.1.0 packaged and approved.
 fn world() -> World {
-    let w = World::standard();
-    w.ok("", &["key", "new", "dev-2", "--role", "target", "--env", "dev", "--generate-here"]);
-    w.write("llm_policy.yaml", "max_tokens: 1000\n");
-    w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "first"]);
-    w.ok("carol", &["ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
-    w
+    World::packaged()
 }
 
 fn count(log: &[serde_json::Value], kind: &str) -> usize {

@@ -143,8 +143,11 @@ fn every_refusal_exits_non_zero_and_changes_nothing() {
         w.refused("", &["ledger", "deploy", "PD-0.1.0", "--env", "staging", "--reason", "skip", "--no-wait"]);
     assert!(err.contains("cannot go to staging before it is fully adopted in dev"), "{err}");
     w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"]);
-    let err = w.refused("", &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"]);
-    assert!(err.contains("waiting for dev-1"), "{err}");
+    // A rerun changes nothing and exits 0: the push stands, its targets are named.
+    let before = w.log().len();
+    let again = w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "x", "--no-wait"]);
+    assert!(again.contains("already pushed to dev; waiting for dev-1"), "{again}");
+    assert_eq!(w.log().len(), before, "a rerun appends nothing");
     let err = w.refused("staging-1", &["ledger", "ack", "PD-0.1.0"]);
     assert!(err.contains("ack refused"), "{err}");
 

@@ -56,8 +56,20 @@ fn target_json(state: &State, name: &str, seen: Option<&Seen>, beats: &Heartbeat
                 .collect()
         })
         .unwrap_or_default();
+    // What it should run: the desired version of every set of its environment it follows.
+    let follows = |set: &str| state.keys().get(name).is_some_and(|k| k.decl.follows(set));
+    let desired: serde_json::Map<String, serde_json::Value> = state
+        .env(&env)
+        .map(|e| {
+            e.sets()
+                .iter()
+                .filter(|(set, _)| follows(set))
+                .filter_map(|(set, slot)| slot.desired().map(|d| (set.clone(), json!(d.version))))
+                .collect()
+        })
+        .unwrap_or_default();
     json!({
-        "name": name, "running": running, "last_seen": seen.map(|s| output::time(s.received_ms)),
+        "name": name, "running": running, "desired": desired, "last_seen": seen.map(|s| output::time(s.received_ms)),
         "last_seen_ago_ms": seen.map(|s| now_ms.saturating_sub(s.received_ms)),
         "liveness": liveness, "stale": liveness == Liveness::Stale, "acks": reports,
     })
