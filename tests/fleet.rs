@@ -99,6 +99,19 @@ fn a_killed_agent_turns_stale_and_fail_on_stale_ends_the_wait_with_a_rollback() 
     assert_eq!(dev["stale"], serde_json::json!(["dev-2"]), "{dev}");
     let text = net.ok("", &["state", "dev"]);
     assert!(text.contains("STALE"), "{text}");
+    // The server's gauges say the same.
+    let (status, metrics) = http(net.url(), "GET", "/metrics", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(status, 200);
+    for line in [
+        "pd_env_targets{env=\"dev\"} 2",
+        "pd_env_stale_targets{env=\"dev\"} 1",
+        "pd_env_adopted_targets{env=\"dev\",set=\"llm_policy\"} 2",
+        "pd_env_failed_targets{env=\"dev\",set=\"llm_policy\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
+    assert!(metrics.contains("pd_target_last_seen_seconds{env=\"dev\",target=\"dev-2\"}"), "{metrics}");
 
     package(&w, Some(&net), "llm_policy.yaml", "max_tokens: 2000\n", "PD-0.2.0");
     let args = [

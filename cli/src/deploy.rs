@@ -272,11 +272,11 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
     let state = b.state()?;
     // Every argument is checked before a new package is written.
     check_envs(&state, a)?;
-    let (version, new_at) = match deploy_version(&state, &a.target)? {
-        Some(v) => (v, None),
+    let (version, new_at, state) = match deploy_version(&state, &a.target)? {
+        Some(v) => (v, None, state),
         None => {
             let args = PackageArgs::of(a.target.clone().into(), a.reason.clone());
-            match package_with(ctx, home, b, &args)? {
+            let (version, new_at) = match package_with(ctx, home, b, &args)? {
                 Packaged::New(new) => {
                     let entry = &new.0;
                     let Body::Package(p) = &entry.entry.body else { unreachable!("built as a package") };
@@ -284,14 +284,15 @@ fn version_to_deploy(ctx: &Ctx, home: &Home, b: &mut Backend, a: &DeployArgs) ->
                 }
                 // A concurrent deploy of the same file packaged it first.
                 Packaged::Reused(v, _) => (v, None),
-            }
+            };
+            (version, new_at, b.state()?)
         }
     };
-    let state = b.state()?;
-    if let Some(w) = &package_of(&state, version)?.withdrawn {
-        refuse!("{version} was withdrawn at #{} ({}); it can never be deployed: package the files again for a new version", w.seq, w.reason);
-    }
-    let fpr = check_artifact(b, &state, package_of(&state, version)?)?;
+    // The rule's own refusal of a withdrawn package, before a wait on it could begin.
+    let pkg = package_of(&state, version)?;
+    pd_ledger::rules::live_package(&state, version, &pkg.package.tarball.blake3)
+        .map_err(|e| crate::Refused(e.to_string()))?;
+    let fpr = check_artifact(b, &state, pkg)?;
     ctx.progress(json!({ "event": "packaged", "version": version, "new_at": new_at, "openpgp": fpr }))?;
     if !ctx.json {
         let new = new_at.map(|seq| format!(" (new, #{seq})")).unwrap_or_default();

@@ -243,22 +243,21 @@ struct AlreadyPackaged;
 #[error("the next version moved")]
 struct VersionMoved;
 
-/// The newest package holding exactly `files` (same paths, same bytes), of policy set `name`
-/// when given.
-fn holding<'s>(
-    state: &'s State,
-    name: Option<&str>,
-    files: &[pd_store::tarball::PolicyFile],
-) -> Option<&'s PackageState> {
+/// Each file's path and BLAKE3, as a package entry lists them (sorted by path).
+type Wanted = Vec<(String, [u8; 32])>;
+
+fn wanted(files: &[pd_store::tarball::PolicyFile]) -> Wanted {
+    files.iter().map(|f| (f.path.clone(), pd_ledger::Hash::of(&f.bytes).0)).collect()
+}
+
+/// The newest live package holding exactly `wanted` (same paths, same bytes), of policy set
+/// `name` when given.
+fn holding<'s>(state: &'s State, name: Option<&str>, wanted: &Wanted) -> Option<&'s PackageState> {
     state.packages().iter().rev().find(|p| {
         p.withdrawn.is_none()
             && name.is_none_or(|n| p.package.name == n)
-            && p.package.files.len() == files.len()
-            && p.package
-                .files
-                .iter()
-                .zip(files)
-                .all(|(f, w)| f.path == w.path && f.blake3.0 == pd_store::ArtifactDigest::of(&w.bytes).blake3)
+            && p.package.files.len() == wanted.len()
+            && p.package.files.iter().zip(wanted).all(|(f, (path, b3))| &f.path == path && f.blake3.0 == *b3)
     })
 }
 
@@ -277,6 +276,7 @@ pub fn package_with(
     let limits = pd_store::Limits::default();
     let files = pd_store::tarball::collect(&a.files, &limits)?;
     let name = policy_name(a);
+    let want = wanted(&files);
     let checked = match a.no_validate {
         true => pd_ledger::Checked::default(),
         false => crate::validate::check(home, &name, &files)?,
@@ -284,7 +284,7 @@ pub fn package_with(
     let source = crate::provenance::source(&a.files, a.require_clean)?;
     loop {
         let (actor, key, state) = ctx.signer(home, backend)?;
-        if let Some(p) = holding(&state, Some(&name), &files) {
+        if let Some(p) = holding(&state, Some(&name), &want) {
             return Ok(Packaged::Reused(p.package.version, p.seq));
         }
         let pgp = ctx.pgp_key(home, &actor)?;
@@ -300,7 +300,7 @@ pub fn package_with(
         pd_store::openpgp::verify_detached(cert.unwrap_or_default(), &built.bytes, &sig)?;
         backend.put_object(&state.ledger_id(), &actor, &key, &built.bytes)?;
         let appended = backend.append(&actor, &key, |st| {
-            if holding(st, Some(&name), &files).is_some() {
+            if holding(st, Some(&name), &want).is_some() {
                 return Err(AlreadyPackaged.into());
             }
             if next_version(st, a)? != version {
@@ -412,7 +412,7 @@ pub fn deploy_version(state: &State, target: &str) -> Result<Option<Version>> {
         };
     }
     let files = pd_store::tarball::collect(&[path.to_path_buf()], &pd_store::Limits::default())?;
-    Ok(holding(state, None, &files).map(|p| p.package.version))
+    Ok(holding(state, None, &wanted(&files)).map(|p| p.package.version))
 }
 
 fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {

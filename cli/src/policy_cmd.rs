@@ -50,11 +50,11 @@ pub fn run(ctx: &Ctx, cmd: PolicyCmd) -> Result<()> {
             let entry = home.config.policy.entry(set.clone()).or_default();
             entry.schema = match file {
                 Some(file) if !clear => {
-                    let (hash, _) = crate::validate::load_schema(&file)?;
-                    let rel = PathBuf::from("schemas").join(format!("{set}.json"));
-                    std::fs::create_dir_all(home.dir.join("schemas"))?;
                     let bytes =
                         std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                    let (hash, _) = crate::validate::compile_schema(&file, &bytes)?;
+                    let rel = PathBuf::from("schemas").join(format!("{set}.json"));
+                    std::fs::create_dir_all(home.dir.join("schemas"))?;
                     crate::home::write_file_atomic(&home.dir.join(&rel), &bytes)?;
                     if !ctx.json {
                         output::ok(format!(

@@ -100,11 +100,16 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// A JSON Schema file, compiled, with its BLAKE3 (recorded in packages it checked).
 pub fn load_schema(path: &Path) -> Result<(Hash, jsonschema::Validator)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading the JSON Schema {}", path.display()))?;
-    let schema: serde_json::Value = serde_json::from_slice(&bytes)
+    compile_schema(path, &bytes)
+}
+
+/// The JSON Schema `bytes` (read from `path`, named in errors), compiled, with their BLAKE3.
+pub fn compile_schema(path: &Path, bytes: &[u8]) -> Result<(Hash, jsonschema::Validator)> {
+    let schema: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| CheckFailed(format!("{}:{}:{}: not JSON: {e}", path.display(), e.line(), e.column())))?;
     let validator = jsonschema::validator_for(&schema)
         .map_err(|e| CheckFailed(format!("{} is not a usable JSON Schema: {e}", path.display())))?;
-    Ok((Hash::of(&bytes), validator))
+    Ok((Hash::of(bytes), validator))
 }
 
 /// Runs the set's validator command (`sh -c CMD`) over the files exactly as they will be

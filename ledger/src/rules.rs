@@ -645,7 +645,7 @@ pub(crate) fn named_package<'s>(
 
 /// [`named_package`], refusing a withdrawn one: what may still be approved, pushed, rolled
 /// back to or retried.
-pub(crate) fn live_package<'s>(
+pub fn live_package<'s>(
     state: &'s State,
     version: Version,
     package: &Hash,
