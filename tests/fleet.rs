@@ -218,6 +218,10 @@ fn a_fixed_target_acks_the_same_push_after_retry_failed_and_that_counts() {
     let out = net
         .run("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1", "--timeout", "60s"]);
     assert_eq!(out.status.code(), Some(1), "{}", pd_e2e::text(&out));
+    // The wait ends at dev-2's failure; dev-1 may still be installing. Its ack follows its
+    // status, so once the ack is in the ledger the health endpoint must say it runs.
+    let loaded = [("PD-0.1.0".to_string(), "loaded".to_string())];
+    net.wait_for(|net| (acks_by(net, "dev-1") == loaded).then_some(()));
     let (code, h) = health(&mut net);
     assert_eq!(code, 200, "dev-1 follows and runs the desired version: {h}");
     assert_eq!(h["status"]["running"][0]["version"], "PD-0.1.0", "{h}");
