@@ -679,7 +679,8 @@ async fn commit(
     }
 }
 
-/// Whether the server should checkpoint after `last`: it changed what targets run, or
+/// Whether the server should checkpoint after `last`: it changed what targets run (a push,
+/// a rollback, or a retry, which agents act on only under a checkpoint), or
 /// enough entries came since the last checkpoint.
 fn checkpoint_due(opts: &ServeOptions, state: &State, last: &SignedEntry) -> bool {
     if opts.checkpoint_every == 0 || opts.head_signer.is_none() {
@@ -688,7 +689,7 @@ fn checkpoint_due(opts: &ServeOptions, state: &State, last: &SignedEntry) -> boo
     let since = state.latest_checkpoint().map_or(0, |c| c.checkpoint.size);
     match last.entry.body {
         Body::Checkpoint(_) => false,
-        Body::Push(_) | Body::Rollback(_) => true,
+        Body::Push(_) | Body::Rollback(_) | Body::Retry(_) => true,
         _ => state.len() - since >= opts.checkpoint_every,
     }
 }
