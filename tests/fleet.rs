@@ -306,11 +306,11 @@ fn a_promotion_relying_on_a_pre_rollback_ack_is_refused_by_the_rule_and_by_pd_ve
     net.ok("", &["ledger", "deploy", "PD-0.2.0", "--until", "dev", "--reason", "v2", "--timeout", "60s"]);
     net.ok("", &["ledger", "rollback", "dev", "--reason", "bad numbers", "--timeout", "60s"]);
     // dev acked PD-0.2.0 before the rollback: that ack no longer counts for staging.
-    let said = net.w.refused_with(
-        1,
-        "",
-        &["--server", net.url(), "ledger", "deploy", "PD-0.2.0", "--env", "staging", "--reason", "promote"],
-    );
+    let before = net.log();
+    let out = net.run("", &["ledger", "deploy", "PD-0.2.0", "--env", "staging", "--reason", "promote"]);
+    let said = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(net.log(), before, "the refused promotion appended nothing");
     assert!(said.contains("dev") && said.contains("PD-0.2.0"), "{said}");
     // An export with that promotion forged in (validly signed, chained) fails pd-verify.
     net.server.kill();
