@@ -26,7 +26,7 @@ pub struct ServeArgs {
     /// How long a client's turn to append lasts.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     lease: Duration,
-    /// Write a checkpoint after this many entries (and after every push and rollback, so
+    /// Write a checkpoint after this many entries (and after every push, rollback and retry, so
     /// agents can adopt at once); 0 turns automatic checkpoints off. They are signed by the
     /// acting key (`--as`), which needs the log role.
     #[arg(long, default_value_t = 1000, value_name = "ENTRIES")]

@@ -47,8 +47,8 @@ pub struct ServeOptions {
     /// Largest entry or object accepted.
     pub max_body: usize,
     /// Write a checkpoint (signed by `head_signer`, which needs the log role) once this many
-    /// entries came after the last one; also right after every push and rollback, so agents
-    /// find the package under a checkpoint at once. 0 turns automatic checkpoints off.
+    /// entries came after the last one; also right after every push, rollback and retry, so
+    /// agents find them under a checkpoint at once. 0 turns automatic checkpoints off.
     pub checkpoint_every: u64,
     /// …and at least this often while entries keep coming.
     pub checkpoint_interval: Duration,
@@ -1098,6 +1098,36 @@ fn fleet_metrics(out: &mut String, state: &State, beats: &wire::Heartbeats) {
             let (set, a) = (&slot.set, &slot.adoption);
             let _ = writeln!(out, "pd_env_adopted_targets{{env=\"{e}\",set=\"{set}\"}} {}", a.loaded());
             let _ = writeln!(out, "pd_env_failed_targets{{env=\"{e}\",set=\"{set}\"}} {}", a.failed().len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pd_ledger::storage::MemStore;
+    use pd_ledger::{Push, Retry, Rollback};
+
+    /// Agents act on what changes what targets run only under a checkpoint, so each of those
+    /// entries is followed by one at once; an ack waits for `checkpoint_every`.
+    #[test]
+    fn a_checkpoint_follows_every_push_rollback_and_retry_at_once() {
+        let d = pd_ledger::testkit::deployed(MemStore::default());
+        let mut opts = ServeOptions::new(([127, 0, 0, 1], 0).into());
+        // Any key: checkpoints are due only where the server can sign them.
+        opts.head_signer = Some(("admin".into(), SecretKey::from_seed([1; 32])));
+        let (env, version, package, reason) = ("dev".to_string(), d.version, d.package, "r".to_string());
+        let bodies = [
+            (Body::Push(Push { env: env.clone(), version, package, reason: reason.clone() }), true),
+            (Body::Rollback(Rollback { env: env.clone(), version, package, reason: reason.clone() }), true),
+            (Body::Retry(Retry { env, version, package, reason }), true),
+            (d.ack(), false),
+        ];
+        let state = d.ledger.state();
+        for (body, due) in bodies {
+            let kind = format!("{body:?}");
+            let entry = pd_ledger::Entry::sign(state.len(), d.ledger.head(), 1, "admin", body, &d.admin);
+            assert_eq!(checkpoint_due(&opts, state, &entry), due, "{kind}");
         }
     }
 }
