@@ -508,13 +508,24 @@ pub mod forge {
             })
             .expect("the version is packaged");
         let last = entries.last().expect("a ledger");
+        let ledger = match &entries[0].entry.body {
+            Body::Genesis(g) => g.ledger_id,
+            _ => panic!("a ledger starts with genesis"),
+        };
         let text = std::fs::read_to_string(home.join("keys/admin.ed25519")).expect("admin key");
         let mut seed = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut seed).expect("a key file");
         let body = Body::Push(Push { env: env.into(), version, package, reason: "forged".into() });
         let seq = last.entry.seq + 1;
-        let forged =
-            Entry::sign(seq, last.id, last.entry.time_ms + 1, "admin", body, &SecretKey::from_seed(seed));
+        let forged = Entry::sign(
+            &ledger,
+            seq,
+            last.id,
+            last.entry.time_ms + 1,
+            "admin",
+            body,
+            &SecretKey::from_seed(seed),
+        );
         export.entries.push(serde_bytes::ByteBuf::from(forged.bytes));
         export.encode()
     }

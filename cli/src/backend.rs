@@ -198,6 +198,7 @@ pub fn pause(until: Instant, check: &dyn Fn() -> Result<()>) -> Result<()> {
 /// Refuses `body` before anything is written if the rules would refuse it now.
 pub fn precheck(state: &State, actor: &str, key: &SecretKey, body: Body) -> Result<()> {
     let probe = pd_ledger::Entry::sign(
+        &state.ledger_id(),
         state.len(),
         state.head(),
         home::now_ms().max(state.last_time_ms()),

@@ -23,9 +23,6 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer TOKEN` on every request but /healthz.
     #[arg(long, env = "PD_SERVE_TOKEN", hide_env_values = true)]
     require_token: Option<String>,
-    /// How long a client's turn to append lasts.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    lease: Duration,
     /// Write a checkpoint after this many entries (and after every push, rollback and retry, so
     /// agents can adopt at once); 0 turns automatic checkpoints off. They are signed by the
     /// acting key (`--as`), which needs the log role.
@@ -137,7 +134,6 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let store = home.store()?;
     let mut opts = serve_options(&home, &ledger, ctx.actor(&home), a.listen);
     opts.token = a.require_token;
-    opts.lease = a.lease;
     // Zero already when the key cannot sign checkpoints (serve_options said so).
     if opts.checkpoint_every > 0 {
         opts.checkpoint_every = a.checkpoint_every;

@@ -308,9 +308,9 @@ pub fn agent_step(state: &State, target: &str, env: &str, set: &str, view: Agent
     Step::Install(d)
 }
 
-/// Who may take an append turn: on an empty ledger whoever brings its genesis, then any
+/// Who may submit a statement: on an empty ledger whoever brings its genesis, then any
 /// active key (the rule decides what it may append).
-pub fn may_take_turn<'s>(state: &'s State, actor: &str) -> Result<Option<&'s KeyState>, RuleError> {
+pub fn may_submit<'s>(state: &'s State, actor: &str) -> Result<Option<&'s KeyState>, RuleError> {
     if state.is_empty() {
         return Ok(None);
     }

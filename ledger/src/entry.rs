@@ -7,17 +7,24 @@ use crate::keys::{self, SecretKey};
 use crate::limits::MAX_ENTRY_BYTES;
 use crate::version::Version;
 
-/// The ledger format this code reads and writes, recorded in genesis. Format 4: SHA-256
+/// The ledger format this code reads and writes, recorded in genesis. Format 6: SHA-256
 /// (RFC 6962) Merkle tree, checkpoint notes signed under the origin's name, key custody with
 /// proof of possession, rotation, revocation kinds and admin quorum, policy sets (a slot per
-/// environment and set), fleet minimums (`env_set`) and `retry`. A ledger of any other
-/// format is refused at its first entry, so a format change can never be misread.
-pub const FORMAT_VERSION: u32 = 5;
+/// environment and set), fleet minimums (`env_set`), `retry`, package checks and
+/// provenance, `withdraw`, and signed *statements* sequenced by the appender (the actor's
+/// signature covers the ledger, its base and its own time, not the position). A ledger of
+/// any other format is refused at its first entry, so a format change can never be misread.
+pub const FORMAT_VERSION: u32 = 6;
 
-/// Domain tag of entry signatures.
-pub const ENTRY_DOMAIN: &[u8] = b"pd/entry/v1\0";
+/// Domain tag of statement (entry) signatures.
+pub const ENTRY_DOMAIN: &[u8] = b"pd/statement/v1\0";
 
-/// One signed ledger entry.
+/// One ledger entry: an actor's signed statement, placed in the chain by the appender.
+///
+/// The actor signs [`Statement`]'s fields (with the ledger's id); `seq`, `prev` and `time_ms`
+/// are the appender's, bound by the chain of ids and by the checkpoints the log key signs.
+/// So many actors' statements are committed in one batch without anyone holding the ledger
+/// across a round trip, and the rule still checks each one against the state it follows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
@@ -25,24 +32,48 @@ pub struct Entry {
     pub seq: u64,
     /// Id of entry `seq - 1`; zero for genesis.
     pub prev: Hash,
-    /// UTC milliseconds since the Unix epoch; never decreases along the chain.
+    /// When the appender placed it: UTC milliseconds since the Unix epoch; never decreases
+    /// along the chain.
     pub time_ms: u64,
     /// Name of the signing key.
     pub actor: String,
+    /// The ledger length the actor had verified when it signed: the entry lies at or after
+    /// it, within [`crate::limits::STATEMENT_WINDOW`] entries (so a statement is fresh, and
+    /// a replay within the window is found by its digest).
+    pub base: u64,
+    /// The actor's clock when it signed (checked against `time_ms`).
+    pub signed_ms: u64,
     /// What happened.
     pub body: Body,
-    /// Ed25519 signature by `actor` over [`ENTRY_DOMAIN`] and the hash of the unsigned encoding.
+    /// Ed25519 signature by `actor` over [`ENTRY_DOMAIN`] and [`Entry::signed_digest`].
     pub sig: Signature,
 }
 
-/// The signed part of an entry, in the same field order.
+/// What an actor signs, in this field order: the ledger it is for, then the statement.
 #[derive(Serialize)]
 struct Unsigned<'a> {
-    seq: u64,
-    prev: &'a Hash,
-    time_ms: u64,
+    ledger: &'a Hash,
     actor: &'a str,
+    base: u64,
+    signed_ms: u64,
     body: &'a Body,
+}
+
+/// An actor's signed statement before the appender places it: what clients send to
+/// `POST /v1/entries`, one canonical CBOR form like an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    /// Name of the signing key.
+    pub actor: String,
+    /// The ledger length the actor had verified (see [`Entry::base`]).
+    pub base: u64,
+    /// The actor's clock when it signed.
+    pub signed_ms: u64,
+    /// What happened.
+    pub body: Body,
+    /// Ed25519 signature by `actor`, as in [`Entry::sig`].
+    pub sig: Signature,
 }
 
 /// What an entry records.
@@ -519,51 +550,124 @@ fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// The ledger id a statement signs: genesis names its own, every later entry the ledger's.
+fn signed_ledger<'a>(body: &'a Body, ledger: &'a Hash) -> &'a Hash {
+    match body {
+        Body::Genesis(g) => &g.ledger_id,
+        _ => ledger,
+    }
+}
+
+fn digest_of(ledger: &Hash, actor: &str, base: u64, signed_ms: u64, body: &Body) -> Hash {
+    let ledger = signed_ledger(body, ledger);
+    Hash::of(&to_cbor(&Unsigned { ledger, actor, base, signed_ms, body }))
+}
+
 impl Entry {
-    /// Signs a new entry.
-    pub fn sign(seq: u64, prev: Hash, time_ms: u64, actor: &str, body: Body, key: &SecretKey) -> SignedEntry {
-        let digest = Hash::of(&to_cbor(&Unsigned { seq, prev: &prev, time_ms, actor, body: &body }));
+    /// Signs a statement and places it at `seq` after `prev`, based on exactly the entries
+    /// before it and signed at `time_ms`: what a single writer that holds the ledger does.
+    pub fn sign(
+        ledger: &Hash,
+        seq: u64,
+        prev: Hash,
+        time_ms: u64,
+        actor: &str,
+        body: Body,
+        key: &SecretKey,
+    ) -> SignedEntry {
+        Statement::sign(ledger, actor, seq, time_ms, body, key).at(seq, prev, time_ms)
+    }
+
+    /// The digest the signature covers; `ledger` is the ledger's id (genesis names its own).
+    pub fn signed_digest(&self, ledger: &Hash) -> Hash {
+        digest_of(ledger, &self.actor, self.base, self.signed_ms, &self.body)
+    }
+
+    /// The full signed message, for batch verification.
+    pub fn signed_message(&self, ledger: &Hash) -> Vec<u8> {
+        keys::message(ENTRY_DOMAIN, &self.signed_digest(ledger).0)
+    }
+
+    /// Checks the signature against `key`.
+    pub fn signature_valid(&self, ledger: &Hash, key: &PublicKey) -> bool {
+        keys::verify(key, ENTRY_DOMAIN, &self.signed_digest(ledger).0, &self.sig)
+    }
+
+    /// The statement this entry places.
+    pub fn statement(&self) -> Statement {
+        Statement {
+            actor: self.actor.clone(),
+            base: self.base,
+            signed_ms: self.signed_ms,
+            body: self.body.clone(),
+            sig: self.sig,
+        }
+    }
+}
+
+impl Statement {
+    /// Signs `body` as `actor` for `ledger` (ignored for genesis, which names its own), based
+    /// on the first `base` entries, at the signer's time `signed_ms`.
+    pub fn sign(
+        ledger: &Hash,
+        actor: &str,
+        base: u64,
+        signed_ms: u64,
+        body: Body,
+        key: &SecretKey,
+    ) -> Statement {
+        let digest = digest_of(ledger, actor, base, signed_ms, &body);
         let sig = key.sign(ENTRY_DOMAIN, &digest.0);
-        let entry = Entry { seq, prev, time_ms, actor: actor.to_string(), body, sig };
+        Statement { actor: actor.to_string(), base, signed_ms, body, sig }
+    }
+
+    /// The digest the signature covers (as [`Entry::signed_digest`]).
+    pub fn digest(&self, ledger: &Hash) -> Hash {
+        digest_of(ledger, &self.actor, self.base, self.signed_ms, &self.body)
+    }
+
+    /// Checks the signature against `key`.
+    pub fn signature_valid(&self, ledger: &Hash, key: &PublicKey) -> bool {
+        keys::verify(key, ENTRY_DOMAIN, &self.digest(ledger).0, &self.sig)
+    }
+
+    /// The entry that places this statement at `seq` after `prev`, at the appender's
+    /// `time_ms`. The rule decides whether it may stand there.
+    pub fn at(self, seq: u64, prev: Hash, time_ms: u64) -> SignedEntry {
+        let Statement { actor, base, signed_ms, body, sig } = self;
+        let entry = Entry { seq, prev, time_ms, actor, base, signed_ms, body, sig };
         let bytes = to_cbor(&entry);
         let id = Hash::of(&bytes);
         SignedEntry { entry, bytes, id }
     }
 
-    /// The digest the signature covers.
-    pub fn signed_digest(&self) -> Hash {
-        Hash::of(&to_cbor(&Unsigned {
-            seq: self.seq,
-            prev: &self.prev,
-            time_ms: self.time_ms,
-            actor: &self.actor,
-            body: &self.body,
-        }))
+    /// The one canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        to_cbor(self)
     }
 
-    /// The full signed message, for batch verification.
-    pub fn signed_message(&self) -> Vec<u8> {
-        keys::message(ENTRY_DOMAIN, &self.signed_digest().0)
+    /// Decodes exactly one canonical statement of at most [`MAX_ENTRY_BYTES`].
+    pub fn decode(bytes: &[u8]) -> Result<Statement, EncodingError> {
+        decode_canonical(bytes)
     }
+}
 
-    /// Checks the signature against `key`.
-    pub fn signature_valid(&self, key: &PublicKey) -> bool {
-        keys::verify(key, ENTRY_DOMAIN, &self.signed_digest().0, &self.sig)
+fn decode_canonical<T: Serialize + serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, EncodingError> {
+    if bytes.len() > MAX_ENTRY_BYTES {
+        return Err(EncodingError::TooLarge { size: bytes.len(), limit: MAX_ENTRY_BYTES });
     }
+    let value: T = ciborium::from_reader(bytes).map_err(|e| EncodingError::Malformed(e.to_string()))?;
+    // One value has exactly one byte form, hence one id (this also rejects trailing bytes).
+    if to_cbor(&value) != bytes {
+        return Err(EncodingError::NotCanonical);
+    }
+    Ok(value)
 }
 
 impl SignedEntry {
     /// Decodes exactly one canonical entry.
     pub fn decode(bytes: &[u8]) -> Result<SignedEntry, EncodingError> {
-        if bytes.len() > MAX_ENTRY_BYTES {
-            return Err(EncodingError::TooLarge { size: bytes.len(), limit: MAX_ENTRY_BYTES });
-        }
-        let entry: Entry =
-            ciborium::from_reader(bytes).map_err(|e| EncodingError::Malformed(e.to_string()))?;
-        // One entry has exactly one byte form, hence one id (this also rejects trailing bytes).
-        if to_cbor(&entry) != bytes {
-            return Err(EncodingError::NotCanonical);
-        }
+        let entry: Entry = decode_canonical(bytes)?;
         Ok(SignedEntry { entry, bytes: bytes.to_vec(), id: Hash::of(bytes) })
     }
 }
@@ -578,8 +682,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const LEDGER: Hash = Hash([9; 32]);
+
     fn key() -> SecretKey {
         SecretKey::from_seed([3; 32])
+    }
+
+    #[test]
+    fn a_statement_signs_for_one_ledger() {
+        let body =
+            Body::KeyRevoke(KeyRevoke { name: "b".into(), kind: RevokeKind::Left, reason: "c".into() });
+        let s = Statement::sign(&LEDGER, "a", 3, 5, body, &key());
+        assert!(s.signature_valid(&LEDGER, &key().public()));
+        assert!(!s.signature_valid(&Hash([8; 32]), &key().public()), "another ledger's statement");
+        let mut later = s.clone();
+        later.base = 4;
+        assert!(!later.signature_valid(&LEDGER, &key().public()), "the base is signed");
     }
 
     fn arb_text() -> impl Strategy<Value = String> {
@@ -653,20 +771,24 @@ mod tests {
         #[test]
         fn encode_decode_round_trip(seq in any::<u64>(), prev in arb_hash(), time in any::<u64>(),
                                     actor in arb_text(), body in arb_body()) {
-            let signed = Entry::sign(seq, prev, time, &actor, body, &key());
+            let signed = Entry::sign(&LEDGER, seq, prev, time, &actor, body, &key());
             let back = SignedEntry::decode(&signed.bytes).unwrap();
             prop_assert_eq!(&back, &signed);
-            prop_assert!(back.entry.signature_valid(&key().public()));
+            prop_assert!(back.entry.signature_valid(&LEDGER, &key().public()));
+            let statement = Statement::decode(&back.entry.statement().encode()).unwrap();
+            prop_assert_eq!(statement.at(seq, prev, time), signed);
         }
 
         #[test]
         fn any_byte_flip_is_refused_or_breaks_the_signature(body in arb_body(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let signed = Entry::sign(1, Hash::ZERO, 5, "admin", body, &key());
+            let signed = Entry::sign(&LEDGER, 1, Hash::ZERO, 5, "admin", body, &key());
             let mut bytes = signed.bytes.clone();
             let i = pos.index(bytes.len());
             bytes[i] ^= 1 << bit;
             if let Ok(e) = SignedEntry::decode(&bytes) {
-                prop_assert!(!e.entry.signature_valid(&key().public()));
+                // Position and placement time are the appender's; everything else is signed.
+                let moved = (e.entry.seq, e.entry.prev, e.entry.time_ms) != (1, Hash::ZERO, 5);
+                prop_assert!(moved || !e.entry.signature_valid(&LEDGER, &key().public()));
             }
         }
     }
@@ -674,6 +796,7 @@ mod tests {
     #[test]
     fn non_canonical_integer_is_refused() {
         let signed = Entry::sign(
+            &LEDGER,
             1,
             Hash::ZERO,
             5,

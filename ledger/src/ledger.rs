@@ -1,7 +1,8 @@
 //! The appender: a store plus the state folded from it.
 
 use crate::bytes::Hash;
-use crate::entry::{Body, Entry, SignedEntry};
+use crate::bytes::PublicKey;
+use crate::entry::{Body, SignedEntry, Statement};
 use crate::keys::SecretKey;
 use crate::merkle::{Sha256, Tree};
 use crate::replay::{replay_onto, Pending, ReplayError, ReplayErrorKind, Signatures};
@@ -77,10 +78,50 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(entry)
     }
 
-    /// Signs `body` as the next entry without appending it.
+    /// Signs `body` as a statement based on the whole ledger and places it as the next entry
+    /// (time never goes backwards), without appending it.
     pub fn sign_next(&self, actor: &str, key: &SecretKey, time_ms: u64, body: Body) -> SignedEntry {
-        let time_ms = time_ms.max(self.state.last_time_ms);
-        Entry::sign(self.state.len, self.state.head, time_ms, actor, body, key)
+        let statement = self.sign_statement(actor, key, time_ms, body);
+        statement.at(self.state.len, self.state.head, time_ms.max(self.state.last_time_ms))
+    }
+
+    /// Signs `body` as a statement based on the whole ledger, for an appender to place.
+    pub fn sign_statement(&self, actor: &str, key: &SecretKey, time_ms: u64, body: Body) -> Statement {
+        Statement::sign(&self.state.ledger_id, actor, self.state.len, time_ms, body, key)
+    }
+
+    /// Starts a batch of statements to place after the last entry (see [`Batch`]).
+    pub fn batch(&self) -> Batch {
+        Batch { state: self.state.clone(), entries: Vec::new() }
+    }
+
+    /// Writes a batch durably, with one flush, without making it visible in [`Ledger::state`]
+    /// yet: readers of the state never see an entry that is not on disk. Takes `&self`, so
+    /// readers may go on while the disk syncs; [`Ledger::install`] follows.
+    pub fn write(&self, batch: &Batch) -> Result<(), StorageError> {
+        let Some(first) = batch.entries.first() else { return Ok(()) };
+        assert_eq!(first.entry.seq, self.state.len, "a batch is written right after the ledger it began on");
+        let slices: Vec<&[u8]> = batch.entries.iter().map(|e| e.bytes.as_slice()).collect();
+        self.store.append(first.entry.seq, &slices)
+    }
+
+    /// Makes a written batch the ledger's state.
+    pub fn install(&mut self, batch: Batch) {
+        assert_eq!(
+            batch.state.len,
+            self.state.len + batch.entries.len() as u64,
+            "a batch folds its own entries"
+        );
+        self.state = batch.state;
+        self.grow(&batch.entries);
+    }
+
+    /// Writes and installs a batch: all of its entries or none.
+    pub fn commit(&mut self, batch: Batch) -> Result<Vec<SignedEntry>, StorageError> {
+        self.write(&batch)?;
+        let entries = batch.entries.clone();
+        self.install(batch);
+        Ok(entries)
     }
 
     /// Checks and durably appends one entry.
@@ -105,7 +146,7 @@ impl<S: LedgerStore> Ledger<S> {
                 "SignedEntry bytes are its encoding"
             );
             let key = check_rules(&next, e)?;
-            signatures.push(e, key);
+            signatures.push(&next.ledger_id, e, key);
             next.apply(e);
         }
         signatures.verify().map_err(|e| match e.kind {
@@ -121,7 +162,8 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(())
     }
 
-    /// Signs a batch of bodies as consecutive entries (chained), without appending them.
+    /// Signs a batch of bodies as consecutive entries, each a statement based on every entry
+    /// before it (the batch's own included), without appending them.
     pub fn sign_batch(
         &self,
         actor: &str,
@@ -129,12 +171,13 @@ impl<S: LedgerStore> Ledger<S> {
         time_ms: u64,
         bodies: Vec<Body>,
     ) -> Vec<SignedEntry> {
-        let time_ms = time_ms.max(self.state.last_time_ms);
+        let placed_ms = time_ms.max(self.state.last_time_ms);
         let (mut seq, mut prev) = (self.state.len, self.state.head);
         bodies
             .into_iter()
             .map(|body| {
-                let e = Entry::sign(seq, prev, time_ms, actor, body, key);
+                let statement = Statement::sign(&self.state.ledger_id, actor, seq, time_ms, body, key);
+                let e = statement.at(seq, prev, placed_ms);
                 seq += 1;
                 prev = e.id;
                 e
@@ -154,6 +197,47 @@ impl<S: LedgerStore> Ledger<S> {
     /// Id of the last entry.
     pub fn head(&self) -> Hash {
         self.state.head
+    }
+}
+
+/// Statements placed after a ledger's last entry, each checked by the rule against the state
+/// it follows, not yet written: the appender's group commit. Refused statements are left out
+/// and never change the state.
+pub struct Batch {
+    state: State,
+    entries: Vec<SignedEntry>,
+}
+
+impl Batch {
+    /// The state after the batch's entries.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The entries placed so far.
+    pub fn entries(&self) -> &[SignedEntry] {
+        &self.entries
+    }
+
+    /// Places `statement` next, at `time_ms` (never before the last entry's time), if the
+    /// rule and its signature accept it there. `verified` is the key the caller already
+    /// checked the signature with (say, on another thread); it is checked again only if the
+    /// rule names another key.
+    pub fn push(
+        &mut self,
+        statement: Statement,
+        time_ms: u64,
+        verified: Option<&PublicKey>,
+    ) -> Result<&SignedEntry, RuleError> {
+        let st = &self.state;
+        let entry = statement.at(st.len, st.head, time_ms.max(st.last_time_ms));
+        let key = check_rules(st, &entry)?;
+        if verified != Some(&key) && !entry.entry.signature_valid(&st.ledger_id, &key) {
+            return Err(RuleError::BadSignature { actor: entry.entry.actor });
+        }
+        self.state.apply(&entry);
+        self.entries.push(entry);
+        Ok(self.entries.last().expect("just pushed"))
     }
 }
 

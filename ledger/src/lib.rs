@@ -32,7 +32,7 @@ pub use enrol::{EnrolmentRequest, RequestError};
 pub use entry::{
     Ack, Approve, Artifact, Body, Checked, Checkpoint, Custody, EncodingError, Entry, EnvSet, FileDigest,
     Genesis, KeyApprove, KeyDecl, KeyRevoke, KeyRotate, Outcome, Package, Push, Retry, RevokeKind, Role,
-    Rollback, SignedEntry, Source, Withdraw,
+    Rollback, SignedEntry, Source, Statement, Withdraw,
 };
 pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;

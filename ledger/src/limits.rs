@@ -30,3 +30,12 @@ pub const MAX_MIN_TARGETS: u32 = 1_000_000;
 pub const MAX_TARGET_SETS: usize = 64;
 /// Largest encoded heartbeat, in bytes.
 pub const MAX_HEARTBEAT_BYTES: usize = 16 * 1024;
+/// How far behind the ledger's end a statement's `base` may be, in entries: an entry lies
+/// at most this many positions after the length its signer had verified. Within it, the
+/// state keeps every statement's digest, so a replayed statement is refused; past it, a
+/// statement is stale and its signer signs anew.
+pub const STATEMENT_WINDOW: u64 = 1 << 15;
+/// How far a statement's signing time may be ahead of the time it was appended.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
+/// How long after it was signed a statement may still be appended.
+pub const MAX_STATEMENT_AGE_MS: u64 = 10 * 60_000;

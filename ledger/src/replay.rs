@@ -85,7 +85,7 @@ where
             pending.seqs.push((seq, signed.entry.actor.clone()));
             pending.items.push(SignedMessage {
                 key,
-                message: signed.entry.signed_message(),
+                message: signed.entry.signed_message(&state.ledger_id),
                 sig: signed.entry.sig,
             });
         }
@@ -106,9 +106,10 @@ pub(crate) struct Pending {
 
 impl Pending {
     /// Queues the signature of an entry whose rules passed, to be checked against `key`.
-    pub(crate) fn push(&mut self, signed: &SignedEntry, key: crate::PublicKey) {
+    pub(crate) fn push(&mut self, ledger: &crate::Hash, signed: &SignedEntry, key: crate::PublicKey) {
         self.seqs.push((signed.entry.seq, signed.entry.actor.clone()));
-        self.items.push(SignedMessage { key, message: signed.entry.signed_message(), sig: signed.entry.sig });
+        let message = signed.entry.signed_message(ledger);
+        self.items.push(SignedMessage { key, message, sig: signed.entry.sig });
     }
 
     /// Verifies and clears the batch, split over the machine's cores.

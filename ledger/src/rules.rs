@@ -41,6 +41,38 @@ pub enum RuleError {
         /// The previous entry's.
         last_ms: u64,
     },
+    /// The statement's base is too far behind the ledger's end.
+    #[error("the statement was based on {base} entries but would land at #{seq}, more than {window} entries later: sync and sign it again")]
+    StaleStatement {
+        /// The ledger length its signer had verified.
+        base: u64,
+        /// Where it would land.
+        seq: u64,
+        /// [`STATEMENT_WINDOW`].
+        window: u64,
+    },
+    /// The statement's base names entries the ledger does not have yet.
+    #[error("the statement was based on {base} entries, but it would land at #{seq}: it cannot have seen entries that do not exist")]
+    FutureBase {
+        /// The ledger length it claims.
+        base: u64,
+        /// Where it would land.
+        seq: u64,
+    },
+    /// The signer's time is too far from the appender's.
+    #[error("the statement was signed at {signed_ms} ms but appended at {time_ms} ms: more than {MAX_CLOCK_AHEAD_MS} ms ahead or {MAX_STATEMENT_AGE_MS} ms old; fix the signer's clock and sign it again")]
+    StatementTime {
+        /// The signer's time.
+        signed_ms: u64,
+        /// The appender's time.
+        time_ms: u64,
+    },
+    /// This very statement is already in the ledger.
+    #[error("this statement by {actor:?} is already in the ledger: a replayed statement is refused")]
+    Replayed {
+        /// Its signer.
+        actor: String,
+    },
     /// The first entry is not genesis, or a later one is.
     #[error("a genesis entry must come first and only first")]
     Genesis,
@@ -251,7 +283,7 @@ fn waiting_for(laggards: &[String]) -> String {
 /// Full check: chain, rules and the Ed25519 signature.
 pub fn check(state: &State, signed: &SignedEntry) -> Result<(), RuleError> {
     let key = check_rules(state, signed)?;
-    if !signed.entry.signature_valid(&key) {
+    if !signed.entry.signature_valid(&state.ledger_id, &key) {
         return Err(RuleError::BadSignature { actor: signed.entry.actor.clone() });
     }
     Ok(())
@@ -270,6 +302,7 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
     if e.time_ms < state.last_time_ms {
         return Err(RuleError::TimeWentBack { time_ms: e.time_ms, last_ms: state.last_time_ms });
     }
+    check_statement(state, e)?;
     if let Body::Genesis(g) = &e.body {
         return check_genesis(state, e, g);
     }
@@ -295,6 +328,27 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
         Body::Checkpoint(c) => check_checkpoint(state, e, c),
     }?;
     Ok(key)
+}
+
+/// A statement is fresh (based on entries that exist, at most [`STATEMENT_WINDOW`] behind,
+/// signed near the time it is appended) and not already in the ledger.
+fn check_statement(state: &State, e: &Entry) -> Result<(), RuleError> {
+    if e.base > e.seq {
+        return Err(RuleError::FutureBase { base: e.base, seq: e.seq });
+    }
+    if e.seq - e.base > STATEMENT_WINDOW {
+        return Err(RuleError::StaleStatement { base: e.base, seq: e.seq, window: STATEMENT_WINDOW });
+    }
+    let ahead = e.signed_ms.saturating_sub(e.time_ms);
+    let age = e.time_ms.saturating_sub(e.signed_ms);
+    if ahead > MAX_CLOCK_AHEAD_MS || age > MAX_STATEMENT_AGE_MS {
+        return Err(RuleError::StatementTime { signed_ms: e.signed_ms, time_ms: e.time_ms });
+    }
+    // A copy of this statement would lie at or after its base, so inside the window.
+    if state.recent.contains(&e.signed_digest(&state.ledger_id)) {
+        return Err(RuleError::Replayed { actor: e.actor.clone() });
+    }
+    Ok(())
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> RuleError {

@@ -1,12 +1,13 @@
 //! The state derived by folding entries. Never stored: always rebuilt from the ledger.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::{Body, Checkpoint, Custody, KeyDecl, Outcome, Package, RevokeKind, Role, SignedEntry};
 use crate::keys::SecretKey;
+use crate::limits::STATEMENT_WINDOW;
 use crate::merkle::{Frontier, Sha256};
 use crate::note::{self, SignedCheckpoint};
 use crate::version::Version;
@@ -36,6 +37,42 @@ pub struct State {
     /// The policy set each packaged file path belongs to.
     #[serde(skip)]
     path_set: HashMap<String, String>,
+    /// The digests of the statements of the last [`STATEMENT_WINDOW`] entries.
+    #[serde(skip)]
+    pub(crate) recent: Recent,
+}
+
+/// The statement digests of the newest [`STATEMENT_WINDOW`] entries, in order and as a set:
+/// what the rule needs to refuse a replayed statement (see [`crate::rules`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Recent {
+    order: VecDeque<u128>,
+    set: HashSet<u128>,
+}
+
+impl Recent {
+    /// A digest shortened to 128 bits: a collision only refuses a statement, whose signer
+    /// then signs a fresh one.
+    fn short(digest: &Hash) -> u128 {
+        u128::from_le_bytes(digest.0[..16].try_into().expect("16 of 32 bytes"))
+    }
+
+    /// Whether a statement with this digest is among the newest entries.
+    pub(crate) fn contains(&self, digest: &Hash) -> bool {
+        self.set.contains(&Self::short(digest))
+    }
+
+    fn push(&mut self, digest: &Hash) {
+        let short = Self::short(digest);
+        self.order.push_back(short);
+        self.set.insert(short);
+        if self.order.len() as u64 > STATEMENT_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        debug_assert!(self.set.len() <= self.order.len());
+    }
 }
 
 /// A checkpoint entry.
@@ -706,6 +743,7 @@ impl State {
                 checkpoint: c.clone(),
             }),
         }
+        self.recent.push(&e.signed_digest(&self.ledger_id));
         self.tree.push(&signed.id.0);
         self.len += 1;
         self.head = signed.id;

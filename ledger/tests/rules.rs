@@ -238,8 +238,15 @@ fn forged_signature_and_broken_chain_are_refused() {
     let mallory = key(66);
     let forged = w.ledger.sign_next(ADMIN, &mallory, 100, revoke("carol", RevokeKind::Left));
     assert!(matches!(w.ledger.append(forged), Err(LedgerError::Refused(RuleError::BadSignature { .. }))));
-    let stale =
-        Entry::sign(state.len(), Hash([1; 32]), 100, ADMIN, revoke("carol", RevokeKind::Left), &key(1));
+    let stale = Entry::sign(
+        &state.ledger_id(),
+        state.len(),
+        Hash([1; 32]),
+        100,
+        ADMIN,
+        revoke("carol", RevokeKind::Left),
+        &key(1),
+    );
     assert!(matches!(w.ledger.append(stale), Err(LedgerError::Refused(RuleError::Prev { .. }))));
     assert_eq!(w.ledger.state().len(), state.len());
 }
@@ -892,4 +899,65 @@ fn a_withdrawn_package_is_never_deployable_and_no_longer_blocks() {
         ),
         RuleError::Withdrawn { .. }
     ));
+}
+
+/// Statements are placed by the appender: one lands wherever the ledger's end is, as long as
+/// it is fresh (its base exists and is within the window, its time near the appender's) and
+/// not already in the ledger.
+#[test]
+fn a_statement_lands_once_fresh_and_refuses_replays_stale_bases_and_far_clocks() {
+    let mut w = World::new();
+    let admin = key(1);
+    let id = w.ledger.state().ledger_id();
+    let base = w.ledger.state().len();
+    let place = |w: &mut World, s: Statement, time_ms: u64| -> Result<SignedEntry, RuleError> {
+        let mut batch = w.ledger.batch();
+        let placed = batch.push(s, time_ms, None).cloned();
+        if placed.is_ok() {
+            w.ledger.commit(batch).unwrap();
+        }
+        placed
+    };
+    let add = |name: &str, seed: u8| Body::KeyAdd(decl(name, &key(seed), &[Role::Approver], None));
+    // Based on an older length, it still lands at the end: others appended meanwhile.
+    let first = Statement::sign(&id, ADMIN, base, 1000, add("ed", 50), &admin);
+    w.ok(ADMIN, add("fay", 51));
+    let landed = place(&mut w, first.clone(), 1000).expect("a statement based on an older length lands");
+    assert_eq!((landed.entry.seq, landed.entry.base), (base + 1, base));
+    // The same statement again, anywhere in the window: refused as a replay.
+    assert_eq!(place(&mut w, first, 1000).unwrap_err(), RuleError::Replayed { actor: ADMIN.into() });
+    let len = w.ledger.state().len();
+    let future = Statement::sign(&id, ADMIN, len + 1, 1000, add("gil", 52), &admin);
+    assert_eq!(place(&mut w, future, 1000).unwrap_err(), RuleError::FutureBase { base: len + 1, seq: len });
+    // Signed a minute and more ahead of the appender's clock, or ten minutes and more before.
+    let ahead =
+        Statement::sign(&id, ADMIN, len, 1000 + limits::MAX_CLOCK_AHEAD_MS + 1, add("gil", 52), &admin);
+    assert!(matches!(place(&mut w, ahead, 1000), Err(RuleError::StatementTime { .. })));
+    let old = Statement::sign(&id, ADMIN, len, 1000, add("gil", 52), &admin);
+    assert!(matches!(
+        place(&mut w, old, 1001 + limits::MAX_STATEMENT_AGE_MS),
+        Err(RuleError::StatementTime { .. })
+    ));
+    // A statement for another ledger does not verify here.
+    let foreign = Statement::sign(&Hash([8; 32]), ADMIN, len, 1000, add("gil", 52), &admin);
+    assert_eq!(place(&mut w, foreign, 1000).unwrap_err(), RuleError::BadSignature { actor: ADMIN.into() });
+    assert_eq!(w.ledger.state().len(), len, "refusals append nothing");
+}
+
+/// Past the window a statement is stale: its digest is no longer kept, so it must not land.
+#[test]
+fn a_statement_older_than_the_window_is_stale() {
+    let mut d = testkit::deployed(MemStore::default());
+    let id = d.ledger.state().ledger_id();
+    let base = d.ledger.state().len();
+    let ack = Statement::sign(&id, "dev-1", base, 3, d.ack(), &d.target);
+    let mut batch = d.ledger.batch();
+    batch.push(ack.clone(), 3, None).expect("fresh, it would land");
+    d.append_acks(limits::STATEMENT_WINDOW as usize + 1);
+    let seq = d.ledger.state().len();
+    let mut batch = d.ledger.batch();
+    assert_eq!(
+        batch.push(ack, 3, None).unwrap_err(),
+        RuleError::StaleStatement { base, seq, window: limits::STATEMENT_WINDOW }
+    );
 }

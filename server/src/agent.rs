@@ -444,9 +444,9 @@ impl<S: LedgerStore> Agent<S> {
         self.save()
     }
 
-    /// Signs and sends an ack of `desired` of `set`. It goes on the server's head without
-    /// waiting for this replica to catch up, so a thousand targets acking at once do not each
-    /// replay the others' acks inside their turn; the replica learns of it from the stream.
+    /// Signs and sends an ack of `desired` of `set` as a statement based on what this replica
+    /// verified. The server sequences it without this agent catching up first, so a thousand
+    /// targets acking at once are committed in groups; the replica learns of it from the stream.
     /// Any version it loaded is acked, even one a newer entry superseded meanwhile.
     async fn ack(&mut self, set: &str, desired: &Desired, outcome: Outcome) -> Result<()> {
         let failed = matches!(outcome, Outcome::Failed(_));
@@ -457,9 +457,10 @@ impl<S: LedgerStore> Agent<S> {
             outcome,
         });
         let (c, id) = (&self.cfg, self.replica.state().ledger_id());
-        match c.client.append_blind(&id, &c.actor, &c.key, crate::now_ms(), body).await {
-            Ok(entry) if failed => {
-                self.failed.insert(set.to_string(), (desired.seq, entry.entry.seq));
+        let base = self.replica.state().len();
+        match c.client.append_blind(&id, base, &c.actor, &c.key, crate::now_ms(), body).await {
+            Ok(receipt) if failed => {
+                self.failed.insert(set.to_string(), (desired.seq, receipt.seq));
                 Ok(())
             }
             Ok(_) => {

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use pd_ledger::{Body, Hash, Ledger, LedgerStore, SecretKey, SignedEntry, State};
+use pd_ledger::{Body, Hash, Ledger, LedgerStore, SecretKey, SignedEntry, State, Statement};
 use serde::de::DeserializeOwned;
 
-use crate::wire::{self, ApiError, Event, HeadInfo, Receipt, Turn, TurnRequest};
+use crate::wire::{self, ApiError, Event, HeadInfo, Receipt};
 
 /// A failure talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +47,33 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether the server said the request conflicts with the ledger (stale position).
+    /// Whether the server refused a statement under the rule (403).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, ClientError::Refused { status: 403, .. })
+    }
+
+    /// Whether the server said the request conflicts with the ledger (a stale statement).
     pub fn is_conflict(&self) -> bool {
         matches!(self, ClientError::Refused { status: 409 | 410, .. })
     }
+
+    /// Whether the server refused for now and asks to retry (too many statements waiting,
+    /// or shutting down).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ClientError::Refused { status: 429 | 503, .. })
+    }
+}
+
+/// Tries of one append before its refusal is final.
+const APPEND_ATTEMPTS: u32 = 5;
+
+/// Waits before retry `attempt` (1-based): 20 ms doubling, with full jitter, so clients that
+/// were refused together do not come back together.
+async fn backoff(attempt: u32) {
+    let cap_ms = 20u64 << attempt.min(8);
+    let mut r = [0u8; 8];
+    let _ = getrandom::fill(&mut r);
+    tokio::time::sleep(Duration::from_millis(u64::from_le_bytes(r) % cap_ms)).await;
 }
 
 /// A connection to one `pd serve`.
@@ -170,8 +193,12 @@ impl Client {
         Ok(())
     }
 
-    /// Takes a turn, syncs `replica` to it, signs `make(state)` as `actor` and appends it on
-    /// the server and in `replica`. Retries once if the turn expired.
+    /// Syncs `replica`, signs `make(state)` as a statement based on it and has the server
+    /// append it; returns the entry as it landed, which `replica` then holds too.
+    ///
+    /// The body is checked with the rule on the replica before it is sent, so a refusal here
+    /// is the rule's. If the server refuses what the replica accepted, entries landed in
+    /// between: the replica syncs and `make` decides again (a few times).
     pub async fn append<S: LedgerStore, E: From<ClientError>>(
         &self,
         replica: &mut Ledger<S>,
@@ -180,97 +207,74 @@ impl Client {
         now_ms: u64,
         mut make: impl FnMut(&State) -> Result<Body, E>,
     ) -> Result<SignedEntry, E> {
-        if replica.state().is_empty() {
-            self.sync(replica, None).await?;
-        }
-        let mut attempts = 0;
+        let mut attempt = 0;
         loop {
-            attempts += 1;
-            let turn = self.turn(&replica.state().ledger_id(), actor, key, now_ms).await?;
-            self.sync(replica, Some(turn.seq)).await?;
-            if replica.state().len() != turn.seq || replica.head() != turn.prev {
-                self.release(&turn.lease).await;
-                return Err(self.malformed("its turn does not match the entries it served").into());
-            }
-            let body = match make(replica.state()) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.release(&turn.lease).await;
-                    return Err(e);
+            attempt += 1;
+            self.sync(replica, None).await?;
+            let body = make(replica.state())?;
+            let entry = replica.sign_next(actor, key, now_ms, body);
+            pd_ledger::check(replica.state(), &entry).map_err(ClientError::Rule)?;
+            let statement = entry.entry.statement();
+            match self.submit(&statement).await {
+                Ok(receipt) => return Ok(self.landed(replica, &receipt).await?),
+                Err(e) if attempt < APPEND_ATTEMPTS && (e.is_conflict() || e.is_busy() || e.is_refused()) => {
+                    backoff(attempt).await
                 }
-            };
-            let entry = replica.sign_next(actor, key, now_ms.max(turn.min_time_ms), body);
-            if let Err(e) = pd_ledger::check(replica.state(), &entry) {
-                self.release(&turn.lease).await;
-                return Err(ClientError::Rule(e).into());
-            }
-            match self.post_entry(&entry, Some(&turn.lease)).await {
-                Ok(_) => {
-                    replica.append(entry.clone()).map_err(ClientError::from)?;
-                    return Ok(entry);
-                }
-                Err(e) if e.is_conflict() && attempts < 3 => continue,
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Appends `body` on the head the server's turn names, without replaying the entries
-    /// since the caller's replica: for acks, which state a fact about the signer and vouch
-    /// for nothing before them. The server checks the rules; the caller's replica learns of
-    /// the entry when it next syncs.
+    /// Syncs `replica` past `receipt` and returns the entry there, checking it is the one
+    /// the receipt names.
+    async fn landed<S: LedgerStore>(
+        &self,
+        replica: &mut Ledger<S>,
+        receipt: &Receipt,
+    ) -> Result<SignedEntry, ClientError> {
+        self.sync(replica, Some(receipt.seq + 1)).await?;
+        let entry = replica.entries(receipt.seq).next().transpose()?;
+        match entry {
+            Some(e) if e.id == receipt.id => Ok(e),
+            _ => Err(self.malformed(format!(
+                "its receipt names entry #{} {}, which its ledger does not hold",
+                receipt.seq, receipt.id
+            ))),
+        }
+    }
+
+    /// Signs `body` as a statement based on the first `base` entries (which the caller
+    /// verified) and has the server append it, without replaying the entries since: for acks,
+    /// which state a fact about the signer and vouch for nothing after their base. The
+    /// server checks the rules; the caller's replica learns of the entry when it next syncs.
     pub async fn append_blind(
         &self,
         ledger_id: &Hash,
+        base: u64,
         actor: &str,
         key: &SecretKey,
         now_ms: u64,
         body: Body,
-    ) -> Result<SignedEntry, ClientError> {
-        let mut attempts = 0;
+    ) -> Result<Receipt, ClientError> {
+        let mut attempt = 0;
         loop {
-            attempts += 1;
-            let turn = self.turn(ledger_id, actor, key, now_ms).await?;
-            let time_ms = now_ms.max(turn.min_time_ms);
-            let entry = pd_ledger::Entry::sign(turn.seq, turn.prev, time_ms, actor, body.clone(), key);
-            match self.post_entry(&entry, Some(&turn.lease)).await {
-                Ok(_) => return Ok(entry),
-                Err(e) if e.is_conflict() && attempts < 3 => continue,
-                Err(e) => return Err(e),
+            attempt += 1;
+            // Signed anew each time: a retried statement is a new one, never a replay.
+            let statement =
+                Statement::sign(ledger_id, actor, base, now_ms + attempt as u64 - 1, body.clone(), key);
+            match self.submit(&statement).await {
+                Err(e) if attempt < APPEND_ATTEMPTS && e.is_busy() => backoff(attempt).await,
+                other => return other,
             }
         }
     }
 
-    /// Waits in line for the right to append the next entry.
-    async fn turn(
-        &self,
-        ledger_id: &Hash,
-        actor: &str,
-        key: &SecretKey,
-        now_ms: u64,
-    ) -> Result<Turn, ClientError> {
-        let mut nonce = [0u8; 32];
-        // The OS random source does not fail on Linux once booted; if it did, nothing is safe.
-        getrandom::fill(&mut nonce).expect("the operating system's random source");
-        let nonce = Hash(nonce);
-        let sig = key.sign(wire::TURN_DOMAIN, &wire::turn_digest(ledger_id, actor, now_ms, &nonce));
-        let request = TurnRequest { actor: actor.into(), time_ms: now_ms, nonce, sig };
-        self.json(self.req(reqwest::Method::POST, "/v1/turn").json(&request)).await
-    }
-
-    async fn release(&self, lease: &str) {
-        let _ = self.send(self.req(reqwest::Method::DELETE, &format!("/v1/turn/{lease}"))).await;
-    }
-
-    /// Posts a signed entry (with a lease from a turn, or chained to the current head).
-    pub async fn post_entry(&self, entry: &SignedEntry, lease: Option<&str>) -> Result<Receipt, ClientError> {
-        let mut r = self
+    /// Posts a signed statement; the server answers where it landed once it is on disk.
+    pub async fn submit(&self, statement: &Statement) -> Result<Receipt, ClientError> {
+        let r = self
             .req(reqwest::Method::POST, "/v1/entries")
             .header(reqwest::header::CONTENT_TYPE, "application/cbor")
-            .body(entry.bytes.clone());
-        if let Some(l) = lease {
-            r = r.header(wire::LEASE_HEADER, l);
-        }
+            .body(statement.encode());
         self.json(r).await
     }
 

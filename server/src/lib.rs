@@ -17,6 +17,15 @@ pub mod wire;
 pub use api::{serve, ServeOptions};
 pub use client::Client;
 
+/// A source of "now" in milliseconds since the Unix epoch, passed into the server and the
+/// agent so a test can run them on a simulated clock.
+pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock as a [`Clock`].
+pub fn system_clock() -> Clock {
+    std::sync::Arc::new(now_ms)
+}
+
 /// Milliseconds since the Unix epoch, from the system clock (0 if it is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

@@ -16,49 +16,6 @@ pub struct HeadInfo {
     pub last_time_ms: u64,
 }
 
-/// `POST /v1/turn`: the right to append the next entry, for a short while.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Turn {
-    /// Pass back in the `pd-lease` header of the append.
-    pub lease: String,
-    /// The position to sign for.
-    pub seq: u64,
-    /// The entry to chain to.
-    pub prev: Hash,
-    /// The entry's time must be at least this.
-    pub min_time_ms: u64,
-    /// The lease ends this many milliseconds after it was granted.
-    pub expires_in_ms: u64,
-}
-
-/// `POST /v1/turn` request, signed so only enrolled keys can hold the ledger's turn.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TurnRequest {
-    /// The enrolled key that will sign.
-    pub actor: String,
-    /// The requester's clock; the server refuses requests more than a minute off its own.
-    pub time_ms: u64,
-    /// Random, fresh per request: the server grants a turn once per nonce, so a request seen
-    /// on the wire cannot be replayed.
-    pub nonce: Hash,
-    /// Ed25519 over [`turn_digest`] with [`TURN_DOMAIN`].
-    pub sig: pd_ledger::Signature,
-}
-
-/// Domain of turn-request signatures.
-pub const TURN_DOMAIN: &[u8] = b"pd/turn/v2\0";
-
-/// The digest a turn request signs: BLAKE3 of the ledger id, the actor, the time and the nonce.
-pub fn turn_digest(ledger_id: &Hash, actor: &str, time_ms: u64, nonce: &Hash) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(&ledger_id.0);
-    h.update(&(actor.len() as u64).to_be_bytes());
-    h.update(actor.as_bytes());
-    h.update(&time_ms.to_be_bytes());
-    h.update(&nonce.0);
-    *h.finalize().as_bytes()
-}
-
 /// `POST /v1/entries` success.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Receipt {
@@ -131,8 +88,6 @@ impl Event {
     }
 }
 
-/// Header carrying a [`Turn::lease`].
-pub const LEASE_HEADER: &str = "pd-lease";
 /// Header naming the key that signed an object upload.
 pub const ACTOR_HEADER: &str = "pd-actor";
 /// Header carrying the hex Ed25519 signature of an object upload.

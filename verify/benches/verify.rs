@@ -25,7 +25,7 @@ fn verify(c: &mut Criterion) {
             let e = SignedEntry::decode(b).expect("entry").entry;
             SignedMessage {
                 key: state.keys()[&e.actor].decl.public_key,
-                message: e.signed_message(),
+                message: e.signed_message(&state.ledger_id()),
                 sig: e.sig,
             }
         })

@@ -170,7 +170,11 @@ fn a_forged_entry_is_named() {
     let mallory = SecretKey::from_seed([66; 32]);
     // Re-sign entry 5 (carol's approval) with another key, keeping the chain intact up to it.
     let old = SignedEntry::decode(&export.entries[5]).unwrap().entry;
-    let forged = Entry::sign(old.seq, old.prev, old.time_ms, &old.actor, old.body.clone(), &mallory);
+    let ledger =
+        pd_ledger::replay(export.entries[..1].iter().map(|b| b.as_slice()), pd_ledger::Signatures::Verify)
+            .unwrap()
+            .ledger_id();
+    let forged = Entry::sign(&ledger, old.seq, old.prev, old.time_ms, &old.actor, old.body.clone(), &mallory);
     export.entries[5] = serde_bytes::ByteBuf::from(forged.bytes);
     match pd_verify::verify_bytes(&export.encode(), None) {
         Err(pd_verify::VerifyError::Entry(e)) => {

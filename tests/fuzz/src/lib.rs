@@ -13,7 +13,7 @@ use pd_ledger::entry::canonical_cbor;
 use pd_ledger::export::Export;
 use pd_ledger::note::{self, SignedCheckpoint};
 use pd_ledger::proof::Proof;
-use pd_ledger::{replay, rules, Entry, Hash, Signatures, SignedEntry, State};
+use pd_ledger::{replay, rules, Entry, Hash, Signatures, SignedEntry, State, Statement};
 use pd_store::{openpgp, tarball, Limits};
 
 /// The server's wire types, compiled from the server's own source file: the real decoders
@@ -35,7 +35,7 @@ pub fn entry_decode(data: &[u8]) {
     assert_eq!(canonical_cbor(&e.entry), data, "encode(decode(b)) == b");
     assert_eq!(SignedEntry::decode(&e.bytes).as_ref(), Ok(&e), "decoding is deterministic");
     let _ = e.entry.body.kind();
-    let _ = e.entry.signed_message();
+    let _ = e.entry.signed_message(&Hash::ZERO);
     // `pd ledger log --json` and the server's JSON entries: what goes out reads back the same.
     let json = serde_json::to_vec(&e.entry).expect("an entry serializes to JSON");
     let back: Entry = serde_json::from_slice(&json).expect("the JSON of a decoded entry reads back");
@@ -181,19 +181,19 @@ pub fn openpgp_verify(data: &[u8]) {
 /// Which server decoder one `server_requests` input goes to: its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wire {
-    /// `POST /v1/turn` body: [`wire::TurnRequest`] JSON.
-    TurnRequest = 0,
+    /// `POST /v1/entries` body: one signed statement, [`Statement::decode`].
+    StatementBody = 0,
     /// `/v1/objects/{hash}` path segment: `Hash::from_hex`.
     HashPath = 1,
     /// Object upload headers: `pd-actor`, a newline, `pd-signature` (hex).
     UploadAuth = 2,
-    /// `POST /v1/entries` body: one entry (the same decoder as `entry_decode`).
+    /// One entry as a follower reads it (the same decoder as `entry_decode`).
     EntryBody = 3,
     /// What a client reads back: `GET /v1/entries` CBOR (an array of entry byte strings).
     EntriesResponse = 4,
     /// What a client reads back: an SSE event's JSON data.
     EventResponse = 5,
-    /// What a client reads back: the JSON of a turn, a head or a receipt.
+    /// What a client reads back: the JSON of a head, a receipt or an error.
     JsonResponses = 6,
     /// `Range` header of an object GET: `wire::parse_range`, against a size from the input.
     Range = 7,
@@ -203,7 +203,7 @@ pub enum Wire {
 
 impl Wire {
     const ALL: [Wire; 9] = [
-        Wire::TurnRequest,
+        Wire::StatementBody,
         Wire::HashPath,
         Wire::UploadAuth,
         Wire::EntryBody,
@@ -221,7 +221,7 @@ impl Wire {
 pub fn server_requests(data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else { return };
     match Wire::ALL[which as usize % Wire::ALL.len()] {
-        Wire::TurnRequest => turn_request(rest),
+        Wire::StatementBody => statement_body(rest),
         Wire::HashPath => hash_path(rest),
         Wire::UploadAuth => upload_auth(rest),
         Wire::EntryBody => entry_decode(rest),
@@ -242,8 +242,15 @@ fn json_round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(data: &[u8
     Some(value)
 }
 
-fn turn_request(data: &[u8]) {
-    let _ = json_round_trip::<wire::TurnRequest>(data);
+/// A statement decodes only from its one byte form, and the entry that places it decodes
+/// back to the same statement.
+fn statement_body(data: &[u8]) {
+    let Ok(s) = Statement::decode(data) else { return };
+    assert_eq!(s.encode(), data, "encode(decode(b)) == b");
+    let _ = s.digest(&Hash::ZERO);
+    let placed = s.clone().at(7, Hash::ZERO, 9);
+    let back = SignedEntry::decode(&placed.bytes).expect("a placed statement is an entry");
+    assert_eq!(back.entry.statement(), s, "the entry carries the statement unchanged");
 }
 
 fn hash_path(data: &[u8]) {
@@ -297,7 +304,6 @@ fn event_response(data: &[u8]) {
 }
 
 fn json_responses(data: &[u8]) {
-    let _ = json_round_trip::<wire::Turn>(data);
     let _ = json_round_trip::<wire::HeadInfo>(data);
     let _ = json_round_trip::<wire::Receipt>(data);
     let _ = json_round_trip::<wire::ApiError>(data);

@@ -132,32 +132,23 @@ fn tagged(which: crate::Wire, body: impl AsRef<[u8]>) -> Vec<u8> {
 fn wire_seeds(d: &Deployed<MemStore>, all: &[SignedEntry]) -> BTreeMap<String, Vec<u8>> {
     use crate::Wire as W;
     let st = d.ledger.state();
-    let time_ms: u64 = 1_700_000_000_000;
-    let nonce = Hash::of(b"turn nonce");
-    let sig = d.admin.sign(b"pd-fuzz seed\0", &Hash::of(b"turn request").0);
-    let turn_request =
-        serde_json::json!({ "actor": "admin", "time_ms": time_ms, "nonce": nonce, "sig": sig });
     let object = Hash::of(&package());
     let put_sig = d.admin.sign(b"pd-fuzz seed\0", &object.0);
     let push = all.iter().find(|e| e.entry.body.kind() == "push").expect("a push");
     let listed: wire::EntryBytes = all[..3].iter().map(|e| e.bytes.clone().into()).collect();
     let mut listed_cbor = Vec::new();
     ciborium::into_writer(&listed, &mut listed_cbor).expect("CBOR");
-    let turn = serde_json::json!({
-        "lease": "00112233445566778899aabbccddeeff", "seq": st.len(), "prev": st.head(),
-        "min_time_ms": st.last_time_ms(), "expires_in_ms": 5000,
-    });
     let head = serde_json::json!({
         "ledger_id": st.ledger_id(), "len": st.len(), "head": st.head(), "last_time_ms": st.last_time_ms(),
     });
     BTreeMap::from([
-        ("0-turn-request.json".to_string(), tagged(W::TurnRequest, json(&turn_request))),
+        ("0-statement.cbor".to_string(), tagged(W::StatementBody, push.entry.statement().encode())),
         ("1-hash-path.txt".to_string(), tagged(W::HashPath, object.to_hex())),
         ("2-upload-auth.txt".to_string(), tagged(W::UploadAuth, format!("admin\n{}", put_sig.to_hex()))),
         ("3-entry-body.cbor".to_string(), tagged(W::EntryBody, &push.bytes)),
         ("4-entries-response.cbor".to_string(), tagged(W::EntriesResponse, listed_cbor)),
         ("5-event.json".to_string(), tagged(W::EventResponse, json(&wire::Event::of(push)))),
-        ("6-turn.json".to_string(), tagged(W::JsonResponses, json(&turn))),
+        ("6-receipt.json".to_string(), tagged(W::JsonResponses, json(&wire::Receipt { seq: push.entry.seq, id: push.id }))),
         ("6-head.json".to_string(), tagged(W::JsonResponses, json(&head))),
         ("7-range.bin".to_string(), tagged(W::Range, [&4096u64.to_le_bytes()[..], b"bytes=10-99"].concat())),
         ("8-last-event-id.txt".to_string(), tagged(W::LastEventId, "41")),
@@ -293,7 +284,7 @@ fn every_seed_is_accepted_and_passes_its_target() {
     for (name, bytes) in &c["server_requests"] {
         let body = &bytes[1..];
         let accepted = match name.as_str() {
-            "0-turn-request.json" => serde_json::from_slice::<wire::TurnRequest>(body).is_ok(),
+            "0-statement.cbor" => pd_ledger::Statement::decode(body).is_ok(),
             "1-hash-path.txt" => Hash::from_hex(std::str::from_utf8(body).expect("UTF-8")).is_ok(),
             "2-upload-auth.txt" => std::str::from_utf8(body)
                 .ok()
@@ -302,7 +293,7 @@ fn every_seed_is_accepted_and_passes_its_target() {
             "3-entry-body.cbor" => SignedEntry::decode(body).is_ok(),
             "4-entries-response.cbor" => ciborium::from_reader::<wire::EntryBytes, _>(body).is_ok(),
             "5-event.json" => serde_json::from_slice::<wire::Event>(body).is_ok(),
-            "6-turn.json" => serde_json::from_slice::<wire::Turn>(body).is_ok(),
+            "6-receipt.json" => serde_json::from_slice::<wire::Receipt>(body).is_ok(),
             "6-head.json" => serde_json::from_slice::<wire::HeadInfo>(body).is_ok(),
             "7-range.bin" => {
                 let (size, spec) = body.split_first_chunk::<8>().expect("size");
