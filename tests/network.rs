@@ -230,9 +230,11 @@ fn replayed_and_downgrading_pushes_are_refused() {
     let seq = net.log().iter().find(|e| e["kind"] == "push").expect("a push")["seq"].as_u64().expect("seq");
     let (status, page) = http(net.url(), "GET", &format!("/v1/entries?from={seq}&limit=1"), b"");
     assert_eq!(status, 200);
-    let entry = single_bstr(&page);
-    let (status, body) = http(net.url(), "POST", "/v1/entries", entry);
+    let entry = pd_ledger::SignedEntry::decode(single_bstr(&page)).expect("an entry");
+    let statement = entry.entry.statement().encode();
+    let (status, body) = http(net.url(), "POST", "/v1/entries", &statement);
     assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("replayed"), "{}", String::from_utf8_lossy(&body));
     // A fresh push of the older version is refused by the rules.
     let out = net.run("", &["ledger", "deploy", "PD-0.1.0", "--env", "dev", "--reason", "downgrade"]);
     assert_eq!(out.status.code(), Some(1), "{}", pd_e2e::text(&out));
