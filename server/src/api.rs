@@ -1454,6 +1454,42 @@ mod tests {
     use pd_ledger::storage::MemStore;
     use pd_ledger::{Push, Retry, Rollback};
 
+    #[test]
+    fn every_route_has_its_body_limit() {
+        let tarball = pd_store::Limits::default().max_tarball_bytes as usize;
+        let object = format!("/v1/objects/{}", "ab".repeat(32));
+        for (method, path, limit) in [
+            (Method::POST, "/v1/entries", limits::ENTRY_BODY_BYTES),
+            (Method::POST, "/v1/heartbeats", limits::HEARTBEAT_BODY_BYTES),
+            (Method::POST, "/v1/turn", limits::TURN_BODY_BYTES),
+            (Method::PUT, object.as_str(), tarball),
+            (Method::GET, object.as_str(), 0),
+            (Method::GET, "/v1/entries", 0),
+            (Method::GET, "/v1/state", 0),
+            (Method::DELETE, "/v1/turn/abc", 0),
+            (Method::GET, "/healthz", 0),
+        ] {
+            assert_eq!(body_limit(&method, path, tarball).0, limit, "{method} {path}");
+        }
+        const { assert!(limits::ENTRY_BODY_BYTES > pd_ledger::limits::MAX_ENTRY_BYTES) };
+        const { assert!(limits::ENTRY_BODY_BYTES < 5 * 1024 * 1024) };
+    }
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        assert!(token_matches("s3cret", "s3cret"));
+        for other in ["", "s3cre", "s3cret ", "S3cret", "s3cret\0"] {
+            assert!(!token_matches(other, "s3cret"), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_too_large_error_names_the_limit_in_human_units() {
+        let Error(status, msg) = too_large(limits::TURN_BODY_BYTES, "a turn request");
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(msg, "the request body is too large: a turn request may be at most 16 KiB");
+    }
+
     /// Agents act on what changes what targets run only under a checkpoint, so each of those
     /// entries is followed by one at once; an ack waits for `checkpoint_every`.
     #[test]

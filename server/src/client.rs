@@ -475,10 +475,10 @@ mod tests {
         for declare in [true, false] {
             let url = hostile(vec![b' '; limits::JSON_ANSWER_BYTES as usize + 1], declare).await;
             let c = Client::new(&url, None).unwrap();
-            let e = c.head().await.err().expect("refused");
+            let e = c.head().await.expect_err("refused");
             assert!(matches!(e, ClientError::TooLarge { limit_bytes: limits::JSON_ANSWER_BYTES, .. }), "{e}");
             assert!(e.to_string().contains("more than 1 MiB for one answer; refusing it"), "{e}");
-            let e = c.get_object(&Hash::of(b"x"), 1000).await.err().expect("refused");
+            let e = c.get_object(&Hash::of(b"x"), 1000).await.expect_err("refused");
             assert!(e.to_string().contains("more than 1000 B for artifact"), "{e}");
         }
     }

@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn an_honest_page_fits_what_clients_accept() {
         // A page holds at most the budget (or one entry, smaller than it) plus its framing.
-        assert!(MAX_ENTRY_BYTES <= PAGE_ENTRY_BYTES);
+        const { assert!(MAX_ENTRY_BYTES <= PAGE_ENTRY_BYTES) };
         let worst = PAGE_ENTRY_BYTES as u64 + 9 * 10_000 + 9;
         assert!(worst <= PAGE_ANSWER_BYTES);
     }
