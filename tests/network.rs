@@ -309,8 +309,8 @@ fn objects_are_immutable_cacheable_and_served_in_ranges() {
     let missing = format!("/v1/objects/{}", "0".repeat(64));
     assert_eq!(http(net.url(), "GET", &missing, b"").0, 404);
     assert_eq!(http(net.url(), "GET", "/v1/objects/not-a-hash", b"").0, 400);
-    // Uploads need an author's signature.
-    assert_eq!(http(net.url(), "PUT", &missing, b"").0, 400, "body must hash to its name");
+    // Uploads need an author's signature, checked before the body is read.
+    assert_eq!(http(net.url(), "PUT", &missing, b"").0, 401, "no pd-actor or pd-signature");
     let (_, metrics) = http(net.url(), "GET", "/metrics", b"");
     assert!(String::from_utf8_lossy(&metrics).contains("pd_objects_served_total 5"));
     assert_eq!(http(net.url(), "GET", "/healthz", b"").0, 200);

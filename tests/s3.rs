@@ -229,3 +229,18 @@ fn an_unreachable_store_refuses_the_package_and_records_nothing() {
     assert!(err.contains("s3://pd-test/down") && err.contains("unreachable"), "{err}");
     assert_eq!(w.log().len(), 1, "no package entry without its artifact stored");
 }
+
+/// Regression: `/v1/export` called the S3 store on an async thread, which panicked ("Cannot
+/// start a runtime from within a runtime") and dropped the connection.
+#[test]
+fn the_server_exports_with_an_s3_store() {
+    let g = Garage::start();
+    let w = world(&g, Some("export"));
+    package(&w, None, "max_tokens: 1000\n");
+    let net = Net::start(&w);
+    let (status, bytes) = pd_e2e::http(net.url(), "GET", "/v1/export", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    std::fs::write(w.path("served.pdx"), bytes).expect("write");
+    let out = w.verify(&[w.path("served.pdx").to_str().expect("path")]);
+    assert!(out.status.success(), "{}", pd_e2e::text(&out));
+}

@@ -144,10 +144,10 @@ impl Backend {
     }
 
     /// An artifact by BLAKE3, verified.
-    pub fn get_object(&mut self, hash: &Hash) -> Result<Vec<u8>> {
+    pub fn get_object(&mut self, hash: &Hash, max_bytes: u64) -> Result<Vec<u8>> {
         match self {
             Backend::Local(home) => Ok(home.store()?.get(&hash.0)?),
-            Backend::Remote { rt, client, .. } => Ok(rt.block_on(client.get_object(hash))?),
+            Backend::Remote { rt, client, .. } => Ok(rt.block_on(client.get_object(hash, max_bytes))?),
         }
     }
 

@@ -367,7 +367,7 @@ fn pushed_only(ctx: &Ctx, state: &State, env: &str, version: Version, seq: Optio
 /// the signer's fingerprint.
 fn check_artifact(b: &mut Backend, state: &State, pkg: &PackageState) -> Result<String> {
     let t = &pkg.package.tarball;
-    let bytes = b.get_object(&t.blake3)?;
+    let bytes = b.get_object(&t.blake3, t.size)?;
     if pd_store::ArtifactDigest::of(&bytes).sha256 != t.sha256.0 {
         let v = pkg.package.version;
         return Err(CheckFailed(format!("the artifact of {v} does not match its recorded SHA-256")).into());

@@ -706,8 +706,9 @@ fn artifacts(backend: &mut Backend, state: &State) -> Result<Vec<ExportArtifact>
     let mut out: Vec<ExportArtifact> = Vec::with_capacity(state.packages().len());
     for p in state.packages() {
         let hash = p.package.tarball.blake3;
-        let bytes =
-            backend.get_object(&hash).with_context(|| format!("artifact of {}", p.package.version))?;
+        let bytes = backend
+            .get_object(&hash, p.package.tarball.size)
+            .with_context(|| format!("artifact of {}", p.package.version))?;
         out.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
     }
     out.sort_by_key(|a| a.blake3);

@@ -44,7 +44,10 @@ pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     let mut read = |from: u64, end: u64| {
         Ok(entries[from as usize..end as usize].iter().map(|e| e.bytes.clone()).collect())
     };
-    let mut fetch = |h: &Hash| backend.get_object(h);
+    let sizes: std::collections::HashMap<Hash, u64> =
+        state.packages().iter().map(|p| (p.package.tarball.blake3, p.package.tarball.size)).collect();
+    let tarball_limit = pd_store::Limits::default().max_tarball_bytes;
+    let mut fetch = |h: &Hash| backend.get_object(h, sizes.get(h).copied().unwrap_or(tarball_limit));
     let pushed = pd_server::mirror::push(&s3, &state, &head, &mut read, &mut fetch)?;
     if ctx.json {
         return ctx.emit(

@@ -38,6 +38,14 @@ pub struct ServeArgs {
     /// How often to mirror.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     mirror_interval: Duration,
+    /// Most connections open at once; one more gets `503 Service Unavailable` and is closed
+    /// (default: 4096, or the open-file limit minus 256 if that is lower).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Close a connection that takes longer than this to send a request's headers, or that
+    /// sends no next request for this long (idle and slowloris connections).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    header_read_timeout: Duration,
 }
 
 /// Arguments of `pd agent`.
@@ -139,6 +147,11 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         opts.checkpoint_every = a.checkpoint_every;
     }
     opts.checkpoint_interval = a.checkpoint_interval;
+    if let Some(n) = a.max_connections {
+        opts.max_connections = n as usize;
+    }
+    anyhow::ensure!(!a.header_read_timeout.is_zero(), "--header-read-timeout must be more than 0");
+    opts.header_read_timeout = a.header_read_timeout;
     if let Some(url) = &a.mirror {
         anyhow::ensure!(
             opts.head_signer.is_some(),

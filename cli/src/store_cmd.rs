@@ -27,12 +27,17 @@ pub enum StoreCmd {
 pub fn run(ctx: &Ctx, cmd: StoreCmd) -> Result<()> {
     let StoreCmd::Get { hash, output } = cmd;
     let mut backend = Backend::open(ctx, ctx.home().ok())?;
-    let key = match (Hash::from_hex(&hash), hash.parse::<Version>()) {
-        (Ok(h), _) => h,
-        (Err(_), Ok(v)) => package_of(&backend.state()?, v)?.package.tarball.blake3,
+    let tarball_limit = pd_store::Limits::default().max_tarball_bytes;
+    let (key, size) = match (Hash::from_hex(&hash), hash.parse::<Version>()) {
+        (Ok(h), _) => (h, tarball_limit),
+        (Err(_), Ok(v)) => {
+            let state = backend.state()?;
+            let t = &package_of(&state, v)?.package.tarball;
+            (t.blake3, t.size)
+        }
         (Err(e), Err(_)) => anyhow::bail!("{e}; pass a BLAKE3 hash or a version such as PD-23.1.0"),
     };
-    let bytes = backend.get_object(&key)?;
+    let bytes = backend.get_object(&key, size)?;
     home::write_file_atomic(&output, &bytes)?;
     if ctx.json {
         return ctx.emit(&serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }));

@@ -172,7 +172,10 @@ impl<S: LedgerStore> Agent<S> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Local::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(crate::limits::CLIENT_POOL_IDLE)
+            .build()?;
         let (status, _) = watch::channel(Status::default());
         Ok(Agent { cfg, replica, local, http, acked: BTreeMap::new(), failed: BTreeMap::new(), status })
     }
@@ -224,13 +227,13 @@ impl<S: LedgerStore> Agent<S> {
                     )))
                 }
                 Err(e) => {
-                    let wait = jittered(pause);
+                    let wait = full_jitter(pause);
                     tracing::warn!(env = %self.cfg.env, "agent: {e:#}; retrying in {wait:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {},
                         _ = stop.changed() => {},
                     }
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                    pause = (pause * 2).min(RECONNECT_CEILING);
                 }
             }
         };
@@ -525,28 +528,28 @@ impl<S: LedgerStore> Agent<S> {
     async fn fetch(&self, hash: &Hash, size: u64) -> Result<Vec<u8>, Adopt> {
         let h = *hash;
         let bytes = match &self.cfg.objects {
-            Objects::Server => match self.cfg.client.get_object(hash).await {
+            Objects::Server => match self.cfg.client.get_object(hash, size).await {
                 Ok(b) => b,
                 Err(ClientError::Malformed { problem, .. }) => {
                     return Err(Adopt::refused(format!("the server sent a wrong artifact: {problem}")))
                 }
+                Err(e @ ClientError::TooLarge { .. }) => return Err(Adopt::refused(e)),
                 Err(e) => return Err(Adopt::Transport(anyhow!("fetching the artifact: {e}"))),
             },
             Objects::S3(s3) => {
                 let s3 = s3.clone();
-                match tokio::task::spawn_blocking(move || pd_store::BlobStore::get(s3.as_ref(), &h.0)).await {
+                match tokio::task::spawn_blocking(move || s3.get_at_most(&h.0, size)).await {
                     Ok(Ok(b)) => b,
+                    Ok(Err(e @ pd_store::StoreError::TooLarge { .. })) => {
+                        return Err(Adopt::refused(format!("the artifact in S3: {e}")))
+                    }
                     Ok(Err(e)) => {
                         return Err(Adopt::Transport(anyhow!("fetching the artifact from S3: {e}")))
                     }
                     Err(e) => return Err(Adopt::Transport(e.into())),
                 }
             }
-            Objects::Http(base) => {
-                let url = format!("{base}/{}", hash.to_hex());
-                let got = async { self.http.get(&url).send().await?.error_for_status()?.bytes().await };
-                got.await.map_err(|e| Adopt::Transport(anyhow!("fetching {url}: {e}")))?.to_vec()
-            }
+            Objects::Http(base) => self.fetch_http(base, hash, size).await?,
         };
         if bytes.len() as u64 != size {
             return Err(Adopt::refused(format!(
@@ -555,6 +558,32 @@ impl<S: LedgerStore> Agent<S> {
             )));
         }
         Ok(bytes)
+    }
+
+    /// `GET <base>/<hash>`, refused as soon as it is known to pass `size` bytes.
+    async fn fetch_http(&self, base: &str, hash: &Hash, size: u64) -> Result<Vec<u8>, Adopt> {
+        let url = format!("{base}/{}", hash.to_hex());
+        let transport = |e: reqwest::Error| Adopt::Transport(anyhow!("fetching {url}: {e}"));
+        let too_large = || {
+            Adopt::refused(format!(
+                "{url} sent more than {}, the size its package entry records; refusing it",
+                crate::limits::human_bytes(size)
+            ))
+        };
+        let resp = self.http.get(&url).send().await.and_then(|r| r.error_for_status()).map_err(transport)?;
+        if resp.content_length().is_some_and(|n| n > size) {
+            return Err(too_large());
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(transport)?;
+            if (out.len() + chunk.len()) as u64 > size {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     async fn reload(&self, set: &str, version: Version) -> Result<(), String> {
@@ -629,12 +658,18 @@ pub async fn serve_health(
     Ok(())
 }
 
-/// A pause of 50–150 % of `base`, so a fleet that lost its server does not come back in step.
-fn jittered(base: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = getrandom::fill(&mut b).map_or(0x8000, |()| u16::from_le_bytes(b));
-    base.mul_f64(0.5 + f64::from(r) / f64::from(u16::MAX))
+/// A pause drawn uniformly from `[0, ceiling]` ("full jitter"), the ceiling doubling per
+/// failure up to [`RECONNECT_CEILING`]: a fleet that lost its server comes back spread over
+/// the whole window, not in step.
+fn full_jitter(ceiling: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    // Without randomness (never on Linux) the middle of the window is still a spread-out guess.
+    let r = getrandom::fill(&mut b).map_or(u32::MAX / 2, |()| u32::from_le_bytes(b));
+    ceiling.mul_f64(f64::from(r) / f64::from(u32::MAX))
 }
+
+/// The longest pause between reconnects.
+const RECONNECT_CEILING: Duration = Duration::from_secs(5);
 
 /// Sends a signed heartbeat every `interval` with what `status` says, until `stop`.
 async fn heartbeats(
@@ -759,4 +794,21 @@ fn switch(dir: &Path, view: &Path) -> Result<()> {
     std::fs::rename(&tmp, &link)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_pauses_spread_over_the_whole_window() {
+        let ceiling = Duration::from_secs(4);
+        let pauses: Vec<Duration> = (0..400).map(|_| full_jitter(ceiling)).collect();
+        assert!(pauses.iter().all(|p| *p <= ceiling));
+        // 400 uniform draws: each quarter of the window gets some (fails with odds ~1e-49).
+        for q in 0..4u32 {
+            let (lo, hi) = (ceiling * q / 4, ceiling * (q + 1) / 4);
+            assert!(pauses.iter().any(|p| (lo..hi).contains(p)), "nothing in quarter {q}: {pauses:?}");
+        }
+    }
 }

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body as HttpBody, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxState};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +35,7 @@ use pd_store::{BlobStore, StoreError};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::limits;
 use crate::wire::{self, ApiError, Event, HeadInfo, Receipt};
 use crate::Clock;
 
@@ -48,8 +49,14 @@ pub struct ServeOptions {
     pub head_signer: Option<(String, SecretKey)>,
     /// The server's clock: entry times, heartbeat windows, export heads.
     pub clock: Clock,
-    /// Largest entry or object accepted.
+    /// Largest object accepted (`PUT /v1/objects`); other routes have their own limits in
+    /// [`crate::limits`].
     pub max_body: usize,
+    /// Most connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's headers, and to send the next
+    /// request on a kept-alive connection (so idle and slowloris connections are closed).
+    pub header_read_timeout: Duration,
     /// Write a checkpoint (signed by `head_signer`, which needs the log role) once this many
     /// entries came after the last one; also right after every push, rollback and retry, so
     /// agents find them under a checkpoint at once. 0 turns automatic checkpoints off.
@@ -69,6 +76,8 @@ impl ServeOptions {
             head_signer: None,
             clock: crate::system_clock(),
             max_body: pd_store::Limits::default().max_tarball_bytes as usize,
+            max_connections: limits::default_max_connections(),
+            header_read_timeout: limits::HEADER_READ_TIMEOUT,
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             mirror: None,
@@ -112,6 +121,9 @@ struct Shared {
     in_flight: Mutex<HashMap<String, usize>>,
     /// Small verified objects in memory, and their total size.
     small: Mutex<(HashMap<Hash, Bytes>, usize)>,
+    /// Objects whose file this process hashed (written or read whole) and found right, so
+    /// they are streamed from then on without hashing again.
+    verified: Mutex<std::collections::HashSet<Hash>>,
     /// The latest entries as encoded events, so a thousand followers cost one encoding.
     recent: Mutex<std::collections::VecDeque<(u64, SseEvent)>>,
     shutdown: watch::Receiver<bool>,
@@ -194,7 +206,7 @@ impl From<LedgerError> for Error {
             ) => Error(StatusCode::CONFLICT, r.to_string()),
             LedgerError::Refused(r) => Error(StatusCode::FORBIDDEN, r.to_string()),
             LedgerError::Storage(StorageError::Conflict { seq }) => {
-                Error(StatusCode::CONFLICT, format!("seq {seq} is taken; take a new turn and retry"))
+                Error(StatusCode::CONFLICT, format!("seq {seq} is taken; retry"))
             }
             LedgerError::Storage(StorageError::Io(msg)) => {
                 tracing::error!("{msg}");
@@ -307,6 +319,21 @@ impl Shared {
         crate::mirror::push(s3, &state, &head, &mut read, &mut fetch)
     }
 
+    /// Raw entries from `from` on: at most `limit`, and no more than
+    /// [`limits::PAGE_ENTRY_BYTES`] in all (but always one, if there is one).
+    fn entries_page(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let (mut page, mut bytes) = (Vec::new(), 0);
+        for entry in self.reader.scan(from).take(limit) {
+            let entry = entry.map_err(internal)?;
+            if !page.is_empty() && bytes + entry.len() > limits::PAGE_ENTRY_BYTES {
+                break;
+            }
+            bytes += entry.len();
+            page.push(entry);
+        }
+        Ok(page)
+    }
+
     /// Raw entries `from..from+limit`.
     fn entries(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
         self.reader.scan(from).take(limit).collect::<Result<_, _>>().map_err(internal)
@@ -338,28 +365,109 @@ pub async fn serve_on(
     ledger: Ledger<FileStore>,
     store: Arc<dyn BlobStore>,
     opts: ServeOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
     tracing::info!(addr = %listener.local_addr()?, "pd serve listening");
+    let connections =
+        Connections { max: opts.max_connections, header_read_timeout: opts.header_read_timeout };
     let app = shared(ledger, store, opts, stop.clone());
     tokio::spawn(checkpoint_ticker(app.clone()));
     let mirror = tokio::spawn(mirror_ticker(app.clone()));
     let last_mirror = app.clone();
-    let app = routes(app);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    accept(listener, routes(app), connections, stop).await;
     // The mirror's last push, after the last append.
     let _ = mirror.await;
     if let (Some((s3, _)), Some(_)) = (&last_mirror.opts.mirror, &last_mirror.opts.head_signer) {
         mirror_once(&last_mirror, s3).await;
     }
     Ok(())
+}
+
+/// Connection-level limits of the accept loop.
+struct Connections {
+    max: usize,
+    header_read_timeout: Duration,
+}
+
+/// Over-limit connections being answered 503 at once; more are closed without an answer.
+const REFUSING_AT_ONCE: usize = 64;
+
+/// Accepts connections until `stop`, each served by hyper's HTTP/1 with a header-read (and
+/// idle) timeout and `TCP_NODELAY`; one over the limit gets a 503 and is closed. At `stop`,
+/// in-flight requests finish (event streams end themselves) before this returns.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Connections,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_AT_ONCE));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, say: back off briefly rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stopped => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(refuse_connection(tcp, limits.max, slot));
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection closed: {e}");
+            }
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// Answers a connection over the limit with a 503 that says so, then closes it (reading
+/// what the client sent meanwhile, briefly, so the close does not reset the answer away).
+async fn refuse_connection(
+    mut tcp: tokio::net::TcpStream,
+    max: usize,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({
+        "error": format!("this server is at its connection limit ({max} connections); retry shortly")
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        tcp.write_all(answer.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 async fn shutdown_signal() {
@@ -470,6 +578,7 @@ fn shared(
         jobs,
         in_flight: Mutex::default(),
         small: Mutex::default(),
+        verified: Mutex::default(),
         recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS)),
         shutdown,
         objects_failure: Mutex::new(None),
@@ -488,7 +597,6 @@ fn shared(
 }
 
 fn routes(app: App) -> Router {
-    let max_body = app.opts.max_body;
     // Requests that answer at once get a deadline; the long-poll and the stream wait by design.
     let bounded = Router::new()
         .route("/v1/entries", get(entries).post(append))
@@ -512,14 +620,61 @@ fn routes(app: App) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(v1)
-        .layer(DefaultBodyLimit::max(max_body))
+        // Bodies are limited per route by `limit_body`, before anything is read.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(app.clone(), limit_body))
         .with_state(app)
+}
+
+/// The largest body `method path` accepts, and what such a body is (for the error).
+fn body_limit(method: &Method, path: &str, max_object: usize) -> (usize, &'static str) {
+    match (method.as_str(), path) {
+        ("POST", "/v1/entries") => (limits::ENTRY_BODY_BYTES, "a statement"),
+        ("POST", "/v1/heartbeats") => (limits::HEARTBEAT_BODY_BYTES, "a heartbeat"),
+        ("PUT", p) if p.starts_with("/v1/objects/") => (max_object, "an object"),
+        _ => (limits::OTHER_BODY_BYTES, "a request to this route"),
+    }
+}
+
+/// 413 with the limit in human units.
+fn too_large(limit: usize, what: &str) -> Error {
+    Error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is too large: {what} may be at most {}", limits::human_bytes(limit as u64)),
+    )
+}
+
+/// Per-route body limits: a declared `Content-Length` over the limit is refused at once,
+/// before a byte of the body is read; a chunked body is cut off at the limit. Both 413.
+async fn limit_body(AxState(app): AxState<App>, req: Request, next: Next) -> Response {
+    let (limit, what) = body_limit(req.method(), req.uri().path(), app.opts.max_body);
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit, what).into_response();
+    }
+    let req = req.map(|body| HttpBody::new(http_body_util::Limited::new(body, limit)));
+    let response = next.run(req).await;
+    let json = response.headers().get(header::CONTENT_TYPE).is_some_and(|t| t == "application/json");
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        // axum's own rejection when a chunked body passed the limit: say it the same way.
+        return too_large(limit, what).into_response();
+    }
+    response
+}
+
+/// Whether `given` is `expected`, in time independent of where they differ (both are hashed
+/// first, so not even the length leaks).
+fn token_matches(given: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let (g, e) = (blake3::hash(given.as_bytes()), blake3::hash(expected.as_bytes()));
+    g.as_bytes().ct_eq(e.as_bytes()).into()
 }
 
 async fn require_token(AxState(app): AxState<App>, req: Request, next: Next) -> Response {
     if let Some(token) = &app.opts.token {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given.and_then(|g| g.strip_prefix("Bearer ")) != Some(token.as_str()) {
+        if !given.and_then(|g| g.strip_prefix("Bearer ")).is_some_and(|g| token_matches(g, token)) {
             return Error(
                 StatusCode::UNAUTHORIZED,
                 "this server needs `Authorization: Bearer <token>`".into(),
@@ -565,7 +720,10 @@ async fn entries(
     Query(q): Query<EntriesQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let raw = app.entries(q.from, q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE))?;
+    let (from, limit) = (q.from, q.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE));
+    let worker = app.clone();
+    let raw =
+        tokio::task::spawn_blocking(move || worker.entries_page(from, limit)).await.map_err(internal)??;
     if wants_json(&headers) {
         let decoded = raw
             .iter()
@@ -757,6 +915,92 @@ fn etag_of(hash: &Hash) -> String {
     format!("\"{}\"", hash.to_hex())
 }
 
+/// An object ready to serve: verified bytes in memory, or a verified file and its length.
+enum Object {
+    Memory(Bytes),
+    File(std::fs::File, u64),
+}
+
+impl Object {
+    fn len(&self) -> u64 {
+        match self {
+            Object::Memory(b) => b.len() as u64,
+            Object::File(_, len) => *len,
+        }
+    }
+
+    /// The bytes `start..start + len` as a response body: a slice of memory, or the file
+    /// streamed in large reads.
+    async fn body(self, start: u64, len: u64) -> Result<HttpBody, Error> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        match self {
+            Object::Memory(b) => Ok(HttpBody::from(b.slice(start as usize..(start + len) as usize))),
+            Object::File(f, _) => {
+                let mut f = tokio::fs::File::from_std(f);
+                f.seek(std::io::SeekFrom::Start(start)).await.map_err(internal)?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), STREAM_CHUNK);
+                Ok(HttpBody::from_stream(stream))
+            }
+        }
+    }
+}
+
+/// Read size when streaming an object file.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+impl Shared {
+    /// The object `hash`, verified: from memory, or its file (hashed the first time only),
+    /// or read whole from a store without local files. Blocking.
+    fn object(&self, hash: Hash) -> Result<Object, Error> {
+        if let Some(b) = self.cached(&hash) {
+            return Ok(Object::Memory(b));
+        }
+        let not_found =
+            || Error(StatusCode::NOT_FOUND, format!("no object {} on this server", hash.to_hex()));
+        let Some(path) = self.store.local_path(&hash.0) else {
+            return match self.store.get(&hash.0) {
+                Ok(b) => Ok(Object::Memory(self.cache(hash, Bytes::from(b)))),
+                Err(StoreError::NotFound { .. }) => Err(not_found()),
+                Err(e) => Err(internal(e)),
+            };
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(internal(format!("{}: {e}", path.display()))),
+        };
+        let len = file.metadata().map_err(internal)?.len();
+        if len as usize <= SMALL_OBJECT {
+            let mut bytes = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(internal)?;
+            self.check_object(&hash, Hash::of(&bytes), &path)?;
+            return Ok(Object::Memory(self.cache(hash, Bytes::from(bytes))));
+        }
+        if !self.is_verified(&hash) {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(&file).map_err(internal)?;
+            self.check_object(&hash, Hash(*hasher.finalize().as_bytes()), &path)?;
+            std::io::Seek::rewind(&mut &file).map_err(internal)?;
+        }
+        Ok(Object::File(file, len))
+    }
+
+    /// Paired with the hash at write time: the file still holds what its name says. Logs
+    /// the file; the client hears only that the server failed.
+    fn check_object(&self, hash: &Hash, actual: Hash, path: &std::path::Path) -> Result<(), Error> {
+        if actual != *hash {
+            let e = StoreError::Corrupt { hash: hash.to_hex(), at: path.display().to_string() };
+            return Err(internal(e));
+        }
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(*hash);
+        Ok(())
+    }
+
+    fn is_verified(&self, hash: &Hash) -> bool {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(hash)
+    }
+}
+
 async fn get_object(
     AxState(app): AxState<App>,
     Path(hex): Path<String>,
@@ -772,29 +1016,21 @@ async fn get_object(
     {
         return Ok((StatusCode::NOT_MODIFIED, immutable).into_response());
     }
-    let bytes = match app.cached(&hash) {
-        Some(b) => b,
+    let object = match app.cached(&hash) {
+        Some(b) => Object::Memory(b),
         None => {
             let worker = app.clone();
-            match tokio::task::spawn_blocking(move || worker.store.get(&hash.0)).await.map_err(internal)? {
-                Ok(b) => app.cache(hash, Bytes::from(b)),
-                Err(StoreError::NotFound { hash }) => {
-                    return Err(Error(StatusCode::NOT_FOUND, format!("no object {hash} on this server")))
-                }
-                Err(e) => return Err(internal(e)),
-            }
+            tokio::task::spawn_blocking(move || worker.object(hash)).await.map_err(internal)??
         }
     };
     app.metrics.objects_served.fetch_add(1, Relaxed);
-    let total = bytes.len() as u64;
+    let total = object.len();
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, body, content_range) = match range.map(|r| wire::parse_range(r, total)) {
-        None => (StatusCode::OK, bytes, None),
-        Some(Some((start, end))) => (
-            StatusCode::PARTIAL_CONTENT,
-            bytes.slice(start as usize..=end as usize),
-            Some(format!("bytes {start}-{end}/{total}")),
-        ),
+    let (status, start, end, content_range) = match range.map(|r| wire::parse_range(r, total)) {
+        None => (StatusCode::OK, 0, total, None),
+        Some(Some((start, last))) => {
+            (StatusCode::PARTIAL_CONTENT, start, last + 1, Some(format!("bytes {start}-{last}/{total}")))
+        }
         Some(None) => {
             let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
             r.headers_mut().insert(
@@ -804,55 +1040,149 @@ async fn get_object(
             return Ok(r);
         }
     };
-    app.metrics.object_bytes.fetch_add(body.len() as u64, Relaxed);
+    app.metrics.object_bytes.fetch_add(end - start, Relaxed);
+    let body = object.body(start, end - start).await?;
     let mut r = (status, immutable, body).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     if let Some(cr) = content_range {
         h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&cr).map_err(internal)?);
     }
     Ok(r)
 }
 
-async fn put_object(
-    AxState(app): AxState<App>,
-    Path(hex): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, Error> {
-    let hash = parse_hash(&hex)?;
-    if Hash::of(&body) != hash {
-        return Err(bad(format!("the body does not hash to {hex}")));
-    }
+/// Checks an upload's `pd-actor` and `pd-signature` headers: a key that may upload signed
+/// this ledger's upload digest of `hash`. Runs before any byte of the body is read.
+fn authorize_upload(app: &Shared, headers: &HeaderMap, hash: &Hash) -> Result<(), Error> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (actor, sig) =
         wire::upload_auth(text(wire::ACTOR_HEADER), text(wire::SIGNATURE_HEADER)).map_err(|e| match e {
             wire::UploadAuthError::Missing => Error(StatusCode::UNAUTHORIZED, e.to_string()),
             wire::UploadAuthError::BadSignature => bad(e),
         })?;
-    {
-        let l = app.read();
-        let st = l.state();
-        let key = pd_ledger::adoption::may_upload(st, &actor)
-            .map_err(|e| Error(StatusCode::FORBIDDEN, e.to_string()))?;
-        let digest = wire::put_digest(&st.ledger_id(), &hash);
-        if !pd_ledger::keys::verify(&key.decl.public_key, wire::PUT_DOMAIN, &digest, &sig) {
-            return Err(Error(
-                StatusCode::FORBIDDEN,
-                format!("the upload signature by {actor:?} does not verify"),
-            ));
-        }
+    let l = app.read();
+    let st = l.state();
+    let key = pd_ledger::adoption::may_upload(st, &actor)
+        .map_err(|e| Error(StatusCode::FORBIDDEN, e.to_string()))?;
+    let digest = wire::put_digest(&st.ledger_id(), hash);
+    if !pd_ledger::keys::verify(&key.decl.public_key, wire::PUT_DOMAIN, &digest, &sig) {
+        return Err(Error(
+            StatusCode::FORBIDDEN,
+            format!("the upload signature by {actor:?} does not verify"),
+        ));
     }
+    Ok(())
+}
+
+/// Body chunks in flight between the connection and the blocking store write.
+const UPLOAD_CHUNKS_IN_FLIGHT: usize = 8;
+
+/// How an upload's body ended, as seen from the connection.
+enum Upload {
+    /// Whole.
+    Complete,
+    /// Past the route's limit (chunked, or longer than declared).
+    TooLarge,
+    /// The client broke off.
+    BrokeOff(String),
+}
+
+/// `PUT /v1/objects/{hash}`: the uploader's headers are checked first; then the body is
+/// streamed into a temp file in the store while hashed, compared to `hash`, synced and
+/// renamed. Never held whole in memory.
+async fn put_object(
+    AxState(app): AxState<App>,
+    Path(hex): Path<String>,
+    headers: HeaderMap,
+    body: HttpBody,
+) -> Result<StatusCode, Error> {
+    let hash = parse_hash(&hex)?;
+    authorize_upload(&app, &headers, &hash)?;
+    let limit = app.opts.max_body;
+    let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_CHUNKS_IN_FLIGHT);
     let worker = app.clone();
-    let put = tokio::task::spawn_blocking(move || worker.store.put(&body)).await.map_err(internal)?;
-    if let Err(e) = put {
-        if matches!(e, pd_store::StoreError::Io { .. }) {
-            *app.objects_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-        }
-        return Err(storage_failed(&e));
+    let stored = tokio::task::spawn_blocking(move || {
+        worker.store.put_stream(&mut ChannelReader { rx, buf: Bytes::new() }, &hash.0, limit as u64)
+    });
+    let upload = pump(body, tx).await;
+    let stored = stored.await.map_err(internal)?;
+    match upload {
+        Upload::TooLarge => return Err(too_large(limit, "an object")),
+        Upload::BrokeOff(why) => return Err(bad(format!("the upload broke off: {why}"))),
+        Upload::Complete => {}
     }
-    Ok(StatusCode::CREATED)
+    match stored {
+        Ok(_) => {
+            app.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(hash);
+            Ok(StatusCode::CREATED)
+        }
+        Err(StoreError::Mismatch { .. }) => Err(bad(format!("the body does not hash to {hex}"))),
+        Err(StoreError::TooLarge { .. }) => Err(too_large(limit, "an object")),
+        Err(e) => {
+            if matches!(e, StoreError::Io { .. }) {
+                *app.objects_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+            Err(storage_failed(&e))
+        }
+    }
+}
+
+/// Feeds `body` to the store's writer chunk by chunk; the bounded channel makes a slow disk
+/// slow the client down instead of filling memory.
+async fn pump(body: HttpBody, tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) -> Upload {
+    use futures_util::StreamExt;
+    let mut frames = body.into_data_stream();
+    while let Some(frame) = frames.next().await {
+        match frame {
+            Ok(chunk) => {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // The writer stopped early (too long, or the disk failed): it says why.
+                    return Upload::Complete;
+                }
+            }
+            Err(e) => {
+                let too_large = find_cause::<http_body_util::LengthLimitError>(&e);
+                let _ = tx.send(Err(std::io::Error::other("the upload did not arrive whole"))).await;
+                return if too_large { Upload::TooLarge } else { Upload::BrokeOff(e.to_string()) };
+            }
+        }
+    }
+    Upload::Complete
+}
+
+/// Whether `e` or any of its causes is an `E`.
+fn find_cause<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<E>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The blocking side of an upload: reads the chunks the connection sends.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    buf: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.buf = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf.split_to(n));
+        Ok(n)
+    }
 }
 
 /// `GET /healthz`: 200 while the ledger and the object store take writes; 503 with the
@@ -990,35 +1320,52 @@ async fn state(AxState(app): AxState<App>) -> Response {
     Json(l.state()).into_response()
 }
 
+/// `GET /v1/export`: the whole ledger with every artifact under a signed head. Built on a
+/// blocking thread: the store may block (S3 drives its own runtime).
 async fn export(AxState(app): AxState<App>) -> Result<Response, Error> {
-    let Some((actor, key)) = &app.opts.head_signer else {
+    if app.opts.head_signer.is_none() {
         return Err(Error(
             StatusCode::NOT_IMPLEMENTED,
             "this server has no key to sign an export head".into(),
         ));
-    };
-    let (state, entries) = {
-        let l = app.read();
-        let st = l.state().clone();
-        let raw = app.entries(0, st.len() as usize)?;
-        (st, raw)
-    };
-    let mut artifacts = Vec::with_capacity(state.packages().len());
-    for p in state.packages() {
-        let hash = p.package.tarball.blake3;
-        let bytes = app.store.get(&hash.0).map_err(internal)?;
-        artifacts.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
     }
-    artifacts.sort_by_key(|a| a.blake3);
-    let now = app.now_ms();
-    let head = Head::sign(&state, actor, now.max(state.last_time_ms()), Contents::WithArtifacts, key);
-    let export = Export {
-        format: FORMAT.to_string(),
-        entries: entries.into_iter().map(serde_bytes::ByteBuf::from).collect(),
-        artifacts,
-        head,
-    };
-    Ok(([(header::CONTENT_TYPE, "application/cbor")], export.encode()).into_response())
+    let worker = app.clone();
+    let bytes = tokio::task::spawn_blocking(move || worker.export()).await.map_err(internal)??;
+    Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response())
+}
+
+impl Shared {
+    /// The encoded export (blocking).
+    fn export(&self) -> Result<Vec<u8>, Error> {
+        let Some((actor, key)) = &self.opts.head_signer else {
+            return Err(Error(
+                StatusCode::NOT_IMPLEMENTED,
+                "this server has no key to sign an export head".into(),
+            ));
+        };
+        let (state, entries) = {
+            let l = self.read();
+            let st = l.state().clone();
+            let raw = self.entries(0, st.len() as usize)?;
+            (st, raw)
+        };
+        let mut artifacts = Vec::with_capacity(state.packages().len());
+        for p in state.packages() {
+            let hash = p.package.tarball.blake3;
+            let bytes = self.store.get(&hash.0).map_err(internal)?;
+            artifacts.push(ExportArtifact { blake3: hash, bytes: serde_bytes::ByteBuf::from(bytes) });
+        }
+        artifacts.sort_by_key(|a| a.blake3);
+        let now = self.now_ms().max(state.last_time_ms());
+        let head = Head::sign(&state, actor, now, Contents::WithArtifacts, key);
+        let export = Export {
+            format: FORMAT.to_string(),
+            entries: entries.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+            artifacts,
+            head,
+        };
+        Ok(export.encode())
+    }
 }
 
 #[derive(Deserialize)]
@@ -1137,6 +1484,41 @@ mod tests {
     use super::*;
     use pd_ledger::storage::MemStore;
     use pd_ledger::{Push, Retry, Rollback};
+
+    #[test]
+    fn every_route_has_its_body_limit() {
+        let tarball = pd_store::Limits::default().max_tarball_bytes as usize;
+        let object = format!("/v1/objects/{}", "ab".repeat(32));
+        for (method, path, limit) in [
+            (Method::POST, "/v1/entries", limits::ENTRY_BODY_BYTES),
+            (Method::POST, "/v1/heartbeats", limits::HEARTBEAT_BODY_BYTES),
+            (Method::PUT, object.as_str(), tarball),
+            (Method::GET, object.as_str(), 0),
+            (Method::GET, "/v1/entries", 0),
+            (Method::GET, "/v1/state", 0),
+            (Method::POST, "/v1/turn", 0),
+            (Method::GET, "/healthz", 0),
+        ] {
+            assert_eq!(body_limit(&method, path, tarball).0, limit, "{method} {path}");
+        }
+        const { assert!(limits::ENTRY_BODY_BYTES > pd_ledger::limits::MAX_ENTRY_BYTES) };
+        const { assert!(limits::ENTRY_BODY_BYTES < 5 * 1024 * 1024) };
+    }
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        assert!(token_matches("s3cret", "s3cret"));
+        for other in ["", "s3cre", "s3cret ", "S3cret", "s3cret\0"] {
+            assert!(!token_matches(other, "s3cret"), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_too_large_error_names_the_limit_in_human_units() {
+        let Error(status, msg) = too_large(limits::HEARTBEAT_BODY_BYTES, "a heartbeat");
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(msg, "the request body is too large: a heartbeat may be at most 17 KiB");
+    }
 
     /// Agents act on what changes what targets run only under a checkpoint, so a batch with
     /// one of those entries ends with one at once; an ack waits for `checkpoint_every`.

@@ -6,6 +6,7 @@ use futures_util::{Stream, StreamExt};
 use pd_ledger::{Body, Hash, Ledger, LedgerStore, SecretKey, SignedEntry, State, Statement};
 use serde::de::DeserializeOwned;
 
+use crate::limits::{self, human_bytes};
 use crate::wire::{self, ApiError, Event, HeadInfo, Receipt};
 
 /// A failure talking to the server.
@@ -34,6 +35,16 @@ pub enum ClientError {
         url: String,
         /// What was wrong.
         problem: String,
+    },
+    /// The server sent more than this client accepts for one answer; nothing of it is used.
+    #[error("the server at {url} sent more than {} for {what}; refusing it", human_bytes(*limit_bytes))]
+    TooLarge {
+        /// The server.
+        url: String,
+        /// What the answer was (`one entries page`, `artifact ab12…`).
+        what: String,
+        /// The most this client accepts for it.
+        limit_bytes: u64,
     },
     /// The entry this client was about to sign breaks a rule.
     #[error(transparent)]
@@ -90,7 +101,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(limits::CLIENT_POOL_IDLE)
             .build()
             .map_err(|source| ClientError::Unreachable { url: url.into(), source })?;
         Ok(Client { http, base: url.trim_end_matches('/').to_string(), token })
@@ -115,7 +126,10 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
+        let text = match self.read_limited(resp, limits::JSON_ANSWER_BYTES, "an error message").await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => e.to_string(),
+        };
         let message = serde_json::from_str::<ApiError>(&text).map(|e| e.error).unwrap_or(text);
         Err(ClientError::Refused { status, message })
     }
@@ -128,8 +142,42 @@ impl Client {
         ClientError::Malformed { url: self.base.clone(), problem: problem.to_string() }
     }
 
+    /// The body of `resp`, refused as soon as it is known to pass `limit_bytes`: by its
+    /// `Content-Length`, or while streaming (a server may send more than it declared).
+    async fn read_limited(
+        &self,
+        resp: reqwest::Response,
+        limit_bytes: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, ClientError> {
+        let too_large =
+            || ClientError::TooLarge { url: self.base.clone(), what: what.to_string(), limit_bytes };
+        if resp.content_length().is_some_and(|n| n > limit_bytes) {
+            return Err(too_large());
+        }
+        let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            if (out.len() + chunk.len()) as u64 > limit_bytes {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
     async fn json<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, ClientError> {
-        let bytes = self.send(r).await?.bytes().await.map_err(|e| self.unreachable(e))?;
+        self.json_within(r, limits::JSON_ANSWER_BYTES, "one answer").await
+    }
+
+    async fn json_within<T: DeserializeOwned>(
+        &self,
+        r: reqwest::RequestBuilder,
+        limit_bytes: u64,
+        what: &str,
+    ) -> Result<T, ClientError> {
+        let bytes = self.read_limited(self.send(r).await?, limit_bytes, what).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.malformed(e))
     }
 
@@ -147,8 +195,10 @@ impl Client {
     /// Raw entries from `from` on (one page).
     pub async fn entries(&self, from: u64) -> Result<Vec<Vec<u8>>, ClientError> {
         let r = self.req(reqwest::Method::GET, &format!("/v1/entries?from={from}"));
-        let bytes = self.send(r).await?.bytes().await.map_err(|e| self.unreachable(e))?;
-        let page: wire::EntryBytes = ciborium::from_reader(bytes.as_ref()).map_err(|e| self.malformed(e))?;
+        let resp = self.send(r).await?;
+        let bytes = self.read_limited(resp, limits::PAGE_ANSWER_BYTES, "one entries page").await?;
+        let page: wire::EntryBytes =
+            ciborium::from_reader(bytes.as_slice()).map_err(|e| self.malformed(e))?;
         Ok(page.into_iter().map(|b| b.into_vec()).collect())
     }
 
@@ -296,10 +346,12 @@ impl Client {
         self.send(r).await.map(drop)
     }
 
-    /// Fetches an artifact and checks that it hashes to `hash`.
-    pub async fn get_object(&self, hash: &Hash) -> Result<Vec<u8>, ClientError> {
+    /// Fetches an artifact of at most `max_bytes` (the size its package entry records) and
+    /// checks that it hashes to `hash`; a larger body is refused as it streams in.
+    pub async fn get_object(&self, hash: &Hash, max_bytes: u64) -> Result<Vec<u8>, ClientError> {
         let r = self.req(reqwest::Method::GET, &format!("/v1/objects/{}", hash.to_hex()));
-        let bytes = self.send(r).await?.bytes().await.map_err(|e| self.unreachable(e))?;
+        let what = format!("artifact {}", hash.short());
+        let bytes = self.read_limited(self.send(r).await?, max_bytes, &what).await?;
         if Hash::of(&bytes) != *hash {
             return Err(self.malformed(format!("object {} does not hash to its name", hash.short())));
         }
@@ -318,13 +370,14 @@ impl Client {
     /// The newest heartbeat of each target, as the server received them. Each is signed by
     /// its target: check it with [`wire::Heartbeats::verified`] against a verified replica.
     pub async fn heartbeats(&self) -> Result<wire::Heartbeats, ClientError> {
-        self.json(self.req(reqwest::Method::GET, "/v1/heartbeats")).await
+        let r = self.req(reqwest::Method::GET, "/v1/heartbeats");
+        self.json_within(r, limits::HEARTBEATS_ANSWER_BYTES, "the heartbeats").await
     }
 
     /// A signed export of the whole ledger with every artifact.
     pub async fn export(&self) -> Result<Vec<u8>, ClientError> {
         let r = self.req(reqwest::Method::GET, "/v1/export");
-        Ok(self.send(r).await?.bytes().await.map_err(|e| self.unreachable(e))?.to_vec())
+        self.read_limited(self.send(r).await?, limits::EXPORT_ANSWER_BYTES, "an export").await
     }
 
     /// Events from `from` on; ends when the connection does.
@@ -338,7 +391,8 @@ impl Client {
             .header(reqwest::header::ACCEPT, "text/event-stream");
         let resp = self.send(r).await?;
         let base = self.base.clone();
-        Ok(resp.bytes_stream().eventsource().filter_map(move |ev| {
+        let bounded = bounded_events(resp.bytes_stream(), self.base.clone());
+        Ok(bounded.eventsource().filter_map(move |ev| {
             let base = base.clone();
             async move {
                 match ev {
@@ -351,5 +405,92 @@ impl Client {
                 }
             }
         }))
+    }
+}
+
+/// An event stream's bytes, cut off with an error once one event (the bytes since the last
+/// blank line) passes [`limits::EVENT_BYTES`], so a server cannot fill memory with one event.
+fn bounded_events(
+    bytes: impl Stream<Item = Result<bytes::Bytes, reqwest::Error>>,
+    url: String,
+) -> impl Stream<Item = Result<bytes::Bytes, BoundedEventError>> {
+    bytes.scan((0usize, false), move |(pending, over), chunk| {
+        let next = match chunk {
+            _ if *over => None,
+            Err(e) => Some(Err(BoundedEventError::Transport(e))),
+            Ok(chunk) => {
+                *pending = match chunk.windows(2).rposition(|w| w == b"\n\n") {
+                    Some(at) => chunk.len() - at - 2,
+                    None => *pending + chunk.len(),
+                };
+                *over = *pending > limits::EVENT_BYTES;
+                Some(match *over {
+                    true => Err(BoundedEventError::TooLarge(ClientError::TooLarge {
+                        url: url.clone(),
+                        what: "one event".into(),
+                        limit_bytes: limits::EVENT_BYTES as u64,
+                    })),
+                    false => Ok(chunk),
+                })
+            }
+        };
+        futures_util::future::ready(next)
+    })
+}
+
+/// Why an event stream was cut off.
+#[derive(Debug, thiserror::Error)]
+enum BoundedEventError {
+    #[error(transparent)]
+    Transport(reqwest::Error),
+    #[error(transparent)]
+    TooLarge(ClientError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile server: answers every request with `body` (declaring its length or not).
+    async fn hostile(body: Vec<u8>, declare_length: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = tcp.read(&mut buf).await;
+                    let head = match declare_length {
+                        true => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()),
+                        false => "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_string(),
+                    };
+                    let _ = tcp.write_all(head.as_bytes()).await;
+                    let _ = tcp.write_all(&body).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn answers_larger_than_the_limit_are_refused_by_name() {
+        for declare in [true, false] {
+            let url = hostile(vec![b' '; limits::JSON_ANSWER_BYTES as usize + 1], declare).await;
+            let c = Client::new(&url, None).unwrap();
+            let e = c.head().await.expect_err("refused");
+            assert!(matches!(e, ClientError::TooLarge { limit_bytes: limits::JSON_ANSWER_BYTES, .. }), "{e}");
+            assert!(e.to_string().contains("more than 1 MiB for one answer; refusing it"), "{e}");
+            let e = c.get_object(&Hash::of(b"x"), 1000).await.expect_err("refused");
+            assert!(e.to_string().contains("more than 1000 B for artifact"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_at_the_limit_is_read() {
+        let url = hostile(b"policy".to_vec(), false).await;
+        let c = Client::new(&url, None).unwrap();
+        assert_eq!(c.get_object(&Hash::of(b"policy"), 6).await.unwrap(), b"policy");
     }
 }

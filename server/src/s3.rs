@@ -159,21 +159,56 @@ impl S3Store {
         }
     }
 
-    /// The bytes of `name` under the prefix, or `None` if absent.
+    /// The bytes of `name` under the prefix (a mirror segment or head: at most
+    /// [`crate::limits::S3_LEDGER_OBJECT_BYTES`]), or `None` if absent.
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_at_most(name, crate::limits::S3_LEDGER_OBJECT_BYTES)
+    }
+
+    /// The bytes of `name`, or `None` if absent; [`StoreError::TooLarge`] as soon as its
+    /// `Content-Length`, or what arrives, passes `max_bytes`.
+    pub fn read_at_most(&self, name: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.block_on(async {
             let got = self.client.get_object().bucket(&self.url.bucket).key(self.key(name)).send().await;
-            let out = match got {
+            let mut out = match got {
                 Ok(o) => o,
                 Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
                 Err(e) => return Err(self.fail("reading", name, e)),
             };
-            let body = out.body.collect().await.map_err(|e| StoreError::Remote {
-                at: self.url.to_string(),
-                message: format!("reading {name}: the transfer broke off: {e}"),
-            })?;
-            Ok(Some(body.to_vec()))
+            let declared = out.content_length().unwrap_or(0).max(0) as u64;
+            if declared > max_bytes {
+                return Err(StoreError::TooLarge { limit_bytes: max_bytes });
+            }
+            let mut bytes = Vec::with_capacity(declared as usize);
+            loop {
+                let chunk = out.body.try_next().await.map_err(|e| StoreError::Remote {
+                    at: self.url.to_string(),
+                    message: format!("reading {name}: the transfer broke off: {e}"),
+                })?;
+                let Some(chunk) = chunk else { break };
+                if (bytes.len() + chunk.len()) as u64 > max_bytes {
+                    return Err(StoreError::TooLarge { limit_bytes: max_bytes });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Some(bytes))
         })
+    }
+
+    /// The artifact `blake3`, verified, if it is at most `max_bytes` (the size its package
+    /// entry records).
+    pub fn get_at_most(&self, blake3: &[u8; 32], max_bytes: u64) -> Result<Vec<u8>, StoreError> {
+        let name = Self::object_name(blake3);
+        let bytes = self
+            .read_at_most(&name, max_bytes)?
+            .ok_or_else(|| StoreError::NotFound { hash: hex::encode(blake3) })?;
+        if blake3::hash(&bytes).as_bytes() != blake3 {
+            return Err(StoreError::Corrupt {
+                hash: hex::encode(blake3),
+                at: format!("{}/{name}", self.url),
+            });
+        }
+        Ok(bytes)
     }
 
     /// Writes `name` (replacing it): for the one mutable object, the mirror's head.
@@ -367,15 +402,7 @@ impl BlobStore for S3Store {
     }
 
     fn get(&self, blake3: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
-        let name = Self::object_name(blake3);
-        let bytes = self.read(&name)?.ok_or_else(|| StoreError::NotFound { hash: hex::encode(blake3) })?;
-        if blake3::hash(&bytes).as_bytes() != blake3 {
-            return Err(StoreError::Corrupt {
-                hash: hex::encode(blake3),
-                at: format!("{}/{name}", self.url),
-            });
-        }
-        Ok(bytes)
+        self.get_at_most(blake3, pd_store::Limits::default().max_tarball_bytes)
     }
 
     fn contains(&self, blake3: &[u8; 32]) -> Result<bool, StoreError> {

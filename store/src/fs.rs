@@ -1,7 +1,7 @@
 //! The content-addressed store on a filesystem: `DIR/ab/cdef…` by BLAKE3.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// A store failure.
@@ -29,6 +29,20 @@ pub enum StoreError {
         /// What failed.
         message: String,
     },
+    /// Streamed bytes did not hash to the name they were sent under.
+    #[error("the bytes sent as artifact {expected} hash to {actual}; send the artifact the name belongs to")]
+    Mismatch {
+        /// Hex BLAKE3 the bytes were sent under.
+        expected: String,
+        /// Hex BLAKE3 of what arrived.
+        actual: String,
+    },
+    /// A stream was longer than its limit; nothing was stored.
+    #[error("the artifact is larger than {limit_bytes} bytes, the most accepted; nothing was stored")]
+    TooLarge {
+        /// The limit that was passed.
+        limit_bytes: u64,
+    },
     /// The filesystem failed.
     #[error("artifact store I/O at {}: {source}", path.display())]
     Io {
@@ -51,6 +65,32 @@ pub trait BlobStore: Send + Sync {
     fn probe(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Stores what `from` yields, at most `max_bytes`, if it hashes to `blake3`; returns
+    /// its size. Stores that can spill to disk override this so nothing is held whole in
+    /// memory; this default reads at most `max_bytes` into memory first.
+    fn put_stream(&self, from: &mut dyn Read, blake3: &[u8; 32], max_bytes: u64) -> Result<u64, StoreError> {
+        let mut bytes = Vec::new();
+        let read = from.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes);
+        read.map_err(|source| StoreError::Io { path: PathBuf::from("<upload>"), source })?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(StoreError::TooLarge { limit_bytes: max_bytes });
+        }
+        check_hash(blake3, blake3::hash(&bytes).as_bytes())?;
+        self.put(&bytes)?;
+        Ok(bytes.len() as u64)
+    }
+    /// The file holding `blake3` when the store is a local directory (not verified), so a
+    /// server can stream it; `None` for remote stores.
+    fn local_path(&self, _blake3: &[u8; 32]) -> Option<PathBuf> {
+        None
+    }
+}
+
+fn check_hash(expected: &[u8; 32], actual: &[u8; 32]) -> Result<(), StoreError> {
+    if expected != actual {
+        return Err(StoreError::Mismatch { expected: hex::encode(expected), actual: hex::encode(actual) });
+    }
+    Ok(())
 }
 
 /// A store in a directory.
@@ -101,35 +141,97 @@ impl FsStore {
     }
 }
 
-impl BlobStore for FsStore {
-    fn put(&self, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
-        let hash = *blake3::hash(bytes).as_bytes();
-        let path = self.path_of(&hash);
-        if path.exists() {
-            return Ok(hash);
-        }
+/// A unique temp file name in the store's top directory (never a valid object name).
+fn temp_name(dir: &Path, tag: &[u8]) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".tmp-{}-{n}-{}", std::process::id(), hex::encode(tag)))
+}
+
+impl FsStore {
+    /// The fan-out directory of `path`, created (and made durable) if new.
+    fn fan_out_dir<'p>(&'p self, path: &'p Path) -> Result<&'p Path, StoreError> {
         let dir = path.parent().unwrap_or(&self.dir);
         if !dir.is_dir() {
             fs::create_dir_all(dir).map_err(io(dir))?;
             // The new fan-out directory's name must be durable too.
             fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
         }
-        let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), hex::encode(&hash[..8])));
-        let written = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            // Paired with the hash check on every read: the file holds exactly what was hashed.
-            assert_eq!(f.metadata()?.len(), bytes.len() as u64, "object {} written whole", hex::encode(hash));
-            fs::rename(&tmp, &path)?;
-            // The rename is durable only once the directory is synced.
-            fs::File::open(dir)?.sync_all()
+        Ok(dir)
+    }
+
+    /// Syncs `f` (at `tmp`, `len` bytes), renames it to `blake3`'s place and syncs the
+    /// directory. Removes `tmp` on failure.
+    fn commit(&self, f: fs::File, tmp: &Path, blake3: &[u8; 32], len: u64) -> Result<(), StoreError> {
+        let path = self.path_of(blake3);
+        let done = (|| {
+            let dir = self.fan_out_dir(&path)?;
+            let synced = (|| {
+                f.sync_all()?;
+                // Paired with the hash check on reads: the file holds exactly what was hashed.
+                assert_eq!(f.metadata()?.len(), len, "object {} written whole", hex::encode(blake3));
+                fs::rename(tmp, &path)?;
+                // The rename is durable only once the directory is synced.
+                fs::File::open(dir)?.sync_all()
+            })();
+            synced.map_err(io(&path))
         })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io(&path)(e));
+        if done.is_err() {
+            let _ = fs::remove_file(tmp);
+        }
+        done
+    }
+}
+
+impl BlobStore for FsStore {
+    fn put(&self, bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+        let hash = *blake3::hash(bytes).as_bytes();
+        if self.path_of(&hash).exists() {
+            return Ok(hash);
+        }
+        let tmp = temp_name(&self.dir, &hash[..8]);
+        let written = fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes).map(|()| f));
+        match written {
+            Ok(f) => self.commit(f, &tmp, &hash, bytes.len() as u64)?,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(io(&tmp)(e));
+            }
         }
         Ok(hash)
+    }
+
+    /// Streams into a temp file while hashing: memory stays at one buffer whatever the size.
+    fn put_stream(&self, from: &mut dyn Read, blake3: &[u8; 32], max_bytes: u64) -> Result<u64, StoreError> {
+        let tmp = temp_name(&self.dir, &blake3[..8]);
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let streamed = copy_hashing(from, &mut f, max_bytes);
+        let (len, actual) = match streamed {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(io(&tmp)(e));
+            }
+        };
+        if let Err(e) = check_hash(blake3, &actual) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if self.path_of(blake3).exists() {
+            let _ = fs::remove_file(&tmp);
+            return Ok(len);
+        }
+        self.commit(f, &tmp, blake3, len)?;
+        Ok(len)
+    }
+
+    fn local_path(&self, blake3: &[u8; 32]) -> Option<PathBuf> {
+        Some(self.path_of(blake3))
     }
 
     fn get(&self, blake3: &[u8; 32]) -> Result<Vec<u8>, StoreError> {
@@ -163,6 +265,33 @@ impl BlobStore for FsStore {
     }
 }
 
+/// Copies at most `max_bytes` from `from` to `to`, hashing; the outer error is I/O, the
+/// inner one a stream over the limit.
+fn copy_hashing(
+    from: &mut dyn Read,
+    to: &mut fs::File,
+    max_bytes: u64,
+) -> std::io::Result<Result<(u64, [u8; 32]), StoreError>> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        len += n as u64;
+        if len > max_bytes {
+            return Ok(Err(StoreError::TooLarge { limit_bytes: max_bytes }));
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+    Ok(Ok((len, *hasher.finalize().as_bytes())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +308,31 @@ mod tests {
         let names: Vec<_> =
             fs::read_dir(s.path_of(&h).parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 1, "no temp files left: {names:?}");
+    }
+
+    #[test]
+    fn streamed_puts_store_verified_bytes_and_refuse_wrong_or_long_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::open(dir.path()).unwrap();
+        let bytes = vec![7u8; 600 * 1024];
+        let h = *blake3::hash(&bytes).as_bytes();
+        assert_eq!(s.put_stream(&mut bytes.as_slice(), &h, 600 * 1024).unwrap(), 600 * 1024);
+        assert_eq!(s.get(&h).unwrap(), bytes);
+        // Again: idempotent.
+        assert_eq!(s.put_stream(&mut bytes.as_slice(), &h, 600 * 1024).unwrap(), 600 * 1024);
+        let other = *blake3::hash(b"other").as_bytes();
+        assert!(matches!(
+            s.put_stream(&mut bytes.as_slice(), &other, 1 << 20),
+            Err(StoreError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            s.put_stream(&mut bytes.as_slice(), &h, 600 * 1024 - 1),
+            Err(StoreError::TooLarge { limit_bytes }) if limit_bytes == 600 * 1024 - 1
+        ));
+        assert!(!s.contains(&other).unwrap());
+        let top: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.path().is_file()).collect();
+        assert!(top.is_empty(), "no temp files left: {top:?}");
     }
 
     #[test]

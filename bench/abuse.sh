@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `pd serve` under abuse: its memory (VmRSS, VmHWM) under 2,000 event-stream followers and
+# under 16 concurrent 250 MiB uploads, and /healthz latency while 500 slowloris connections
+# dribble headers (with the default 10 s header-read timeout).
+# Usage: bench/abuse.sh [FOLLOWERS] [UPLOADS] [UPLOAD_MIB] [SLOWLORIS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+followers=${1:-2000}; uploads=${2:-16}; mib=${3:-250}; slow=${4:-500}; secs=${5:-20}
+cargo build --release --locked --bin pd --example abuse -p pd-cli -p pd-server >/dev/null 2>&1 \
+  || cargo build --release --locked --bin pd --example abuse
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+work=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+target/release/pd --home "$work/home" init >/dev/null
+actor=$(sed -n 's/^actor = "\(.*\)"/\1/p' "$work/home/config.toml")
+target/release/pd --home "$work/home" serve --listen 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.err" &
+pid=$!
+until grep -q listening "$work/serve.out" 2>/dev/null; do
+  kill -0 "$pid" || { cat "$work/serve.err"; exit 1; }
+  sleep 0.1
+done
+url=$(sed -n 's/.*listening on //p' "$work/serve.out")
+mem() { awk '/VmRSS|VmHWM/ {printf "%s %d MB  ", $1, $2/1024} END {print ""}' "/proc/$pid/status"; }
+abuse=target/release/examples/abuse
+echo -n "at rest:                           "; mem
+$abuse followers "$url" "$followers" 5 &
+load=$!
+# Sampled while every follower holds its stream (the load prints once all are connected).
+sleep 3; echo -n "with $followers followers:             "; mem
+wait $load
+$abuse uploads "$url" "$work/home" "$actor" "$uploads" "$mib"
+echo -n "after $uploads × $mib MiB uploads:        "; mem
+$abuse slowloris "$url" "$slow" "$secs"
+echo -n "after $slow slowloris connections:    "; mem
