@@ -99,7 +99,7 @@ enum Job {
     /// Place a statement whose signature was checked against `verified` (none on an empty
     /// ledger) and answer with where it landed.
     Statement {
-        statement: Statement,
+        statement: Box<Statement>,
         verified: Option<PublicKey>,
         reply: oneshot::Sender<Result<Receipt, Error>>,
     },
@@ -770,7 +770,7 @@ async fn append(AxState(app): AxState<App>, body: Bytes) -> Result<Response, Err
     };
     let _slot = InFlight::take(&app, &statement.actor)?;
     let (reply, answer) = oneshot::channel();
-    let job = Job::Statement { statement, verified, reply };
+    let job = Job::Statement { statement: Box::new(statement), verified, reply };
     let gone = || Error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down; retry".into());
     app.jobs.send(job).await.map_err(|_| gone())?;
     let receipt = answer.await.map_err(|_| gone())??;
@@ -837,7 +837,7 @@ fn group_commit(app: &App, jobs: Vec<Job>) {
         match job {
             Job::Statement { statement, verified, reply } => {
                 let placed = batch
-                    .push(statement, now, verified.as_ref())
+                    .push(*statement, now, verified.as_ref())
                     .map(|e| Receipt { seq: e.entry.seq, id: e.id });
                 answers.push((reply, placed.map_err(LedgerError::Refused)));
             }
