@@ -5,6 +5,7 @@
 # Usage: bench/abuse.sh [FOLLOWERS] [UPLOADS] [UPLOAD_MIB] [SLOWLORIS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 followers=${1:-2000}; uploads=${2:-16}; mib=${3:-250}; slow=${4:-500}; secs=${5:-20}
 cargo build --release --locked --bin pd --example abuse -p pd-cli -p pd-server >/dev/null 2>&1 \
   || cargo build --release --locked --bin pd --example abuse
@@ -15,14 +16,7 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "
 trap cleanup EXIT
 target/release/pd --home "$work/home" init >/dev/null
 actor=$(sed -n 's/^actor = "\(.*\)"/\1/p' "$work/home/config.toml")
-target/release/pd --home "$work/home" serve --listen 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.err" &
-pid=$!
-until grep -q listening "$work/serve.out" 2>/dev/null; do
-  kill -0 "$pid" || { cat "$work/serve.err"; exit 1; }
-  sleep 0.1
-done
-url=$(sed -n 's/.*listening on //p' "$work/serve.out")
-mem() { awk '/VmRSS|VmHWM/ {printf "%s %d MB  ", $1, $2/1024} END {print ""}' "/proc/$pid/status"; }
+serve_bg "$work/home"
 abuse=target/release/examples/abuse
 echo -n "at rest:                           "; mem
 $abuse followers "$url" "$followers" 5 &

@@ -4,6 +4,7 @@
 # Usage: bench/rss.sh [ENTRIES]   (needs curl; builds release binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 n=${1:-1000000}
 cargo build --release --locked --bin pd --example big_home -p pd-server -p pd-cli >/dev/null 2>&1 \
   || cargo build --release --locked --bin pd --example big_home
@@ -16,15 +17,8 @@ start=$(date +%s)
 target/release/examples/big_home "$work/home" "$n"
 echo "  built in $(( $(date +%s) - start )) s; ledger on disk: $(du -sh "$work/home/ledger" | cut -f1)"
 start_ms=$(date +%s%3N)
-target/release/pd --home "$work/home" serve --listen 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.err" &
-pid=$!
-until grep -q listening "$work/serve.out" 2>/dev/null; do
-  kill -0 "$pid" || { cat "$work/serve.err"; exit 1; }
-  sleep 0.1
-done
-url=$(sed -n 's/.*listening on //p' "$work/serve.out")
+serve_bg "$work/home"
 echo "  serving after $(( $(date +%s%3N) - start_ms )) ms (folds the whole ledger on open)"
-mem() { awk '/VmRSS|VmHWM/ {printf "%s %d MB  ", $1, $2/1024} END {print ""}' "/proc/$pid/status"; }
 echo -n "after start:  "; mem
 curl -sf "$url/v1/head" >/dev/null
 curl -sf "$url/v1/state" >/dev/null

@@ -117,11 +117,10 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// Writes and installs a batch: all of its entries or none.
-    pub fn commit(&mut self, batch: Batch) -> Result<Vec<SignedEntry>, StorageError> {
+    pub fn commit(&mut self, batch: Batch) -> Result<(), StorageError> {
         self.write(&batch)?;
-        let entries = batch.entries.clone();
         self.install(batch);
-        Ok(entries)
+        Ok(())
     }
 
     /// Checks and durably appends one entry.

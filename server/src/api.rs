@@ -852,14 +852,14 @@ fn group_commit(app: &App, jobs: Vec<Job>) {
     app.metrics.refused.fetch_add(refused, Relaxed);
     match written {
         Ok(()) => {
-            let entries = batch.entries().to_vec();
-            let len = batch.state().len();
+            // Encoded before the swap (no copy of the entries), published after it.
+            let events: Vec<(u64, SseEvent)> =
+                batch.entries().iter().filter_map(|e| Some((e.entry.seq, sse_event(e)?))).collect();
+            let (placed, len) = (batch.entries().len() as u64, batch.state().len());
             app.ledger.write().unwrap_or_else(|p| p.into_inner()).install(batch);
-            app.metrics.appends.fetch_add(entries.len() as u64, Relaxed);
-            for e in &entries {
-                if let Some(ev) = sse_event(e) {
-                    app.remember(e.entry.seq, ev);
-                }
+            app.metrics.appends.fetch_add(placed, Relaxed);
+            for (seq, ev) in events {
+                app.remember(seq, ev);
             }
             app.len.send_replace(len);
             for (reply, answer) in answers {
