@@ -181,8 +181,10 @@ pub fn check_promotion(state: &State, env: &str, version: Version, package: &Has
             need: here.min_targets,
         });
     }
+    // Adoption before is decided by acks, which a partial state (a light agent's) leaves out:
+    // the log's signed checkpoints vouch for it there, and every full replica checks it.
     let idx = state.env_index(env).unwrap_or(0);
-    if idx > 0 {
+    if idx > 0 && !state.is_partial() {
         let before = &state.envs()[idx - 1];
         let there = adoption(state, before, set);
         if !there.adopted_version(version) {

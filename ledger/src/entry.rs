@@ -7,14 +7,16 @@ use crate::keys::{self, SecretKey};
 use crate::limits::MAX_ENTRY_BYTES;
 use crate::version::Version;
 
-/// The ledger format this code reads and writes, recorded in genesis. Format 6: SHA-256
+/// The ledger format this code reads and writes, recorded in genesis. Format 7: SHA-256
 /// (RFC 6962) Merkle tree, checkpoint notes signed under the origin's name, key custody with
 /// proof of possession, rotation, revocation kinds and admin quorum, policy sets (a slot per
 /// environment and set), fleet minimums (`env_set`), `retry`, package checks and
 /// provenance, `withdraw`, and signed *statements* sequenced by the appender (the actor's
-/// signature covers the ledger, its base and its own time, not the position). A ledger of
+/// signature covers the ledger, its base and its own time, not the position), and
+/// checkpoints that also commit to the tree of control entries ([`Body::is_control`]), which
+/// light agents follow. A ledger of
 /// any other format is refused at its first entry, so a format change can never be misread.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// Domain tag of statement (entry) signatures.
 pub const ENTRY_DOMAIN: &[u8] = b"pd/statement/v1\0";
@@ -481,12 +483,24 @@ pub struct Checkpoint {
     pub size: u64,
     /// The tree's head.
     pub root: Hash,
+    /// Control entries among those `size` ([`Body::is_control`]).
+    pub control_size: u64,
+    /// The head of the RFC 6962 tree (SHA-256) over the ids of those control entries, in
+    /// order: what a light agent, which receives only control entries, checks them against.
+    pub control_root: Hash,
     /// Ed25519 signature by the entry's signer over the checkpoint's signed-note text
     /// (see [`crate::note`]), so the checkpoint also stands alone as a C2SP note.
     pub note_sig: Signature,
 }
 
 impl Body {
+    /// Whether this is a *control* entry: one that can change what a target may run (every
+    /// kind but the targets' acks and the log's checkpoints). Light agents follow only these,
+    /// so what each receives per wave does not grow with the fleet.
+    pub fn is_control(&self) -> bool {
+        !matches!(self, Body::Ack(_) | Body::Checkpoint(_))
+    }
+
     /// Whether this body changes keys (and so needs the admin quorum).
     pub fn is_key_change(&self) -> bool {
         matches!(self, Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_))

@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod limits;
 pub mod merkle;
 pub mod note;
+pub mod partial;
 pub mod proof;
 pub mod replay;
 pub mod rules;

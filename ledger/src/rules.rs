@@ -293,11 +293,19 @@ pub fn check(state: &State, signed: &SignedEntry) -> Result<(), RuleError> {
 /// signature must verify against.
 pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, RuleError> {
     let e = &signed.entry;
-    if e.seq != state.len {
+    // A partial state (control entries only) cannot see the entries in between: it checks
+    // order, and the checkpoints' control commitment binds the rest (see `crate::partial`).
+    if e.seq != state.len && !(state.partial && e.seq > state.len) {
         return Err(RuleError::Seq { expected: state.len, got: e.seq });
     }
-    if e.prev != state.head {
+    if e.prev != state.head && !state.partial {
         return Err(RuleError::Prev { expected: state.head, got: e.prev });
+    }
+    if state.partial && !e.body.is_control() {
+        return Err(invalid(
+            "entry",
+            format!("a light replica folds control entries only, not a {}", e.body.kind()),
+        ));
     }
     if e.time_ms < state.last_time_ms {
         return Err(RuleError::TimeWentBack { time_ms: e.time_ms, last_ms: state.last_time_ms });
@@ -809,20 +817,42 @@ fn check_checkpoint(state: &State, e: &Entry, c: &Checkpoint) -> Result<PublicKe
     if c.root.0 != state.tree.root() {
         return Err(invalid("checkpoint root", "is not the head of the tree of the entries before it"));
     }
+    if c.control_size != state.control.size() || c.control_root.0 != state.control.root() {
+        return Err(invalid(
+            "checkpoint control commitment",
+            format!(
+                "says {} control entries with head {}, but the ledger has {} before it",
+                c.control_size,
+                c.control_root.short(),
+                state.control.size()
+            ),
+        ));
+    }
+    check_note(state, &e.actor, c, &key)?;
+    Ok(key)
+}
+
+/// The checkpoint's C2SP note signature verifies with `actor`'s key under the origin's name.
+pub(crate) fn check_note(
+    state: &State,
+    actor: &str,
+    c: &Checkpoint,
+    key: &PublicKey,
+) -> Result<(), RuleError> {
     let note = state.checkpoint_note(c.size, c.root);
     let origin = state.origin();
     let sig = crate::note::NoteSignature {
-        key_id: crate::note::key_id(&origin, &key),
+        key_id: crate::note::key_id(&origin, key),
         name: origin.clone(),
         sig: c.note_sig,
     };
-    if !note.signed_by(&sig, &origin, &key) {
+    if !note.signed_by(&sig, &origin, key) {
         return Err(invalid(
             "checkpoint note signature",
-            format!("does not verify with the key of {:?}", e.actor),
+            format!("does not verify with the key of {actor:?}"),
         ));
     }
-    Ok(key)
+    Ok(())
 }
 
 /// Why a secret key cannot act as the caller asked.

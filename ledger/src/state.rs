@@ -32,6 +32,16 @@ pub struct State {
     pub(crate) checkpoints: Vec<CheckpointState>,
     #[serde(skip)]
     pub(crate) tree: Frontier<Sha256>,
+    /// The tree of the control entries' ids ([`Body::is_control`]), which checkpoints commit to.
+    #[serde(skip)]
+    pub(crate) control: Frontier<Sha256>,
+    /// The seq of each control entry, in order: where a light agent's next page starts.
+    #[serde(skip)]
+    control_seqs: Vec<u64>,
+    /// Folded from control entries only (a light agent's view, see [`crate::partial`]): the
+    /// rule skips what only the entries left out could decide, and `tree` stays empty.
+    #[serde(skip)]
+    pub(crate) partial: bool,
     #[serde(skip)]
     by_hash: HashMap<Hash, usize>,
     /// The policy set each packaged file path belongs to.
@@ -587,9 +597,36 @@ impl State {
     /// A checkpoint over every entry folded, signed with `key` (whose holder needs the log
     /// role) under the origin's name.
     pub fn sign_checkpoint(&self, key: &SecretKey) -> Body {
+        assert!(!self.partial, "a checkpoint is signed over the whole ledger");
         let (size, root) = (self.len, Hash(self.tree.root()));
         let note_sig = self.checkpoint_note(size, root).sign(&self.origin(), key).sig;
-        Body::Checkpoint(Checkpoint { size, root, note_sig })
+        let (control_size, control_root) = (self.control.size(), Hash(self.control.root()));
+        Body::Checkpoint(Checkpoint { size, root, control_size, control_root, note_sig })
+    }
+
+    /// An empty state that folds control entries only: a light agent's (see [`crate::partial`]).
+    pub fn partial() -> State {
+        State { partial: true, ..State::default() }
+    }
+
+    /// Whether this state was folded from control entries only.
+    pub fn is_partial(&self) -> bool {
+        self.partial
+    }
+
+    /// How many control entries were folded.
+    pub fn control_len(&self) -> u64 {
+        self.control.size()
+    }
+
+    /// How many of the folded control entries lie before position `seq`.
+    pub fn control_before(&self, seq: u64) -> u64 {
+        self.control_seqs.partition_point(|&s| s < seq) as u64
+    }
+
+    /// The seq of the `index`th control entry (from 0).
+    pub fn control_seq(&self, index: u64) -> Option<u64> {
+        self.control_seqs.get(usize::try_from(index).ok()?).copied()
     }
 
     /// The Ed25519 key that signed a checkpoint entry.
@@ -634,7 +671,10 @@ impl State {
     /// Folds one entry that [`crate::check`] accepted.
     pub fn apply(&mut self, signed: &SignedEntry) {
         let e = &signed.entry;
-        assert_eq!(e.seq, self.len, "apply: entries fold in order");
+        assert!(
+            e.seq == self.len || self.partial && e.seq > self.len && e.body.is_control(),
+            "apply: entries fold in order (control entries, in a partial state)"
+        );
         match &e.body {
             Body::Genesis(g) => {
                 self.ledger_id = g.ledger_id;
@@ -744,8 +784,14 @@ impl State {
             }),
         }
         self.recent.push(&e.signed_digest(&self.ledger_id));
-        self.tree.push(&signed.id.0);
-        self.len += 1;
+        if e.body.is_control() {
+            self.control.push(&signed.id.0);
+            self.control_seqs.push(e.seq);
+        }
+        if !self.partial {
+            self.tree.push(&signed.id.0);
+        }
+        self.len = e.seq + 1;
         self.head = signed.id;
         self.last_time_ms = e.time_ms;
     }

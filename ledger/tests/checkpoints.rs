@@ -28,7 +28,14 @@ fn a_checkpoint_must_sign_the_true_head_of_the_entries_before_it() {
     wrong_root.root = Hash(Sha256::leaf(b"not the head"));
     let mut wrong_sig = good.clone();
     wrong_sig.note_sig = Signature([7; 64]);
+    // Acks are not control entries: counting them, or leaving out a push, is a false commitment.
+    let mut wrong_count = good.clone();
+    wrong_count.control_size = len;
+    let mut wrong_control = good.clone();
+    wrong_control.control_root = Hash(Sha256::leaf(b"not the control head"));
     for (bad, field) in [
+        (wrong_count, "checkpoint control commitment"),
+        (wrong_control, "checkpoint control commitment"),
         (wrong_size, "checkpoint size"),
         (wrong_root, "checkpoint root"),
         (wrong_sig, "checkpoint note signature"),
