@@ -327,3 +327,65 @@ fn a_promotion_relying_on_a_pre_rollback_ack_is_refused_by_the_rule_and_by_pd_ve
     assert!(!out.status.success(), "pd-verify accepted a promotion past a rollback: {said}");
     assert!(said.contains("PD-0.2.0") && said.contains("dev"), "{said}");
 }
+
+#[test]
+fn light_agents_deploy_roll_back_and_resume_without_receiving_other_targets_acks() {
+    let w = world();
+    // A third target, so there are other targets' acks to leave out.
+    w.ok("", &["key", "new", "dev-3", "--role", "target", "--env", "dev", "--generate-here"]);
+    let mut net = Net::start(&w);
+    let light = ["--light", "--health-listen", "127.0.0.1:0"];
+    net.agent_with("dev-1", "dev", &[], &light);
+    net.agent("dev-2", "dev", &[]);
+    net.agent_with("dev-3", "dev", &[], &light);
+    let status = |net: &mut Net, target: &str| {
+        let url = net.agent_proc(target).url.clone();
+        let (code, body) = http(&url, "GET", "/healthz", b"");
+        let h: Value = serde_json::from_slice(&body).expect("health JSON");
+        (code, h["status"].clone())
+    };
+    let deploy = |net: &Net, v: &str| {
+        net.ok("", &["ledger", "deploy", v, "--until", "dev", "--reason", "go", "--timeout", "60s"]);
+    };
+    deploy(&net, "PD-0.1.0");
+    package(&w, Some(&net), "llm_policy.yaml", "max_tokens: 2000\n", "PD-0.2.0");
+    deploy(&net, "PD-0.2.0");
+    for t in ["dev-1", "dev-2", "dev-3"] {
+        assert_eq!(file(&net, t, "llm_policy.yaml").as_deref(), Some(&b"max_tokens: 2000\n"[..]), "{t}");
+    }
+    net.ok("", &["ledger", "rollback", "dev", "--reason", "back", "--timeout", "60s"]);
+    assert_eq!(file(&net, "dev-1", "llm_policy.yaml").as_deref(), Some(&b"max_tokens: 1000\n"[..]));
+    let (code, s) = status(&mut net, "dev-1");
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["running"][0]["version"], "PD-0.1.0", "{s}");
+
+    // What the light agent checked: the control entries, its own enrolment and checkpoints,
+    // never an ack. Fewer signatures than the ledger has acks alone.
+    let log = net.log();
+    let acks = log.iter().filter(|e| e["kind"] == "ack").count() as u64;
+    let control =
+        log.iter().filter(|e| !matches!(e["kind"].as_str(), Some("ack" | "checkpoint"))).count() as u64;
+    let checked = s["verified_signatures"].as_u64().expect("a count");
+    assert!(acks >= 9 && checked > 0, "{acks} acks, {checked} signatures checked");
+    assert!(
+        checked <= control + 2 * 8,
+        "{checked} signatures for {control} control entries: acks were checked"
+    );
+    assert!(s["replica_len"].as_u64().expect("len") > 0, "{s}");
+
+    // A restarted light agent verifies the server's checkpoint against the one it kept, and
+    // neither reinstalls nor acks again what it already acked.
+    let before = acks_by(&net, "dev-1");
+    net.kill_agent("dev-1");
+    net.restart_agent_with("dev-1", "dev", &light);
+    package(&w, Some(&net), "llm_policy.yaml", "max_tokens: 3000\n", "PD-0.3.0");
+    let out = net
+        .ok("", &["ledger", "deploy", "PD-0.3.0", "--until", "dev", "--reason", "again", "--timeout", "60s"]);
+    assert!(out.contains("3/3 targets acknowledged"), "{out}");
+    let (code, s) = status(&mut net, "dev-1");
+    assert_eq!((code, &s["following"]), (200, &Value::Bool(true)), "{s}");
+    let after = acks_by(&net, "dev-1");
+    assert_eq!(after.len(), before.len() + 1, "one ack for the new push, none again: {after:?}");
+    let out = export_and_verify(&net);
+    assert!(out.status.success(), "{}", pd_e2e::text(&out));
+}

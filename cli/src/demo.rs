@@ -253,7 +253,10 @@ impl Cluster {
                         objects: pd_server::agent::Objects::Server,
                         heartbeat: std::time::Duration::from_secs(10),
                     };
-                    let replica = pd_ledger::Ledger::open(pd_ledger::storage::MemStore::default())?;
+                    // Light agents, as a large fleet would run them.
+                    let replica = pd_server::agent::Replica::<pd_ledger::storage::MemStore>::Light(
+                        pd_ledger::partial::Follower::new(),
+                    );
                     tasks
                         .push(tokio::spawn(pd_server::agent::Agent::new(cfg, replica)?.run(stop_rx.clone())));
                 }

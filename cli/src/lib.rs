@@ -178,7 +178,7 @@ impl Ctx {
                 let state = backend.state()?;
                 let found = pd_ledger::identify(&state, &key.public(), self.actor.as_deref(), None)
                     .map_err(|e| Refused(format!("{}: {e}", path.display())))?;
-                let name = found.decl.name.clone();
+                let name = found.name.clone();
                 Ok((name, key, state))
             }
             None => {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use pd_ledger::file_store::FileStore;
 use pd_ledger::{Ledger, Role, Version};
-use pd_server::agent::{Agent, AgentConfig, Objects, Reload};
+use pd_server::agent::{Agent, AgentConfig, Objects, Reload, Replica};
 use pd_server::{Client, ServeOptions};
 use tokio::sync::watch;
 
@@ -73,6 +73,13 @@ pub struct AgentArgs {
     /// target as stale after three intervals without one.
     #[arg(long, default_value = "10s", value_parser = heartbeat_interval)]
     pub heartbeat: std::time::Duration,
+    /// Verify only what decides what this target runs: the control entries (keys, packages,
+    /// approvals, pushes, rollbacks) and the newest checkpoint, which the log signs over them.
+    /// Work per deploy stays the same however many targets the fleet has; acks of other
+    /// targets are taken on the log's signed word instead of checked here. Without it the
+    /// agent keeps and checks a full replica in DIR/ledger.
+    #[arg(long)]
+    light: bool,
     /// Serve `GET /healthz` here for a supervisor: 200 while the agent follows the server and
     /// the target runs every followed set's desired version, 503 otherwise (port 0 picks a
     /// free port; the chosen address is printed).
@@ -216,24 +223,37 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         (None, None) => Reload::None,
     };
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
-    let replica = Ledger::open(FileStore::open(&a.dir.join("ledger"))?)
-        .with_context(|| format!("opening the agent's ledger replica in {}", a.dir.display()))?;
-    let mut replica = replica;
     let client = Client::new(&url, ctx.token.clone())?;
     let rt = runtime()?;
     // Who this agent is comes from the ledger's enrolment of its key, never from a flag.
-    // A restart while the server is away identifies from the replica kept from before.
-    if let Err(e) = rt.block_on(client.sync(&mut replica, None)) {
-        if replica.state().active_key_by_public(&key.public()).is_none() {
-            return Err(anyhow::Error::new(e)
-                .context(format!("reading the ledger from {url} to learn who this key is")));
+    let replica = if a.light {
+        let mut follower = pd_ledger::partial::Follower::new();
+        rt.block_on(client.catch_up(&mut follower, &key.public(), None)).with_context(|| {
+            format!("reading the ledger's control entries from {url} to learn who this key is")
+        })?;
+        Replica::Light(follower)
+    } else {
+        let mut replica = Ledger::open(FileStore::open(&a.dir.join("ledger"))?)
+            .with_context(|| format!("opening the agent's ledger replica in {}", a.dir.display()))?;
+        // A restart while the server is away identifies from the replica kept from before.
+        if let Err(e) = rt.block_on(client.sync(&mut replica, None)) {
+            if replica.state().active_key_by_public(&key.public()).is_none() {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("reading the ledger from {url} to learn who this key is")));
+            }
+            tracing::warn!("{url} is unreachable ({e}); starting from the replica in the agent's directory");
         }
-        tracing::warn!("{url} is unreachable ({e}); starting from the replica in the agent's directory");
-    }
-    let found = pd_ledger::identify(replica.state(), &key.public(), ctx.actor.as_deref(), a.env.as_deref())
-        .map_err(|e| crate::Refused(format!("pd agent: {e}")))?;
-    let actor = found.decl.name.clone();
-    let Some(env) = found.decl.env.clone() else {
+        Replica::Full(replica)
+    };
+    let found = pd_ledger::identify_decl(
+        replica.key(&key.public()),
+        &key.public(),
+        ctx.actor.as_deref(),
+        a.env.as_deref(),
+    )
+    .map_err(|e| crate::Refused(format!("pd agent: {e}")))?;
+    let actor = found.name.clone();
+    let Some(env) = found.env.clone() else {
         crate::refuse!("pd agent: {actor} is not a target key (it has no environment); enrol one with --role target --env ENV");
     };
     let objects = a.objects.as_deref().map_or(Ok(Objects::Server), Objects::parse)?;
@@ -249,7 +269,8 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         heartbeat,
     };
     let agent = Agent::new(cfg, replica)?;
-    println!("pd agent {actor} following {env} at {url}");
+    let mode = if a.light { "light: control entries and checkpoints" } else { "full replica" };
+    println!("pd agent {actor} following {env} at {url} ({mode})");
     rt.block_on(async move {
         let stop = stop_on_signal();
         if let Some(addr) = a.health_listen {

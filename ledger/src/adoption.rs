@@ -172,8 +172,10 @@ pub fn check_promotion(state: &State, env: &str, version: Version, package: &Has
         });
     }
     let set = pkg.package.name.as_str();
+    // The fleet (target keys) and its adoption before are not control entries: a partial
+    // state (a light agent's) takes them on the log's signed word; full replicas check them.
     let here = adoption(state, env, set);
-    if here.short_by() > 0 {
+    if here.short_by() > 0 && !state.is_partial() {
         return Err(RuleError::TooFewTargets {
             env: env.to_string(),
             set: set.to_string(),
@@ -181,8 +183,6 @@ pub fn check_promotion(state: &State, env: &str, version: Version, package: &Has
             need: here.min_targets,
         });
     }
-    // Adoption before is decided by acks, which a partial state (a light agent's) leaves out:
-    // the log's signed checkpoints vouch for it there, and every full replica checks it.
     let idx = state.env_index(env).unwrap_or(0);
     if idx > 0 && !state.is_partial() {
         let before = &state.envs()[idx - 1];

@@ -13,7 +13,7 @@ use crate::version::Version;
 /// environment and set), fleet minimums (`env_set`), `retry`, package checks and
 /// provenance, `withdraw`, and signed *statements* sequenced by the appender (the actor's
 /// signature covers the ledger, its base and its own time, not the position), and
-/// checkpoints that also commit to the tree of control entries ([`Body::is_control`]), which
+/// checkpoints that also commit to the tree of control entries ([`crate::State::is_control`]), which
 /// light agents follow. A ledger of
 /// any other format is refused at its first entry, so a format change can never be misread.
 pub const FORMAT_VERSION: u32 = 7;
@@ -156,6 +156,12 @@ pub struct KeyDecl {
 }
 
 impl KeyDecl {
+    /// Whether this key is a target's and nothing else: its entries decide nothing for
+    /// other targets, so they are not control entries ([`crate::State::is_control`]).
+    pub fn is_target_only(&self) -> bool {
+        self.roles == [Role::Target]
+    }
+
     /// Whether this target follows policy set `set`.
     pub fn follows(&self, set: &str) -> bool {
         self.sets.is_empty() || self.sets.iter().any(|s| s == set)
@@ -483,7 +489,7 @@ pub struct Checkpoint {
     pub size: u64,
     /// The tree's head.
     pub root: Hash,
-    /// Control entries among those `size` ([`Body::is_control`]).
+    /// Control entries among those `size` ([`crate::State::is_control`]).
     pub control_size: u64,
     /// The head of the RFC 6962 tree (SHA-256) over the ids of those control entries, in
     /// order: what a light agent, which receives only control entries, checks them against.
@@ -494,13 +500,6 @@ pub struct Checkpoint {
 }
 
 impl Body {
-    /// Whether this is a *control* entry: one that can change what a target may run (every
-    /// kind but the targets' acks and the log's checkpoints). Light agents follow only these,
-    /// so what each receives per wave does not grow with the fleet.
-    pub fn is_control(&self) -> bool {
-        !matches!(self, Body::Ack(_) | Body::Checkpoint(_))
-    }
-
     /// Whether this body changes keys (and so needs the admin quorum).
     pub fn is_key_change(&self) -> bool {
         matches!(self, Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_))

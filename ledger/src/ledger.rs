@@ -105,21 +105,32 @@ impl<S: LedgerStore> Ledger<S> {
         self.store.append(first.entry.seq, &slices)
     }
 
-    /// Makes a written batch the ledger's state.
-    pub fn install(&mut self, batch: Batch) {
+    /// Makes a written batch the ledger's state: folds its entries (checked when they were
+    /// placed) into the state, then empties the batch, whose state is now the ledger's, so
+    /// the next batch starts from it without copying the state.
+    pub fn install(&mut self, batch: &mut Batch) {
         assert_eq!(
             batch.state.len,
             self.state.len + batch.entries.len() as u64,
             "a batch folds its own entries"
         );
-        self.state = batch.state;
+        for e in &batch.entries {
+            self.state.apply(e);
+        }
         self.grow(&batch.entries);
+        batch.entries.clear();
+        assert!(self.state.head == batch.state.head, "the ledger and the batch folded the same entries");
+    }
+
+    /// Whether `batch` starts right after this ledger's last entry (so it may be written next).
+    pub fn continues(&self, batch: &Batch) -> bool {
+        batch.entries.is_empty() && batch.state.len == self.state.len && batch.state.head == self.state.head
     }
 
     /// Writes and installs a batch: all of its entries or none.
-    pub fn commit(&mut self, batch: Batch) -> Result<(), StorageError> {
+    pub fn commit(&mut self, mut batch: Batch) -> Result<(), StorageError> {
         self.write(&batch)?;
-        self.install(batch);
+        self.install(&mut batch);
         Ok(())
     }
 

@@ -39,7 +39,7 @@ pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;
 pub use ledger::{Ledger, LedgerError};
 pub use replay::{replay, ReplayError, ReplayErrorKind, Signatures};
-pub use rules::{check, check_rules, identify, IdentifyError, RuleError};
+pub use rules::{check, check_rules, identify, identify_decl, IdentifyError, RuleError};
 pub use state::{EnvState, State};
 pub use storage::{LedgerStore, StorageError};
 pub use version::{Bump, Version};

@@ -15,17 +15,19 @@
 //! withdrawal from it without signing a checkpoint that every full replica and `pd-verify`
 //! refuse; and it checks each new checkpoint against the one it verified before with an RFC
 //! 9162 consistency proof, so the ledger is never rewritten under it. What it takes on the
-//! log's word is only what the left-out acks decide (that a version was adopted in the
-//! environment before it was promoted), as a certificate-transparency client or an Uptane
-//! partial-verification ECU does; auditors replay everything.
+//! log's word is only what the left-out entries decide (that a version was adopted in the
+//! environment before it was promoted and the fleet was full; other targets' keys; the
+//! admin quorum behind its own key and that it was not revoked since), as a
+//! certificate-transparency client or an Uptane partial-verification ECU does; auditors
+//! replay everything.
 //!
 //! Per wave a light agent receives a handful of entries, one checkpoint and a proof of
 //! `⌈log2 n⌉` hashes, and checks as many signatures: O(1) in the number of other targets.
 //! Pure: no I/O, no clock.
 
-use crate::bytes::Hash;
-use crate::entry::{Body, Role, SignedEntry};
-use crate::merkle::{verify_consistency, Digest32, Sha256, Tree};
+use crate::bytes::{Hash, PublicKey};
+use crate::entry::{Body, KeyDecl, Role, SignedEntry};
+use crate::merkle::{verify_consistency, verify_inclusion, Digest32, Sha256, Tree, TreeHasher};
 use crate::rules::{self, RuleError};
 use crate::state::{CheckpointState, State};
 
@@ -41,6 +43,9 @@ pub enum FollowError {
         /// Why the rule refused it.
         source: RuleError,
     },
+    /// The entries declaring the follower's own key do not hold.
+    #[error("the enrolment of this key: {0}")]
+    Own(String),
     /// The checkpoint does not hold.
     #[error("checkpoint #{seq}: {problem}")]
     Checkpoint {
@@ -57,11 +62,13 @@ pub enum FollowError {
 pub struct Follower {
     state: State,
     control: Tree<Sha256>,
+    /// Its own key, when a target-only key (so not in `state`), as verified by [`Follower::accept_own`].
+    own: Option<KeyDecl>,
 }
 
 impl Default for Follower {
     fn default() -> Self {
-        Follower { state: State::partial(), control: Tree::new() }
+        Follower { state: State::partial(), control: Tree::new(), own: None }
     }
 }
 
@@ -85,6 +92,67 @@ impl Follower {
     /// The newest checkpoint it verified, as (size, root).
     pub fn checkpoint(&self) -> Option<(u64, Hash)> {
         self.state.latest_checkpoint().map(|c| (c.checkpoint.size, c.checkpoint.root))
+    }
+
+    /// The active key whose public half is `public_key`: from the control entries, or the
+    /// target key verified by [`Follower::accept_own`].
+    pub fn key(&self, public_key: &PublicKey) -> Option<&KeyDecl> {
+        match self.state.active_key_by_public(public_key) {
+            Some(k) => Some(&k.decl),
+            None => self.own.as_ref().filter(|d| &d.public_key == public_key),
+        }
+    }
+
+    /// Verifies the entries that declare a target-only key whose public half is
+    /// `public_key` (`key_add`, then the `key_rotate` that set the current key, as
+    /// `KeyState::declared_by` lists them), each with its inclusion proof in the newest
+    /// checkpoint verified: signed by an admin of the control entries, naming one target key,
+    /// ending at `public_key`.
+    pub fn accept_own(
+        &mut self,
+        public_key: &PublicKey,
+        entries: &[(SignedEntry, Vec<Digest32>)],
+    ) -> Result<(), FollowError> {
+        let bad = |problem: String| FollowError::Own(problem);
+        let Some((size, root)) = self.checkpoint() else {
+            return Err(bad("no checkpoint verified yet".into()));
+        };
+        let mut decl: Option<KeyDecl> = None;
+        for (e, proof) in entries {
+            let seq = e.entry.seq;
+            if seq >= size
+                || verify_inclusion::<Sha256>(seq, size, &Sha256::leaf(&e.id.0), proof, &root.0).is_err()
+            {
+                return Err(bad(format!("entry #{seq} is not in the checkpoint of {size} entries")));
+            }
+            let admin =
+                crate::adoption::active_with(&self.state, &e.entry.actor, Some((Role::Admin, "change keys")))
+                    .map_err(|r| bad(format!("entry #{seq}: {r}")))?;
+            if !e.entry.signature_valid(&self.state.ledger_id(), &admin.decl.public_key) {
+                return Err(bad(format!(
+                    "entry #{seq}: the signature by {:?} does not verify",
+                    e.entry.actor
+                )));
+            }
+            decl = match (&e.entry.body, decl) {
+                (Body::KeyAdd(d), None) => Some(d.clone()),
+                (Body::KeyRotate(r), Some(mut d)) if r.name == d.name => {
+                    d.public_key = r.public_key;
+                    d.openpgp = r.openpgp.clone();
+                    d.custody = r.custody.clone();
+                    Some(d)
+                }
+                (body, _) => return Err(bad(format!("entry #{seq} is a {}, out of place", body.kind()))),
+            };
+        }
+        match decl {
+            Some(d) if d.is_target_only() && &d.public_key == public_key => {
+                self.own = Some(d);
+                Ok(())
+            }
+            Some(d) => Err(bad(format!("the entries declare {:?}, not this target key", d.name))),
+            None => Err(bad("no entries".into())),
+        }
     }
 
     /// Folds the next control entries, in order, each checked by the rule with its signature.

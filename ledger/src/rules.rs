@@ -301,7 +301,7 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
     if e.prev != state.head && !state.partial {
         return Err(RuleError::Prev { expected: state.head, got: e.prev });
     }
-    if state.partial && !e.body.is_control() {
+    if state.partial && !state.is_control(&e.body) {
         return Err(invalid(
             "entry",
             format!("a light replica folds control entries only, not a {}", e.body.kind()),
@@ -455,14 +455,7 @@ fn check_genesis(state: &State, e: &Entry, g: &Genesis) -> Result<PublicKey, Rul
     scratch.admin_approvals = g.admin_approvals;
     for k in &g.keys {
         check_key_decl(&scratch, k)?;
-        let key = crate::state::KeyState {
-            decl: k.clone(),
-            added_seq: 0,
-            since_seq: 1,
-            past: Vec::new(),
-            revoked: None,
-        };
-        scratch.keys.insert(k.name.clone(), key);
+        scratch.add_key(k, 0, 0);
     }
     authorize(&scratch, e, Role::Admin, "sign the genesis entry")
 }
@@ -892,18 +885,26 @@ pub fn identify<'s>(
     public_key: &PublicKey,
     name: Option<&str>,
     env: Option<&str>,
-) -> Result<&'s crate::state::KeyState, IdentifyError> {
-    let key = state
-        .active_key_by_public(public_key)
-        .ok_or(IdentifyError::NotEnrolled { public_key: *public_key })?;
-    if let Some(given) = name.filter(|n| *n != key.decl.name) {
-        return Err(IdentifyError::Name { given: given.into(), enrolled: key.decl.name.clone() });
+) -> Result<&'s KeyDecl, IdentifyError> {
+    identify_decl(state.active_key_by_public(public_key).map(|k| &k.decl), public_key, name, env)
+}
+
+/// [`identify`] over a key found elsewhere (a light agent's own key, see [`crate::partial`]).
+pub fn identify_decl<'s>(
+    found: Option<&'s KeyDecl>,
+    public_key: &PublicKey,
+    name: Option<&str>,
+    env: Option<&str>,
+) -> Result<&'s KeyDecl, IdentifyError> {
+    let key = found.ok_or(IdentifyError::NotEnrolled { public_key: *public_key })?;
+    if let Some(given) = name.filter(|n| *n != key.name) {
+        return Err(IdentifyError::Name { given: given.into(), enrolled: key.name.clone() });
     }
-    if let Some(given) = env.filter(|e| Some(*e) != key.decl.env.as_deref()) {
+    if let Some(given) = env.filter(|e| Some(*e) != key.env.as_deref()) {
         return Err(IdentifyError::Env {
-            name: key.decl.name.clone(),
+            name: key.name.clone(),
             given: given.into(),
-            enrolled: key.decl.env.clone().unwrap_or_else(|| "no environment".into()),
+            enrolled: key.env.clone().unwrap_or_else(|| "no environment".into()),
         });
     }
     Ok(key)

@@ -32,7 +32,7 @@ pub struct State {
     pub(crate) checkpoints: Vec<CheckpointState>,
     #[serde(skip)]
     pub(crate) tree: Frontier<Sha256>,
-    /// The tree of the control entries' ids ([`Body::is_control`]), which checkpoints commit to.
+    /// The tree of the control entries' ids ([`State::is_control`]), which checkpoints commit to.
     #[serde(skip)]
     pub(crate) control: Frontier<Sha256>,
     /// The seq of each control entry, in order: where a light agent's next page starts.
@@ -44,6 +44,9 @@ pub struct State {
     pub(crate) partial: bool,
     #[serde(skip)]
     by_hash: HashMap<Hash, usize>,
+    /// Every public key ever enrolled (current or rotated away), with its name.
+    #[serde(skip)]
+    by_public: HashMap<PublicKey, String>,
     /// The policy set each packaged file path belongs to.
     #[serde(skip)]
     path_set: HashMap<String, String>,
@@ -107,6 +110,10 @@ pub struct KeyState {
     pub added_seq: u64,
     /// First entry the current key may sign (after `added_seq` once rotated).
     pub since_seq: u64,
+    /// The entries whose bodies declare the key as it is now: its enrolment (genesis, or the
+    /// `key_add`, a proposal's included) and the `key_rotate` that set the current key, if
+    /// any. A light agent verifies its own key from these (see [`crate::partial`]).
+    pub declared_by: Vec<u64>,
     /// Keys this name had before, oldest first.
     pub past: Vec<PastKey>,
     /// Entry that revoked it, and why.
@@ -475,14 +482,13 @@ impl State {
 
     /// The active key whose current Ed25519 key is `public_key`.
     pub fn active_key_by_public(&self, public_key: &PublicKey) -> Option<&KeyState> {
-        self.keys.values().find(|k| k.revoked.is_none() && &k.decl.public_key == public_key)
+        let name = self.by_public.get(public_key)?;
+        self.active_key(name).filter(|k| &k.decl.public_key == public_key)
     }
 
     /// Whether `public_key` was ever enrolled, under any name, current or rotated away.
     pub fn public_key_used(&self, public_key: &PublicKey) -> bool {
-        self.keys
-            .values()
-            .any(|k| &k.decl.public_key == public_key || k.past.iter().any(|p| &p.public_key == public_key))
+        self.by_public.contains_key(public_key)
     }
 
     /// The public parts `name` signed with at entry `seq`.
@@ -604,6 +610,23 @@ impl State {
         Body::Checkpoint(Checkpoint { size, root, control_size, control_root, note_sig })
     }
 
+    /// Whether an entry with `body`, appended now, is a *control* entry: one that can change
+    /// what some target may run. Every kind is, except the targets' acks, the log's
+    /// checkpoints, and key changes of target-only keys (each target's enrolment decides
+    /// nothing for the others). Light agents follow only these (see [`crate::partial`]), so
+    /// neither a wave of acks nor the fleet's size grows what each one receives.
+    pub fn is_control(&self, body: &Body) -> bool {
+        let target_only = |name: &str| self.keys.get(name).is_some_and(|k| k.decl.is_target_only());
+        match body {
+            Body::Ack(_) | Body::Checkpoint(_) => false,
+            Body::KeyAdd(d) => !d.is_target_only(),
+            Body::KeyRotate(r) => !target_only(&r.name),
+            Body::KeyRevoke(r) => !target_only(&r.name),
+            Body::KeyApprove(a) => self.proposals.get(&a.seq).is_none_or(|p| self.is_control(&p.change)),
+            _ => true,
+        }
+    }
+
     /// An empty state that folds control entries only: a light agent's (see [`crate::partial`]).
     pub fn partial() -> State {
         State { partial: true, ..State::default() }
@@ -671,8 +694,9 @@ impl State {
     /// Folds one entry that [`crate::check`] accepted.
     pub fn apply(&mut self, signed: &SignedEntry) {
         let e = &signed.entry;
+        let control = self.is_control(&e.body);
         assert!(
-            e.seq == self.len || self.partial && e.seq > self.len && e.body.is_control(),
+            e.seq == self.len || self.partial && e.seq > self.len && control,
             "apply: entries fold in order (control entries, in a partial state)"
         );
         match &e.body {
@@ -686,7 +710,7 @@ impl State {
                     self.env.insert(env.clone(), state);
                 }
                 for k in &g.keys {
-                    self.add_key(k, e.seq);
+                    self.add_key(k, e.seq, e.seq);
                 }
             }
             Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_) if self.admin_approvals > 1 => {
@@ -701,13 +725,13 @@ impl State {
                 self.proposals.insert(e.seq, p);
             }
             Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_) => {
-                self.apply_key_change(&e.body, e.seq)
+                self.apply_key_change(&e.body, e.seq, e.seq)
             }
             Body::KeyApprove(a) => {
                 let complete = self.proposals.get(&a.seq).map(|p| self.proposal_support(p, &e.actor));
                 if complete.is_some_and(|n| n >= self.admin_approvals as usize) {
                     if let Some(p) = self.proposals.remove(&a.seq) {
-                        self.apply_key_change(&p.change, e.seq);
+                        self.apply_key_change(&p.change, e.seq, p.seq);
                     }
                 } else if let Some(p) = self.proposals.get_mut(&a.seq) {
                     p.approvals.push(e.actor.clone());
@@ -784,7 +808,7 @@ impl State {
             }),
         }
         self.recent.push(&e.signed_digest(&self.ledger_id));
-        if e.body.is_control() {
+        if control {
             self.control.push(&signed.id.0);
             self.control_seqs.push(e.seq);
         }
@@ -796,14 +820,16 @@ impl State {
         self.last_time_ms = e.time_ms;
     }
 
-    fn add_key(&mut self, decl: &KeyDecl, seq: u64) {
+    pub(crate) fn add_key(&mut self, decl: &KeyDecl, seq: u64, declared_by: u64) {
         let key = KeyState {
             decl: decl.clone(),
             added_seq: seq,
             since_seq: seq + 1,
+            declared_by: vec![declared_by],
             past: Vec::new(),
             revoked: None,
         };
+        self.by_public.insert(decl.public_key, decl.name.clone());
         self.keys.insert(decl.name.clone(), key);
     }
 
@@ -812,10 +838,11 @@ impl State {
         self.keys.get(name).is_some_and(|k| matches!(k.decl.custody, Custody::Holder(_)))
     }
 
-    /// A key change taking effect with entry `seq` (its own, or the approval completing it).
-    fn apply_key_change(&mut self, change: &Body, seq: u64) {
+    /// A key change taking effect with entry `seq` (its own, or the approval completing it),
+    /// declared by entry `declared_by` (its own, or the proposal's).
+    fn apply_key_change(&mut self, change: &Body, seq: u64, declared_by: u64) {
         match change {
-            Body::KeyAdd(k) => self.add_key(k, seq),
+            Body::KeyAdd(k) => self.add_key(k, seq, declared_by),
             Body::KeyRotate(r) => {
                 if r.old == RevokeKind::Compromised {
                     self.forget_compromised(&r.name, seq);
@@ -830,9 +857,12 @@ impl State {
                         ended: r.old,
                     });
                     k.decl.public_key = r.public_key;
+                    self.by_public.insert(r.public_key, r.name.clone());
                     k.decl.openpgp = r.openpgp.clone();
                     k.decl.custody = r.custody.clone();
                     k.since_seq = seq + 1;
+                    k.declared_by.truncate(1);
+                    k.declared_by.push(declared_by);
                 }
             }
             Body::KeyRevoke(r) => {

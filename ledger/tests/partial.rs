@@ -16,7 +16,15 @@ fn entries(l: &Ledger<MemStore>) -> Vec<SignedEntry> {
 fn split(all: &[SignedEntry]) -> (Vec<SignedEntry>, SignedEntry) {
     let cp =
         all.iter().rev().find(|e| matches!(e.entry.body, Body::Checkpoint(_))).expect("a checkpoint").clone();
-    let control = all.iter().filter(|e| e.entry.body.is_control()).cloned().collect();
+    // Classified as the appender does: against the state before each entry.
+    let mut st = pd_ledger::State::default();
+    let mut control = Vec::new();
+    for e in all {
+        if st.is_control(&e.entry.body) {
+            control.push(e.clone());
+        }
+        st.apply(e);
+    }
     (control, cp)
 }
 
@@ -57,10 +65,30 @@ fn a_follower_of_control_entries_decides_as_a_full_replica_does() {
     let all = entries(&d.ledger);
     let (control, cp) = split(&all);
     assert!(control.len() < 12, "acks and checkpoints stay out: {} of {}", control.len(), all.len());
+    assert!(
+        !control.iter().any(|e| matches!(&e.entry.body, Body::KeyAdd(d) if d.name == "dev-1")),
+        "targets' keys too"
+    );
+    let full = d.ledger.state();
     let mut f = Follower::new();
     f.apply(&control).expect("control entries verify");
     f.accept_checkpoint(&cp, &[], None).expect("the checkpoint commits to them");
-    let full = d.ledger.state();
+    // Its own key comes with an inclusion proof.
+    let me = d.target.public();
+    assert!(f.key(&me).is_none());
+    let key = full.keys().get("dev-1").expect("dev-1");
+    let Body::Checkpoint(c) = &cp.entry.body else { unreachable!() };
+    let own: Vec<_> = key
+        .declared_by
+        .iter()
+        .map(|&seq| (all[seq as usize].clone(), d.ledger.tree().inclusion_proof(seq, c.size).expect("proof")))
+        .collect();
+    let mut wrong = own.clone();
+    wrong[0].1[0][0] ^= 1;
+    assert!(matches!(f.clone().accept_own(&me, &wrong), Err(FollowError::Own(_))));
+    assert!(f.clone().accept_own(&d.admin.public(), &own).is_err(), "another key's enrolment");
+    f.accept_own(&me, &own).expect("its enrolment is in the checkpoint");
+    assert_eq!(f.key(&me).map(|k| k.name.as_str()), Some("dev-1"));
     assert_eq!(f.state().desired("dev", "p"), full.desired("dev", "p"));
     assert_eq!(f.checkpoint(), full.latest_checkpoint().map(|c| (c.checkpoint.size, c.checkpoint.root)));
     // The same install step, for a target that runs the version rolled back from.
@@ -105,7 +133,7 @@ fn a_forged_or_left_out_entry_is_refused() {
     // An ack is not a control entry.
     let ack = entries(&d.ledger).into_iter().find(|e| matches!(e.entry.body, Body::Ack(_))).expect("ack");
     let mut f = Follower::new();
-    f.apply(&control[..3]).expect("genesis and keys");
+    f.apply(&control[..2]).expect("genesis and a key");
     assert!(f.apply(&[ack]).is_err());
 }
 

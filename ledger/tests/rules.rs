@@ -533,8 +533,8 @@ fn a_key_file_acts_only_under_the_name_and_environment_it_was_enrolled_with() {
     let w = World::new();
     let s = w.ledger.state();
     let dev1 = key(3).public();
-    assert_eq!(identify(s, &dev1, None, None).unwrap().decl.name, "dev-1");
-    assert_eq!(identify(s, &dev1, Some("dev-1"), Some("dev")).unwrap().decl.env.as_deref(), Some("dev"));
+    assert_eq!(identify(s, &dev1, None, None).unwrap().name, "dev-1");
+    assert_eq!(identify(s, &dev1, Some("dev-1"), Some("dev")).unwrap().env.as_deref(), Some("dev"));
     let name = identify(s, &dev1, Some("dev-2"), None).unwrap_err().to_string();
     assert!(name.contains("--as dev-2") && name.contains("enrols as dev-1"), "{name}");
     let env = identify(s, &dev1, None, Some("prod")).unwrap_err().to_string();

@@ -1,9 +1,12 @@
 //! `pd agent`: follows one environment beside a target and converges each policy set it
 //! follows to the desired version.
 //!
-//! The agent keeps its own replica of the ledger and checks every entry with the same rules
-//! and signatures as everyone else, so a server cannot make it run anything the ledger does
-//! not authorize. For the desired version it fetches the tarball by hash, checks BLAKE3,
+//! The agent keeps its own replica of the ledger and checks what it receives with the same
+//! rules and signatures as everyone else, so a server cannot make it run anything the ledger
+//! does not authorize. A full replica ([`Replica::Full`]) receives and checks every entry; a
+//! light one ([`Replica::Light`], `pd agent --light`) only the control entries and the newest
+//! checkpoint, whose signed control commitment binds them (see `pd_ledger::partial`), so its
+//! work per wave does not grow with the fleet. For the desired version it fetches the tarball by hash, checks BLAKE3,
 //! SHA-256, size and the author's OpenPGP signature, unpacks it into `DIR/versions/<ver>`,
 //! composes `DIR/views/<id>` from every set's running files, swaps the `DIR/current` symlink
 //! to it atomically, asks the target to reload, and only after the target said yes signs a
@@ -21,9 +24,10 @@ use futures_util::StreamExt;
 use pd_ledger::adoption::{self, AgentView, Step};
 use pd_ledger::heartbeat::{Heartbeat, Running};
 use pd_ledger::merkle::{verify_consistency, Sha256};
+use pd_ledger::partial::Follower;
 use pd_ledger::state::Desired;
 use pd_ledger::{
-    Ack, Body, Hash, Ledger, LedgerError, LedgerStore, Outcome, SecretKey, SignedEntry, Version,
+    Ack, Body, Hash, Ledger, LedgerError, LedgerStore, Outcome, SecretKey, SignedEntry, State, Version,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -97,6 +101,46 @@ struct Local {
     /// follows must extend it.
     #[serde(default)]
     checkpoint: Option<(u64, Hash)>,
+    /// Per set, the desired entry (seq) this agent acked loaded, so a restarted light agent,
+    /// which never sees acks, does not ack again.
+    #[serde(default)]
+    acked: BTreeMap<String, u64>,
+}
+
+/// What the agent verifies the ledger with.
+pub enum Replica<S: LedgerStore> {
+    /// Every entry, checked with the rule and its signature (and kept in `S`): what auditors
+    /// and deployers hold.
+    Full(Ledger<S>),
+    /// Control entries and checkpoints only, kept in memory and fetched again at start.
+    Light(Follower),
+}
+
+impl<S: LedgerStore> Replica<S> {
+    /// The state the install rule decides over.
+    pub fn state(&self) -> &State {
+        match self {
+            Replica::Full(l) => l.state(),
+            Replica::Light(f) => f.state(),
+        }
+    }
+
+    /// The active key whose public half is `public_key`, as this replica verified it.
+    pub fn key(&self, public_key: &pd_ledger::PublicKey) -> Option<&pd_ledger::KeyDecl> {
+        match self {
+            Replica::Full(l) => l.state().active_key_by_public(public_key).map(|k| &k.decl),
+            Replica::Light(f) => f.key(public_key),
+        }
+    }
+
+    /// How much of the ledger it verified: its length, or for a light replica the newest
+    /// checkpoint's size if that is further. A statement's base.
+    pub fn verified_len(&self) -> u64 {
+        match self {
+            Replica::Full(l) => l.state().len(),
+            Replica::Light(f) => f.checkpoint().map_or(0, |c| c.0).max(f.state().len()),
+        }
+    }
 }
 
 /// What an agent reports about itself, in its heartbeats and on `/healthz`.
@@ -110,6 +154,10 @@ pub struct Status {
     pub running: Vec<Running>,
     /// Whether the agent is connected to the server and its replica verified.
     pub following: bool,
+    /// Bytes of ledger data received since start (entries, pages, checkpoints, proofs).
+    pub received_bytes: u64,
+    /// Entry and checkpoint signatures verified since start.
+    pub verified_signatures: u64,
     /// The followed sets whose desired version the target does not run, with why.
     pub behind: BTreeMap<String, String>,
 }
@@ -148,11 +196,12 @@ fn is_untrusted(e: &anyhow::Error) -> bool {
 /// A running agent over a replica kept in `S`.
 pub struct Agent<S: LedgerStore> {
     cfg: AgentConfig,
-    replica: Ledger<S>,
+    replica: Replica<S>,
     local: Local,
     http: reqwest::Client,
-    /// Per set, the desired entry (seq) this agent acked loaded (not yet in its replica, maybe).
-    acked: BTreeMap<String, u64>,
+    /// A light agent waits for a checkpoint over more than this many entries (its desired
+    /// entry's seq), as well as for control entries.
+    need: Option<u64>,
     /// Per set, the desired entry it failed to load and the seq of its failed ack. Kept in
     /// memory only: a restarted agent tries again.
     failed: BTreeMap<String, (u64, u64)>,
@@ -163,7 +212,7 @@ const STATE_FILE: &str = "agent.json";
 
 impl<S: LedgerStore> Agent<S> {
     /// An agent over `replica` (empty or from an earlier run), resuming `DIR/agent.json`.
-    pub fn new(cfg: AgentConfig, replica: Ledger<S>) -> Result<Agent<S>> {
+    pub fn new(cfg: AgentConfig, replica: Replica<S>) -> Result<Agent<S>> {
         std::fs::create_dir_all(cfg.dir.join("versions"))
             .with_context(|| format!("creating {}", cfg.dir.display()))?;
         let path = cfg.dir.join(STATE_FILE);
@@ -177,7 +226,7 @@ impl<S: LedgerStore> Agent<S> {
             .pool_idle_timeout(crate::limits::CLIENT_POOL_IDLE)
             .build()?;
         let (status, _) = watch::channel(Status::default());
-        Ok(Agent { cfg, replica, local, http, acked: BTreeMap::new(), failed: BTreeMap::new(), status })
+        Ok(Agent { cfg, replica, local, http, need: None, failed: BTreeMap::new(), status })
     }
 
     /// The version the target runs of `set`, as far as this agent knows.
@@ -241,9 +290,10 @@ impl<S: LedgerStore> Agent<S> {
         outcome
     }
 
-    /// One connection: sync, converge, and apply events until the stream ends.
+    /// One connection: sync, converge, and follow until the server goes away.
     async fn follow(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
-        self.cfg.client.sync(&mut self.replica, None).await?;
+        let Replica::Full(replica) = &mut self.replica else { return self.follow_light(stop).await };
+        self.cfg.client.sync(replica, None).await?;
         self.touch();
         self.status.send_modify(|s| s.following = true);
         self.converge().await?;
@@ -266,11 +316,13 @@ impl<S: LedgerStore> Agent<S> {
             let mut fresh = Vec::with_capacity(batch.len());
             let mut relevant = false;
             let mut last = None;
+            let mut received = 0;
             for ev in batch {
                 let ev = ev?;
                 let next = self.replica.state().len() + fresh.len() as u64;
                 if ev.seq == next {
                     let bytes = hex::decode(&ev.entry).map_err(|e| anyhow!("event {}: {e}", ev.seq))?;
+                    received += bytes.len() as u64;
                     fresh.push(SignedEntry::decode(&bytes)?);
                 }
                 let ours = ev.env.as_deref() == Some(self.cfg.env.as_str());
@@ -281,11 +333,15 @@ impl<S: LedgerStore> Agent<S> {
                     );
                 last = Some(ev.seq);
             }
-            self.replica.append_batch(&fresh)?;
-            if let Some(last) = last.filter(|l| *l >= self.replica.state().len()) {
+            let Replica::Full(replica) = &mut self.replica else {
+                unreachable!("a full replica follows events")
+            };
+            replica.append_batch(&fresh)?;
+            if let Some(last) = last.filter(|l| *l >= replica.state().len()) {
                 // A gap in the stream: fetch what is missing.
-                self.cfg.client.sync(&mut self.replica, Some(last + 1)).await?;
+                self.cfg.client.sync(replica, Some(last + 1)).await?;
             }
+            self.count(received, fresh.len() as u64);
             self.touch();
             if relevant {
                 self.converge().await?;
@@ -303,16 +359,58 @@ impl<S: LedgerStore> Agent<S> {
             };
             self.touch();
             if head.len > len {
-                self.cfg.client.sync(&mut self.replica, Some(head.len)).await?;
+                let Replica::Full(replica) = &mut self.replica else { unreachable!("a full replica polls") };
+                self.cfg.client.sync(replica, Some(head.len)).await?;
                 self.converge().await?;
             }
         }
     }
 
+    /// A light agent: long-polls `GET /v1/control`, which answers when control entries come
+    /// or, while its desired entry waits for one, a checkpoint; a wave of acks wakes nobody.
+    async fn follow_light(&mut self, stop: &mut watch::Receiver<bool>) -> Result<()> {
+        let mut wait = Duration::ZERO;
+        loop {
+            let Replica::Light(f) = &mut self.replica else { unreachable!("a light replica") };
+            // The checkpoint this agent verified and kept (across restarts too) is what the
+            // server's newest must extend, whatever the follower was started from.
+            let held = self.local.checkpoint;
+            let (after, need, me) = (f.control_len(), self.need, self.cfg.key.public());
+            // Its own key's enrolment is asked for until verified.
+            let asks = f.key(&me).is_none().then_some(&me);
+            let has = f.checkpoint().is_some() && f.checkpoint() == held;
+            let page = tokio::select! {
+                page = self.cfg.client.control(asks, after, (held.map_or(0, |c| c.0), has), need, wait) => page?,
+                _ = stop.changed() => return Ok(()),
+            };
+            let signatures =
+                page.entries.len() as u64 + 2 * u64::from(page.checkpoint.is_some()) + page.own.len() as u64;
+            let caught_up = crate::client::apply_page(f, &page, &me, held)?;
+            let verified = f.checkpoint();
+            self.count(page.bytes as u64, signatures);
+            if verified != self.local.checkpoint {
+                self.local.checkpoint = verified;
+                self.save()?;
+            }
+            self.touch();
+            self.status.send_modify(|s| s.following = true);
+            if caught_up {
+                self.converge().await?;
+            }
+            wait = if caught_up { LONG_POLL } else { Duration::ZERO };
+        }
+    }
+
+    fn count(&self, bytes: u64, signatures: u64) {
+        self.status.send_modify(|s| {
+            s.received_bytes += bytes;
+            s.verified_signatures += signatures;
+        });
+    }
+
     /// Records the replica's ledger and length for heartbeats.
     fn touch(&self) {
-        let st = self.replica.state();
-        let (id, len) = (st.ledger_id(), st.len());
+        let (id, len) = (self.replica.state().ledger_id(), self.replica.verified_len());
         self.status.send_modify(|s| {
             s.ledger_id = id;
             s.replica_len = len;
@@ -321,13 +419,14 @@ impl<S: LedgerStore> Agent<S> {
 
     /// The policy sets this target follows: those its key names, or every set there is.
     fn sets(&self) -> Result<Vec<String>> {
-        let st = self.replica.state();
-        let key = st
-            .active_key(&self.cfg.actor)
+        let decl = self
+            .replica
+            .key(&self.cfg.key.public())
+            .filter(|d| d.name == self.cfg.actor)
             .ok_or_else(|| anyhow!("{} is not an active key of this ledger", self.cfg.actor))?;
-        Ok(match key.decl.sets.is_empty() {
-            true => st.sets().into_iter().map(String::from).collect(),
-            false => key.decl.sets.clone(),
+        Ok(match decl.sets.is_empty() {
+            true => self.replica.state().sets().into_iter().map(String::from).collect(),
+            false => decl.sets.clone(),
         })
     }
 
@@ -337,13 +436,20 @@ impl<S: LedgerStore> Agent<S> {
     /// verify or that the target refuses is acked `failed`.
     pub async fn converge(&mut self) -> Result<()> {
         self.publish_running();
-        self.check_checkpoints()?;
+        if let Replica::Full(replica) = &self.replica {
+            let held = check_checkpoints(replica, self.local.checkpoint)?;
+            if held != self.local.checkpoint {
+                self.local.checkpoint = held;
+                self.save()?;
+            }
+        }
+        self.need = None;
         let sets = self.sets()?;
         self.status.send_modify(|s| s.behind.retain(|set, _| sets.contains(set)));
         for set in sets {
             let view = AgentView {
                 running: self.local.running.get(&set).copied(),
-                acked: self.acked.get(&set).copied(),
+                acked: self.local.acked.get(&set).copied(),
                 failed: self.failed.get(&set).copied(),
             };
             let step = adoption::agent_step(self.replica.state(), &self.cfg.actor, &self.cfg.env, &set, view);
@@ -353,6 +459,7 @@ impl<S: LedgerStore> Agent<S> {
                 Step::Idle | Step::Done => self.behind(&set, None),
                 Step::Failed(d) => self.behind(&set, Some(format!("failed to load {}", d.version))),
                 Step::AwaitCheckpoint(d) => {
+                    self.need = Some(self.need.map_or(d.seq, |n| n.min(d.seq)));
                     tracing::info!(env = %self.cfg.env, %set, version = %d.version, "waiting for a checkpoint over entry #{}", d.seq);
                     self.behind(&set, Some(format!("{} waits for a checkpoint over #{}", d.version, d.seq)));
                 }
@@ -410,43 +517,6 @@ impl<S: LedgerStore> Agent<S> {
         self.status.send_modify(|s| s.running = running);
     }
 
-    /// Holds the replica to the newest checkpoint this agent verified before: the newest
-    /// checkpoint now must extend it (an RFC 9162 consistency proof over the replica's tree),
-    /// then it becomes the one to hold later ledgers to.
-    fn check_checkpoints(&mut self) -> Result<()> {
-        let (st, tree) = (self.replica.state(), self.replica.tree());
-        let Some(latest) = st.latest_checkpoint().map(|c| (c.checkpoint.size, c.checkpoint.root)) else {
-            if let Some((size, _)) = self.local.checkpoint {
-                if st.len() >= size {
-                    return Err(Untrusted(format!(
-                        "the server's ledger has no checkpoint, but this agent verified one of {size} entries"
-                    ))
-                    .into());
-                }
-            }
-            return Ok(());
-        };
-        if let Some((size, root)) = self.local.checkpoint {
-            if latest == (size, root) {
-                return Ok(());
-            }
-            let holds = latest.0 >= size
-                && tree.consistency_proof(size, latest.0).is_ok_and(|proof| {
-                    verify_consistency::<Sha256>(size, latest.0, &proof, &root.0, &latest.1 .0).is_ok()
-                });
-            if !holds {
-                return Err(Untrusted(format!(
-                    "the server's newest checkpoint ({} entries, root {}) does not extend the one this agent \
-                     verified before ({size} entries, root {root})",
-                    latest.0, latest.1
-                ))
-                .into());
-            }
-        }
-        self.local.checkpoint = Some(latest);
-        self.save()
-    }
-
     /// Signs and sends an ack of `desired` of `set` as a statement based on what this replica
     /// verified. The server sequences it without this agent catching up first, so a thousand
     /// targets acking at once are committed in groups; the replica learns of it from the stream.
@@ -460,15 +530,15 @@ impl<S: LedgerStore> Agent<S> {
             outcome,
         });
         let (c, id) = (&self.cfg, self.replica.state().ledger_id());
-        let base = self.replica.state().len();
+        let base = self.replica.verified_len();
         match c.client.append_blind(&id, base, &c.actor, &c.key, crate::now_ms(), body).await {
             Ok(receipt) if failed => {
                 self.failed.insert(set.to_string(), (desired.seq, receipt.seq));
                 Ok(())
             }
             Ok(_) => {
-                self.acked.insert(set.to_string(), desired.seq);
-                Ok(())
+                self.local.acked.insert(set.to_string(), desired.seq);
+                self.save()
             }
             // The rules refused it (a key change came first, say). The next event brings
             // this agent up to date and it converges again.
@@ -667,6 +737,43 @@ fn full_jitter(ceiling: Duration) -> Duration {
     let r = getrandom::fill(&mut b).map_or(u32::MAX / 2, |()| u32::from_le_bytes(b));
     ceiling.mul_f64(f64::from(r) / f64::from(u32::MAX))
 }
+
+/// Holds a full replica to the newest checkpoint this agent verified before (`held`): the
+/// newest checkpoint now must extend it (an RFC 9162 consistency proof over the replica's
+/// tree); returns the one to hold later ledgers to.
+fn check_checkpoints<S: LedgerStore>(
+    replica: &Ledger<S>,
+    held: Option<(u64, Hash)>,
+) -> Result<Option<(u64, Hash)>> {
+    let (st, tree) = (replica.state(), replica.tree());
+    let Some(latest) = st.latest_checkpoint().map(|c| (c.checkpoint.size, c.checkpoint.root)) else {
+        if let Some((size, _)) = held.filter(|(size, _)| st.len() >= *size) {
+            return Err(Untrusted(format!(
+                "the server's ledger has no checkpoint, but this agent verified one of {size} entries"
+            ))
+            .into());
+        }
+        return Ok(held);
+    };
+    if let Some((size, root)) = held.filter(|h| *h != latest) {
+        let holds = latest.0 >= size
+            && tree.consistency_proof(size, latest.0).is_ok_and(|proof| {
+                verify_consistency::<Sha256>(size, latest.0, &proof, &root.0, &latest.1 .0).is_ok()
+            });
+        if !holds {
+            return Err(Untrusted(format!(
+                "the server's newest checkpoint ({} entries, root {}) does not extend the one this agent \
+                 verified before ({size} entries, root {root})",
+                latest.0, latest.1
+            ))
+            .into());
+        }
+    }
+    Ok(Some(latest))
+}
+
+/// How long a light agent's long poll waits for news.
+const LONG_POLL: Duration = Duration::from_secs(25);
 
 /// The longest pause between reconnects.
 const RECONNECT_CEILING: Duration = Duration::from_secs(5);

@@ -26,9 +26,11 @@ use futures_util::stream::Stream;
 use pd_ledger::export::{Contents, Export, ExportArtifact, Head, FORMAT};
 use pd_ledger::file_store::FileStore;
 use pd_ledger::ledger::Batch;
+
+use crate::sequencer::{self, ControlQuery};
 use pd_ledger::proof::Proof;
 use pd_ledger::{
-    Body, Hash, Ledger, LedgerError, LedgerStore, PublicKey, RuleError, SecretKey, SignedEntry, State,
+    Hash, Ledger, LedgerError, LedgerStore, PublicKey, RuleError, SecretKey, SignedEntry, State,
     Statement, StorageError,
 };
 use pd_store::{BlobStore, StoreError};
@@ -115,6 +117,9 @@ struct Shared {
     store: Arc<dyn BlobStore>,
     /// The ledger's length after each append.
     len: watch::Sender<u64>,
+    /// Control entries and the newest checkpoint's size, changed only when they change: what
+    /// light agents wait on, so a wave of acks wakes none of them.
+    control: watch::Sender<ControlHead>,
     /// Statements and checkpoint requests for the writer thread.
     jobs: mpsc::Sender<Job>,
     /// Statements waiting per key.
@@ -569,12 +574,14 @@ fn shared(
 ) -> App {
     let reader = ledger.store().clone();
     let (len, _) = watch::channel(ledger.state().len());
+    let (control, _) = watch::channel(ControlHead::of(ledger.state()));
     let (jobs, queue) = mpsc::channel(QUEUE);
     let app = Arc::new(Shared {
         ledger: RwLock::new(ledger),
         reader,
         store,
         len,
+        control,
         jobs,
         in_flight: Mutex::default(),
         small: Mutex::default(),
@@ -615,6 +622,7 @@ fn routes(app: App) -> Router {
     let v1 = Router::new()
         .route("/v1/head", get(head))
         .route("/v1/events", get(events))
+        .route("/v1/control", get(control))
         .merge(bounded)
         .layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
@@ -700,6 +708,65 @@ async fn head(AxState(app): AxState<App>, Query(q): Query<HeadQuery>) -> Json<He
         let _ = tokio::time::timeout(wait, rx.wait_for(|len| *len > after)).await;
     }
     Json(app.head())
+}
+
+/// What light agents wait on: the ledger's control entries and its newest checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ControlHead {
+    control_len: u64,
+    checkpoint: u64,
+}
+
+impl ControlHead {
+    fn of(st: &State) -> ControlHead {
+        ControlHead {
+            control_len: st.control_len(),
+            checkpoint: st.latest_checkpoint().map_or(0, |c| c.checkpoint.size),
+        }
+    }
+}
+
+/// `GET /v1/control`: a light agent's view (see `pd_ledger::partial`). Waits (long poll)
+/// until the ledger has control entries after `after` or, with `need`, a checkpoint over more
+/// than `need` entries; then answers the next control entries, the newest checkpoint and a
+/// consistency proof from `held` to it. Acks and checkpoints that nobody waits for wake no one.
+async fn control(AxState(app): AxState<App>, Query(q): Query<ControlQuery>) -> Result<Response, Error> {
+    if q.wait_ms > 0 {
+        let mut rx = app.control.subscribe();
+        let wake = |h: &ControlHead| h.control_len > q.after || q.need.is_some_and(|n| h.checkpoint > n);
+        let wait = Duration::from_millis(q.wait_ms.min(60_000));
+        let _ = tokio::time::timeout(wait, rx.wait_for(wake)).await;
+    }
+    let key = match &q.key {
+        Some(hex) => Some(
+            PublicKey::from_hex(hex)
+                .map_err(|_| bad(format!("key={hex:?} is not a hex Ed25519 public key")))?,
+        ),
+        None => None,
+    };
+    let uncovered = key.and_then(|k| sequencer::uncovered_target_key(app.read().state(), &k));
+    if let Some(declared) = uncovered.filter(|_| app.opts.head_signer.is_some()) {
+        // A target enrolled since the last checkpoint: checkpoint now rather than keep it
+        // waiting for the next one to learn who it is.
+        let _ = app.jobs.send(Job::Checkpoint).await;
+        let mut rx = app.control.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|h| h.checkpoint > declared)).await;
+    }
+    let worker = app.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        // Positions under one read lock (one ledger), bytes after it.
+        let plan = sequencer::control_plan(&worker.read(), &q, key.as_ref()).map_err(internal)?;
+        plan.page(|seq| match worker.reader.get(seq) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(internal(format!("entry #{seq} is missing"))),
+            Err(e) => Err(internal(e)),
+        })
+    })
+    .await
+    .map_err(internal)??;
+    let mut out = Vec::new();
+    ciborium::into_writer(&page, &mut out).map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/cbor")], out).into_response())
 }
 
 #[derive(Deserialize)]
@@ -813,6 +880,9 @@ impl Drop for InFlight {
 /// The writer thread: takes every job waiting (up to [`MAX_BATCH`]), commits them as one
 /// batch, answers, and waits for more. Ends when the server is gone.
 fn writer_loop(app: std::sync::Weak<Shared>, mut queue: mpsc::Receiver<Job>) {
+    // The state the next batch starts from, kept between commits: a copy of the ledger's
+    // state made once (and again after a failed write), not once per commit.
+    let mut next: Option<Batch> = None;
     while let Some(first) = queue.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -822,31 +892,38 @@ fn writer_loop(app: std::sync::Weak<Shared>, mut queue: mpsc::Receiver<Job>) {
             }
         }
         let Some(app) = app.upgrade() else { return };
-        group_commit(&app, jobs);
+        let batch = match next.take() {
+            Some(b) if app.read().continues(&b) => b,
+            _ => app.read().batch(),
+        };
+        next = group_commit(&app, batch, jobs);
     }
 }
 
 /// Places every job's statement with the rule, adds a checkpoint if one is due, writes the
-/// batch with one flush, installs it, publishes it and answers each job.
-fn group_commit(app: &App, jobs: Vec<Job>) {
+/// batch with one flush, installs it, publishes it and answers each job. Returns the emptied
+/// batch to start the next from, unless the write failed.
+fn group_commit(app: &App, mut batch: Batch, jobs: Vec<Job>) -> Option<Batch> {
     let now = app.now_ms();
-    let mut batch = app.read().batch();
-    let mut answers = Vec::with_capacity(jobs.len());
-    let mut checkpoint_asked = false;
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut statements = Vec::with_capacity(jobs.len());
+    let mut asked = false;
     for job in jobs {
         match job {
             Job::Statement { statement, verified, reply } => {
-                let placed = batch
-                    .push(*statement, now, verified.as_ref())
-                    .map(|e| Receipt { seq: e.entry.seq, id: e.id });
-                answers.push((reply, placed.map_err(LedgerError::Refused)));
+                statements.push((*statement, verified));
+                replies.push(reply);
             }
-            Job::Checkpoint => checkpoint_asked = true,
+            Job::Checkpoint => asked = true,
         }
     }
-    if checkpoint_due(&app.opts, batch.state(), batch.entries(), checkpoint_asked) {
-        add_checkpoint(app, &mut batch, now);
-    }
+    let checkpointing = sequencer::Checkpointing {
+        every: app.opts.checkpoint_every,
+        signer: app.opts.head_signer.as_ref(),
+    };
+    let placed = sequencer::place(&mut batch, statements, now, checkpointing, asked);
+    let answers: Vec<_> =
+        replies.into_iter().zip(placed).map(|(reply, p)| (reply, p.map_err(LedgerError::Refused))).collect();
     let written = app.read().write(&batch);
     let refused = answers.iter().filter(|(_, a)| a.is_err()).count() as u64;
     app.metrics.refused.fetch_add(refused, Relaxed);
@@ -856,15 +933,18 @@ fn group_commit(app: &App, jobs: Vec<Job>) {
             let events: Vec<(u64, SseEvent)> =
                 batch.entries().iter().filter_map(|e| Some((e.entry.seq, sse_event(e)?))).collect();
             let (placed, len) = (batch.entries().len() as u64, batch.state().len());
-            app.ledger.write().unwrap_or_else(|p| p.into_inner()).install(batch);
+            let control = ControlHead::of(batch.state());
+            app.ledger.write().unwrap_or_else(|p| p.into_inner()).install(&mut batch);
             app.metrics.appends.fetch_add(placed, Relaxed);
             for (seq, ev) in events {
                 app.remember(seq, ev);
             }
             app.len.send_replace(len);
+            app.control.send_if_modified(|c| std::mem::replace(c, control) != control);
             for (reply, answer) in answers {
                 let _ = reply.send(answer.map_err(Error::from));
             }
+            Some(batch)
         }
         Err(e) => {
             let failed = LedgerError::Storage(e);
@@ -876,34 +956,9 @@ fn group_commit(app: &App, jobs: Vec<Job>) {
                 };
                 let _ = reply.send(answer);
             }
+            // Its state folded entries that were not written: the next batch starts afresh.
+            None
         }
-    }
-}
-
-/// Whether the server should checkpoint at the end of `batch`: it changed what targets run
-/// (a push, a rollback, or a retry, which agents act on only under a checkpoint), enough
-/// entries came since the last checkpoint, or the ticker asked and the end is not covered.
-fn checkpoint_due(opts: &ServeOptions, state: &State, placed: &[SignedEntry], asked: bool) -> bool {
-    if opts.checkpoint_every == 0 || opts.head_signer.is_none() {
-        return false;
-    }
-    let since = state.latest_checkpoint().map_or(0, |c| c.checkpoint.size);
-    let covered = state.latest_checkpoint().is_some_and(|c| c.seq + 1 == state.len());
-    if covered || state.is_empty() {
-        return false;
-    }
-    let moves = |e: &SignedEntry| matches!(e.entry.body, Body::Push(_) | Body::Rollback(_) | Body::Retry(_));
-    asked || placed.iter().any(moves) || state.len() - since >= opts.checkpoint_every
-}
-
-/// Appends to `batch` a checkpoint over everything before it, signed by the server's key.
-fn add_checkpoint(app: &App, batch: &mut Batch, now: u64) {
-    let Some((actor, key)) = app.opts.head_signer.as_ref() else { return };
-    let st = batch.state();
-    let body = st.sign_checkpoint(key);
-    let statement = Statement::sign(&st.ledger_id(), actor, st.len(), now, body, key);
-    if let Err(e) = batch.push(statement, now, Some(&key.public())) {
-        tracing::warn!("could not write a checkpoint: {e}");
     }
 }
 
@@ -1482,8 +1537,6 @@ fn fleet_metrics(out: &mut String, state: &State, beats: &wire::Heartbeats) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pd_ledger::storage::MemStore;
-    use pd_ledger::{Push, Retry, Rollback};
 
     #[test]
     fn every_route_has_its_body_limit() {
@@ -1518,31 +1571,5 @@ mod tests {
         let Error(status, msg) = too_large(limits::HEARTBEAT_BODY_BYTES, "a heartbeat");
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(msg, "the request body is too large: a heartbeat may be at most 17 KiB");
-    }
-
-    /// Agents act on what changes what targets run only under a checkpoint, so a batch with
-    /// one of those entries ends with one at once; an ack waits for `checkpoint_every`.
-    #[test]
-    fn a_checkpoint_follows_every_push_rollback_and_retry_at_once() {
-        let d = pd_ledger::testkit::deployed(MemStore::default());
-        let mut opts = ServeOptions::new(([127, 0, 0, 1], 0).into());
-        // Any key: checkpoints are due only where the server can sign them.
-        opts.head_signer = Some(("admin".into(), SecretKey::from_seed([1; 32])));
-        let (env, version, package, reason) = ("dev".to_string(), d.version, d.package, "r".to_string());
-        let bodies = [
-            (Body::Push(Push { env: env.clone(), version, package, reason: reason.clone() }), true),
-            (Body::Rollback(Rollback { env: env.clone(), version, package, reason: reason.clone() }), true),
-            (Body::Retry(Retry { env, version, package, reason }), true),
-            (d.ack(), false),
-        ];
-        let state = d.ledger.state();
-        for (body, due) in bodies {
-            let kind = format!("{body:?}");
-            // Only the kind matters here, not whether the rule would take it.
-            let entry = d.ledger.sign_next("admin", &d.admin, 1, body);
-            assert_eq!(checkpoint_due(&opts, state, std::slice::from_ref(&entry), false), due, "{kind}");
-            assert!(checkpoint_due(&opts, state, std::slice::from_ref(&entry), true), "asked, {kind}");
-        }
-        assert!(!checkpoint_due(&opts, state, &[], false), "nothing placed, nothing asked");
     }
 }

@@ -3,11 +3,48 @@
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use pd_ledger::{Body, Hash, Ledger, LedgerStore, SecretKey, SignedEntry, State, Statement};
+use pd_ledger::partial::Follower;
+use pd_ledger::{Body, Hash, Ledger, LedgerStore, PublicKey, SecretKey, SignedEntry, State, Statement};
 use serde::de::DeserializeOwned;
 
 use crate::limits::{self, human_bytes};
 use crate::wire::{self, ApiError, Event, HeadInfo, Receipt};
+
+/// Folds a control page into `follower` and verifies its checkpoint against `held`; true when
+/// the follower holds every control entry the server had.
+pub fn apply_page(
+    follower: &mut Follower,
+    page: &ControlPage,
+    key: &PublicKey,
+    held: Option<(u64, Hash)>,
+) -> Result<bool, ClientError> {
+    let untrusted = |e: pd_ledger::partial::FollowError| ClientError::Diverged(e.to_string());
+    follower.apply(&page.entries).map_err(untrusted)?;
+    if let Some(cp) = &page.checkpoint {
+        follower.accept_checkpoint(cp, &page.consistency, held).map_err(untrusted)?;
+    }
+    if !page.own.is_empty() {
+        follower.accept_own(key, &page.own).map_err(untrusted)?;
+    }
+    Ok(follower.control_len() >= page.control_len)
+}
+
+/// A decoded `GET /v1/control` page (see [`Client::control`]).
+#[derive(Clone, Debug)]
+pub struct ControlPage {
+    /// Control entries the ledger holds.
+    pub control_len: u64,
+    /// The next control entries, in order.
+    pub entries: Vec<SignedEntry>,
+    /// The newest checkpoint entry, if this page reaches every control entry before it.
+    pub checkpoint: Option<SignedEntry>,
+    /// Consistency proof from the held checkpoint to that one.
+    pub consistency: Vec<pd_ledger::merkle::Digest32>,
+    /// The entries declaring the asking target key, with inclusion proofs in that checkpoint.
+    pub own: Vec<(SignedEntry, Vec<pd_ledger::merkle::Digest32>)>,
+    /// Bytes received for it.
+    pub bytes: usize,
+}
 
 /// A failure talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +227,69 @@ impl Client {
     pub async fn head_after(&self, after: u64, wait: Duration) -> Result<HeadInfo, ClientError> {
         let path = format!("/v1/head?after={after}&wait_ms={}", wait.as_millis());
         self.json(self.req(reqwest::Method::GET, &path).timeout(wait + Duration::from_secs(10))).await
+    }
+
+    /// A light agent's next page (`GET /v1/control`): the control entries after the first
+    /// `after`, the newest checkpoint and a consistency proof to it from the one of `held.0`
+    /// entries (not sent again when `held.1` says the follower holds it and it is the newest). Waits up to `wait` for control entries after `after` or, with `need`, for a
+    /// checkpoint over more than `need` entries. Entries are decoded, not yet verified.
+    pub async fn control(
+        &self,
+        key: Option<&PublicKey>,
+        after: u64,
+        held: (u64, bool),
+        need: Option<u64>,
+        wait: Duration,
+    ) -> Result<ControlPage, ClientError> {
+        let (held, has) = held;
+        let need = need.map(|n| format!("&need={n}")).unwrap_or_default();
+        let key = key.map(|k| format!("&key={}", k.to_hex())).unwrap_or_default();
+        let path = format!(
+            "/v1/control?after={after}&held={held}&has={has}{need}{key}&wait_ms={}",
+            wait.as_millis()
+        );
+        let r = self.req(reqwest::Method::GET, &path).timeout(wait + Duration::from_secs(30));
+        let resp = self.send(r).await?;
+        let bytes = self.read_limited(resp, limits::PAGE_ANSWER_BYTES, "one control page").await?;
+        let page: wire::ControlPage =
+            ciborium::from_reader(bytes.as_slice()).map_err(|e| self.malformed(e))?;
+        let decode = |b: &[u8]| SignedEntry::decode(b).map_err(|e| self.malformed(e));
+        Ok(ControlPage {
+            control_len: page.control_len,
+            entries: page.entries.iter().map(|b| decode(b)).collect::<Result<_, _>>()?,
+            checkpoint: page.checkpoint.as_deref().map(|b| decode(b)).transpose()?,
+            consistency: page.consistency.into_iter().map(|h| h.0).collect(),
+            own: page
+                .own
+                .iter()
+                .map(|(b, proof)| Ok((decode(b)?, proof.iter().map(|h| h.0).collect())))
+                .collect::<Result<_, ClientError>>()?,
+            bytes: bytes.len(),
+        })
+    }
+
+    /// Brings a light follower up to the server's control entries (page after page, without
+    /// waiting) and verifies the newest checkpoint against them and against `held`, the one
+    /// verified before. A page that does not verify is [`ClientError::Diverged`].
+    pub async fn catch_up(
+        &self,
+        follower: &mut Follower,
+        key: &PublicKey,
+        held: Option<(u64, Hash)>,
+    ) -> Result<u64, ClientError> {
+        let mut received = 0;
+        loop {
+            let has = follower.checkpoint().is_some();
+            let held_size = follower.checkpoint().or(held).map_or(0, |c| c.0);
+            let asks = follower.key(key).is_none().then_some(key);
+            let page =
+                self.control(asks, follower.control_len(), (held_size, has), None, Duration::ZERO).await?;
+            received += page.bytes as u64;
+            let done = apply_page(follower, &page, key, follower.checkpoint().or(held))?;
+            if done {
+                return Ok(received);
+            }
+        }
     }
 
     /// Raw entries from `from` on (one page).

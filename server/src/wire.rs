@@ -103,6 +103,24 @@ pub fn put_digest(ledger_id: &Hash, object: &Hash) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// `GET /v1/control` (CBOR): a light agent's page of the ledger (see `pd_ledger::partial`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPage {
+    /// Control entries the ledger holds now.
+    pub control_len: u64,
+    /// The control entries after the follower's, in order, as canonical bytes.
+    pub entries: EntryBytes,
+    /// The newest checkpoint entry, sent when every control entry before it is in this page
+    /// or before it.
+    pub checkpoint: Option<serde_bytes::ByteBuf>,
+    /// An RFC 9162 consistency proof from the follower's checkpoint to that one.
+    pub consistency: Vec<Hash>,
+    /// With `key`, a target-only key: the entries declaring it, each with its inclusion proof
+    /// in that checkpoint.
+    pub own: Vec<(serde_bytes::ByteBuf, Vec<Hash>)>,
+}
+
 /// Entries in a `GET /v1/entries` CBOR body: an array of byte strings.
 pub type EntryBytes = Vec<serde_bytes::ByteBuf>;
 
