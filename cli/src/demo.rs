@@ -252,11 +252,12 @@ impl Cluster {
                         reload,
                         objects: pd_server::agent::Objects::Server,
                         heartbeat: std::time::Duration::from_secs(10),
+                        clock: pd_server::system_clock(),
+                        random: pd_server::system_random(),
                     };
                     // Light agents, as a large fleet would run them.
-                    let replica = pd_server::agent::Replica::<pd_ledger::storage::MemStore>::Light(
-                        pd_ledger::partial::Follower::new(),
-                    );
+                    let replica =
+                        pd_server::agent::Replica::<pd_ledger::storage::MemStore>::Light(Box::default());
                     tasks
                         .push(tokio::spawn(pd_server::agent::Agent::new(cfg, replica)?.run(stop_rx.clone())));
                 }

@@ -231,7 +231,7 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         rt.block_on(client.catch_up(&mut follower, &key.public(), None)).with_context(|| {
             format!("reading the ledger's control entries from {url} to learn who this key is")
         })?;
-        Replica::Light(follower)
+        Replica::Light(Box::new(follower))
     } else {
         let mut replica = Ledger::open(FileStore::open(&a.dir.join("ledger"))?)
             .with_context(|| format!("opening the agent's ledger replica in {}", a.dir.display()))?;
@@ -243,7 +243,7 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
             }
             tracing::warn!("{url} is unreachable ({e}); starting from the replica in the agent's directory");
         }
-        Replica::Full(replica)
+        Replica::Full(Box::new(replica))
     };
     let found = pd_ledger::identify_decl(
         replica.key(&key.public()),
@@ -267,6 +267,8 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         reload,
         objects,
         heartbeat,
+        clock: pd_server::system_clock(),
+        random: pd_server::system_random(),
     };
     let agent = Agent::new(cfg, replica)?;
     let mode = if a.light { "light: control entries and checkpoints" } else { "full replica" };

@@ -212,7 +212,7 @@ pub fn check_promotion(state: &State, env: &str, version: Version, package: &Has
 /// Whether a target's ack may be appended: by a target of that environment following the
 /// package's set, of a version that was made desired in the slot before it, and, for a
 /// `loaded` ack, no downgrade from what the target loaded before unless a rollback made the
-/// lower version desired after that.
+/// lower version desired after the higher one was.
 pub fn check_ack(state: &State, e: &Entry, a: &Ack, key: &KeyState) -> Result<(), RuleError> {
     let bad = |problem: String| RuleError::BadAck { problem };
     let bound = key.decl.env.as_deref();
@@ -237,10 +237,15 @@ pub fn check_ack(state: &State, e: &Entry, a: &Ack, key: &KeyState) -> Result<()
     }
     let before = slot.report(&e.actor).and_then(|r| r.loaded.as_ref());
     if let Some(l) = before.filter(|l| l.version > a.version) {
-        if !(latest.via == Via::Rollback && latest.seq > l.seq) {
+        // The higher version was loaded while it was desired: a rollback made after that
+        // desire allows going back, even if the target's ack of the higher version landed
+        // after the rollback (acks of superseded versions are facts too).
+        let higher_desired = slot.history().iter().rev().find(|d| d.version == l.version && d.seq < l.seq);
+        let since = higher_desired.map_or(l.seq, |d| d.seq);
+        if !(latest.via == Via::Rollback && latest.seq > since) {
             return Err(bad(format!(
-                "{} loaded {} before (#{}): loading the lower {} needs a rollback to it after that",
-                e.actor, l.version, l.seq, a.version
+                "{} loaded {} before (#{}): loading the lower {} needs a rollback to it after {} was made desired",
+                e.actor, l.version, l.seq, a.version, l.version
             )));
         }
     }

@@ -961,3 +961,30 @@ fn a_statement_older_than_the_window_is_stale() {
         RuleError::StaleStatement { base, seq, window: limits::STATEMENT_WINDOW }
     );
 }
+
+/// Acks of superseded versions are facts, so one may land after a rollback; the rollback
+/// still lets the target go back (found by the fleet simulation, seed 2028609229881526261).
+#[test]
+fn a_late_ack_of_the_version_rolled_back_from_does_not_block_the_rollback() {
+    let mut d = pd_ledger::testkit::deployed(MemStore::default());
+    let (v1, h1) = (d.version, d.package);
+    let (v2, h2) = (Version::new(1, 1, 0), Hash([6; 32]));
+    let carol = key(2);
+    d.ledger.sign_append("admin", &d.admin, 2, pd_ledger::testkit::package(v2, h2)).expect("package");
+    d.ledger.sign_append("carol", &carol, 2, approve(v2, h2)).expect("approve");
+    d.ledger.sign_append("admin", &d.admin, 2, push("dev", v2, h2)).expect("push v2");
+    let back = Body::Rollback(Rollback { env: "dev".into(), version: v1, package: h1, reason: "bad".into() });
+    d.ledger.sign_append("admin", &d.admin, 3, back).expect("rollback");
+    // dev-1 loaded v2 before the rollback; its ack arrives after it.
+    d.ledger.sign_append("dev-1", &d.target, 3, ack("dev", v2, h2)).expect("a late ack of v2 is a fact");
+    d.ledger.sign_append("dev-1", &d.target, 4, ack("dev", v1, h1)).expect("the rollback lets it go back");
+    assert!(pd_ledger::adoption::adoption(d.ledger.state(), "dev", "p").adopted());
+    // Without a rollback after v2 was desired, going back stays refused.
+    let (v3, h3) = (Version::new(1, 2, 0), Hash([7; 32]));
+    d.ledger.sign_append("admin", &d.admin, 4, pd_ledger::testkit::package(v3, h3)).expect("package");
+    d.ledger.sign_append("carol", &carol, 4, approve(v3, h3)).expect("approve");
+    d.ledger.sign_append("admin", &d.admin, 4, push("dev", v3, h3)).expect("push v3");
+    d.ledger.sign_append("dev-1", &d.target, 5, ack("dev", v3, h3)).expect("loads v3");
+    let err = d.ledger.sign_append("dev-1", &d.target, 5, ack("dev", v1, h1)).expect_err("a downgrade");
+    assert!(err.to_string().contains("needs a rollback"), "{err}");
+}

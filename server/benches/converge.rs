@@ -152,10 +152,12 @@ fn run(n: usize, runs: usize, light: bool) -> Measured {
                 reload: Reload::None,
                 objects: pd_server::agent::Objects::Server,
                 heartbeat: Duration::from_secs(60),
+                clock: pd_server::system_clock(),
+                random: pd_server::system_random(),
             };
             let replica = match light {
-                true => Replica::Light(pd_ledger::partial::Follower::new()),
-                false => Replica::Full(Ledger::open(MemStore::default()).expect("replica")),
+                true => Replica::Light(Box::default()),
+                false => Replica::Full(Box::new(Ledger::open(MemStore::default()).expect("replica"))),
             };
             let agent = Agent::new(cfg, replica).expect("agent");
             statuses.push(agent.status());
@@ -163,27 +165,25 @@ fn run(n: usize, runs: usize, light: bool) -> Measured {
         }
         // Every agent is following: full ones hold an event stream, light ones a long poll.
         let deadline = Instant::now() + Duration::from_secs(300);
-        while light {
-            if statuses.iter().all(|s| s.borrow().following) {
+        loop {
+            let following = statuses.iter().filter(|s| s.borrow().following).count();
+            let ready = if light {
+                following == n
+            } else {
+                let text =
+                    reqwest::get(format!("{url}/metrics")).await.expect("metrics").text().await.expect("text");
+                let streams = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("pd_event_streams_total "))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                streams >= n
+            };
+            if ready {
                 break;
             }
-            let following = statuses.iter().filter(|s| s.borrow().following).count();
             assert!(Instant::now() < deadline, "only {following} of {n} agents started following");
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        while !light {
-            let text =
-                reqwest::get(format!("{url}/metrics")).await.expect("metrics").text().await.expect("text");
-            let streams = text
-                .lines()
-                .find_map(|l| l.strip_prefix("pd_event_streams_total "))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            if streams >= n {
-                break;
-            }
-            assert!(Instant::now() < deadline, "agents did not subscribe");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut replica = Ledger::open(MemStore::default()).expect("replica");
         client.sync(&mut replica, None).await.expect("sync");

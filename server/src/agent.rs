@@ -63,6 +63,10 @@ pub struct AgentConfig {
     pub objects: Objects,
     /// How often to send a heartbeat.
     pub heartbeat: Duration,
+    /// "Now", for statements and heartbeats ([`crate::system_clock`] outside tests).
+    pub clock: crate::Clock,
+    /// Randomness, for the pauses between reconnects ([`crate::system_random`]).
+    pub random: crate::Random,
 }
 
 /// Where an agent fetches artifacts by content hash. Whatever the source, the agent checks
@@ -111,9 +115,9 @@ struct Local {
 pub enum Replica<S: LedgerStore> {
     /// Every entry, checked with the rule and its signature (and kept in `S`): what auditors
     /// and deployers hold.
-    Full(Ledger<S>),
+    Full(Box<Ledger<S>>),
     /// Control entries and checkpoints only, kept in memory and fetched again at start.
-    Light(Follower),
+    Light(Box<Follower>),
 }
 
 impl<S: LedgerStore> Replica<S> {
@@ -251,6 +255,7 @@ impl<S: LedgerStore> Agent<S> {
     /// sends a heartbeat every interval meanwhile.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
         let beats = tokio::spawn(heartbeats(
+            self.cfg.clock.clone(),
             self.cfg.client.clone(),
             self.cfg.actor.clone(),
             SecretKey::from_seed(self.cfg.key.seed()),
@@ -276,7 +281,7 @@ impl<S: LedgerStore> Agent<S> {
                     )))
                 }
                 Err(e) => {
-                    let wait = full_jitter(pause);
+                    let wait = full_jitter(pause, (self.cfg.random)());
                     tracing::warn!(env = %self.cfg.env, "agent: {e:#}; retrying in {wait:?}");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {},
@@ -531,7 +536,7 @@ impl<S: LedgerStore> Agent<S> {
         });
         let (c, id) = (&self.cfg, self.replica.state().ledger_id());
         let base = self.replica.verified_len();
-        match c.client.append_blind(&id, base, &c.actor, &c.key, crate::now_ms(), body).await {
+        match c.client.append_blind(&id, base, &c.actor, &c.key, (c.clock)(), body).await {
             Ok(receipt) if failed => {
                 self.failed.insert(set.to_string(), (desired.seq, receipt.seq));
                 Ok(())
@@ -731,11 +736,8 @@ pub async fn serve_health(
 /// A pause drawn uniformly from `[0, ceiling]` ("full jitter"), the ceiling doubling per
 /// failure up to [`RECONNECT_CEILING`]: a fleet that lost its server comes back spread over
 /// the whole window, not in step.
-fn full_jitter(ceiling: Duration) -> Duration {
-    let mut b = [0u8; 4];
-    // Without randomness (never on Linux) the middle of the window is still a spread-out guess.
-    let r = getrandom::fill(&mut b).map_or(u32::MAX / 2, |()| u32::from_le_bytes(b));
-    ceiling.mul_f64(f64::from(r) / f64::from(u32::MAX))
+fn full_jitter(ceiling: Duration, random: u64) -> Duration {
+    ceiling.mul_f64(random as f64 / u64::MAX as f64)
 }
 
 /// Holds a full replica to the newest checkpoint this agent verified before (`held`): the
@@ -780,6 +782,7 @@ const RECONNECT_CEILING: Duration = Duration::from_secs(5);
 
 /// Sends a signed heartbeat every `interval` with what `status` says, until `stop`.
 async fn heartbeats(
+    clock: crate::Clock,
     client: Client,
     target: String,
     key: SecretKey,
@@ -801,7 +804,7 @@ async fn heartbeats(
         let hb = Heartbeat {
             ledger_id: s.ledger_id,
             target: target.clone(),
-            time_ms: crate::now_ms(),
+            time_ms: clock(),
             interval_ms: interval.as_millis() as u64,
             running: s.running,
             replica_len: s.replica_len,
@@ -910,7 +913,8 @@ mod tests {
     #[test]
     fn reconnect_pauses_spread_over_the_whole_window() {
         let ceiling = Duration::from_secs(4);
-        let pauses: Vec<Duration> = (0..400).map(|_| full_jitter(ceiling)).collect();
+        let random = crate::system_random();
+        let pauses: Vec<Duration> = (0..400).map(|_| full_jitter(ceiling, random())).collect();
         assert!(pauses.iter().all(|p| *p <= ceiling));
         // 400 uniform draws: each quarter of the window gets some (fails with odds ~1e-49).
         for q in 0..4u32 {

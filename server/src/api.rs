@@ -30,8 +30,8 @@ use pd_ledger::ledger::Batch;
 use crate::sequencer::{self, ControlQuery};
 use pd_ledger::proof::Proof;
 use pd_ledger::{
-    Hash, Ledger, LedgerError, LedgerStore, PublicKey, RuleError, SecretKey, SignedEntry, State,
-    Statement, StorageError,
+    Hash, Ledger, LedgerError, LedgerStore, PublicKey, RuleError, SecretKey, SignedEntry, State, Statement,
+    StorageError,
 };
 use pd_store::{BlobStore, StoreError};
 use serde::Deserialize;
@@ -917,10 +917,8 @@ fn group_commit(app: &App, mut batch: Batch, jobs: Vec<Job>) -> Option<Batch> {
             Job::Checkpoint => asked = true,
         }
     }
-    let checkpointing = sequencer::Checkpointing {
-        every: app.opts.checkpoint_every,
-        signer: app.opts.head_signer.as_ref(),
-    };
+    let checkpointing =
+        sequencer::Checkpointing { every: app.opts.checkpoint_every, signer: app.opts.head_signer.as_ref() };
     let placed = sequencer::place(&mut batch, statements, now, checkpointing, asked);
     let answers: Vec<_> =
         replies.into_iter().zip(placed).map(|(reply, p)| (reply, p.map_err(LedgerError::Refused))).collect();

@@ -46,6 +46,27 @@ pub struct ControlPage {
     pub bytes: usize,
 }
 
+impl ControlPage {
+    /// Decodes a page's entries (`bytes`: what it took on the wire). Not yet verified.
+    pub fn decode(
+        page: wire::ControlPage,
+        bytes: usize,
+    ) -> Result<ControlPage, pd_ledger::entry::EncodingError> {
+        Ok(ControlPage {
+            control_len: page.control_len,
+            entries: page.entries.iter().map(|b| SignedEntry::decode(b)).collect::<Result<_, _>>()?,
+            checkpoint: page.checkpoint.as_deref().map(|b| SignedEntry::decode(b)).transpose()?,
+            consistency: page.consistency.into_iter().map(|h| h.0).collect(),
+            own: page
+                .own
+                .iter()
+                .map(|(b, proof)| Ok((SignedEntry::decode(b)?, proof.iter().map(|h| h.0).collect())))
+                .collect::<Result<_, pd_ledger::entry::EncodingError>>()?,
+            bytes,
+        })
+    }
+}
+
 /// A failure talking to the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -253,19 +274,7 @@ impl Client {
         let bytes = self.read_limited(resp, limits::PAGE_ANSWER_BYTES, "one control page").await?;
         let page: wire::ControlPage =
             ciborium::from_reader(bytes.as_slice()).map_err(|e| self.malformed(e))?;
-        let decode = |b: &[u8]| SignedEntry::decode(b).map_err(|e| self.malformed(e));
-        Ok(ControlPage {
-            control_len: page.control_len,
-            entries: page.entries.iter().map(|b| decode(b)).collect::<Result<_, _>>()?,
-            checkpoint: page.checkpoint.as_deref().map(|b| decode(b)).transpose()?,
-            consistency: page.consistency.into_iter().map(|h| h.0).collect(),
-            own: page
-                .own
-                .iter()
-                .map(|(b, proof)| Ok((decode(b)?, proof.iter().map(|h| h.0).collect())))
-                .collect::<Result<_, ClientError>>()?,
-            bytes: bytes.len(),
-        })
+        ControlPage::decode(page, bytes.len()).map_err(|e| self.malformed(e))
     }
 
     /// Brings a light follower up to the server's control entries (page after page, without

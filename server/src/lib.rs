@@ -23,6 +23,19 @@ pub use client::Client;
 /// agent so a test can run them on a simulated clock.
 pub type Clock = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
+/// A source of random numbers (jittered pauses), passed into the agent so a simulation
+/// can seed it.
+pub type Random = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The operating system's randomness as a [`Random`].
+pub fn system_random() -> Random {
+    std::sync::Arc::new(|| {
+        let mut b = [0u8; 8];
+        // Without randomness (never on Linux) the middle of the range is still a spread-out guess.
+        getrandom::fill(&mut b).map_or(u64::MAX / 2, |()| u64::from_le_bytes(b))
+    })
+}
+
 /// The system clock as a [`Clock`].
 pub fn system_clock() -> Clock {
     std::sync::Arc::new(now_ms)

@@ -4,9 +4,11 @@
 //! simulation (`server/tests/simulation.rs`), so what it checks is what the server runs.
 //! No I/O but the ledger store's reads, no clock (`now` is an argument), no randomness.
 
-use pd_ledger::merkle::Digest32;
 use pd_ledger::ledger::Batch;
-use pd_ledger::{Body, Hash, Ledger, LedgerStore, PublicKey, RuleError, SecretKey, SignedEntry, State, Statement};
+use pd_ledger::merkle::Digest32;
+use pd_ledger::{
+    Body, Hash, Ledger, LedgerStore, PublicKey, RuleError, SecretKey, SignedEntry, State, Statement,
+};
 
 use crate::wire::{self, Receipt};
 
@@ -33,7 +35,8 @@ impl Checkpointing<'_> {
         if covered || state.is_empty() {
             return false;
         }
-        let moves = |e: &SignedEntry| matches!(e.entry.body, Body::Push(_) | Body::Rollback(_) | Body::Retry(_));
+        let moves =
+            |e: &SignedEntry| matches!(e.entry.body, Body::Push(_) | Body::Rollback(_) | Body::Retry(_));
         asked || placed.iter().any(moves) || state.len() - since >= self.every
     }
 
@@ -124,7 +127,9 @@ pub fn control_plan<S: LedgerStore>(
     let cp = st.latest_checkpoint().filter(|c| c.checkpoint.control_size <= reaches);
     let cp = cp.filter(|c| !(q.has && c.checkpoint.size == q.held && key.is_none()));
     let consistency = match cp {
-        Some(c) if q.held <= c.checkpoint.size => ledger.tree().consistency_proof(q.held, c.checkpoint.size)?,
+        Some(c) if q.held <= c.checkpoint.size => {
+            ledger.tree().consistency_proof(q.held, c.checkpoint.size)?
+        }
         _ => Vec::new(),
     };
     let declared = key.and_then(|k| st.active_key_by_public(k)).filter(|k| k.decl.is_target_only());
@@ -149,7 +154,11 @@ impl ControlPlan {
         for seq in self.seqs {
             let entry = read(seq)?;
             if !entries.is_empty() && bytes + entry.len() > crate::limits::PAGE_ENTRY_BYTES {
-                return Ok(wire::ControlPage { control_len: self.control_len, entries, ..Default::default() });
+                return Ok(wire::ControlPage {
+                    control_len: self.control_len,
+                    entries,
+                    ..Default::default()
+                });
             }
             bytes += entry.len();
             entries.push(serde_bytes::ByteBuf::from(entry));
