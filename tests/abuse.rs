@@ -310,3 +310,43 @@ fn a_client_refuses_an_entries_page_larger_than_its_limit() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("sent more than 17 MiB for one entries page; refusing it"), "{text}");
 }
+
+#[test]
+fn a_light_agent_refuses_a_control_page_larger_than_its_limit() {
+    let url = hostile(64 << 20);
+    let w = World::standard();
+    let dir = w.path("agent");
+    let args = ["--server", &url, "agent", "--light", "--dir", dir.to_str().expect("path")];
+    let out = w.pd("dev-1", &args).output().expect("run pd");
+    let text = pd_e2e::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("sent more than 17 MiB for one control page; refusing it"), "{text}");
+}
+
+#[test]
+fn an_agent_refuses_an_artifact_larger_than_its_package_entry_and_says_so() {
+    // The artifact source sends 1 MiB for every hash; the package's tarball is far smaller.
+    let objects = hostile(MIB as usize);
+    let w = World::packaged();
+    let mut net = Net::start(&w);
+    for (t, extra) in [("dev-1", vec![]), ("dev-2", vec!["--light"])] {
+        let mut args = vec!["--objects", objects.as_str()];
+        args.extend(extra);
+        net.agent_with(t, "dev", &[], &args);
+    }
+    let out = net
+        .run("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "go", "--timeout", "60s"]);
+    let text = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let failures: Vec<String> = net
+        .log()
+        .iter()
+        .filter(|e| e["kind"] == "ack")
+        .filter_map(|e| e["body"]["ack"]["outcome"]["failed"].as_str().map(String::from))
+        .collect();
+    assert_eq!(failures.len(), 2, "both agents acked a failure: {failures:?}\n{text}");
+    for f in &failures {
+        assert!(f.contains("the size its package entry records; refusing it"), "{f}");
+    }
+    assert!(!net.agent_dir("dev-1").join("current").exists(), "nothing was installed");
+}

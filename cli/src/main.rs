@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: `pd serve` and `pd agent` allocate from many threads at once (see the
+/// workspace's Cargo.toml and BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match pd_cli::run(std::env::args_os()) {
         Ok(()) => ExitCode::SUCCESS,

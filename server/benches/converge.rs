@@ -10,6 +10,10 @@
 
 use std::time::{Duration, Instant};
 
+/// The allocator of the `pd` binary, which this bench stands in for.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use pd_ledger::file_store::FileStore;
 use pd_ledger::storage::MemStore;
 use pd_ledger::{Approve, Body, Genesis, Hash, KeyDecl, Ledger, Push, Role, SecretKey, State, Version};
@@ -170,8 +174,12 @@ fn run(n: usize, runs: usize, light: bool) -> Measured {
             let ready = if light {
                 following == n
             } else {
-                let text =
-                    reqwest::get(format!("{url}/metrics")).await.expect("metrics").text().await.expect("text");
+                let text = reqwest::get(format!("{url}/metrics"))
+                    .await
+                    .expect("metrics")
+                    .text()
+                    .await
+                    .expect("text");
                 let streams = text
                     .lines()
                     .find_map(|l| l.strip_prefix("pd_event_streams_total "))
@@ -288,6 +296,11 @@ fn raise_fd_limit() {
 }
 
 fn main() {
+    // Library errors without backtraces, as in production: sequoia's certificate parser makes
+    // anyhow errors internally, and under RUST_BACKTRACE=1 each one would capture a
+    // backtrace, 10,000 times a wave. Panics keep theirs. Set before any thread starts; the
+    // server process inherits it.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, dir, n, ..] = args.as_slice() {
@@ -306,7 +319,7 @@ fn main() {
     for light in modes {
         let default = if light { vec![10, 100, 1000] } else { vec![10, 100] };
         for &n in if sizes.is_empty() { &default } else { &sizes } {
-            let runs = if n >= 1000 { 3 } else { 5 };
+            let runs = 5;
             let m = run(n, runs, light);
             println!(
                 "| {n} | {} | {runs} | {:.3} s | {:.3} s | {:.3} s | {:.3} s | {:.0}, {} | {:.1}, {} |",

@@ -389,7 +389,7 @@ impl<S: LedgerStore> Agent<S> {
                 _ = stop.changed() => return Ok(()),
             };
             let signatures =
-                page.entries.len() as u64 + 2 * u64::from(page.checkpoint.is_some()) + page.own.len() as u64;
+                page.entries.len() as u64 + u64::from(page.checkpoint.is_some()) + page.own.len() as u64;
             let caught_up = crate::client::apply_page(f, &page, &me, held)?;
             let verified = f.checkpoint();
             self.count(page.bytes as u64, signatures);

@@ -145,8 +145,9 @@ type App = Arc<Shared>;
 /// A target's newest heartbeat: when it arrived (server clock), its own time, its bytes.
 type KeptHeartbeat = (u64, u64, Vec<u8>);
 
-/// Objects up to this size are kept in memory once read and verified…
-const SMALL_OBJECT: usize = 256 * 1024;
+/// Objects up to this size are kept in memory once read and verified (served without a read
+/// per request; larger ones stream from their file)…
+const SMALL_OBJECT: usize = 4 * 1024 * 1024;
 /// …up to this much in all (then the cache starts over).
 const SMALL_OBJECTS_BUDGET: usize = 64 * 1024 * 1024;
 
