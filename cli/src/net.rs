@@ -231,6 +231,13 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         rt.block_on(client.catch_up(&mut follower, &key.public(), None)).with_context(|| {
             format!("reading the ledger's control entries from {url} to learn who this key is")
         })?;
+        if follower.checkpoint().is_none() {
+            crate::refuse!(
+                "pd agent --light: {url} has signed no checkpoint yet, and a light agent verifies \
+                 everything against one; start pd serve with a key that has the log role \
+                 (pd serve --as NAME), or run the agent without --light"
+            );
+        }
         Replica::Light(Box::new(follower))
     } else {
         let mut replica = Ledger::open(FileStore::open(&a.dir.join("ledger"))?)

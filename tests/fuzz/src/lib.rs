@@ -199,10 +199,13 @@ pub enum Wire {
     Range = 7,
     /// `Last-Event-ID` header of the event stream: `wire::next_after_last_event_id`.
     LastEventId = 8,
+    /// What a light agent reads back: a `GET /v1/control` page (CBOR), folded into a
+    /// `partial::Follower` with its checkpoint and own-key entries.
+    ControlResponse = 9,
 }
 
 impl Wire {
-    const ALL: [Wire; 9] = [
+    const ALL: [Wire; 10] = [
         Wire::StatementBody,
         Wire::HashPath,
         Wire::UploadAuth,
@@ -212,6 +215,7 @@ impl Wire {
         Wire::JsonResponses,
         Wire::Range,
         Wire::LastEventId,
+        Wire::ControlResponse,
     ];
 }
 
@@ -230,6 +234,32 @@ pub fn server_requests(data: &[u8]) {
         Wire::JsonResponses => json_responses(rest),
         Wire::Range => range(rest),
         Wire::LastEventId => last_event_id(rest),
+        Wire::ControlResponse => control_response(rest),
+    }
+}
+
+/// A hostile server's control page never panics the follower, and what it folds it verified.
+fn control_response(data: &[u8]) {
+    let Ok(page) = ciborium::from_reader::<wire::ControlPage, _>(data) else { return };
+    let entries: Vec<SignedEntry> = page.entries.iter().filter_map(|b| SignedEntry::decode(b).ok()).collect();
+    let mut f = pd_ledger::partial::Follower::new();
+    let folded = f.apply(&entries);
+    assert!(f.control_len() <= entries.len() as u64, "folds only what it was given");
+    assert_eq!(folded.is_ok(), f.control_len() == entries.len() as u64, "a refusal stops the fold");
+    if let Some(cp) = page.checkpoint.as_deref().and_then(|b| SignedEntry::decode(b).ok()) {
+        let proof: Vec<_> = page.consistency.iter().map(|h| h.0).collect();
+        let _ = f.clone().accept_checkpoint(&cp, &proof, Some((1, Hash::ZERO)));
+        let _ = f.accept_checkpoint(&cp, &proof, None);
+    }
+    let own: Vec<_> = page
+        .own
+        .iter()
+        .filter_map(|(b, p)| Some((SignedEntry::decode(b).ok()?, p.iter().map(|h| h.0).collect())))
+        .collect();
+    if let Some((e, _)) = own.first() {
+        if let pd_ledger::Body::KeyAdd(d) = &e.entry.body {
+            let _ = f.accept_own(&d.public_key, &own);
+        }
     }
 }
 

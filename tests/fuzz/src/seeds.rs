@@ -148,11 +148,39 @@ fn wire_seeds(d: &Deployed<MemStore>, all: &[SignedEntry]) -> BTreeMap<String, V
         ("3-entry-body.cbor".to_string(), tagged(W::EntryBody, &push.bytes)),
         ("4-entries-response.cbor".to_string(), tagged(W::EntriesResponse, listed_cbor)),
         ("5-event.json".to_string(), tagged(W::EventResponse, json(&wire::Event::of(push)))),
-        ("6-receipt.json".to_string(), tagged(W::JsonResponses, json(&wire::Receipt { seq: push.entry.seq, id: push.id }))),
+        (
+            "6-receipt.json".to_string(),
+            tagged(W::JsonResponses, json(&wire::Receipt { seq: push.entry.seq, id: push.id })),
+        ),
         ("6-head.json".to_string(), tagged(W::JsonResponses, json(&head))),
         ("7-range.bin".to_string(), tagged(W::Range, [&4096u64.to_le_bytes()[..], b"bytes=10-99"].concat())),
         ("8-last-event-id.txt".to_string(), tagged(W::LastEventId, "41")),
+        ("9-control.cbor".to_string(), tagged(W::ControlResponse, control_page(d, all))),
     ])
+}
+
+/// A light agent's page over the whole fixture: its control entries and a checkpoint.
+fn control_page(d: &Deployed<MemStore>, all: &[SignedEntry]) -> Vec<u8> {
+    let mut st = pd_ledger::State::default();
+    let mut entries = Vec::new();
+    for e in all {
+        if st.is_control(&e.entry.body) {
+            entries.push(e.bytes.clone().into());
+        }
+        st.apply(e);
+    }
+    let body = d.ledger.state().sign_checkpoint(&d.admin);
+    let checkpoint = d.ledger.sign_next("admin", &d.admin, d.ledger.state().last_time_ms(), body);
+    let page = wire::ControlPage {
+        control_len: entries.len() as u64,
+        entries,
+        checkpoint: Some(checkpoint.bytes.into()),
+        consistency: Vec::new(),
+        own: Vec::new(),
+    };
+    let mut out = Vec::new();
+    ciborium::into_writer(&page, &mut out).expect("CBOR");
+    out
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -303,6 +331,14 @@ fn every_seed_is_accepted_and_passes_its_target() {
             "8-last-event-id.txt" => {
                 wire::next_after_last_event_id(std::str::from_utf8(body).expect("UTF-8")).is_some()
             }
+            "9-control.cbor" => ciborium::from_reader::<wire::ControlPage, _>(body).is_ok_and(|page| {
+                let entries: Vec<SignedEntry> =
+                    page.entries.iter().map(|b| SignedEntry::decode(b).expect("entry")).collect();
+                let mut f = pd_ledger::partial::Follower::new();
+                let checkpoint =
+                    SignedEntry::decode(page.checkpoint.as_deref().expect("checkpoint")).expect("entry");
+                f.apply(&entries).is_ok() && f.accept_checkpoint(&checkpoint, &[], None).is_ok()
+            }),
             other => panic!("no acceptance check for seed {other}"),
         };
         assert!(accepted, "server_requests/{name} is not accepted by its decoder: update wire_seeds");
