@@ -177,20 +177,41 @@ async fn acker(
     }
 }
 
-/// 1,000 clients acking over HTTP: entries/s.
-fn over_http() -> f64 {
+/// Runs `body` with a client of a fresh server over the fixture and the server's head, then
+/// stops the server.
+fn with_server<T>(body: impl AsyncFnOnce(Client, pd_server::wire::HeadInfo) -> T) -> T {
     let dir = disk_dir();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let (url, stop_server) = server(dir.path()).await;
         let client = Client::new(&url, None).expect("client");
         let head = client.head().await.expect("head");
+        let out = body(client, head).await;
+        let _ = stop_server.send(true);
+        out
+    })
+}
+
+/// One [`acker`] per target in `targets` (a target may repeat), counting into `landed`.
+fn ackers(
+    client: &Client,
+    head: &pd_server::wire::HeadInfo,
+    targets: impl Iterator<Item = usize>,
+    stop: &Arc<AtomicBool>,
+    landed: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    targets
+        .map(|t| {
+            tokio::spawn(acker(client.clone(), head.ledger_id, t, head.len, stop.clone(), landed.clone()))
+        })
+        .collect()
+}
+
+/// 1,000 clients acking over HTTP: entries/s.
+fn over_http() -> f64 {
+    with_server(async |client, head| {
         let (stop, landed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let tasks: Vec<_> = (0..TARGETS)
-            .map(|t| {
-                tokio::spawn(acker(client.clone(), head.ledger_id, t, head.len, stop.clone(), landed.clone()))
-            })
-            .collect();
+        let tasks = ackers(&client, &head, 0..TARGETS, &stop, &landed);
         // Warm up (connections, caches), then count.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (from, start) = (landed.load(Relaxed), Instant::now());
@@ -200,37 +221,18 @@ fn over_http() -> f64 {
         for t in tasks {
             t.await.expect("acker");
         }
-        let _ = stop_server.send(true);
         rate
     })
 }
 
 /// The deployer's push latencies (s) while 100 clients ack and one key floods.
 fn push_under_flood(pushes: u32) -> (Vec<f64>, u64, u64) {
-    let dir = disk_dir();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let (url, stop_server) = server(dir.path()).await;
-        let client = Client::new(&url, None).expect("client");
-        let head = client.head().await.expect("head");
+    with_server(async |client, head| {
         let (stop, landed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let mut tasks: Vec<_> = (0..100)
-            .map(|t| {
-                tokio::spawn(acker(client.clone(), head.ledger_id, t, head.len, stop.clone(), landed.clone()))
-            })
-            .collect();
+        let mut tasks = ackers(&client, &head, 0..100, &stop, &landed);
         // The flood: one key, 64 statements at a time.
         let flooded = Arc::new(AtomicU64::new(0));
-        for _ in 0..64 {
-            tasks.push(tokio::spawn(acker(
-                client.clone(),
-                head.ledger_id,
-                TARGETS - 1,
-                head.len,
-                stop.clone(),
-                flooded.clone(),
-            )));
-        }
+        tasks.extend(ackers(&client, &head, std::iter::repeat_n(TARGETS - 1, 64), &stop, &flooded));
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut replica = Ledger::open(MemStore::default()).expect("replica");
         let (admin, carol) = (admin(), carol());
@@ -258,7 +260,6 @@ fn push_under_flood(pushes: u32) -> (Vec<f64>, u64, u64) {
         for t in tasks {
             t.await.expect("acker");
         }
-        let _ = stop_server.send(true);
         latencies.sort_by(f64::total_cmp);
         (latencies, landed.load(Relaxed), flooded.load(Relaxed))
     })
