@@ -244,3 +244,33 @@ fn a_package_built_in_a_git_tree_records_its_commit_and_require_clean_refuses_a_
     let out = w.verify(&[file.to_str().expect("path")]);
     assert!(pd_e2e::text(&out).contains(&format!("git {head}")), "{}", pd_e2e::text(&out));
 }
+
+/// `pd … | head` closes the pipe before pd is done writing: pd ends quietly with the exit
+/// code of what it did (0 here), and a write it reports was made all the same.
+#[test]
+fn a_closed_pipe_ends_pd_quietly_with_the_commands_own_exit_code() {
+    let w = world();
+    w.write("web_policy.yaml", "csp: strict\n");
+    let commands: [&[&str]; 4] = [
+        &["ledger", "log"],
+        &["state"],
+        &["key", "list", "--json"],
+        &["ledger", "package", "web_policy.yaml", "--reason", "piped"],
+    ];
+    for args in commands {
+        let mut child = w
+            .pd("", args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run pd");
+        // The reader is gone before pd writes a byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("pd ends");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "pd {args:?}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "pd {args:?}: {err}");
+    }
+    let log = w.ok("", &["ledger", "log", "--json"]);
+    assert!(log.contains("PD-0.2.0"), "the package written with a closed pipe is in the ledger");
+}

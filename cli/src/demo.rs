@@ -49,7 +49,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let mut step = Step { home: &home, policy: &policy, server: None };
     setup(&step)?;
     let cluster = Cluster::start(&home, &dir)?;
-    println!(
+    outln!(
         "\n# pd serve runs at {}; each target runs `pd agent` beside an example target \
          ({} of them; prod-3 cannot load PD-23.1.0)",
         cluster.url,
@@ -62,11 +62,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         told.and_then(|()| step.pd("", &format!("ledger export {} --with-artifacts", export.display())));
     cluster.stop()?;
     exported?;
-    println!("\n$ pd-verify {}", export.display());
+    outln!("\n$ pd-verify {}", export.display());
     let report = pd_verify::verify_file(&export, None).context("pd-verify on the demo's export")?;
     pd_verify::print_report(&report);
     if keep {
-        println!("\ndemo files kept in {}", dir.display());
+        outln!("\ndemo files kept in {}", dir.display());
     }
     Ok(())
 }
@@ -92,7 +92,7 @@ impl Step<'_> {
     fn run(&self, actor: &str, args: &str, expect: Expect) -> Result<()> {
         let shown = args.replace(&self.policy.display().to_string(), "governance/llm_policy.yaml");
         let who = if actor.is_empty() { String::new() } else { format!("--as {actor} ") };
-        println!("\n$ pd {who}{shown}");
+        outln!("\n$ pd {who}{shown}");
         let mut argv = vec!["pd".to_string(), "--home".into(), self.home.display().to_string()];
         if let Some(url) = &self.server {
             argv.extend(["--server".to_string(), url.clone()]);
@@ -104,7 +104,7 @@ impl Step<'_> {
         match (crate::run(argv), expect) {
             (Ok(()), Expect::Success) => Ok(()),
             (Err(e), Expect::Refusal) => {
-                println!("✘ refused: {}", crate::output::chain(&e));
+                outln!("✘ refused: {}", crate::output::chain(&e));
                 Ok(())
             }
             (Ok(()), Expect::Refusal) => {
@@ -154,7 +154,7 @@ const BROKEN_ON_PROD_3: &str = "PD-23.1.0";
 fn setup(s: &Step) -> Result<()> {
     let p = s.policy.display().to_string();
     s.pd("", "init")?;
-    println!(
+    outln!(
         "\n# One machine plays everyone, so the admin makes carol's and the targets' keys here \
          (--generate-here): the ledger records them in admin custody and pd-verify reports their \
          approvals and acks as not independent. For real, each holder runs `pd key gen NAME` and \
@@ -173,7 +173,7 @@ fn story(s: &Step) -> Result<()> {
     let p = s.policy.display().to_string();
     s.pd("", &format!("ledger deploy {p} --reason \"Baseline rollout\""))?;
 
-    println!("\n# Governance adds an openai block to llm_policy.yaml");
+    outln!("\n# Governance adds an openai block to llm_policy.yaml");
     let mut text = std::fs::read_to_string(s.policy)?;
     text.push_str(WITH_OPENAI);
     std::fs::write(s.policy, text)?;
@@ -184,11 +184,11 @@ fn story(s: &Step) -> Result<()> {
     s.pd("carol", "ledger approve PD-23.1.0 --reason \"Approved in HITL by Carol\"")?;
     s.refused("", "ledger deploy PD-23.1.0 --env prod --reason \"skip ahead\" --no-wait")?;
 
-    println!("\n# prod-3 cannot load it: the deploy rolls prod back by itself");
+    outln!("\n# prod-3 cannot load it: the deploy rolls prod back by itself");
     s.refused("", &format!("ledger deploy {p} --reason \"{reason}\" --auto-rollback --timeout 60s"))?;
     s.pd("", "state prod")?;
 
-    println!("\n# Staging should match prod until prod-3 is fixed: one command");
+    outln!("\n# Staging should match prod until prod-3 is fixed: one command");
     s.pd("", "ledger rollback staging --reason \"Match prod while prod-3 is fixed\" --timeout 60s")?;
     s.pd("", "state")?;
     s.pd("", "ledger log")

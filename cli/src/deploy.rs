@@ -162,7 +162,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
                 json!({ "event": "retry", "env": env, "version": version, "seq": seq, "targets": failed }),
             )?;
             if !ctx.json {
-                println!("  {} asked to retry {version} in {env} at #{}", failed.join(", "), entry.entry.seq);
+                outln!("  {} asked to retry {version} in {env} at #{}", failed.join(", "), entry.entry.seq);
             }
         } else if desired != Some(version) {
             let revert = std::path::Path::new(&a.target).exists();
@@ -173,10 +173,10 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
                         if matches!(entry.entry.body, Body::Rollback(_)) { "rolled back" } else { "pushed" };
                     ctx.progress(json!({ "event": how, "env": env, "version": version, "seq": seq }))?;
                     if !ctx.json {
-                        println!("  {version} {how} to {env} at #{}", entry.entry.seq);
+                        outln!("  {version} {how} to {env} at #{}", entry.entry.seq);
                     }
                 }
-                None if !ctx.json => println!("  {version} was just pushed to {env} by another deploy"),
+                None if !ctx.json => outln!("  {version} was just pushed to {env} by another deploy"),
                 None => {}
             }
         } else if here.adopted_version(version) {
@@ -418,7 +418,7 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
     let expected: Vec<String> =
         pd_ledger::adoption::adoption_of(&state, env, version).targets.into_iter().map(|(n, _)| n).collect();
     if !ctx.json {
-        println!("  waiting for {} target(s) in {env}: {}", expected.len(), expected.join(", "));
+        outln!("  waiting for {} target(s) in {env}: {}", expected.len(), expected.join(", "));
     }
     loop {
         let a = pd_ledger::adoption::adoption_of(&state, env, version);

@@ -441,7 +441,7 @@ fn pending(ctx: &Ctx) -> Result<()> {
         output::ok("no key changes waiting");
     }
     for (p, approvers, have) in rows {
-        println!(
+        outln!(
             "#{:<6} {} · {have} of {} admins ({}) · pd key approve {}",
             p.seq,
             describe(&p.change),
@@ -485,7 +485,7 @@ fn list(ctx: &Ctx) -> Result<()> {
             0 => String::new(),
             n => format!(" · rotated {n}× (current since #{})", k.since_seq),
         };
-        println!(
+        outln!(
             "{:<16} {:<28}{env} added #{} · custody {}{rotated} · {status}",
             k.decl.name,
             roles.join(","),
@@ -502,10 +502,10 @@ fn export(ctx: &Ctx, name: &str, openpgp: bool, vkey: bool) -> Result<()> {
         refuse!("no key named {name:?} in this ledger; see `pd key list`");
     };
     match (openpgp, &key.decl.openpgp) {
-        (true, Some(cert)) => print!("{cert}"),
+        (true, Some(cert)) => out!("{cert}"),
         (true, None) => refuse!("key {name:?} has no OpenPGP certificate"),
-        (false, _) if vkey => println!("{}", state.note_vkey(&key.decl.public_key)),
-        (false, _) => println!("{}", key.decl.public_key),
+        (false, _) if vkey => outln!("{}", state.note_vkey(&key.decl.public_key)),
+        (false, _) => outln!("{}", key.decl.public_key),
     }
     Ok(())
 }

@@ -333,9 +333,9 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
         output::size(p.tarball.size)
     ));
     output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(fpr)));
-    println!("  sha256  {}", p.tarball.sha256);
-    println!("  blake3  {}", p.tarball.blake3);
-    println!("  entry   #{} {}", entry.entry.seq, entry.id.short());
+    outln!("  sha256  {}", p.tarball.sha256);
+    outln!("  blake3  {}", p.tarball.blake3);
+    outln!("  entry   #{} {}", entry.entry.seq, entry.id.short());
     output::next(format!("an approver runs `pd ledger approve {} --reason \"…\"`", p.version));
     Ok(())
 }
@@ -435,9 +435,12 @@ fn ack(ctx: &Ctx, version: Version, failed: Option<String>) -> Result<()> {
             "{} loaded {} in {} (#{})",
             entry.entry.actor, a.version, a.env, entry.entry.seq
         )),
-        Outcome::Failed(e) => println!(
+        Outcome::Failed(e) => outln!(
             "✘ {} failed to load {} in {}: {e} (#{})",
-            entry.entry.actor, a.version, a.env, entry.entry.seq
+            entry.entry.actor,
+            a.version,
+            a.env,
+            entry.entry.seq
         ),
     }
     Ok(())
@@ -594,7 +597,7 @@ fn log(ctx: &Ctx) -> Result<()> {
         return ctx.emit(&entries.iter().map(entry_json).collect::<Vec<_>>());
     }
     for e in entries {
-        println!(
+        outln!(
             "#{:<5} {} {:<12} {:<10} {}",
             e.entry.seq,
             output::time(e.entry.time_ms),
@@ -630,25 +633,27 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
         v["approvals"] = serde_json::to_value(&approvals)?;
         return ctx.emit(&v);
     }
-    println!("entry #{} {}", entry.entry.seq, entry.entry.body.kind());
-    println!(
+    outln!("entry #{} {}", entry.entry.seq, entry.entry.body.kind());
+    outln!(
         "  id      {}\n  prev    {}\n  time    {}\n  actor   {}",
         entry.id,
         entry.entry.prev,
         output::time(entry.entry.time_ms),
         entry.entry.actor
     );
-    println!("  summary {}", summary(&entry.entry.body));
+    outln!("  summary {}", summary(&entry.entry.body));
     if state.key_at(&entry.entry.actor, seq).is_some_and(|k| *k.custody == pd_ledger::Custody::Admin) {
-        println!("  custody {}'s key was created in admin's custody (not independent)", entry.entry.actor);
+        outln!("  custody {}'s key was created in admin's custody (not independent)", entry.entry.actor);
     }
     if let Body::Package(p) = &entry.entry.body {
-        println!(
+        outln!(
             "  tarball sha256 {}\n          blake3 {}\n          size   {}",
-            p.tarball.sha256, p.tarball.blake3, p.tarball.size
+            p.tarball.sha256,
+            p.tarball.blake3,
+            p.tarball.size
         );
         for f in &p.files {
-            println!("  file    {} ({} B) sha256 {}", f.path, f.size, f.sha256);
+            outln!("  file    {} ({} B) sha256 {}", f.path, f.size, f.sha256);
         }
         for a in &approvals {
             let mut note = String::new();
@@ -658,11 +663,11 @@ fn show(ctx: &Ctx, what: &str) -> Result<()> {
             if let Some(at) = a.void {
                 note.push_str(&format!(" (void: key compromised, #{at})"));
             }
-            println!("  approved by {} at #{}{note}: {}", a.approver, a.seq, a.reason);
+            outln!("  approved by {} at #{}{note}: {}", a.approver, a.seq, a.reason);
         }
-        println!("  reason  {}\n{}", p.reason, p.openpgp_sig.trim_end());
+        outln!("  reason  {}\n{}", p.reason, p.openpgp_sig.trim_end());
     }
-    println!("  sig     {}", entry.entry.sig);
+    outln!("  sig     {}", entry.entry.sig);
     Ok(())
 }
 
@@ -697,7 +702,7 @@ fn export(ctx: &Ctx, file: &std::path::Path, with_artifacts: bool) -> Result<()>
         output::size(bytes.len() as u64),
         file.display()
     ));
-    println!("  head #{} {} signed by {actor}", state.len().saturating_sub(1), state.head());
+    outln!("  head #{} {} signed by {actor}", state.len().saturating_sub(1), state.head());
     output::next(format!("pd-verify {}", file.display()));
     Ok(())
 }

@@ -6,6 +6,25 @@
 
 #![warn(missing_docs)]
 
+/// `println!` for pd's output: when the reader went away (`pd ledger log | head`), the rest
+/// is dropped and the command goes on to its own exit code instead of panicking; any other
+/// write error still panics, as `println!` would.
+macro_rules! outln {
+    () => {
+        $crate::output::emit(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::emit(format_args!($($arg)*))
+    };
+}
+
 mod backend;
 mod demo;
 mod deploy;
@@ -217,7 +236,7 @@ impl Ctx {
     pub fn emit<T: serde::Serialize>(&self, value: &T) -> Result<()> {
         match &self.observer {
             Some(o) => o.result(serde_json::to_value(value)?),
-            None => println!("{}", serde_json::to_string_pretty(value)?),
+            None => outln!("{}", serde_json::to_string_pretty(value)?),
         }
         Ok(())
     }

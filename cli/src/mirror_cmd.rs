@@ -72,7 +72,7 @@ pub fn mirror(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
             if pushed.artifacts == 1 { "" } else { "s" },
         ));
     }
-    println!("  head #{} {} signed by {actor}", state.len().saturating_sub(1), state.head());
+    outln!("  head #{} {} signed by {actor}", state.len().saturating_sub(1), state.head());
     output::next(format!("pd ledger verify {}", s3.url()));
     Ok(())
 }
@@ -142,7 +142,7 @@ pub fn verify(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
     if ctx.json {
         return ctx.emit(&pd_verify::report_json(&report));
     }
-    println!("mirror {}", s3.url());
+    outln!("mirror {}", s3.url());
     pd_verify::print_report(&report);
     Ok(())
 }
@@ -195,8 +195,8 @@ pub fn restore(ctx: &Ctx, a: MirrorArgs) -> Result<()> {
         s3.url(),
         ctx.home_dir.display()
     ));
-    println!("  head #{} {}", report.state.len().saturating_sub(1), report.state.head());
-    println!(
+    outln!("  head #{} {}", report.state.len().saturating_sub(1), report.state.head());
+    outln!(
         "  secret keys are never mirrored: put {actor}'s key files into {}/keys/ to act",
         ctx.home_dir.display()
     );

@@ -167,7 +167,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         opts.mirror = Some((std::sync::Arc::new(pd_server::s3::S3Store::open(url)?), a.mirror_interval));
     }
     runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
-        println!("pd serve listening on http://{addr}");
+        outln!("pd serve listening on http://{addr}");
     }))
 }
 
@@ -279,14 +279,14 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
     };
     let agent = Agent::new(cfg, replica)?;
     let mode = if a.light { "light: control entries and checkpoints" } else { "full replica" };
-    println!("pd agent {actor} following {env} at {url} ({mode})");
+    outln!("pd agent {actor} following {env} at {url} ({mode})");
     rt.block_on(async move {
         let stop = stop_on_signal();
         if let Some(addr) = a.health_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--health-listen {addr}: cannot listen there"))?;
-            println!("agent health on http://{} (GET /healthz)", listener.local_addr()?);
+            outln!("agent health on http://{} (GET /healthz)", listener.local_addr()?);
             tokio::spawn(pd_server::agent::serve_health(listener, agent.status(), stop.clone()));
         }
         agent.run(stop).await
@@ -301,7 +301,7 @@ pub fn example_target(a: TargetArgs) -> Result<()> {
             a.listen,
             a.policy_dir,
             a.refuse,
-            |addr| println!("example target listening on http://{addr}"),
+            |addr| outln!("example target listening on http://{addr}"),
             stop_on_signal(),
         )
         .await

@@ -1,23 +1,35 @@
 //! How pd talks: `✔` lines for humans, JSON for scripts.
 
+use std::io::Write;
+
+/// Writes to stdout; a reader that closed the pipe is not an error of the command (see
+/// `outln!`), any other failure panics as `print!` would.
+pub(crate) fn emit(args: std::fmt::Arguments) {
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            panic!("failed printing to stdout: {e}");
+        }
+    }
+}
+
 /// A finished step.
 pub fn ok(line: impl std::fmt::Display) {
-    println!("✔ {line}");
+    outln!("✔ {line}");
 }
 
 /// A step under way.
 pub fn working(line: impl std::fmt::Display) {
-    println!("⟳ {line}");
+    outln!("⟳ {line}");
 }
 
 /// Something the reader should look at; the work goes on.
 pub fn warn(line: impl std::fmt::Display) {
-    println!("! {line}");
+    outln!("! {line}");
 }
 
 /// The suggested next command.
 pub fn next(line: impl std::fmt::Display) {
-    println!("next: {line}");
+    outln!("next: {line}");
 }
 
 /// An error and its causes on one line.

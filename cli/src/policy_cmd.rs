@@ -106,11 +106,11 @@ fn list(ctx: &Ctx, home: &Home) -> Result<()> {
         return ctx.emit(&home.config.policy);
     }
     if home.config.policy.is_empty() {
-        println!("no schemas or validators: files are checked by type (.yaml/.yml, .json, .toml must parse)");
+        outln!("no schemas or validators: files are checked by type (.yaml/.yml, .json, .toml must parse)");
     }
     for (set, p) in &home.config.policy {
         let schema = p.schema.as_ref().map(|s| s.display().to_string()).unwrap_or_else(|| "-".into());
-        println!("{set:<24} schema {schema} · validator {}", p.validator.as_deref().unwrap_or("-"));
+        outln!("{set:<24} schema {schema} · validator {}", p.validator.as_deref().unwrap_or("-"));
     }
     Ok(())
 }

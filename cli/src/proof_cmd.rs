@@ -73,10 +73,10 @@ pub fn checkpoint(ctx: &Ctx, a: CheckpointArgs) -> Result<()> {
         cp.checkpoint.root.short()
     ));
     match &a.output {
-        Some(path) => println!("  note    {}", path.display()),
-        None => print!("{note}"),
+        Some(path) => outln!("  note    {}", path.display()),
+        None => out!("{note}"),
     }
-    println!("  vkey    {vkey}");
+    outln!("  vkey    {vkey}");
     Ok(())
 }
 
@@ -185,7 +185,7 @@ fn resolve(state: &State, tree: &Tree<Sha256>, arg: &str) -> Result<CheckpointSt
 fn write(ctx: &Ctx, proof: &Proof, output: Option<&Path>, what: &str) -> Result<()> {
     let text = serde_json::to_string_pretty(proof)? + "\n";
     match output {
-        None => print!("{text}"),
+        None => out!("{text}"),
         Some(path) => {
             home::write_file_atomic(path, text.as_bytes())?;
             if ctx.json {

@@ -121,17 +121,12 @@ fn pending(state: &State) -> Vec<serde_json::Value> {
 }
 
 fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
-    println!(
-        "ledger {} · {} entries · head {}",
-        state.ledger_id().short(),
-        state.len(),
-        state.head().short()
-    );
+    outln!("ledger {} · {} entries · head {}", state.ledger_id().short(), state.len(), state.head().short());
     let seen = beats.verified(state);
     for e in pd_ledger::adoption::overview(state).into_iter().filter(|e| envs.contains(&e.env)) {
         let env = &e.env;
         if e.sets.is_empty() {
-            println!(
+            outln!(
                 "{env}: nothing deployed · {} target(s), fleet minimum {}",
                 e.targets.len(),
                 e.min_targets
@@ -145,7 +140,7 @@ fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
                 pd_ledger::state::Via::Rollback => "rollback",
             };
             let mark = if s.adopted { "adopted" } else { "not adopted" };
-            println!(
+            outln!(
                 "{env}/{}: desired {} ({via} at #{}) · {}/{} targets loaded, fleet minimum {} · {mark}",
                 s.set,
                 d.version,
@@ -190,19 +185,19 @@ fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
                 })
                 .unwrap_or_default();
             let acks = if acks.is_empty() { "no ack yet".to_string() } else { acks.join(", ") };
-            println!("  {t:<16} {running} · {seen} · {acks}");
+            outln!("  {t:<16} {running} · {seen} · {acks}");
         }
     }
     for d in state.not_independent() {
-        println!("! {d}");
+        outln!("! {d}");
     }
     for p in state.packages().iter().filter(|p| p.withdrawn.is_some()) {
         let w =
             p.withdrawn.as_ref().map(|w| format!("#{} by {}: {}", w.seq, w.by, w.reason)).unwrap_or_default();
-        println!("withdrawn: {} ({}) {w}", p.package.version, p.package.name);
+        outln!("withdrawn: {} ({}) {w}", p.package.version, p.package.name);
     }
     for p in pending(state) {
-        println!(
+        outln!(
             "pending approval: {} ({} of {})",
             p["version"].as_str().unwrap_or("?"),
             p["approvals"],
