@@ -826,12 +826,7 @@ fn check_checkpoint(state: &State, e: &Entry, c: &Checkpoint) -> Result<PublicKe
 }
 
 /// The checkpoint's C2SP note signature verifies with `actor`'s key under the origin's name.
-pub(crate) fn check_note(
-    state: &State,
-    actor: &str,
-    c: &Checkpoint,
-    key: &PublicKey,
-) -> Result<(), RuleError> {
+fn check_note(state: &State, actor: &str, c: &Checkpoint, key: &PublicKey) -> Result<(), RuleError> {
     let note = state.checkpoint_note(c.size, c.root);
     let origin = state.origin();
     let sig = crate::note::NoteSignature {

@@ -252,8 +252,9 @@ impl Client {
 
     /// A light agent's next page (`GET /v1/control`): the control entries after the first
     /// `after`, the newest checkpoint and a consistency proof to it from the one of `held.0`
-    /// entries (not sent again when `held.1` says the follower holds it and it is the newest). Waits up to `wait` for control entries after `after` or, with `need`, for a
-    /// checkpoint over more than `need` entries. Entries are decoded, not yet verified.
+    /// entries (not sent again when `held.1` says the follower holds it and it is the newest).
+    /// Waits up to `wait` for control entries after `after` or, with `need`, for a checkpoint
+    /// over more than `need` entries. Entries are decoded, not yet verified.
     pub async fn control(
         &self,
         key: Option<&PublicKey>,
@@ -285,18 +286,16 @@ impl Client {
         follower: &mut Follower,
         key: &PublicKey,
         held: Option<(u64, Hash)>,
-    ) -> Result<u64, ClientError> {
-        let mut received = 0;
+    ) -> Result<(), ClientError> {
         loop {
             let has = follower.checkpoint().is_some();
             let held_size = follower.checkpoint().or(held).map_or(0, |c| c.0);
             let asks = follower.key(key).is_none().then_some(key);
             let page =
                 self.control(asks, follower.control_len(), (held_size, has), None, Duration::ZERO).await?;
-            received += page.bytes as u64;
             let done = apply_page(follower, &page, key, follower.checkpoint().or(held))?;
             if done {
-                return Ok(received);
+                return Ok(());
             }
         }
     }
