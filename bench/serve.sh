@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Artifact serving: requests/s and MB/s of `GET /v1/objects/<hash>` from `pd serve`, next to
 # nginx serving the same bytes as static files, in the same run, with the same load (wrk).
-# Usage: bench/serve.sh [SECONDS]   (installs wrk, nginx and python's blake3 if missing)
+# Usage: [ROUNDS=3] bench/serve.sh [SECONDS]   (installs wrk, nginx and python's blake3 if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -64,14 +64,27 @@ curl -sf "http://127.0.0.1:$port/v1/objects/$small" -o /dev/null || { echo "ngin
 nginx_url="http://127.0.0.1:$port"
 curl -sf "$pd_url/v1/objects/$small" -o /dev/null
 
-printf "| server | object | requests/s | MB/s |\n|---|---|---|---|\n"
+# Rounds alternate the two servers, so a slow moment of the machine hits both; each row is
+# the median round.
+rounds=${ROUNDS:-3}
+printf "| server | object | requests/s (median of %s) | MB/s | ratio |\n|---|---|---|---|---|\n" "$rounds"
 for obj in "$small 4KiB" "$large 1MiB"; do
   set -- $obj
-  for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
-    name=${srv%%|*}; url=${srv#*|}
-    out=$(wrk -t 1 -c 32 -d "${secs}s" --latency "$url/v1/objects/$1")
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    mbs=$(python3 -c "print(f'{$rps * $(wc -c < "$work/www/$1") / 1e6:.1f}')")
-    printf "| %s | %s | %.0f | %s |\n" "$name" "$2" "$rps" "$mbs"
+  declare -A runs=()
+  for _ in $(seq "$rounds"); do
+    for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
+      name=${srv%%|*}; url=${srv#*|}
+      out=$(wrk -t 1 -c 32 -d "${secs}s" "$url/v1/objects/$1")
+      runs[$name]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
+    done
   done
+  size=$(wc -c < "$work/www/$1")
+  median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  pd=$(median "${runs[pd serve]}"); ng=$(median "${runs[nginx]}")
+  for row in "pd serve|$pd" "nginx|$ng"; do
+    name=${row%%|*}; rps=${row#*|}
+    ratio=$(python3 -c "print(f'{$rps / $ng:.2f}×')")
+    printf "| %s | %s | %.0f | %.1f | %s |\n" "$name" "$2" "$rps" "$(python3 -c "print($rps * $size / 1e6)")" "$ratio"
+  done
+  unset runs
 done

@@ -124,10 +124,12 @@ struct Shared {
     jobs: mpsc::Sender<Job>,
     /// Statements waiting per key.
     in_flight: Mutex<HashMap<String, usize>>,
-    /// Small verified objects in memory, and their total size.
-    small: Mutex<(HashMap<Hash, Bytes>, usize)>,
+    /// Verified objects ready to serve.
+    objects: Mutex<ObjectCache>,
+    /// The object files mapped for sendfile.
+    mappings: Arc<crate::sendfile::Mappings>,
     /// Objects whose file this process hashed (written or read whole) and found right, so
-    /// they are streamed from then on without hashing again.
+    /// they are mapped from then on without hashing again.
     verified: Mutex<std::collections::HashSet<Hash>>,
     /// The latest entries as encoded events, so a thousand followers cost one encoding.
     recent: Mutex<std::collections::VecDeque<(u64, SseEvent)>>,
@@ -145,11 +147,25 @@ type App = Arc<Shared>;
 /// A target's newest heartbeat: when it arrived (server clock), its own time, its bytes.
 type KeptHeartbeat = (u64, u64, Vec<u8>);
 
-/// Objects up to this size are kept in memory once read and verified (served without a read
-/// per request; larger ones stream from their file)…
+/// Object files up to this size are read into memory once verified; larger ones are mapped
+/// and sent with sendfile (two system calls per answer instead of one pay off only then).
+const MAP_ABOVE: u64 = 64 * 1024;
+/// Objects from a store without local files are kept in memory up to this size…
 const SMALL_OBJECT: usize = 4 * 1024 * 1024;
-/// …up to this much in all (then the cache starts over).
-const SMALL_OBJECTS_BUDGET: usize = 64 * 1024 * 1024;
+/// …and objects in memory up to this much in all…
+const OBJECTS_IN_MEMORY: usize = 64 * 1024 * 1024;
+/// …and this many mapped files (each holds a file descriptor); past either, the cache starts
+/// over (answers in flight keep what they serve).
+const OBJECTS_MAPPED: usize = 256;
+
+/// Verified objects ready to serve: in memory or mapped from their file. Objects never
+/// change, so an entry never goes stale.
+#[derive(Default)]
+struct ObjectCache {
+    objects: HashMap<Hash, Bytes>,
+    in_memory: usize,
+    mapped: usize,
+}
 
 /// Encoded events kept for followers.
 const RECENT_EVENTS: usize = 4096;
@@ -291,20 +307,24 @@ impl Shared {
         recent.push_back((seq, event));
     }
 
-    /// A small object already read and verified.
+    /// An object already read (or mapped) and verified.
     fn cached(&self, hash: &Hash) -> Option<Bytes> {
-        self.small.lock().unwrap_or_else(|p| p.into_inner()).0.get(hash).cloned()
+        self.objects.lock().unwrap_or_else(|p| p.into_inner()).objects.get(hash).cloned()
     }
 
-    /// Keeps a verified object if it is small; objects never change, so it never goes stale.
-    fn cache(&self, hash: Hash, bytes: Bytes) -> Bytes {
-        if bytes.len() <= SMALL_OBJECT {
-            let mut small = self.small.lock().unwrap_or_else(|p| p.into_inner());
-            if small.1 + bytes.len() > SMALL_OBJECTS_BUDGET {
-                *small = Default::default();
-            }
-            small.1 += bytes.len();
-            small.0.insert(hash, bytes.clone());
+    /// Keeps a verified object: a mapped one, or one in memory up to [`SMALL_OBJECT`].
+    fn cache(&self, hash: Hash, bytes: Bytes, mapped: bool) -> Bytes {
+        if !mapped && bytes.len() > SMALL_OBJECT {
+            return bytes;
+        }
+        let mut c = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        let (memory, maps) = if mapped { (0, 1) } else { (bytes.len(), 0) };
+        if c.in_memory + memory > OBJECTS_IN_MEMORY || c.mapped + maps > OBJECTS_MAPPED {
+            *c = ObjectCache::default();
+        }
+        if c.objects.insert(hash, bytes.clone()).is_none() {
+            c.in_memory += memory;
+            c.mapped += maps;
         }
         bytes
     }
@@ -380,7 +400,7 @@ pub async fn serve_on(
     tokio::spawn(checkpoint_ticker(app.clone()));
     let mirror = tokio::spawn(mirror_ticker(app.clone()));
     let last_mirror = app.clone();
-    accept(listener, routes(app), connections, stop).await;
+    accept(listener, app.clone(), routes(app), connections, stop).await;
     // The mirror's last push, after the last append.
     let _ = mirror.await;
     if let (Some((s3, _)), Some(_)) = (&last_mirror.opts.mirror, &last_mirror.opts.head_signer) {
@@ -403,11 +423,13 @@ const REFUSING_AT_ONCE: usize = 64;
 /// in-flight requests finish (event streams end themselves) before this returns.
 async fn accept(
     listener: tokio::net::TcpListener,
+    app: App,
     router: Router,
     limits: Connections,
     mut stop: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max));
     let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_AT_ONCE));
@@ -437,8 +459,18 @@ async fn accept(
             }
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        let io = TokioIo::new(crate::sendfile::Conn::new(tcp, app.mappings.clone()));
+        let (app, routed) = (app.clone(), TowerToHyperService::new(router.clone()));
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (app, routed) = (app.clone(), routed.clone());
+            async move {
+                match object_read(&req) {
+                    Some(hex) => Ok(get_object(app, hex, req.headers()).await),
+                    None => hyper::service::Service::call(&routed, req).await,
+                }
+            }
+        });
+        let conn = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("connection closed: {e}");
@@ -585,7 +617,8 @@ fn shared(
         control,
         jobs,
         in_flight: Mutex::default(),
-        small: Mutex::default(),
+        objects: Mutex::default(),
+        mappings: Arc::default(),
         verified: Mutex::default(),
         recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS)),
         shutdown,
@@ -608,7 +641,8 @@ fn routes(app: App) -> Router {
     // Requests that answer at once get a deadline; the long-poll and the stream wait by design.
     let bounded = Router::new()
         .route("/v1/entries", get(entries).post(append))
-        .route("/v1/objects/{hash}", get(get_object).put(put_object).head(get_object))
+        // GET and HEAD are answered before the router: see `object_read`.
+        .route("/v1/objects/{hash}", axum::routing::put(put_object))
         .route("/v1/state", get(state))
         .route("/v1/heartbeats", get(heartbeats_list).post(heartbeat_post))
         .route("/v1/export", get(export))
@@ -680,18 +714,35 @@ fn token_matches(given: &str, expected: &str) -> bool {
     g.as_bytes().ct_eq(e.as_bytes()).into()
 }
 
-async fn require_token(AxState(app): AxState<App>, req: Request, next: Next) -> Response {
-    if let Some(token) = &app.opts.token {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if !given.and_then(|g| g.strip_prefix("Bearer ")).is_some_and(|g| token_matches(g, token)) {
-            return Error(
-                StatusCode::UNAUTHORIZED,
-                "this server needs `Authorization: Bearer <token>`".into(),
-            )
-            .into_response();
-        }
+/// The `/v1` gate: the server's read token, if it has one.
+fn authorize(app: &Shared, headers: &HeaderMap) -> Result<(), Error> {
+    let Some(token) = &app.opts.token else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !given.and_then(|g| g.strip_prefix("Bearer ")).is_some_and(|g| token_matches(g, token)) {
+        return Err(Error(
+            StatusCode::UNAUTHORIZED,
+            "this server needs `Authorization: Bearer <token>`".into(),
+        ));
     }
-    next.run(req).await
+    Ok(())
+}
+
+async fn require_token(AxState(app): AxState<App>, req: Request, next: Next) -> Response {
+    match authorize(&app, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The object a request reads (`GET` or `HEAD /v1/objects/{hash}`), if it reads one. These
+/// requests, most of a fleet's, are answered beside the router, without its layers: they
+/// need only the token check and answer at once (no deadline to keep), and skipping the
+/// layers is what brings small objects to nginx's rate.
+fn object_read<B>(req: &hyper::Request<B>) -> Option<&str> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    req.uri().path().strip_prefix("/v1/objects/").filter(|hex| !hex.contains('/'))
 }
 
 #[derive(Deserialize)]
@@ -969,51 +1020,19 @@ fn etag_of(hash: &Hash) -> String {
     format!("\"{}\"", hash.to_hex())
 }
 
-/// An object ready to serve: verified bytes in memory, or a verified file and its length.
-enum Object {
-    Memory(Bytes),
-    File(std::fs::File, u64),
-}
-
-impl Object {
-    fn len(&self) -> u64 {
-        match self {
-            Object::Memory(b) => b.len() as u64,
-            Object::File(_, len) => *len,
-        }
-    }
-
-    /// The bytes `start..start + len` as a response body: a slice of memory, or the file
-    /// streamed in large reads.
-    async fn body(self, start: u64, len: u64) -> Result<HttpBody, Error> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        match self {
-            Object::Memory(b) => Ok(HttpBody::from(b.slice(start as usize..(start + len) as usize))),
-            Object::File(f, _) => {
-                let mut f = tokio::fs::File::from_std(f);
-                f.seek(std::io::SeekFrom::Start(start)).await.map_err(internal)?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), STREAM_CHUNK);
-                Ok(HttpBody::from_stream(stream))
-            }
-        }
-    }
-}
-
-/// Read size when streaming an object file.
-const STREAM_CHUNK: usize = 256 * 1024;
-
 impl Shared {
-    /// The object `hash`, verified: from memory, or its file (hashed the first time only),
-    /// or read whole from a store without local files. Blocking.
-    fn object(&self, hash: Hash) -> Result<Object, Error> {
+    /// The object `hash`, verified: from the cache, or its file (read into memory if small,
+    /// else hashed the first time only and mapped), or read whole from a store without local
+    /// files. Blocking.
+    fn object(&self, hash: Hash) -> Result<Bytes, Error> {
         if let Some(b) = self.cached(&hash) {
-            return Ok(Object::Memory(b));
+            return Ok(b);
         }
         let not_found =
             || Error(StatusCode::NOT_FOUND, format!("no object {} on this server", hash.to_hex()));
         let Some(path) = self.store.local_path(&hash.0) else {
             return match self.store.get(&hash.0) {
-                Ok(b) => Ok(Object::Memory(self.cache(hash, Bytes::from(b)))),
+                Ok(b) => Ok(self.cache(hash, Bytes::from(b), false)),
                 Err(StoreError::NotFound { .. }) => Err(not_found()),
                 Err(e) => Err(internal(e)),
             };
@@ -1024,19 +1043,22 @@ impl Shared {
             Err(e) => return Err(internal(format!("{}: {e}", path.display()))),
         };
         let len = file.metadata().map_err(internal)?.len();
-        if len as usize <= SMALL_OBJECT {
+        if len <= MAP_ABOVE {
             let mut bytes = Vec::with_capacity(len as usize);
             std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(internal)?;
             self.check_object(&hash, Hash::of(&bytes), &path)?;
-            return Ok(Object::Memory(self.cache(hash, Bytes::from(bytes))));
+            return Ok(self.cache(hash, Bytes::from(bytes), false));
         }
         if !self.is_verified(&hash) {
             let mut hasher = blake3::Hasher::new();
             hasher.update_reader(&file).map_err(internal)?;
             self.check_object(&hash, Hash(*hasher.finalize().as_bytes()), &path)?;
-            std::io::Seek::rewind(&mut &file).map_err(internal)?;
         }
-        Ok(Object::File(file, len))
+        let mapped = self.mappings.map(file).map_err(|e| internal(format!("{}: {e}", path.display())))?;
+        if mapped.len() as u64 != len {
+            return Err(internal(format!("{} changed size while it was opened", path.display())));
+        }
+        Ok(self.cache(hash, mapped, true))
     }
 
     /// Paired with the hash at write time: the file still holds what its name says. Logs
@@ -1055,30 +1077,35 @@ impl Shared {
     }
 }
 
-async fn get_object(
-    AxState(app): AxState<App>,
-    Path(hex): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let hash = parse_hash(&hex)?;
-    let etag = etag_of(&hash);
-    let immutable = [
-        (header::ETAG, etag.clone()),
-        (header::CACHE_CONTROL, "public, max-age=31536000, immutable".to_string()),
-    ];
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == etag || v == "*")
-    {
-        return Ok((StatusCode::NOT_MODIFIED, immutable).into_response());
+/// Answers an [`object_read`] request.
+async fn get_object(app: App, hex: &str, headers: &HeaderMap) -> Response {
+    read_object(app, hex, headers).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn read_object(app: App, hex: &str, headers: &HeaderMap) -> Result<Response, Error> {
+    authorize(&app, headers)?;
+    let hash = parse_hash(hex)?;
+    let etag = HeaderValue::from_str(&etag_of(&hash)).map_err(internal)?;
+    let answer = |status: StatusCode, body: HttpBody| {
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(header::ETAG, etag.clone());
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+        r
+    };
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == etag || v == "*") {
+        return Ok(answer(StatusCode::NOT_MODIFIED, HttpBody::empty()));
     }
     let object = match app.cached(&hash) {
-        Some(b) => Object::Memory(b),
+        Some(b) => b,
         None => {
             let worker = app.clone();
             tokio::task::spawn_blocking(move || worker.object(hash)).await.map_err(internal)??
         }
     };
     app.metrics.objects_served.fetch_add(1, Relaxed);
-    let total = object.len();
+    let total = object.len() as u64;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, end, content_range) = match range.map(|r| wire::parse_range(r, total)) {
         None => (StatusCode::OK, 0, total, None),
@@ -1095,8 +1122,7 @@ async fn get_object(
         }
     };
     app.metrics.object_bytes.fetch_add(end - start, Relaxed);
-    let body = object.body(start, end - start).await?;
-    let mut r = (status, immutable, body).into_response();
+    let mut r = answer(status, HttpBody::from(object.slice(start as usize..end as usize)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));

@@ -12,6 +12,7 @@ pub mod client;
 pub mod limits;
 pub mod mirror;
 pub mod s3;
+pub mod sendfile;
 pub mod sequencer;
 pub mod target;
 pub mod wire;
