@@ -21,6 +21,45 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Commands whose name is two words (`pd ledger log`).
+const GROUPS: [&str; 5] = ["key", "ledger", "env", "policy", "store"];
+/// Every other command.
+const COMMANDS: [&str; 6] = ["init", "state", "serve", "agent", "example-target", "demo"];
+
+/// If `args` ask for `--json`, checks what pd printed against the schema of that command in
+/// `cli/schemas/` (or, for a failure, the error schema): the machine interface is what the
+/// schemas say. A command without a schema fails here.
+pub fn check_json(args: &[&str], out: &Output) {
+    if !args.contains(&"--json") {
+        return;
+    }
+    let name = if out.status.success() {
+        let at = args.iter().position(|a| GROUPS.contains(a) || COMMANDS.contains(a));
+        let Some(at) = at else { panic!("no command in {args:?}") };
+        match GROUPS.contains(&args[at]) {
+            true => format!("{}-{}", args[at], args.get(at + 1).expect("a subcommand")),
+            false => args[at].to_string(),
+        }
+    } else {
+        "error".to_string()
+    };
+    check_schema(&name, args, out);
+}
+
+/// Checks what a command printed against `cli/schemas/NAME.json`.
+pub fn check_schema(name: &str, args: &[&str], out: &Output) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/schemas").join(format!("{name}.json"));
+    let schema = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("pd {args:?} --json has no schema at {}: {e}", path.display()));
+    let schema: serde_json::Value = serde_json::from_str(&schema).expect("schema JSON");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pd {args:?} printed no JSON ({e}): {}", text(out)));
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> =
+        validator.iter_errors(&printed).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "pd {args:?} --json does not match {}: {errors:?}", path.display());
+}
+
 /// A throwaway pd home plus a scratch directory for policy files.
 pub struct World {
     /// Owns the temp directory.
@@ -83,10 +122,11 @@ impl World {
         c
     }
 
-    /// Runs pd and asserts success; returns stdout.
+    /// Runs pd and asserts success; returns stdout (checked against its schema with --json).
     pub fn ok(&self, actor: &str, args: &[&str]) -> String {
         let out = self.pd(actor, args).output().expect("run pd");
         assert!(out.status.success(), "pd {args:?} failed: {}", text(&out));
+        check_json(args, &out);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -95,6 +135,7 @@ impl World {
         let before = self.snapshot();
         let out = self.pd(actor, args).output().expect("run pd");
         assert_eq!(out.status.code(), Some(code), "pd {args:?}: {}", text(&out));
+        check_json(args, &out);
         assert_eq!(self.snapshot(), before, "pd {args:?} was refused but changed the home");
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
@@ -128,7 +169,11 @@ impl World {
 
     /// Runs `pd-verify ARGS…`.
     pub fn verify(&self, args: &[&str]) -> Output {
-        Command::new(bin("pd-verify")).args(args).output().expect("run pd-verify")
+        let out = Command::new(bin("pd-verify")).args(args).output().expect("run pd-verify");
+        if args.contains(&"--json") {
+            check_schema(if out.status.success() { "ledger-verify" } else { "error" }, args, &out);
+        }
+        out
     }
 
     /// [`World::standard`] plus `dev-2`, with `llm_policy.yaml` (`max_tokens: 1000`)

@@ -354,6 +354,25 @@ fn a_large_object_is_sent_from_its_file_whole_in_ranges_and_to_head() {
     assert!(head.contains(&format!("content-length: {size}")), "{head}");
 }
 
+#[test]
+fn local_commands_on_a_served_home_go_through_its_server() {
+    let w = world();
+    let net = Net::start(&w);
+    // No --server: the home's ledger is held by `pd serve`, so pd goes through it.
+    let out = w.pd("", &["state"]).output().expect("run pd");
+    assert!(out.status.success(), "{}", pd_e2e::text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("`pd serve` at {}", net.url())));
+    w.write("llm_policy.yaml", "max_tokens: 3000\n");
+    w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "through the server"]);
+    assert!(net.log().iter().any(|e| e["body"]["package"]["reason"] == "through the server"));
+    // What must own the ledger fails at once, naming the command to run instead.
+    let out = w.pd("", &["serve", "--listen", "127.0.0.1:0"]).output().expect("run pd");
+    let text = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains(&format!("is held by `pd serve` at {}", net.url())), "{text}");
+    assert!(text.contains(&format!("pd --server {} ", net.url())), "{text}");
+}
+
 fn body_of(net: &Net, path: &str) -> Vec<u8> {
     http(net.url(), "GET", path, b"").1
 }

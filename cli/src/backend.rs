@@ -31,9 +31,15 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The server from `--server` / `PD_SERVER` / the home's config, else the home itself.
+    /// The server from `--server` / `PD_SERVER` / the home's config, else the `pd serve`
+    /// that holds the home's ledger now, else the home itself.
     pub fn open(ctx: &Ctx, home: Option<Home>) -> Result<Backend> {
         let server = ctx.server.clone().or_else(|| home.as_ref().and_then(|h| h.config.server.clone()));
+        let server = server.or_else(|| {
+            let url = home.as_ref()?.served_by()?;
+            eprintln!("note: `pd serve` at {url} holds this home's ledger; going through it");
+            Some(url)
+        });
         match (server, home) {
             (Some(url), _) => {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -57,6 +57,18 @@ pub struct Home {
 }
 
 const CONFIG: &str = "config.toml";
+/// Written by `pd serve` into the home it serves: its URL.
+pub const SERVED_BY: &str = "serve.url";
+
+/// `word` as a shell reads it back: as is when it is plain, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
 const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Builds a new home with `build` in a sibling temp directory and renames it to `dir`, so a
@@ -111,7 +123,15 @@ impl Home {
         Ok(Home { dir: dir.to_path_buf(), config, store: Arc::default() })
     }
 
-    /// Opens the ledger, waiting a while if another pd process holds it.
+    /// The URL of the `pd serve` that holds this home's ledger now, if one does (it writes
+    /// [`SERVED_BY`] when it listens and removes it when it stops).
+    pub fn served_by(&self) -> Option<String> {
+        let url = fs::read_to_string(self.dir.join(SERVED_BY)).ok()?;
+        FileStore::in_use(&self.dir.join("ledger")).then(|| url.trim().to_string())
+    }
+
+    /// Opens the ledger, waiting a while if another pd process holds it; a `pd serve` holds
+    /// it for good, so then it fails at once, naming the command that goes through the server.
     pub fn ledger(&self) -> Result<Ledger<FileStore>> {
         let path = self.dir.join("ledger");
         let start = Instant::now();
@@ -119,6 +139,16 @@ impl Home {
         let store = loop {
             match FileStore::open(&path) {
                 Ok(s) => break s,
+                Err(StorageError::Locked) if self.served_by().is_some() => {
+                    let url = self.served_by().unwrap_or_default();
+                    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_word(&a)).collect();
+                    bail!(
+                        "the ledger in {} is held by `pd serve` at {url}; run the command through it: \
+                         pd --server {url} {}",
+                        self.dir.display(),
+                        args.join(" ")
+                    );
+                }
                 Err(StorageError::Locked) if start.elapsed() < LOCK_WAIT => {
                     if !warned {
                         eprintln!("waiting for another pd process to release the ledger…");

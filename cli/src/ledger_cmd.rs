@@ -326,10 +326,11 @@ fn report_package(ctx: &Ctx, entry: &SignedEntry, built: &pd_store::tarball::Bui
     }
     let n = built.files.len();
     output::ok(format!(
-        "packaged as {} ({}: {n} file{}, {})",
+        "packaged as {} ({}: {n} file{} of {}; tarball {})",
         p.version,
         p.name,
         if n == 1 { "" } else { "s" },
+        output::size(p.files.iter().map(|f| f.size).sum()),
         output::size(p.tarball.size)
     ));
     output::ok(format!("signature valid (OpenPGP {})", pd_store::openpgp::short_fingerprint(fpr)));

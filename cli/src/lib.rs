@@ -129,6 +129,42 @@ enum Cmd {
     ExampleTarget(net::TargetArgs),
     /// Walk the whole story on a throwaway home and show each step.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash: `pd completions bash > /etc/bash_completion.d/pd`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: `pd.1` on standard output, or one page per command into a directory.
+    Man {
+        /// Write `pd.1`, `pd-ledger.1`, `pd-ledger-deploy.1`, … into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `pd completions` and `pd man`: both from the command definitions themselves.
+fn docs(cmd: Cmd) -> Result<()> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    match cmd {
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "pd", &mut script);
+            output::raw(&script)
+        }
+        Cmd::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(command, &dir)
+                .map_err(|e| anyhow::anyhow!("cannot write man pages into {}: {e}", dir.display()))
+        }
+        Cmd::Man { dir: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            output::raw(&page)
+        }
+        _ => unreachable!("docs() is called for Completions and Man only"),
+    }
 }
 
 /// What every command gets: where the home is, who acts, how to print.
@@ -328,6 +364,7 @@ where
         Cmd::Agent(a) => net::agent(&ctx, a),
         Cmd::ExampleTarget(a) => net::example_target(a),
         Cmd::Demo(a) => demo::run(a),
+        c @ (Cmd::Completions { .. } | Cmd::Man { .. }) => docs(c),
     }
 }
 
@@ -342,6 +379,18 @@ pub fn message(err: &anyhow::Error) -> String {
         }
         None => output::chain(err),
     }
+}
+
+/// Whether `args` ask for `--json` (before any `--`): then errors are JSON too.
+pub fn wants_json<T: AsRef<std::ffi::OsStr>>(args: &[T]) -> bool {
+    args.iter().map(AsRef::as_ref).take_while(|a| *a != "--").any(|a| a == "--json")
+}
+
+/// An error as `--json` prints it, on stdout: `{"error": {"kind", "message", "exit_code"}}`
+/// (see `schemas/error.json`).
+pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
+    let f = failure(err);
+    serde_json::json!({ "error": { "kind": f.kind(), "message": message(err), "exit_code": f.exit_code() } })
 }
 
 /// What kind of failure an error is: decides the exit code and the Python exception.
@@ -363,6 +412,18 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The failure's name in `--json` errors.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Failure::Refused => "refused",
+            Failure::NotApproved => "not_approved",
+            Failure::NotAdopted => "not_adopted",
+            Failure::Verification => "verification",
+            Failure::Unreachable => "unreachable",
+            Failure::Usage => "usage",
+        }
+    }
+
     /// The exit code: 1 for refusals and failed checks, 2 for everything else.
     pub fn exit_code(self) -> u8 {
         match self {

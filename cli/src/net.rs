@@ -166,9 +166,25 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         );
         opts.mirror = Some((std::sync::Arc::new(pd_server::s3::S3Store::open(url)?), a.mirror_interval));
     }
-    runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
+    // Local commands on this home find the server here (see `Home::served_by`).
+    let served_by = home.dir.join(crate::home::SERVED_BY);
+    let served = runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
+        let local = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        if let Err(e) = crate::home::write_file_atomic(&served_by, format!("http://{local}\n").as_bytes()) {
+            tracing::warn!("cannot write {}: {e:#}", served_by.display());
+        }
         outln!("pd serve listening on http://{addr}");
-    }))
+    }));
+    let _ = std::fs::remove_file(&served_by);
+    served
 }
 
 /// Options for serving `home` as `actor`, whose key signs export heads and checkpoints.

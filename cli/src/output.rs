@@ -12,6 +12,15 @@ pub(crate) fn emit(args: std::fmt::Arguments) {
     }
 }
 
+/// Bytes as they are on stdout (`pd store get -o -`), with `emit`'s handling of a closed pipe.
+pub(crate) fn raw(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// A finished step.
 pub fn ok(line: impl std::fmt::Display) {
     outln!("✔ {line}");

@@ -50,7 +50,8 @@ fn target_json(state: &State, name: &str, seen: Option<&Seen>, beats: &Heartbeat
                 .filter_map(|(set, slot)| slot.report(name).map(|r| (set.clone(), r)))
                 .map(|(set, r)| {
                     let v = json!({ "version": r.version, "outcome": r.outcome, "seq": r.seq,
-                                    "time": output::time(r.time_ms), "independent": r.independent });
+                                    "time": output::time(r.time_ms), "time_ms": r.time_ms,
+                                    "independent": r.independent });
                     (set, v)
                 })
                 .collect()
@@ -70,6 +71,7 @@ fn target_json(state: &State, name: &str, seen: Option<&Seen>, beats: &Heartbeat
         .unwrap_or_default();
     json!({
         "name": name, "running": running, "desired": desired, "last_seen": seen.map(|s| output::time(s.received_ms)),
+        "last_seen_ms": seen.map(|s| s.received_ms),
         "last_seen_ago_ms": seen.map(|s| now_ms.saturating_sub(s.received_ms)),
         "liveness": liveness, "stale": liveness == Liveness::Stale, "acks": reports,
     })

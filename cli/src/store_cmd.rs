@@ -17,7 +17,7 @@ pub enum StoreCmd {
     Get {
         /// BLAKE3 hash (64 hex digits) or a package version such as PD-23.1.0.
         hash: String,
-        /// Output file.
+        /// Output file (written whole or not at all), or `-` for standard output.
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -38,6 +38,10 @@ pub fn run(ctx: &Ctx, cmd: StoreCmd) -> Result<()> {
         (Err(e), Err(_)) => anyhow::bail!("{e}; pass a BLAKE3 hash or a version such as PD-23.1.0"),
     };
     let bytes = backend.get_object(&key, size)?;
+    if output.as_os_str() == "-" {
+        // Verified whole before the first byte goes out, so a reader never sees bad bytes.
+        return output::raw(&bytes);
+    }
     home::write_file_atomic(&output, &bytes)?;
     if ctx.json {
         return ctx.emit(&serde_json::json!({ "blake3": key, "bytes": bytes.len(), "file": output }));

@@ -201,7 +201,7 @@ impl Export {
     /// Decodes one canonical export.
     pub fn decode(bytes: &[u8]) -> Result<Export, ExportError> {
         let export: Export =
-            ciborium::from_reader(bytes).map_err(|e| ExportError::Malformed(e.to_string()))?;
+            ciborium::from_reader(bytes).map_err(|e| ExportError::Malformed(cbor_error(&e)))?;
         if export.format != FORMAT {
             return Err(ExportError::Format(export.format.chars().take(40).collect()));
         }
@@ -210,5 +210,17 @@ impl Export {
             return Err(ExportError::NotCanonical);
         }
         Ok(export)
+    }
+}
+
+/// A CBOR decoding error in words: where it stopped and why, not the decoder's debug form.
+fn cbor_error<T: std::fmt::Debug>(e: &ciborium::de::Error<T>) -> String {
+    use ciborium::de::Error;
+    match e {
+        Error::Io(_) => "the file ends early (truncated?); export it again".to_string(),
+        Error::Syntax(at) => format!("it is not CBOR (bad byte at offset {at})"),
+        Error::Semantic(Some(at), what) => format!("{what} (at byte {at})"),
+        Error::Semantic(None, what) => what.clone(),
+        Error::RecursionLimitExceeded => "it nests too deeply".to_string(),
     }
 }

@@ -382,6 +382,14 @@ pub struct DiskFile {
 pub const LOG_FILE: &str = "entries.log";
 
 impl FileStore {
+    /// Whether another process has the log in `dir` open (so [`FileStore::open`] would fail
+    /// with `Locked`). A log that does not exist is not in use.
+    pub fn in_use(dir: &Path) -> bool {
+        let Ok(file) = OpenOptions::new().read(true).open(dir.join(LOG_FILE)) else { return false };
+        // The probe's own lock, if it got one, goes when `file` is closed.
+        fs2::FileExt::try_lock_exclusive(&file).is_err()
+    }
+
     /// Opens (or creates) the log in directory `dir`. Fails with `Locked` if another process
     /// has it open.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {

@@ -66,10 +66,13 @@ fn main() -> ExitCode {
                     VerifyError::Entry(r) => (Some(r.seq), r.kind.to_string()),
                     other => (None, other.to_string()),
                 };
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": false, "error": { "seq": seq, "message": message } })
-                );
+                // pd's error form (cli/schemas/error.json), with the entry it stopped at.
+                let kind = if e.exit_code() == 1 { "verification" } else { "usage" };
+                let error = serde_json::json!({ "error": {
+                    "kind": kind, "message": message, "exit_code": e.exit_code(), "seq": seq,
+                } });
+                println!("{}", serde_json::to_string_pretty(&error).unwrap_or_default());
+                return ExitCode::from(e.exit_code());
             }
             eprintln!("✘ {e}");
             ExitCode::from(e.exit_code())
@@ -105,7 +108,7 @@ fn check_export(args: &Args) -> Result<(), VerifyError> {
         report.require_artifacts()?;
     }
     if args.json {
-        println!("{}", pd_verify::report_json(&report));
+        println!("{}", serde_json::to_string_pretty(&pd_verify::report_json(&report)).unwrap_or_default());
     } else {
         pd_verify::print_report(&report);
     }

@@ -48,6 +48,7 @@ fn open_locked_child() {
         return;
     };
     assert!(matches!(FileStore::open(Path::new(&dir)), Err(StorageError::Locked)));
+    assert!(FileStore::in_use(Path::new(&dir)), "the probe sees the holder");
 }
 
 #[test]

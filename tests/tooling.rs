@@ -1,0 +1,96 @@
+//! What an operator installs pd with and scripts it by: completions, man pages, systemd units,
+//! JSON errors, and raw artifact bytes on stdout.
+
+use pd_e2e::World;
+use std::path::Path;
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let w = World::new();
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef pd"), ("fish", "complete -c pd")] {
+        let script = w.ok("", &["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script:.200}");
+        assert!(script.contains("deploy") && script.contains("rollback"), "{shell} completes subcommands");
+    }
+    let out = w.pd("", &["completions", "tcsh"]).output().expect("run pd");
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+}
+
+#[test]
+fn man_pages_cover_every_command() {
+    let w = World::new();
+    let page = w.ok("", &["man"]);
+    assert!(page.contains(".TH pd 1"), "{page:.200}");
+    let dir = w.path("man");
+    w.ok("", &["man", "--dir", dir.to_str().expect("path")]);
+    for name in
+        ["pd.1", "pd-ledger.1", "pd-ledger-deploy.1", "pd-ledger-rollback.1", "pd-serve.1", "pd-agent.1"]
+    {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains(".SH"), "{name} is a man page");
+    }
+}
+
+/// The shipped units, with the binary path pointed at this build, pass `systemd-analyze
+/// verify` without a warning (skipped where systemd is not installed).
+#[test]
+fn the_systemd_units_verify() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed; the units are not checked here");
+        return;
+    };
+    let w = World::new();
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/dist/systemd");
+    let pd = pd_e2e::bin("pd");
+    let mut paths = Vec::new();
+    for (file, as_name) in
+        [("pd-serve.service", "pd-serve.service"), ("pd-agent@.service", "pd-agent@dev-1.service")]
+    {
+        let text = std::fs::read_to_string(units.join(file)).expect("unit file");
+        assert!(text.contains("ExecStart=/usr/local/bin/pd "), "{file} runs pd");
+        let path = w.path(as_name);
+        std::fs::write(&path, text.replace("/usr/local/bin/pd", pd.to_str().expect("path"))).expect("write");
+        paths.push(path);
+    }
+    let out =
+        std::process::Command::new(analyze).arg("verify").arg("--man=no").args(&paths).output().expect("run");
+    let text = pd_e2e::text(&out);
+    assert!(out.status.success() && !text.contains(".service:"), "systemd-analyze verify: {text}");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()).ok_or(())
+}
+
+#[test]
+fn errors_are_json_with_json_and_text_without() {
+    let w = World::packaged();
+    let out = w.pd("", &["--json", "ledger", "approve", "PD-9.9.9", "--reason", "x"]).output().expect("run");
+    pd_e2e::check_json(&["--json", "ledger", "approve"], &out);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON error");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(e["error"]["kind"], "refused");
+    assert_eq!(e["error"]["exit_code"], 1);
+    assert!(e["error"]["message"].as_str().expect("message").contains("PD-9.9.9"), "{e}");
+    assert!(out.stderr.is_empty(), "nothing on stderr: {}", pd_e2e::text(&out));
+    // Bad arguments are JSON too, with --json.
+    let out = w.pd("", &["--json", "ledger", "nonsense"]).output().expect("run");
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON error");
+    assert_eq!((out.status.code(), e["error"]["kind"].as_str()), (Some(2), Some("usage")));
+    // Without --json, the error is text on stderr.
+    let out = w.pd("", &["ledger", "approve", "PD-9.9.9", "--reason", "x"]).output().expect("run");
+    assert!(out.stdout.is_empty() && String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+}
+
+#[test]
+fn store_get_to_dash_writes_the_verified_bytes_to_stdout() {
+    let w = World::packaged();
+    let show: serde_json::Value =
+        serde_json::from_str(&w.ok("", &["ledger", "show", "PD-0.1.0", "--json"])).expect("show JSON");
+    let hash = show["body"]["package"]["tarball"]["blake3"].as_str().expect("hash").to_string();
+    let out = w.pd("", &["store", "get", "PD-0.1.0", "-o", "-"]).output().expect("run");
+    assert!(out.status.success(), "{}", pd_e2e::text(&out));
+    assert_eq!(blake3::hash(&out.stdout).to_hex().as_str(), hash);
+    assert!(!w.dir.path().join("-").exists(), "no file named -");
+}
