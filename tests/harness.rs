@@ -147,7 +147,7 @@ impl World {
 
     /// The ledger as JSON plus every file under the home with its size.
     pub fn snapshot(&self) -> Snapshot {
-        let out = self.pd("", &["ledger", "log", "--json"]).output().expect("run pd");
+        let out = self.pd("", &["ledger", "log", "--all", "--json"]).output().expect("run pd");
         // A home that a running `pd serve` owns cannot be read here: compare through the server.
         assert!(out.status.success(), "snapshot of the home: {}", text(&out));
         let mut files = Vec::new();
@@ -159,7 +159,7 @@ impl World {
 
     /// `pd ledger log --json`, parsed.
     pub fn log(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.ok("", &["ledger", "log", "--json"])).expect("log JSON")
+        serde_json::from_str(&self.ok("", &["ledger", "log", "--all", "--json"])).expect("log JSON")
     }
 
     /// `pd state --json`, parsed.
@@ -436,7 +436,7 @@ impl<'w> Net<'w> {
 
     /// `pd ledger log --json` from the server, parsed.
     pub fn log(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.ok("", &["ledger", "log", "--json"])).expect("log JSON")
+        serde_json::from_str(&self.ok("", &["ledger", "log", "--all", "--json"])).expect("log JSON")
     }
 
     /// Returns `check(self)` once it is `Some`, re-checking each time the ledger grows

@@ -94,3 +94,39 @@ fn store_get_to_dash_writes_the_verified_bytes_to_stdout() {
     assert_eq!(blake3::hash(&out.stdout).to_hex().as_str(), hash);
     assert!(!w.dir.path().join("-").exists(), "no file named -");
 }
+
+#[test]
+fn the_log_filters_by_kind_env_actor_time_and_count_and_hides_checkpoints() {
+    let w = World::packaged();
+    w.ok("", &["ledger", "checkpoint"]);
+    let log = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut full = vec!["ledger", "log", "--json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&w.ok("", &full)).expect("log JSON")
+    };
+    let kinds = |entries: &[serde_json::Value]| -> Vec<String> {
+        entries.iter().map(|e| e["kind"].as_str().expect("kind").to_string()).collect()
+    };
+    let all = log(&["--all"]);
+    assert!(kinds(&all).contains(&"checkpoint".to_string()));
+    let shown = log(&[]);
+    assert_eq!(shown.len(), all.len() - 1, "the checkpoint is hidden by default");
+    assert_eq!(kinds(&log(&["--kind", "checkpoint"])), ["checkpoint"]);
+    let packages = log(&["--kind", "package", "--kind", "approve"]);
+    assert_eq!(kinds(&packages), ["package", "approve"]);
+    let carol = log(&["--actor", "carol"]);
+    assert!(!carol.is_empty() && carol.iter().all(|e| e["actor"] == "carol"), "{carol:?}");
+    let dev = log(&["--env", "dev"]);
+    assert!(
+        !dev.is_empty() && dev.iter().all(|e| e["kind"] == "key_add"),
+        "targets enrolled in dev: {dev:?}"
+    );
+    let newest = log(&["--limit", "2"]);
+    assert_eq!(newest.len(), 2);
+    assert_eq!(newest[1]["seq"], shown.last().expect("entries")["seq"], "the newest two");
+    assert_eq!(log(&["--since", "1h"]).len(), shown.len());
+    assert!(log(&["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    let out = w.pd("", &["ledger", "log", "--kind", "deploy"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(pd_e2e::text(&out).contains("not an entry kind; kinds: genesis"), "{}", pd_e2e::text(&out));
+}

@@ -46,8 +46,8 @@ pub enum LedgerCmd {
         #[arg(long)]
         reason: String,
     },
-    /// List every entry.
-    Log,
+    /// List the entries, oldest first (checkpoints only with --all or --kind checkpoint).
+    Log(LogArgs),
     /// Show one entry (by seq) or one package (by version) in full.
     Show {
         /// A seq number or a version such as PD-23.1.0.
@@ -163,7 +163,7 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
         LedgerCmd::Deploy(a) => crate::deploy::run(ctx, a),
         LedgerCmd::Ack { version, failed } => ack(ctx, version, failed),
         LedgerCmd::Rollback(a) => rollback(ctx, a),
-        LedgerCmd::Log => log(ctx),
+        LedgerCmd::Log(a) => log(ctx, a),
         LedgerCmd::Show { what } => show(ctx, &what),
         LedgerCmd::Export { file, with_artifacts } => export(ctx, &file, with_artifacts),
         LedgerCmd::Checkpoint(a) => crate::proof_cmd::checkpoint(ctx, a),
@@ -592,8 +592,78 @@ fn entry_json(e: &SignedEntry) -> serde_json::Value {
     })
 }
 
-fn log(ctx: &Ctx) -> Result<()> {
-    let entries = Backend::open(ctx, ctx.home().ok())?.entries(0)?;
+/// Which entries `pd ledger log` lists.
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// Only entries of this kind (repeatable): package, approve, push, ack, rollback, …
+    #[arg(long, value_name = "KIND")]
+    kind: Vec<String>,
+    /// Only entries about this environment (pushes, acks, rollbacks, retries, settings, and
+    /// the keys enrolled in it).
+    #[arg(long, value_name = "ENV")]
+    env: Option<String>,
+    /// Only entries signed by this key name.
+    #[arg(long, value_name = "NAME")]
+    actor: Option<String>,
+    /// Only entries from this time on: RFC 3339 (`2026-12-06T10:00:00Z`) or an age (`2h`).
+    #[arg(long, value_name = "TIME", value_parser = since_ms)]
+    since: Option<u64>,
+    /// Only the newest N of the entries that match.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Checkpoints too (the server writes many; hidden by default).
+    #[arg(long)]
+    all: bool,
+}
+
+/// `--since`: an RFC 3339 time or an age before now, as ms since the epoch.
+fn since_ms(text: &str) -> Result<u64, String> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(text).map_err(|_| {
+                format!("{text:?} is neither a time (2026-12-06T10:00:00Z) nor an age (2h, 30m)")
+            })?;
+            std::time::SystemTime::now() - age
+        }
+    };
+    let since = at.duration_since(std::time::UNIX_EPOCH).map_err(|_| format!("{text:?} is before 1970"))?;
+    Ok(since.as_millis() as u64)
+}
+
+/// The environment an entry is about, if one.
+fn entry_env(body: &Body) -> Option<&str> {
+    match body {
+        Body::Push(p) => Some(&p.env),
+        Body::Ack(a) => Some(&a.env),
+        Body::Rollback(r) => Some(&r.env),
+        Body::Retry(r) => Some(&r.env),
+        Body::EnvSet(e) => Some(&e.env),
+        Body::KeyAdd(k) => k.env.as_deref(),
+        _ => None,
+    }
+}
+
+impl LogArgs {
+    fn wants(&self, e: &SignedEntry) -> bool {
+        let kind = e.entry.body.kind();
+        (self.all || kind != "checkpoint" || self.kind.iter().any(|k| k == "checkpoint"))
+            && (self.kind.is_empty() || self.kind.iter().any(|k| k == kind))
+            && self.env.as_deref().is_none_or(|env| entry_env(&e.entry.body) == Some(env))
+            && self.actor.as_deref().is_none_or(|a| e.entry.actor == a)
+            && self.since.is_none_or(|t| e.entry.time_ms >= t)
+    }
+}
+
+fn log(ctx: &Ctx, a: LogArgs) -> Result<()> {
+    if let Some(k) = a.kind.iter().find(|k| !Body::KINDS.contains(&k.as_str())) {
+        anyhow::bail!("--kind {k:?} is not an entry kind; kinds: {}", Body::KINDS.join(", "));
+    }
+    let mut entries = Backend::open(ctx, ctx.home().ok())?.entries(0)?;
+    entries.retain(|e| a.wants(e));
+    if let Some(n) = a.limit {
+        entries.drain(..entries.len().saturating_sub(n));
+    }
     if ctx.json {
         return ctx.emit(&entries.iter().map(entry_json).collect::<Vec<_>>());
     }

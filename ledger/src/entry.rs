@@ -505,7 +505,25 @@ impl Body {
         matches!(self, Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_))
     }
 
-    /// The kind, as named in logs.
+    /// Every kind's name, as [`Body::kind`] gives it.
+    pub const KINDS: [&'static str; 14] = [
+        "genesis",
+        "key_add",
+        "key_rotate",
+        "key_revoke",
+        "key_approve",
+        "package",
+        "approve",
+        "push",
+        "ack",
+        "rollback",
+        "retry",
+        "env_set",
+        "withdraw",
+        "checkpoint",
+    ];
+
+    /// The kind, as named in logs (one of [`Body::KINDS`]).
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Genesis(_) => "genesis",

@@ -84,7 +84,7 @@ class World:
 
     def log(self) -> List[Dict[str, Any]]:
         """`pd ledger log --json`, from the CLI."""
-        return json.loads(self.pd("ledger", "log", "--json"))
+        return json.loads(self.pd("ledger", "log", "--all", "--json"))
 
     def serve(self) -> str:
         """Starts `pd serve` on a free loopback port and makes it the home's server."""
