@@ -130,3 +130,46 @@ fn the_log_filters_by_kind_env_actor_time_and_count_and_hides_checkpoints() {
     assert_eq!(out.status.code(), Some(2));
     assert!(pd_e2e::text(&out).contains("not an entry kind; kinds: genesis"), "{}", pd_e2e::text(&out));
 }
+
+#[test]
+fn diff_shows_what_a_package_changes_and_approve_shows_it_before_recording() {
+    let w = World::packaged();
+    w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "first", "--no-wait"]);
+    w.write("llm_policy.yaml", "max_tokens: 2000\n");
+    w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "more tokens"]);
+    // By default: the newest package against what its next environment (dev) runs.
+    let text = w.ok("", &["ledger", "diff"]);
+    for line in [
+        "--- PD-0.1.0/llm_policy.yaml",
+        "+++ PD-0.2.0/llm_policy.yaml",
+        "-max_tokens: 1000",
+        "+max_tokens: 2000",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+    }
+    assert!(text.contains("(desired in dev)"), "{text}");
+    // The approver sees the same summary before the approval is recorded.
+    let approved = w.ok("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "ok"]);
+    assert!(approved.contains("llm_policy.yaml (+1 −1)"), "{approved}");
+    // Files added and removed, against a local directory, structured.
+    w.write("next/llm_policy.yaml", "max_tokens: 2000\n");
+    w.write("next/extra.yaml", "a: 1\n");
+    let next = w.path("next");
+    let diff = |from: &str, to: &str| -> serde_json::Value {
+        serde_json::from_str(&w.ok("", &["ledger", "diff", from, to, "--json"])).expect("diff JSON")
+    };
+    let added = diff("PD-0.2.0", next.to_str().expect("path"));
+    assert_eq!(added["files"].as_array().map(Vec::len), Some(1), "only the new file: {added}");
+    assert_eq!(
+        (added["files"][0]["path"].as_str(), added["files"][0]["change"].as_str()),
+        (Some("extra.yaml"), Some("added"))
+    );
+    let removed = diff(next.to_str().expect("path"), "PD-0.1.0");
+    let changes: Vec<(&str, &str)> = removed["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| (f["path"].as_str().expect("path"), f["change"].as_str().expect("change")))
+        .collect();
+    assert_eq!(changes, [("extra.yaml", "removed"), ("llm_policy.yaml", "modified")]);
+}

@@ -48,6 +48,11 @@ pub enum LedgerCmd {
     },
     /// List the entries, oldest first (checkpoints only with --all or --kind checkpoint).
     Log(LogArgs),
+    /// What a package changes, file by file, as a unified diff of verified artifacts:
+    /// `diff PD-0.2.0` (against the version desired in its next environment), `diff PD-0.1.0
+    /// PD-0.2.0`, `diff PD-0.2.0 llm_policy.yaml` (a local file); no argument: the newest
+    /// package against its next environment.
+    Diff(crate::diff_cmd::DiffArgs),
     /// Show one entry (by seq) or one package (by version) in full.
     Show {
         /// A seq number or a version such as PD-23.1.0.
@@ -164,6 +169,7 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
         LedgerCmd::Ack { version, failed } => ack(ctx, version, failed),
         LedgerCmd::Rollback(a) => rollback(ctx, a),
         LedgerCmd::Log(a) => log(ctx, a),
+        LedgerCmd::Diff(a) => crate::diff_cmd::run(ctx, a),
         LedgerCmd::Show { what } => show(ctx, &what),
         LedgerCmd::Export { file, with_artifacts } => export(ctx, &file, with_artifacts),
         LedgerCmd::Checkpoint(a) => crate::proof_cmd::checkpoint(ctx, a),
@@ -379,6 +385,15 @@ fn withdraw(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
 }
 
 fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
+    // What the approver approves, shown before it is recorded.
+    let changes = {
+        let mut backend = Backend::open(ctx, ctx.home().ok())?;
+        let state = backend.state()?;
+        crate::diff_cmd::against_next_env(&mut backend, &state, version)?
+    };
+    if !ctx.json {
+        outln!("  {}", changes.summary());
+    }
     let (entry, state) = append_with(ctx, |state, _| {
         let package = package_of(state, version)?.package.tarball.blake3;
         Ok(Body::Approve(Approve { version, package, reason: reason.clone() }))
@@ -387,7 +402,7 @@ fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
     let (have, need) = (pkg.counted_approvals(), state.approvals_required());
     if ctx.json {
         return ctx.emit(
-            &serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need }),
+            &serde_json::json!({ "version": version, "approver": entry.entry.actor, "seq": entry.entry.seq, "approvals": have, "required": need, "changes": changes }),
         );
     }
     output::ok(format!(

@@ -28,6 +28,7 @@ macro_rules! out {
 mod backend;
 mod demo;
 mod deploy;
+mod diff_cmd;
 mod env_cmd;
 mod home;
 mod init;
