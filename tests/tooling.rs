@@ -173,3 +173,22 @@ fn diff_shows_what_a_package_changes_and_approve_shows_it_before_recording() {
         .collect();
     assert_eq!(changes, [("extra.yaml", "removed"), ("llm_policy.yaml", "modified")]);
 }
+
+#[test]
+fn a_wait_without_a_terminal_prints_lines_naming_the_missing_targets() {
+    let w = World::packaged();
+    let mut net = pd_e2e::Net::start(&w);
+    net.agent("dev-1", "dev", &[]);
+    // dev-2 has no agent: it is missing until the deadline.
+    let args = ["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "go", "--timeout", "8s"];
+    let out = net.run("", &args);
+    let text = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("  dev: 1/2 acknowledged PD-0.1.0; missing dev-2"), "{text}");
+    assert!(!text.contains('\r') && !text.contains('\x1b'), "no bar, no colour without a terminal: {text:?}");
+    let pushed = text.find("pushed to dev").expect("the push line");
+    assert!(text.find("⟳ deploying to dev").is_some_and(|at| at < pushed), "announced with the push: {text}");
+    // The server's log, written to a file, has no colour codes either.
+    let log = std::fs::read_to_string(w.path("serve-0.log")).expect("server log");
+    assert!(log.contains("pd serve listening") && !log.contains('\x1b'), "{log:?}");
+}

@@ -104,6 +104,28 @@ impl Waited {
         self.failed.is_empty() && self.missing.is_empty() && self.revoked.is_empty() && self.short_by == 0
     }
 
+    /// Who the wait still waits for, briefly: the first few missing, failed and stale targets.
+    fn waiting_for(&self) -> String {
+        let few = |names: Vec<&String>| {
+            let shown: Vec<&str> = names.iter().take(5).map(|n| n.as_str()).collect();
+            match names.len() {
+                n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
+                _ => shown.join(", "),
+            }
+        };
+        let mut parts = Vec::new();
+        if !self.missing.is_empty() {
+            parts.push(format!("missing {}", few(self.missing.iter().collect())));
+        }
+        if !self.failed.is_empty() {
+            parts.push(format!("failed {}", few(self.failed.iter().map(|(t, _)| t).collect())));
+        }
+        if !self.stale.is_empty() {
+            parts.push(format!("stale {}", few(self.stale.iter().collect())));
+        }
+        parts.join("; ")
+    }
+
     fn problems(&self) -> String {
         let mut parts: Vec<String> = self.failed.iter().map(|(t, e)| format!("{t} failed: {e}")).collect();
         if !self.missing.is_empty() {
@@ -125,6 +147,15 @@ impl Waited {
     }
 }
 
+/// A progress bar that is cleared however its owner ends.
+struct ClearOnDrop(indicatif::ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// Runs `pd ledger deploy`.
 pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
     let (home, mut b) = Backend::of_home(ctx)?;
@@ -141,10 +172,9 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         output::ok(format!("{version} is already adopted in {done}: nothing to do"));
         return Ok(());
     }
-    if !ctx.json {
-        let names: Vec<String> = envs.iter().map(|e| format!("{e}…")).collect();
-        output::working(format!("deploying to {}", names.join(" ")));
-    }
+    // Announced once the first push is recorded: a refused push shows no step under way.
+    let mut announce =
+        (!ctx.json).then(|| envs.iter().map(|e| format!("{e}…")).collect::<Vec<_>>().join(" "));
     let mut report = Vec::new();
     for env in &envs {
         let state = b.state()?;
@@ -158,6 +188,9 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
                 Ok(Body::Retry(Retry { env: env.clone(), version, package, reason: a.reason.clone() }))
             })?;
             seq = Some(entry.entry.seq);
+            if let Some(names) = announce.take() {
+                output::working(format!("deploying to {names}"));
+            }
             ctx.progress(
                 json!({ "event": "retry", "env": env, "version": version, "seq": seq, "targets": failed }),
             )?;
@@ -169,6 +202,9 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             match make_desired(&mut b, (&actor, &key), (env, version, revert), &a.reason)? {
                 Some(entry) => {
                     seq = Some(entry.entry.seq);
+                    if let Some(names) = announce.take() {
+                        output::working(format!("deploying to {names}"));
+                    }
                     let how =
                         if matches!(entry.entry.body, Body::Rollback(_)) { "rolled back" } else { "pushed" };
                     ctx.progress(json!({ "event": how, "env": env, "version": version, "seq": seq }))?;
@@ -185,6 +221,9 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         }
         if a.no_wait {
             return pushed_only(ctx, &state, env, version, seq);
+        }
+        if let Some(names) = announce.take() {
+            output::working(format!("deploying to {names}"));
         }
         let until =
             Until { max_failed: a.max_failed, fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
@@ -412,6 +451,12 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
     if ctx.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // However the wait ends (an error included), the bar goes, so what follows starts on a
+    // line of its own.
+    let bar = ClearOnDrop(bar);
+    // Without a terminal there is no bar: a line per change instead, at most every 2 s.
+    let lines = !ctx.json && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (mut said, mut said_at) = (String::new(), None::<Instant>);
     let mut state = b.state()?;
     let (mut last, mut last_stale) = (None, Vec::<String>::new());
     let (mut beats, mut outage) = (pd_server::wire::Heartbeats::default(), None::<Duration>);
@@ -447,7 +492,7 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
             for t in stale.iter().filter(|t| !ctx.json && !last_stale.contains(t)) {
                 let ago = seen.get(t).map(|s| beats.now_ms.saturating_sub(s.received_ms)).unwrap_or_default();
                 let ago = humantime::format_duration(Duration::from_secs(ago / 1000));
-                bar.suspend(|| output::warn(format!("{t} is stale: its last heartbeat came {ago} ago")));
+                bar.0.suspend(|| output::warn(format!("{t} is stale: its last heartbeat came {ago} ago")));
             }
             last_stale = stale.clone();
         }
@@ -467,16 +512,20 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
             let (loaded, targets) = (w.loaded, w.targets);
             ctx.progress(json!({ "event": "acks", "env": env, "version": version, "loaded": loaded, "targets": targets, "failed": failed }))?;
         }
-        bar.set_length(w.targets as u64);
-        bar.set_position(w.loaded as u64);
+        bar.0.set_length(w.targets as u64);
+        bar.0.set_position(w.loaded as u64);
+        let problems = w.problems();
+        let tail = if problems.is_empty() { String::new() } else { format!("; {}", w.waiting_for()) };
+        bar.0.set_message(format!("{env}: targets acknowledged {version}{tail}"));
         let too_many = w.failed.len() as f64 > until.max_failed * w.targets as f64;
         let ended = !w.revoked.is_empty() || w.short_by > 0 || (until.fail_on_stale && !w.stale.is_empty());
-        if w.missing.is_empty() || too_many || ended || Instant::now() >= until.deadline {
-            if w.adopted() {
-                bar.finish_and_clear();
-            } else {
-                bar.abandon();
-            }
+        let done = w.missing.is_empty() || too_many || ended || Instant::now() >= until.deadline;
+        let line = format!("{env}: {}/{} acknowledged {version}{tail}", w.loaded, w.targets);
+        if lines && line != said && (done || said_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(2))) {
+            outln!("  {line}");
+            (said, said_at) = (line, Some(Instant::now()));
+        }
+        if done {
             return Ok(w);
         }
         let wake = until.deadline.min(Instant::now() + Duration::from_millis(interval));
@@ -485,7 +534,7 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
         match b.wait(state.len(), wake, &|| ctx.check()) {
             Ok(s) => {
                 if outage.take().is_some() && !ctx.json {
-                    bar.suspend(|| output::ok("the server is back"));
+                    bar.0.suspend(|| output::ok("the server is back"));
                 }
                 state = s;
             }
@@ -493,7 +542,7 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
                 let pause =
                     outage.map_or(Duration::from_millis(200), |p| (p * 2).min(Duration::from_secs(5)));
                 if outage.is_none() && !ctx.json {
-                    bar.suspend(|| {
+                    bar.0.suspend(|| {
                         output::warn(format!("{}; retrying until the timeout", output::chain(&e)))
                     });
                 }

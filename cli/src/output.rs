@@ -21,6 +21,12 @@ pub(crate) fn raw(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// Whether to colour what goes to `stream`: only a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>).
+pub fn colour(stream: &impl std::io::IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// A finished step.
 pub fn ok(line: impl std::fmt::Display) {
     outln!("✔ {line}");
