@@ -192,3 +192,30 @@ fn a_wait_without_a_terminal_prints_lines_naming_the_missing_targets() {
     let log = std::fs::read_to_string(w.path("serve-0.log")).expect("server log");
     assert!(log.contains("pd serve listening") && !log.contains('\x1b'), "{log:?}");
 }
+
+#[test]
+fn bad_paths_are_named_and_refused_whole() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = World::standard();
+    // A file name that is not UTF-8 is refused, given directly or inside a directory.
+    let name = std::ffi::OsStr::from_bytes(b"bad\xff.yaml");
+    std::fs::create_dir_all(w.path("dir")).expect("mkdir");
+    for path in [w.path("dir").join(name), w.dir.path().join(name)] {
+        std::fs::write(&path, "a: 1\n").expect("write");
+    }
+    for arg in [std::path::PathBuf::from(name), w.path("dir")] {
+        let mut cmd = w.pd("", &["ledger", "package"]);
+        let out = cmd.arg(&arg).args(["--reason", "x"]).output().expect("run");
+        let text = pd_e2e::text(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(text.contains("not UTF-8; rename it"), "{text}");
+    }
+    assert!(w.log().iter().all(|e| e["kind"] != "package"), "nothing was packaged");
+    // A home path that is a file is named.
+    let file = w.write("afile", "x");
+    let out = std::process::Command::new(pd_e2e::bin("pd"))
+        .args(["--home", file.to_str().expect("path"), "init"])
+        .output()
+        .expect("run");
+    assert!(pd_e2e::text(&out).contains("afile exists and is not a directory"), "{}", pd_e2e::text(&out));
+}

@@ -53,7 +53,10 @@ impl Backend {
                 "{} holds keys but no ledger (`pd key gen` made it): pass --server URL, or set `server` in its config.toml",
                 home.dir.display()
             ),
-            (None, None) => anyhow::bail!("no pd home and no server: pass --home DIR or --server URL"),
+            (None, None) => anyhow::bail!(
+                "no pd home at {} and no server: run `pd init` there, or pass --home DIR or --server URL",
+                ctx.home_dir.display()
+            ),
         }
     }
 

@@ -77,12 +77,16 @@ pub fn create_new<T>(dir: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Resu
     if dir.join(CONFIG).exists() || dir.join("ledger").exists() {
         crate::refuse!("{} already holds a pd ledger; pd never overwrites one", dir.display());
     }
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("{} exists and is not a directory; choose another --home", dir.display());
+    }
     if dir.exists() && dir.read_dir()?.next().is_some() {
         crate::refuse!("{} exists and is not empty; choose another --home", dir.display());
     }
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new().prefix(".pd-new-").tempdir_in(parent)?;
+    let cannot = || format!("cannot create a pd home at {}", dir.display());
+    fs::create_dir_all(parent).with_context(cannot)?;
+    let tmp = tempfile::Builder::new().prefix(".pd-new-").tempdir_in(parent).with_context(cannot)?;
     let built = build(tmp.path())?;
     if dir.exists() {
         fs::remove_dir(dir)?;

@@ -65,18 +65,5 @@ pub fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Bytes for humans.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+/// Bytes for humans: "4 MiB", "441 B".
+pub use pd_ledger::limits::human_bytes as size;

@@ -61,7 +61,7 @@ pub struct EnrolmentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// Larger than any request pd writes.
-    #[error("the enrolment request is {size} bytes, over the limit of {limit}: is this the .request file `pd key gen` wrote?")]
+    #[error("the enrolment request is {}, over the limit of {}: is this the .request file `pd key gen` wrote?", crate::limits::human_bytes(*size as u64), crate::limits::human_bytes(*limit as u64))]
     TooLarge {
         /// Its size.
         size: usize,

@@ -548,7 +548,7 @@ impl Body {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EncodingError {
     /// Over [`MAX_ENTRY_BYTES`].
-    #[error("entry is {size} bytes, over the limit of {limit}")]
+    #[error("entry is {}, over the limit of {}", crate::limits::human_bytes(*size as u64), crate::limits::human_bytes(*limit as u64))]
     TooLarge {
         /// Actual size.
         size: usize,

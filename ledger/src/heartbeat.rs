@@ -67,7 +67,7 @@ pub struct SignedHeartbeat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeartbeatError {
     /// Over [`MAX_HEARTBEAT_BYTES`].
-    #[error("heartbeat is {0} bytes, over the limit of {MAX_HEARTBEAT_BYTES}")]
+    #[error("heartbeat is {}, over the limit of {}", crate::limits::human_bytes(*.0 as u64), crate::limits::human_bytes(MAX_HEARTBEAT_BYTES as u64))]
     TooLarge(usize),
     /// Not CBOR of a heartbeat, or not its one canonical form.
     #[error("not a canonical pd heartbeat: {0}")]

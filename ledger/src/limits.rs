@@ -39,3 +39,19 @@ pub const STATEMENT_WINDOW: u64 = 1 << 15;
 pub const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
 /// How long after it was signed a statement may still be appended.
 pub const MAX_STATEMENT_AGE_MS: u64 = 10 * 60_000;
+
+/// `n` bytes in the largest binary unit that keeps it readable: "4 MiB", "4.1 MiB", "512 B".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -46,21 +46,7 @@ pub const EXPORT_ANSWER_BYTES: u64 = pd_ledger::limits::MAX_EXPORT_BYTES;
 /// [`crate::mirror::SEGMENT_ENTRIES`] entries, or the head).
 pub const S3_LEDGER_OBJECT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
-/// `n` bytes in the largest binary unit that keeps it readable: "4 MiB", "4.1 MiB", "512 B".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use pd_ledger::limits::human_bytes;
 
 /// The connection limit when none is given: [`MAX_CONNECTIONS`], or fewer when the process's
 /// open-file limit minus [`FD_HEADROOM`] is lower (at least 16).

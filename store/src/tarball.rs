@@ -167,7 +167,7 @@ pub enum TarballError {
         limit: usize,
     },
     /// One file too large.
-    #[error("{path} is over the limit of {limit} bytes per file")]
+    #[error("{path} is over the limit of {} per file", pd_ledger::limits::human_bytes(*limit as u64))]
     FileTooLarge {
         /// Which.
         path: String,
@@ -175,7 +175,7 @@ pub enum TarballError {
         limit: u64,
     },
     /// Tarball too large.
-    #[error("tarball of {size} bytes is over the limit of {limit}")]
+    #[error("tarball of {} is over the limit of {}", pd_ledger::limits::human_bytes(*size as u64), pd_ledger::limits::human_bytes(*limit as u64))]
     TarballTooLarge {
         /// Its size.
         size: u64,
@@ -183,7 +183,7 @@ pub enum TarballError {
         limit: u64,
     },
     /// Unpacks to too much.
-    #[error("tarball unpacks to more than {limit} bytes")]
+    #[error("tarball unpacks to more than {}", pd_ledger::limits::human_bytes(*limit as u64))]
     UnpackedTooLarge {
         /// The limit.
         limit: u64,
@@ -235,8 +235,12 @@ pub fn collect(paths: &[PathBuf], limits: &Limits) -> Result<Vec<PolicyFile>, Ta
         if meta.is_dir() {
             walk(p, "", &mut files, limits)?;
         } else {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            add_file(p, name, &meta, &mut files, limits)?;
+            let name = p.file_name().unwrap_or_default();
+            let name = name.to_str().ok_or_else(|| TarballError::BadPath {
+                path: name.to_string_lossy().into(),
+                why: "not UTF-8; rename it".into(),
+            })?;
+            add_file(p, name.to_string(), &meta, &mut files, limits)?;
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -253,8 +257,8 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<PolicyFile>, limits: &Limits) ->
     for e in entries {
         let path = e.path();
         let name = e.file_name().into_string().map_err(|n| TarballError::BadPath {
-            path: n.to_string_lossy().into(),
-            why: "not UTF-8".into(),
+            path: path.with_file_name(n.to_string_lossy().as_ref()).display().to_string(),
+            why: "not UTF-8; rename it".into(),
         })?;
         let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;

@@ -38,7 +38,7 @@ pub enum VerifyError {
         source: std::io::Error,
     },
     /// The file is larger than any valid one; it was not read.
-    #[error("{path} is {len} bytes, over the limit of {limit}")]
+    #[error("{path} is {}, over the limit of {}", pd_ledger::limits::human_bytes(*len), pd_ledger::limits::human_bytes(*limit))]
     TooLarge {
         /// The file.
         path: String,
