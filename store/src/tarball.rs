@@ -167,7 +167,7 @@ pub enum TarballError {
         limit: usize,
     },
     /// One file too large.
-    #[error("{path} is over the limit of {} per file", pd_ledger::limits::human_bytes(*limit as u64))]
+    #[error("{path} is over the limit of {} per file", pd_ledger::limits::human_bytes(*limit))]
     FileTooLarge {
         /// Which.
         path: String,
@@ -175,7 +175,7 @@ pub enum TarballError {
         limit: u64,
     },
     /// Tarball too large.
-    #[error("tarball of {} is over the limit of {}", pd_ledger::limits::human_bytes(*size as u64), pd_ledger::limits::human_bytes(*limit as u64))]
+    #[error("tarball of {} is over the limit of {}", pd_ledger::limits::human_bytes(*size), pd_ledger::limits::human_bytes(*limit))]
     TarballTooLarge {
         /// Its size.
         size: u64,
@@ -183,7 +183,7 @@ pub enum TarballError {
         limit: u64,
     },
     /// Unpacks to too much.
-    #[error("tarball unpacks to more than {}", pd_ledger::limits::human_bytes(*limit as u64))]
+    #[error("tarball unpacks to more than {}", pd_ledger::limits::human_bytes(*limit))]
     UnpackedTooLarge {
         /// The limit.
         limit: u64,
