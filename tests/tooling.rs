@@ -219,3 +219,110 @@ fn bad_paths_are_named_and_refused_whole() {
         .expect("run");
     assert!(pd_e2e::text(&out).contains("afile exists and is not a directory"), "{}", pd_e2e::text(&out));
 }
+
+/// A webhook receiver on loopback: records each POST body; answers 500 to the first one,
+/// so the sender has to retry.
+fn receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn notifications_tell_a_receiver_about_pushes_failures_rollbacks_adoptions_and_stale_targets() {
+    let w = World::packaged();
+    let (url, events) = receiver();
+    let mut net = pd_e2e::Net::start_with(&w, &["--notify", &url]);
+    net.agent_with("dev-1", "dev", &[], &["--heartbeat", "1s"]);
+    net.agent_with("dev-2", "dev", &["PD-0.2.0"], &["--heartbeat", "1s"]);
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "first", "--timeout", "60s"]);
+    w.write("llm_policy.yaml", "max_tokens: 2000\n");
+    net.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "second"]);
+    net.ok("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "ok"]);
+    let args = [
+        "ledger",
+        "deploy",
+        "PD-0.2.0",
+        "--until",
+        "dev",
+        "--reason",
+        "v2",
+        "--auto-rollback",
+        "--timeout",
+        "60s",
+    ];
+    assert_eq!(net.run("", &args).status.code(), Some(1), "dev-2 refuses PD-0.2.0");
+    // dev-1 goes silent once the server has seen it alive.
+    net.wait_for(|net| {
+        let state: serde_json::Value = serde_json::from_str(&net.ok("", &["state", "--json"])).ok()?;
+        let dev = state["envs"].as_array()?.iter().find(|e| e["env"] == "dev")?.clone();
+        dev["targets"]
+            .as_array()?
+            .iter()
+            .any(|t| t["name"] == "dev-1" && t["last_seen_ms"].is_u64())
+            .then_some(())
+    });
+    net.kill_agent("dev-1");
+    // In order: the first deploy, the failed one and its rollback, then dev-1 going stale.
+    let mut got: Vec<serde_json::Value> = Vec::new();
+    let wanted = [
+        ("push", "PD-0.1.0"),
+        ("adopted", "PD-0.1.0"),
+        ("push", "PD-0.2.0"),
+        ("failed", "PD-0.2.0"),
+        ("rollback", "PD-0.1.0"),
+        ("adopted", "PD-0.1.0"),
+    ];
+    let key = |e: &serde_json::Value| {
+        (e["event"].as_str().unwrap_or("").to_string(), e["version"].as_str().unwrap_or("").to_string())
+    };
+    while !got.iter().any(|e| e["event"] == "stale" && e["target"] == "dev-1") {
+        let e = events.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(w.path("serve-0.log")).unwrap_or_default()
+                + &std::fs::read_to_string(w.path("agent-dev-1.log")).unwrap_or_default();
+            panic!("no event within 60 s after {got:#?}\nserver log:\n{log}")
+        });
+        assert!(e["text"].as_str().is_some_and(|t| t.starts_with("pd: ")), "a Slack-style text: {e}");
+        got.push(e);
+    }
+    let first = &got[0];
+    assert_eq!(got.iter().filter(|e| *e == first).count(), 2, "the first event was retried after the 500");
+    got.dedup();
+    let kinds: Vec<(String, String)> = got.iter().filter(|e| e["event"] != "stale").map(key).collect();
+    let wanted: Vec<(String, String)> = wanted.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    // An ack of the rolled-back version may land around the rollback; the order of what
+    // the ledger decided is fixed.
+    let decided: Vec<&(String, String)> =
+        kinds.iter().filter(|k| k.0 != "failed" || k.1 == "PD-0.2.0").collect();
+    assert_eq!(decided, wanted.iter().collect::<Vec<_>>(), "{got:#?}");
+    let failed = got.iter().find(|e| e["event"] == "failed").expect("a failed ack");
+    assert_eq!((failed["target"].as_str(), failed["env"].as_str()), (Some("dev-2"), Some("dev")));
+}

@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// How often to mirror.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     mirror_interval: Duration,
+    /// POST a JSON event here on every push, rollback, failed ack, adoption and stale target
+    /// (repeatable). It has a Slack-style `text` field, so a chat incoming webhook URL works
+    /// as is; delivery is retried with backoff and never delays a deploy.
+    #[arg(long, value_name = "URL", value_parser = notify_url)]
+    notify: Vec<String>,
     /// Most connections open at once; one more gets `503 Service Unavailable` and is closed
     /// (default: 4096, or the open-file limit minus 256 if that is lower).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -170,6 +175,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         );
         opts.mirror = Some((std::sync::Arc::new(pd_server::s3::S3Store::open(url)?), a.mirror_interval));
     }
+    opts.notify = a.notify;
     // Local commands on this home find the server here (see `Home::served_by`).
     let served_by = home.dir.join(crate::home::SERVED_BY);
     let served = runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
@@ -189,6 +195,15 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     }));
     let _ = std::fs::remove_file(&served_by);
     served
+}
+
+/// `--notify`: an http(s) URL.
+fn notify_url(text: &str) -> Result<String, String> {
+    let host = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
+    match host {
+        Some(h) if !h.is_empty() && !h.starts_with('/') => Ok(text.to_string()),
+        _ => Err(format!("{text:?} is not an http:// or https:// URL")),
+    }
 }
 
 /// Options for serving `home` as `actor`, whose key signs export heads and checkpoints.

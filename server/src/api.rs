@@ -67,6 +67,9 @@ pub struct ServeOptions {
     pub checkpoint_interval: Duration,
     /// Mirror the ledger and its artifacts to S3 this often (needs `head_signer`).
     pub mirror: Option<(Arc<crate::s3::S3Store>, Duration)>,
+    /// POST a JSON event to each of these URLs on pushes, rollbacks, failed acks, adoptions
+    /// and stale targets ([`crate::notify`]).
+    pub notify: Vec<String>,
 }
 
 impl ServeOptions {
@@ -83,6 +86,7 @@ impl ServeOptions {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             mirror: None,
+            notify: Vec::new(),
         }
     }
 }
@@ -398,6 +402,7 @@ pub async fn serve_on(
         Connections { max: opts.max_connections, header_read_timeout: opts.header_read_timeout };
     let app = shared(ledger, store, opts, stop.clone());
     tokio::spawn(checkpoint_ticker(app.clone()));
+    tokio::spawn(notifier(app.clone()));
     let mirror = tokio::spawn(mirror_ticker(app.clone()));
     let last_mirror = app.clone();
     accept(listener, app.clone(), routes(app), connections, stop).await;
@@ -554,6 +559,69 @@ async fn checkpoint_ticker(app: App) {
         };
         if behind && app.jobs.send(Job::Checkpoint).await.is_err() {
             return;
+        }
+    }
+}
+
+/// How often the notifier looks for targets turning stale.
+const STALE_CHECK: Duration = Duration::from_secs(2);
+
+/// Sends `--notify` events: reads what the ledger gained since it last looked (and, every
+/// [`STALE_CHECK`], the heartbeats) and hands each event to every receiver's queue.
+async fn notifier(app: App) {
+    if app.opts.notify.is_empty() {
+        return;
+    }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let queues: Vec<_> = app
+        .opts
+        .notify
+        .iter()
+        .map(|url| {
+            let (tx, rx) = mpsc::channel(crate::notify::QUEUE);
+            tokio::spawn(crate::notify::deliver(client.clone(), url.clone(), rx));
+            (url.clone(), tx)
+        })
+        .collect();
+    let mut seen = crate::notify::Seen::default();
+    let (mut len, mut shutdown) = (app.read().state().len(), app.shutdown.clone());
+    let mut grown = app.len.subscribe();
+    loop {
+        tokio::select! {
+            _ = grown.changed() => {},
+            () = tokio::time::sleep(STALE_CHECK) => {},
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let worker = app.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let state = worker.read().state().clone();
+            let new = state.len().saturating_sub(len) as usize;
+            let entries: Vec<SignedEntry> = worker
+                .reader
+                .scan(len)
+                .take(new)
+                .filter_map(|b| SignedEntry::decode(&b.ok()?).ok())
+                .collect();
+            let beats = worker.heartbeats_now();
+            let seen_now = beats.verified(&state);
+            let stale = seen_now
+                .iter()
+                .filter(|(_, s)| beats.liveness(Some(s)) == pd_ledger::heartbeat::Liveness::Stale)
+                .map(|(t, _)| t.clone())
+                .collect();
+            (state, entries, stale, beats.now_ms)
+        })
+        .await;
+        let Ok((state, entries, stale, now_ms)) = found else { continue };
+        len = state.len();
+        let mut events: Vec<serde_json::Value> = entries.iter().flat_map(|e| seen.entry(e, &state)).collect();
+        events.extend(seen.stale(&stale, now_ms));
+        for event in events {
+            for (url, tx) in &queues {
+                if tx.try_send(event.clone()).is_err() {
+                    tracing::warn!("{url} is {} notifications behind; dropping one", crate::notify::QUEUE);
+                }
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod client;
 pub mod limits;
 pub mod mirror;
+pub mod notify;
 pub mod s3;
 pub mod sendfile;
 pub mod sequencer;
