@@ -407,6 +407,11 @@ fn the_demo_tells_the_whole_story_and_ends_verified() {
     ] {
         assert!(text.contains(line), "missing {line:?}:\n{text}");
     }
+    // Commands are shown as a user types them, with the server they went to.
+    let server =
+        text.lines().find_map(|l| l.strip_prefix("$ pd --server ")).expect("a command through the server");
+    assert!(server.starts_with("http://127.0.0.1:"), "{server}");
+    assert!(text.contains("\n$ pd-verify audit.pdx\n") && !text.contains("next: pd-verify /"), "{text}");
     let export = w.path("demo/audit.pdx");
     let verified = w.verify(&["--json", export.to_str().expect("path")]);
     assert!(verified.status.success(), "{}", pd_e2e::text(&verified));

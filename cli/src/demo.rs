@@ -11,6 +11,10 @@ pub struct DemoArgs {
     /// Keep the demo's home and files in this new directory instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Keep the temporary directory (its path is printed at the end), to look around or rerun
+    /// a step.
+    #[arg(long, conflicts_with = "dir")]
+    keep: bool,
 }
 
 const BASELINE: &str = "\
@@ -29,8 +33,8 @@ const WITH_OPENAI: &str = "\
 
 /// Runs the story. Every step is a real `pd` command on the demo's home.
 pub fn run(a: DemoArgs) -> Result<()> {
-    let tmp;
-    let keep = a.dir.is_some();
+    let mut tmp = None;
+    let keep = a.dir.is_some() || a.keep;
     let dir = match a.dir {
         Some(d) => {
             std::fs::create_dir(&d)
@@ -38,10 +42,21 @@ pub fn run(a: DemoArgs) -> Result<()> {
             d
         }
         None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
+            let t = tempfile::Builder::new().prefix("pd-demo-").tempdir()?;
+            let path = t.path().to_path_buf();
+            // Removed at the end unless kept: its paths are printed along the way.
+            if a.keep {
+                let _ = t.keep();
+            } else {
+                tmp = Some(t);
+            }
+            path
         }
     };
+    // Every command runs there, so what it prints (paths included) is what you would see.
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    std::env::set_current_dir(&dir).with_context(|| format!("entering {}", dir.display()))?;
+    outln!("# the demo works in {} (as if you had run `cd` there)", dir.display());
     let home = dir.join(".pd");
     let policy = dir.join("governance").join("llm_policy.yaml");
     std::fs::create_dir_all(policy.parent().unwrap_or(&dir))?;
@@ -58,16 +73,18 @@ pub fn run(a: DemoArgs) -> Result<()> {
     step.server = Some(cluster.url.clone());
     let told = story(&step);
     let export = dir.join("audit.pdx");
-    let exported =
-        told.and_then(|()| step.pd("", &format!("ledger export {} --with-artifacts", export.display())));
+    let exported = told.and_then(|()| step.pd("", "ledger export audit.pdx --with-artifacts"));
     cluster.stop()?;
     exported?;
-    outln!("\n$ pd-verify {}", export.display());
+    outln!("\n$ pd-verify audit.pdx");
     let report = pd_verify::verify_file(&export, None).context("pd-verify on the demo's export")?;
     pd_verify::print_report(&report);
     if keep {
-        outln!("\ndemo files kept in {}", dir.display());
+        outln!("\ndemo files kept in {}: `cd` there and run pd (the home is .pd)", dir.display());
+    } else {
+        outln!("\n{} is removed now; `pd demo --keep` keeps it", dir.display());
     }
+    drop(tmp);
     Ok(())
 }
 
@@ -91,8 +108,10 @@ impl Step<'_> {
 
     fn run(&self, actor: &str, args: &str, expect: Expect) -> Result<()> {
         let shown = args.replace(&self.policy.display().to_string(), "governance/llm_policy.yaml");
+        let shown = shown.replace(&format!("{}/", self.home.parent().unwrap_or(self.home).display()), "");
+        let server = self.server.as_ref().map(|u| format!("--server {u} ")).unwrap_or_default();
         let who = if actor.is_empty() { String::new() } else { format!("--as {actor} ") };
-        outln!("\n$ pd {who}{shown}");
+        outln!("\n$ pd {server}{who}{shown}");
         let mut argv = vec!["pd".to_string(), "--home".into(), self.home.display().to_string()];
         if let Some(url) = &self.server {
             argv.extend(["--server".to_string(), url.clone()]);
