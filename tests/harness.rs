@@ -266,7 +266,11 @@ impl Proc {
                 let _ = writeln!(out, "{l}");
             }
         });
-        let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_default().to_string();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .unwrap_or_default()
+            .to_string();
         Proc { child, url }
     }
 

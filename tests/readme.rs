@@ -29,7 +29,8 @@ fn blocks(readme: &str, from: &str, to: &str) -> Vec<String> {
 
 #[test]
 fn the_readme_session_and_network_sections_run_as_written() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
     let script = blocks(&readme, "## A session", "## Fleets, liveness and policy sets").join("");
     assert!(script.contains("pd ledger deploy") && script.contains("pd serve"), "{script}");
     let dir = tempfile::tempdir().expect("temp dir");

@@ -47,7 +47,7 @@ mod validate;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::home::Home;
@@ -81,6 +81,10 @@ struct Cli {
     /// AWS variables and profiles), or the home's `objects/` directory when unset.
     #[arg(long, env = "PD_STORE", global = true, value_name = "URL")]
     store: Option<String>,
+    /// Trust the CA certificate(s) in this PEM file for `https://` servers (besides the
+    /// system's roots): a `pd serve --tls-cert` signed by a private CA.
+    #[arg(long, env = "PD_CA", global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Bearer token for a server started with --require-token.
     #[arg(long, env = "PD_TOKEN", global = true, hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
@@ -343,6 +347,10 @@ where
     T: Into<OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args)?;
+    if let Some(ca) = &cli.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
+        pd_server::tls::trust(&pem, &ca.display().to_string())?;
+    }
     let ctx = Ctx {
         home_dir: cli.home,
         actor: cli.actor,

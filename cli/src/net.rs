@@ -38,6 +38,13 @@ pub struct ServeArgs {
     /// How often to mirror.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     mirror_interval: Duration,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); clients trust its CA
+    /// through the system's roots or `--ca FILE`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// POST a JSON event here on every push, rollback, failed ack, adoption and stale target
     /// (repeatable). It has a Slack-style `text` field, so a chat incoming webhook URL works
     /// as is; delivery is retried with backoff and never delays a deploy.
@@ -176,6 +183,13 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         opts.mirror = Some((std::sync::Arc::new(pd_server::s3::S3Store::open(url)?), a.mirror_interval));
     }
     opts.notify = a.notify;
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let config = pd_server::tls::server_config(&read(cert)?, &read(key)?)
+            .with_context(|| format!("TLS with {} and {}", cert.display(), key.display()))?;
+        opts.tls = Some(config);
+    }
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     // Local commands on this home find the server here (see `Home::served_by`).
     let served_by = home.dir.join(crate::home::SERVED_BY);
     let served = runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
@@ -188,10 +202,11 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
             }
             _ => addr,
         };
-        if let Err(e) = crate::home::write_file_atomic(&served_by, format!("http://{local}\n").as_bytes()) {
+        if let Err(e) = crate::home::write_file_atomic(&served_by, format!("{scheme}://{local}\n").as_bytes())
+        {
             tracing::warn!("cannot write {}: {e:#}", served_by.display());
         }
-        outln!("pd serve listening on http://{addr}");
+        outln!("pd serve listening on {scheme}://{addr}");
     }));
     let _ = std::fs::remove_file(&served_by);
     served

@@ -225,7 +225,7 @@ impl<S: LedgerStore> Agent<S> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Local::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .timeout(Duration::from_secs(30))
             .pool_idle_timeout(crate::limits::CLIENT_POOL_IDLE)
             .build()?;

@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub checkpoint_interval: Duration,
     /// Mirror the ledger and its artifacts to S3 this often (needs `head_signer`).
     pub mirror: Option<(Arc<crate::s3::S3Store>, Duration)>,
+    /// Serve HTTPS with these settings ([`crate::tls::server_config`]) instead of HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// POST a JSON event to each of these URLs on pushes, rollbacks, failed acks, adoptions
     /// and stale targets ([`crate::notify`]).
     pub notify: Vec<String>,
@@ -87,6 +89,7 @@ impl ServeOptions {
             checkpoint_interval: Duration::from_secs(60),
             mirror: None,
             notify: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -464,7 +467,8 @@ async fn accept(
             }
             continue;
         };
-        let io = TokioIo::new(crate::sendfile::Conn::new(tcp, app.mappings.clone()));
+        let plain = crate::sendfile::Conn::new(tcp, app.mappings.clone());
+        let tls = app.opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let (app, routed) = (app.clone(), TowerToHyperService::new(router.clone()));
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let (app, routed) = (app.clone(), routed.clone());
@@ -475,9 +479,18 @@ async fn accept(
                 }
             }
         });
-        let conn = graceful.watch(http.serve_connection(io, service));
+        let (http, watcher, handshake) = (http.clone(), graceful.watcher(), limits.header_read_timeout);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let io = match tls {
+                None => crate::tls::Stream::Plain(plain),
+                // The handshake gets the header-read deadline too: no slowloris before HTTP.
+                Some(tls) => match tokio::time::timeout(handshake, tls.accept(plain.into_inner())).await {
+                    Ok(Ok(stream)) => crate::tls::Stream::Tls(Box::new(stream)),
+                    Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+                    Err(_) => return tracing::debug!("TLS handshake timed out"),
+                },
+            };
+            if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(io), service)).await {
                 tracing::debug!("connection closed: {e}");
             }
             drop(permit);
@@ -572,7 +585,7 @@ async fn notifier(app: App) {
     if app.opts.notify.is_empty() {
         return;
     }
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let client = crate::tls::client_builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
     let queues: Vec<_> = app
         .opts
         .notify

@@ -156,7 +156,7 @@ pub struct Client {
 impl Client {
     /// A client of the server at `url` (e.g. `http://127.0.0.1:8700`).
     pub fn new(url: &str, token: Option<String>) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(limits::CLIENT_POOL_IDLE)

@@ -16,6 +16,7 @@ pub mod s3;
 pub mod sendfile;
 pub mod sequencer;
 pub mod target;
+pub mod tls;
 pub mod wire;
 
 pub use api::{serve, ServeOptions};

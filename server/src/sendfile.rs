@@ -89,6 +89,11 @@ impl Conn {
         Conn { tcp, mappings }
     }
 
+    /// The socket, for a layer (TLS) that does its own writing.
+    pub fn into_inner(self) -> TcpStream {
+        self.tcp
+    }
+
     /// Sends `len` bytes of file `fd` from `offset`, once the socket is writable; uncorks
     /// once they are all sent.
     #[cfg(target_os = "linux")]

@@ -1,0 +1,116 @@
+//! TLS: `pd serve --tls-cert --tls-key` serves HTTPS (rustls), and every HTTP client in pd
+//! (CLI, agent, notifier) is built by [`client_builder`], which trusts the platform's roots
+//! plus a CA given with `--ca FILE` / `PD_CA` (a private CA, as most fleets have).
+
+use anyhow::{Context, Result};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::{Arc, OnceLock};
+
+/// The extra CA certificates every client trusts, set once at start.
+static EXTRA_ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+
+/// Trusts the CA certificates in `pem` (one or more) in every client built after this.
+pub fn trust(pem: &[u8], from: &str) -> Result<()> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .with_context(|| format!("{from} holds no PEM certificate"))?;
+    anyhow::ensure!(!certs.is_empty(), "{from} holds no PEM certificate");
+    EXTRA_ROOTS.set(certs).map_err(|_| anyhow::anyhow!("a CA was already set"))
+}
+
+/// A reqwest builder that trusts the platform's roots and the CA from [`trust`].
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let b = reqwest::Client::builder();
+    match EXTRA_ROOTS.get() {
+        Some(certs) => b.tls_certs_merge(certs.iter().cloned()),
+        None => b,
+    }
+}
+
+/// The server's TLS settings from a PEM certificate chain and its PEM private key.
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .context("the certificate file is not PEM")?;
+    anyhow::ensure!(!chain.is_empty(), "the certificate file holds no certificate");
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("the key file holds no PEM private key")?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the key does not fit the certificate")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A server connection: plain (object bytes sent with sendfile) or TLS (rustls encrypts
+/// everything, mapped object bytes included, read from their mapping).
+pub enum Stream {
+    /// Plain HTTP.
+    Plain(crate::sendfile::Conn),
+    /// HTTPS.
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Plain($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = std::pin::Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        both!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        both!(self, s => s.poll_shutdown(cx))
+    }
+}
