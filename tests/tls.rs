@@ -3,6 +3,22 @@
 
 use pd_e2e::{Net, World};
 
+/// A client certificate (with its key, one PEM file) signed by a new CA: (ca.pem, client.pem).
+fn client_certificate(w: &World) -> (String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("client key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "deployer");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).expect("client certificate");
+    let path = |name: &str, pem: String| w.write(name, &pem).to_str().expect("path").to_string();
+    (path("client-ca.pem", ca_cert.pem()), path("client.pem", cert.pem() + &key.serialize_pem()))
+}
+
 /// A private CA and a certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem).
 fn certificates(w: &World) -> (String, String, String) {
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
@@ -46,4 +62,21 @@ fn a_tls_server_is_verified_against_its_ca_and_agents_converge_over_it() {
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+}
+
+#[test]
+fn a_server_requiring_client_certificates_refuses_clients_without_one() {
+    let mut w = World::packaged();
+    let (ca, cert, key) = certificates(&w);
+    let (client_ca, client) = client_certificate(&w);
+    w.env.push(("PD_CA".into(), ca));
+    let net = Net::start_with(&w, &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &client_ca]);
+    let out = net.run("", &["state"]);
+    assert_eq!(out.status.code(), Some(2), "no client certificate: {}", pd_e2e::text(&out));
+    let said = net.ok("", &["--client-cert", &client, "state"]);
+    assert!(said.contains("dev"), "{said}");
+    // A certificate from another CA is refused too.
+    let (_, stranger) = client_certificate(&w);
+    let out = net.run("", &["--client-cert", &stranger, "state"]);
+    assert_eq!(out.status.code(), Some(2), "a stranger's certificate: {}", pd_e2e::text(&out));
 }

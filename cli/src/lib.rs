@@ -85,6 +85,10 @@ struct Cli {
     /// system's roots): a `pd serve --tls-cert` signed by a private CA.
     #[arg(long, env = "PD_CA", global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// Present this client certificate (one PEM file: certificate and private key) to a
+    /// server started with `--client-ca`.
+    #[arg(long, env = "PD_CLIENT_CERT", global = true, value_name = "FILE")]
+    client_cert: Option<PathBuf>,
     /// Bearer token for a server started with --require-token.
     #[arg(long, env = "PD_TOKEN", global = true, hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
@@ -350,6 +354,11 @@ where
     if let Some(ca) = &cli.ca {
         let pem = std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
         pd_server::tls::trust(&pem, &ca.display().to_string())?;
+    }
+    if let Some(id) = &cli.client_cert {
+        let pem =
+            std::fs::read(id).with_context(|| format!("reading the client certificate {}", id.display()))?;
+        pd_server::tls::present(&pem, &id.display().to_string())?;
     }
     let ctx = Ctx {
         home_dir: cli.home,

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Require every client (agents, deployers, auditors) to present a certificate signed by
+    /// the CA in this PEM file (mutual TLS; clients pass `--client-cert FILE`). /healthz too.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// POST a JSON event here on every push, rollback, failed ack, adoption and stale target
     /// (repeatable). It has a Slack-style `text` field, so a chat incoming webhook URL works
     /// as is; delivery is retried with backoff and never delays a deploy.
@@ -185,7 +189,8 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     opts.notify = a.notify;
     if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
         let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let config = pd_server::tls::server_config(&read(cert)?, &read(key)?)
+        let client_ca = a.client_ca.as_ref().map(read).transpose()?;
+        let config = pd_server::tls::server_config(&read(cert)?, &read(key)?, client_ca.as_deref())
             .with_context(|| format!("TLS with {} and {}", cert.display(), key.display()))?;
         opts.tls = Some(config);
     }
