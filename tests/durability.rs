@@ -89,7 +89,8 @@ fn the_cli_syncs_the_ledger_before_it_reports_an_append() {
     let out = c.output().expect("strace pd");
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("approved by carol"));
-    let report = synced_before(&lines(&trace), |l| l.contains("write(1<"));
+    // The report of the append (approve shows the package's changes before it appends).
+    let report = synced_before(&lines(&trace), |l| l.contains("write(1<") && l.contains("approved by"));
     assert!(report.contains("approved"), "{report}");
 }
 
