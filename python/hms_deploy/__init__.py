@@ -182,8 +182,8 @@ def state(
 
 
 def log(*, home: Optional[PathLike] = None, server: Optional[str] = None) -> List[Dict[str, Any]]:
-    """Every ledger entry, oldest first, as ``pd ledger log --json``."""
-    entries: List[Dict[str, Any]] = _run(_globals(home, server, None) + ["ledger", "log"])
+    """Every ledger entry (checkpoints included), oldest first, as ``pd ledger log --all --json``."""
+    entries: List[Dict[str, Any]] = _run(_globals(home, server, None) + ["ledger", "log", "--all"])
     return entries
 
 
