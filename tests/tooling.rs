@@ -134,7 +134,8 @@ fn the_log_filters_by_kind_env_actor_time_and_count_and_hides_checkpoints() {
 #[test]
 fn diff_shows_what_a_package_changes_and_approve_shows_it_before_recording() {
     let w = World::packaged();
-    w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "first", "--no-wait"]);
+    let pushed = w.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "first", "--no-wait", "--json"]);
+    assert!(pushed.contains("\"waited\": false"), "{pushed}");
     w.write("llm_policy.yaml", "max_tokens: 2000\n");
     w.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "more tokens"]);
     // By default: the newest package against what its next environment (dev) runs.
@@ -263,7 +264,9 @@ fn notifications_tell_a_receiver_about_pushes_failures_rollbacks_adoptions_and_s
     let mut net = pd_e2e::Net::start_with(&w, &["--notify", &url]);
     net.agent_with("dev-1", "dev", &[], &["--heartbeat", "1s"]);
     net.agent_with("dev-2", "dev", &["PD-0.2.0"], &["--heartbeat", "1s"]);
-    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "first", "--timeout", "60s"]);
+    let deployed =
+        net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "first", "--json"]);
+    assert!(deployed.contains("\"outcome\": \"adopted\""), "{deployed}");
     w.write("llm_policy.yaml", "max_tokens: 2000\n");
     net.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "second"]);
     net.ok("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "ok"]);

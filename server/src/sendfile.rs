@@ -50,9 +50,10 @@ impl Mappings {
             return Ok(Bytes::new());
         }
         // SAFETY: object files are written once under their hash (by rename) and never
-        // changed or truncated by pd. Nothing in pd reads this mapping on Linux: `Conn` sends
-        // its ranges from the file with sendfile, which reports a file that another process
-        // shortened as an error instead of faulting.
+        // changed or truncated by pd. Over plain HTTP on Linux nothing in pd reads this
+        // mapping: `Conn` sends its ranges from the file with sendfile, which reports a file
+        // that another process shortened as an error instead of faulting. A TLS connection
+        // reads it to encrypt it, as it would read any other `Bytes`.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
         self.0.write().unwrap_or_else(|p| p.into_inner()).insert(map.as_ptr() as usize, (map.len(), fd));
