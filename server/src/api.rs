@@ -609,12 +609,17 @@ async fn notifier(app: App) {
         let found = tokio::task::spawn_blocking(move || {
             let state = worker.read().state().clone();
             let new = state.len().saturating_sub(len) as usize;
-            let entries: Vec<SignedEntry> = worker
-                .reader
-                .scan(len)
-                .take(new)
-                .filter_map(|b| SignedEntry::decode(&b.ok()?).ok())
-                .collect();
+            // Entries were checked when appended; one that no longer reads is said in the log
+            // and skipped here (replicas and the verifier refuse it on their own).
+            let read = |(i, b): (usize, Result<Vec<u8>, _>)| match b.map(|b| SignedEntry::decode(&b)) {
+                Ok(Ok(e)) => Some(e),
+                _ => {
+                    tracing::warn!("notifications: entry #{} does not read; skipped", len + i as u64);
+                    None
+                }
+            };
+            let entries: Vec<SignedEntry> =
+                worker.reader.scan(len).take(new).enumerate().filter_map(read).collect();
             let beats = worker.heartbeats_now();
             let seen_now = beats.verified(&state);
             let stale = seen_now

@@ -30,7 +30,9 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// The events an appended entry makes, judged against the state just after it.
+    /// The events an appended entry makes, judged against `after`: the state when the
+    /// notifier read it (so an adoption overtaken by a newer push in the same read is not
+    /// announced; a restarted server announces from its start on).
     pub fn entry(&mut self, e: &SignedEntry, after: &State) -> Vec<Value> {
         let actor = &e.entry.actor;
         let at = (e.entry.seq, e.entry.time_ms);

@@ -118,7 +118,9 @@ impl Conn {
                 }
             });
             match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                    continue
+                }
                 sent => break sent?,
             }
         };
@@ -182,14 +184,14 @@ impl AsyncWrite for Conn {
             bufs.len()
         };
         #[cfg(target_os = "linux")]
-        match plain {
-            0 => {
-                if let Some((fd, offset)) = this.mappings.find(&bufs[0]) {
-                    return this.poll_send_file(cx, fd, offset, bufs[0].len());
+        if plain < bufs.len() {
+            // Empty slices before the mapped one count as sent: the count stays a prefix.
+            if bufs[..plain].iter().all(|b| b.is_empty()) {
+                if let Some((fd, offset)) = this.mappings.find(&bufs[plain]) {
+                    return this.poll_send_file(cx, fd, offset, bufs[plain].len());
                 }
             }
-            plain if plain < bufs.len() => return this.poll_write_head(cx, &bufs[..plain]),
-            _ => {}
+            return this.poll_write_head(cx, &bufs[..plain]);
         }
         Pin::new(&mut this.tcp).poll_write_vectored(cx, &bufs[..plain])
     }
@@ -238,6 +240,13 @@ mod tests {
         });
         let (tcp, _) = listener.accept().await.expect("accept");
         let mut conn = Conn::new(tcp, mappings.clone());
+        let none: [IoSlice; 0] = [];
+        let wrote = std::future::poll_fn(|cx| Pin::new(&mut conn).poll_write_vectored(cx, &none)).await;
+        assert_eq!(wrote.expect("nothing"), 0);
+        // Empty slices before a mapped one: the mapped bytes go out, counted as a prefix.
+        let first = [IoSlice::new(&[]), IoSlice::new(&body[..10])];
+        let wrote = std::future::poll_fn(|cx| Pin::new(&mut conn).poll_write_vectored(cx, &first)).await;
+        assert_eq!(wrote.expect("write"), 10);
         let head = b"HTTP/1.1 200 OK\r\n\r\n";
         let mut bufs = [IoSlice::new(head), IoSlice::new(&body)];
         let mut slices: &mut [IoSlice] = &mut bufs;
@@ -250,6 +259,8 @@ mod tests {
         conn.shutdown().await.expect("shutdown");
         drop(conn);
         let got = reader.await.expect("reader");
+        assert_eq!(&got[..10], &content[1000..1010]);
+        let got = &got[10..];
         assert_eq!(&got[..head.len()], head);
         assert!(got[head.len()..] == content[1000..250_000], "the body is the file's range");
         drop(body);
