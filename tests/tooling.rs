@@ -329,3 +329,21 @@ fn notifications_tell_a_receiver_about_pushes_failures_rollbacks_adoptions_and_s
     let failed = got.iter().find(|e| e["event"] == "failed").expect("a failed ack");
     assert_eq!((failed["target"].as_str(), failed["env"].as_str()), (Some("dev-2"), Some("dev")));
 }
+
+#[test]
+fn the_commands_of_a_session_answer_json_that_matches_their_schemas() {
+    // Each `ok` below checks its output against cli/schemas/ (see `check_json`).
+    let w = World::new();
+    w.write("p.yaml", "a: 1\n");
+    w.ok("", &["--json", "init"]);
+    w.ok("", &["--json", "key", "new", "carol", "--role", "approver", "--generate-here"]);
+    w.ok("", &["--json", "key", "new", "dev-1", "--role", "target", "--env", "dev", "--generate-here"]);
+    w.ok("", &["--json", "env", "set", "dev", "--min-targets", "1", "--reason", "one"]);
+    w.ok("", &["--json", "ledger", "package", "p.yaml", "--reason", "r"]);
+    w.ok("carol", &["--json", "ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
+    w.ok("", &["--json", "ledger", "deploy", "PD-0.1.0", "--until", "dev", "--no-wait", "--reason", "r"]);
+    w.ok("dev-1", &["--json", "ledger", "ack", "PD-0.1.0"]);
+    w.ok("", &["--json", "ledger", "export", "x.pdx"]);
+    let withdrawn = w.ok("", &["--json", "ledger", "withdraw", "PD-0.1.0", "--reason", "junk"]);
+    assert!(withdrawn.contains("\"still_desired_in\""), "{withdrawn}");
+}
