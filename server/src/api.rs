@@ -471,13 +471,22 @@ async fn accept(
         let tls = app.opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let (app, routed) = (app.clone(), TowerToHyperService::new(router.clone()));
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let (app, routed) = (app.clone(), routed.clone());
-            async move {
-                match object_read(&req) {
-                    Some(hex) => Ok(get_object(app, hex, req.headers()).await),
-                    None => hyper::service::Service::call(&routed, req).await,
-                }
+            use futures_util::future::{ready, Either, FutureExt};
+            let object = object_read(&req);
+            // A cached object is answered here and now: no task state, no shared counts.
+            if let Some(answer) = object.and_then(|hex| cached_object(&app, hex, req.headers())) {
+                return Either::Left(ready(Ok(answer)));
             }
+            let (app, routed) = (app.clone(), routed.clone());
+            Either::Right(
+                async move {
+                    match object_read(&req) {
+                        Some(hex) => Ok(get_object(app, hex, req.headers()).await),
+                        None => hyper::service::Service::call(&routed, req).await,
+                    }
+                }
+                .boxed(),
+            )
         });
         let (http, watcher, handshake) = (http.clone(), graceful.watcher(), limits.header_read_timeout);
         tokio::spawn(async move {
@@ -1165,31 +1174,60 @@ impl Shared {
 
 /// Answers an [`object_read`] request.
 async fn get_object(app: App, hex: &str, headers: &HeaderMap) -> Response {
-    read_object(app, hex, headers).await.unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn read_object(app: App, hex: &str, headers: &HeaderMap) -> Result<Response, Error> {
-    authorize(&app, headers)?;
-    let hash = parse_hash(hex)?;
-    let etag = HeaderValue::from_str(&etag_of(&hash)).map_err(internal)?;
-    let answer = |status: StatusCode, body: HttpBody| {
-        let mut r = Response::new(body);
-        *r.status_mut() = status;
-        let h = r.headers_mut();
-        h.insert(header::ETAG, etag.clone());
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
-        r
+    let (hash, etag) = match object_request(&app, hex, headers) {
+        Ok(wanted) => wanted,
+        Err(answer) => return answer,
     };
-    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == etag || v == "*") {
-        return Ok(answer(StatusCode::NOT_MODIFIED, HttpBody::empty()));
-    }
     let object = match app.cached(&hash) {
-        Some(b) => b,
+        Some(b) => Ok(b),
         None => {
             let worker = app.clone();
-            tokio::task::spawn_blocking(move || worker.object(hash)).await.map_err(internal)??
+            tokio::task::spawn_blocking(move || worker.object(hash)).await.map_err(internal).and_then(|r| r)
         }
     };
+    object.and_then(|o| object_answer(&app, o, etag, headers)).unwrap_or_else(IntoResponse::into_response)
+}
+
+/// [`get_object`] for an object already in the cache, answered without a task of its own
+/// (most of a fleet's requests); `None` when the object must be read first.
+fn cached_object(app: &Shared, hex: &str, headers: &HeaderMap) -> Option<Response> {
+    let (hash, etag) = match object_request(app, hex, headers) {
+        Ok(wanted) => wanted,
+        Err(answer) => return Some(answer),
+    };
+    let object = app.cached(&hash)?;
+    Some(object_answer(app, object, etag, headers).unwrap_or_else(IntoResponse::into_response))
+}
+
+/// What an object read decides before it needs the object: the token, the hash and its
+/// ETag, or the final answer (an error, or 304 for a client that holds it already).
+fn object_request(app: &Shared, hex: &str, headers: &HeaderMap) -> Result<(Hash, HeaderValue), Response> {
+    authorize(app, headers).map_err(IntoResponse::into_response)?;
+    let hash = parse_hash(hex).map_err(IntoResponse::into_response)?;
+    let etag = HeaderValue::from_str(&etag_of(&hash)).map_err(|e| internal(e).into_response())?;
+    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == etag || v == "*") {
+        return Err(immutable(StatusCode::NOT_MODIFIED, HttpBody::empty(), etag));
+    }
+    Ok((hash, etag))
+}
+
+/// A response about an immutable object: its ETag, cacheable for a year.
+fn immutable(status: StatusCode, body: HttpBody, etag: HeaderValue) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    r
+}
+
+/// The object, whole or the range asked for.
+fn object_answer(
+    app: &Shared,
+    object: Bytes,
+    etag: HeaderValue,
+    headers: &HeaderMap,
+) -> Result<Response, Error> {
     app.metrics.objects_served.fetch_add(1, Relaxed);
     let total = object.len() as u64;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -1208,7 +1246,7 @@ async fn read_object(app: App, hex: &str, headers: &HeaderMap) -> Result<Respons
         }
     };
     app.metrics.object_bytes.fetch_add(end - start, Relaxed);
-    let mut r = answer(status, HttpBody::from(object.slice(start as usize..end as usize)));
+    let mut r = immutable(status, HttpBody::from(object.slice(start as usize..end as usize)), etag);
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
