@@ -1176,7 +1176,7 @@ impl Shared {
 async fn get_object(app: App, hex: &str, headers: &HeaderMap) -> Response {
     let (hash, etag) = match object_request(&app, hex, headers) {
         Ok(wanted) => wanted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let object = match app.cached(&hash) {
         Some(b) => Ok(b),
@@ -1193,7 +1193,7 @@ async fn get_object(app: App, hex: &str, headers: &HeaderMap) -> Response {
 fn cached_object(app: &Shared, hex: &str, headers: &HeaderMap) -> Option<Response> {
     let (hash, etag) = match object_request(app, hex, headers) {
         Ok(wanted) => wanted,
-        Err(answer) => return Some(answer),
+        Err(answer) => return Some(*answer),
     };
     let object = app.cached(&hash)?;
     Some(object_answer(app, object, etag, headers).unwrap_or_else(IntoResponse::into_response))
@@ -1201,12 +1201,17 @@ fn cached_object(app: &Shared, hex: &str, headers: &HeaderMap) -> Option<Respons
 
 /// What an object read decides before it needs the object: the token, the hash and its
 /// ETag, or the final answer (an error, or 304 for a client that holds it already).
-fn object_request(app: &Shared, hex: &str, headers: &HeaderMap) -> Result<(Hash, HeaderValue), Response> {
-    authorize(app, headers).map_err(IntoResponse::into_response)?;
-    let hash = parse_hash(hex).map_err(IntoResponse::into_response)?;
-    let etag = HeaderValue::from_str(&etag_of(&hash)).map_err(|e| internal(e).into_response())?;
+fn object_request(
+    app: &Shared,
+    hex: &str,
+    headers: &HeaderMap,
+) -> Result<(Hash, HeaderValue), Box<Response>> {
+    let answer = |e: Error| Box::new(e.into_response());
+    authorize(app, headers).map_err(answer)?;
+    let hash = parse_hash(hex).map_err(answer)?;
+    let etag = HeaderValue::from_str(&etag_of(&hash)).map_err(|e| answer(internal(e)))?;
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == etag || v == "*") {
-        return Err(immutable(StatusCode::NOT_MODIFIED, HttpBody::empty(), etag));
+        return Err(Box::new(immutable(StatusCode::NOT_MODIFIED, HttpBody::empty(), etag)));
     }
     Ok((hash, etag))
 }
