@@ -173,8 +173,12 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         return Ok(());
     }
     // Announced once the first push is recorded: a refused push shows no step under way.
-    let mut announce =
-        (!ctx.json).then(|| envs.iter().map(|e| format!("{e}…")).collect::<Vec<_>>().join(" "));
+    let mut plan = (!ctx.json).then(|| envs.iter().map(|e| format!("{e}…")).collect::<Vec<_>>().join(" "));
+    let mut announce = move || {
+        if let Some(names) = plan.take() {
+            output::working(format!("deploying to {names}"));
+        }
+    };
     let mut report = Vec::new();
     for env in &envs {
         let state = b.state()?;
@@ -188,9 +192,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
                 Ok(Body::Retry(Retry { env: env.clone(), version, package, reason: a.reason.clone() }))
             })?;
             seq = Some(entry.entry.seq);
-            if let Some(names) = announce.take() {
-                output::working(format!("deploying to {names}"));
-            }
+            announce();
             ctx.progress(
                 json!({ "event": "retry", "env": env, "version": version, "seq": seq, "targets": failed }),
             )?;
@@ -202,9 +204,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             match make_desired(&mut b, (&actor, &key), (env, version, revert), &a.reason)? {
                 Some(entry) => {
                     seq = Some(entry.entry.seq);
-                    if let Some(names) = announce.take() {
-                        output::working(format!("deploying to {names}"));
-                    }
+                    announce();
                     let how =
                         if matches!(entry.entry.body, Body::Rollback(_)) { "rolled back" } else { "pushed" };
                     ctx.progress(json!({ "event": how, "env": env, "version": version, "seq": seq }))?;
@@ -222,9 +222,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         if a.no_wait {
             return pushed_only(ctx, &state, env, version, seq);
         }
-        if let Some(names) = announce.take() {
-            output::working(format!("deploying to {names}"));
-        }
+        announce();
         let until =
             Until { max_failed: a.max_failed, fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
         let waited = wait(ctx, &mut b, env, version, until)?;

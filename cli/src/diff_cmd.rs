@@ -152,8 +152,13 @@ fn side(backend: &mut Backend, state: &State, what: &str) -> Result<Side> {
 }
 
 fn compare(from: Side, to: Side, env: Option<String>) -> Changes {
-    let find =
-        |files: &[PolicyFile], path: &str| files.iter().find(|f| f.path == path).map(|f| f.bytes.clone());
+    fn find<'a>(files: &'a [PolicyFile], path: &str) -> Option<&'a [u8]> {
+        files.iter().find(|f| f.path == path).map(|f| f.bytes.as_slice())
+    }
+    /// A missing side is empty text; a side that is not UTF-8 has no text diff.
+    fn text(b: Option<&[u8]>) -> Option<&str> {
+        b.map_or(Ok(""), std::str::from_utf8).ok()
+    }
     let mut paths: Vec<&str> = from.files.iter().chain(&to.files).map(|f| f.path.as_str()).collect();
     paths.sort_unstable();
     paths.dedup();
@@ -169,13 +174,10 @@ fn compare(from: Side, to: Side, env: Option<String>) -> Changes {
                 (_, None) => "removed",
                 _ => "modified",
             };
-            let text = |b: &Option<Vec<u8>>| match b {
-                None => Some(String::new()),
-                Some(b) => String::from_utf8(b.clone()).ok(),
-            };
-            let (diff, added_lines, removed_lines) = match (text(&old), text(&new)) {
+
+            let (diff, added_lines, removed_lines) = match (text(old), text(new)) {
                 (Some(o), Some(n)) => {
-                    let d = similar::TextDiff::from_lines(&o, &n);
+                    let d = similar::TextDiff::from_lines(o, n);
                     let count = |tag| d.iter_all_changes().filter(|c| c.tag() == tag).count();
                     let (added, removed) =
                         (count(similar::ChangeTag::Insert), count(similar::ChangeTag::Delete));

@@ -143,17 +143,16 @@ impl Home {
         let store = loop {
             match FileStore::open(&path) {
                 Ok(s) => break s,
-                Err(StorageError::Locked) if self.served_by().is_some() => {
-                    let url = self.served_by().unwrap_or_default();
-                    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_word(&a)).collect();
-                    bail!(
-                        "the ledger in {} is held by `pd serve` at {url}; run the command through it: \
-                         pd --server {url} {}",
-                        self.dir.display(),
-                        args.join(" ")
-                    );
-                }
                 Err(StorageError::Locked) if start.elapsed() < LOCK_WAIT => {
+                    if let Some(url) = self.served_by() {
+                        let args: Vec<String> = std::env::args().skip(1).map(|a| shell_word(&a)).collect();
+                        bail!(
+                            "the ledger in {} is held by `pd serve` at {url}; run the command through it: \
+                             pd --server {url} {}",
+                            self.dir.display(),
+                            args.join(" ")
+                        );
+                    }
                     if !warned {
                         eprintln!("waiting for another pd process to release the ledger…");
                         warned = true;
