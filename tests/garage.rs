@@ -83,7 +83,6 @@ impl Garage {
             g.cli(0, &["layout", "assign", "-z", "dc1", "-c", "1G", short]);
         }
         g.cli(0, &["layout", "apply", "--version", "1"]);
-        g.cli(0, &["bucket", "create", BUCKET]);
         let key = g.cli(0, &["key", "create", "pd-key"]);
         let field = |name: &str| {
             key.lines()
@@ -93,8 +92,14 @@ impl Garage {
         };
         g.key_id = field("Key ID:");
         g.secret = field("Secret key:");
-        g.cli(0, &["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "pd-key"]);
+        g.bucket(BUCKET);
         g
+    }
+
+    /// Creates the bucket `name`, readable and writable with the cluster's key.
+    pub fn bucket(&self, name: &str) {
+        self.cli(0, &["bucket", "create", name]);
+        self.cli(0, &["bucket", "allow", "--read", "--write", "--owner", name, "--key", "pd-key"]);
     }
 
     fn config(&self, i: usize) -> PathBuf {

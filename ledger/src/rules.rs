@@ -230,14 +230,15 @@ pub enum RuleError {
         /// Targets `before` lacks to reach its fleet minimum.
         short_by: usize,
     },
-    /// A push that would not move forward.
-    #[error("{env} already wants {current}; pushing {version} would not move forward (to go back, use `pd ledger rollback {env}`)")]
+    /// A push that would not move forward: a slot only ever moves to a version newer than
+    /// every one it has had (a rolled-back version comes back only as a newer package).
+    #[error("{env} has had {current}; a push must be newer than every version it has had, so {version} would not move forward (to go back, use `pd ledger rollback {env}`; to retry a rolled-back change, package it again as a newer version)")]
     NotForward {
         /// Environment.
         env: String,
         /// Proposed.
         version: Version,
-        /// Current desired.
+        /// The newest version the slot has had.
         current: Version,
     },
     /// A rollback to a version the environment never had.

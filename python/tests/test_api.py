@@ -16,16 +16,17 @@ import pytest
 import hms_deploy
 from hms_deploy import deploy_policy
 
-from conftest import PD, POLICY, World
+from conftest import PD, POLICY, REPO, World
 
-SEED = '''from hms_deploy import deploy_policy
+def readme_python() -> str:
+    """The README's one Python block, which this module runs verbatim."""
+    text = (REPO / "README.md").read_text()
+    blocks = text.split("```python\n")
+    assert len(blocks) == 2, "the README has one Python block"
+    return blocks[1].split("```")[0]
 
-deploy_id = deploy_policy(
-    file_path="governance/llm_policy.yaml",
-    reason="Enable OpenAI GPT for nsf_research_staff"
-)
-print(deploy_id)   # → 'PD-23.1.0'
-'''
+
+SEED = readme_python()
 
 
 def cli_error(w: World, *args: str, actor: str = "") -> str:
