@@ -24,7 +24,16 @@ pub fn bin(name: &str) -> PathBuf {
 /// Commands whose name is two words (`pd ledger log`).
 const GROUPS: [&str; 5] = ["key", "ledger", "env", "policy", "store"];
 /// Every other command.
-const COMMANDS: [&str; 6] = ["init", "state", "serve", "agent", "example-target", "demo"];
+const COMMANDS: [&str; 8] =
+    ["init", "state", "serve", "agent", "example-target", "demo", "completions", "man"];
+/// Commands that share one schema.
+const SHARED: [(&str, &str); 5] = [
+    ("key-rotate", "key-change"),
+    ("key-revoke", "key-change"),
+    ("key-approve", "key-change"),
+    ("policy-schema", "policy-set"),
+    ("policy-validator", "policy-set"),
+];
 
 /// If `args` ask for `--json`, checks what pd printed against the schema of that command in
 /// `cli/schemas/` (or, for a failure, the error schema): the machine interface is what the
@@ -43,20 +52,26 @@ pub fn check_json(args: &[&str], out: &Output) {
     } else {
         "error".to_string()
     };
-    check_schema(&name, args, out);
+    let name = SHARED.iter().find(|(cmd, _)| *cmd == name).map_or(name.as_str(), |(_, shared)| shared);
+    check_schema(name, args, out);
 }
 
 /// Checks what a command printed against `cli/schemas/NAME.json`.
 pub fn check_schema(name: &str, args: &[&str], out: &Output) {
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("pd {args:?} printed no JSON ({e}): {}", text(out)));
+    check_value(name, args, &printed);
+}
+
+/// Checks one JSON value that `pd ARGS` printed against `cli/schemas/NAME.json`.
+pub fn check_value(name: &str, args: &[&str], printed: &serde_json::Value) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/schemas").join(format!("{name}.json"));
     let schema = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("pd {args:?} --json has no schema at {}: {e}", path.display()));
     let schema: serde_json::Value = serde_json::from_str(&schema).expect("schema JSON");
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("pd {args:?} printed no JSON ({e}): {}", text(out)));
     let validator = jsonschema::validator_for(&schema).expect("a valid schema");
     let errors: Vec<String> =
-        validator.iter_errors(&printed).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        validator.iter_errors(printed).map(|e| format!("{e} at {}", e.instance_path())).collect();
     assert!(errors.is_empty(), "pd {args:?} --json does not match {}: {errors:?}", path.display());
 }
 
@@ -230,8 +245,10 @@ pub fn text(out: &Output) -> String {
 /// A child process that printed `http://ADDR` (or a marker line) on stdout; killed on drop.
 pub struct Proc {
     child: std::process::Child,
-    /// The URL it printed, if any.
+    /// The URL it printed, if any (a word, or the `url` of a JSON line).
     pub url: String,
+    /// The line with the marker.
+    pub line: String,
 }
 
 impl Proc {
@@ -266,12 +283,13 @@ impl Proc {
                 let _ = writeln!(out, "{l}");
             }
         });
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-            .unwrap_or_default()
-            .to_string();
-        Proc { child, url }
+        let json = serde_json::from_str::<serde_json::Value>(&line).ok();
+        let url = json.and_then(|v| Some(v.get("url")?.as_str()?.to_string())).unwrap_or_else(|| {
+            let word =
+                line.split_whitespace().find(|w| w.starts_with("http://") || w.starts_with("https://"));
+            word.unwrap_or_default().to_string()
+        });
+        Proc { child, url, line }
     }
 
     /// Kills the process with SIGKILL and reaps it.

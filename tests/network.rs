@@ -394,9 +394,13 @@ fn a_server_with_a_token_refuses_requests_without_it() {
 #[test]
 fn the_demo_tells_the_whole_story_and_ends_verified() {
     let w = World::new();
-    let out = w.pd("", &["demo", "--dir", w.path("demo").to_str().expect("path")]).output().expect("run");
+    // With --json the story goes to stderr and stdout gets pd-verify's report (demo.json).
+    let dir = w.path("demo");
+    let args = ["--json", "demo", "--dir", dir.to_str().expect("path")];
+    let out = w.pd("", &args).output().expect("run");
     let text = pd_e2e::text(&out);
     assert!(out.status.success(), "{text}");
+    pd_e2e::check_json(&args, &out);
     for line in [
         "✔ packaged as PD-23.1.0",
         "✔ signature valid (OpenPGP",

@@ -146,8 +146,13 @@ fn a_mirror_restores_into_a_new_home_and_any_tampering_fails_verification() {
 
     let mut restored = World::new();
     restored.env = w.env.clone();
-    let out = restored.ok("", &["ledger", "restore", "s3://pd-test/m"]);
-    assert!(out.contains(&format!("restored {} entries and 2 artifacts", w.log().len())), "{out}");
+    let out = restored.ok("", &["--json", "ledger", "restore", "s3://pd-test/m"]);
+    let out: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (out["entries"].as_u64(), out["artifacts"].as_u64()),
+        (Some(w.log().len() as u64), Some(2)),
+        "{out}"
+    );
     assert_eq!(restored.log(), w.log(), "the same ledger, entry for entry");
     for v in [&v1, &v2] {
         let hash = blake3_of(&w, v);

@@ -344,6 +344,140 @@ fn the_commands_of_a_session_answer_json_that_matches_their_schemas() {
     w.ok("", &["--json", "ledger", "deploy", "PD-0.1.0", "--until", "dev", "--no-wait", "--reason", "r"]);
     w.ok("dev-1", &["--json", "ledger", "ack", "PD-0.1.0"]);
     w.ok("", &["--json", "ledger", "export", "x.pdx"]);
-    let withdrawn = w.ok("", &["--json", "ledger", "withdraw", "PD-0.1.0", "--reason", "junk"]);
+    w.write("p.yaml", "a: 2\n");
+    w.ok("", &["--json", "ledger", "package", "p.yaml", "--reason", "r"]);
+    w.ok("carol", &["--json", "ledger", "approve", "PD-0.2.0", "--reason", "ok"]);
+    w.ok("", &["--json", "ledger", "deploy", "PD-0.2.0", "--until", "dev", "--no-wait", "--reason", "r"]);
+    let rolled = w.ok("", &["--json", "ledger", "rollback", "dev", "--no-wait", "--reason", "bad"]);
+    assert!(rolled.contains("\"from\": \"PD-0.2.0\""), "{rolled}");
+    let withdrawn = w.ok("", &["--json", "ledger", "withdraw", "PD-0.2.0", "--reason", "junk"]);
     assert!(withdrawn.contains("\"still_desired_in\""), "{withdrawn}");
+    w.ok("", &["--json", "ledger", "checkpoint", "-o", "kept.note"]);
+    w.ok("", &["--json", "ledger", "prove", "PD-0.1.0", "-o", "p.proof"]);
+    w.ok("", &["--json", "ledger", "consistency", "kept.note", "-o", "c.proof"]);
+    w.ok("", &["--json", "key", "gen", "bob", "--out", "bob-keys"]);
+    let exported = w.ok("", &["--json", "key", "export", "carol"]);
+    assert!(exported.contains("\"vkey\": \"pd.ledger/"), "{exported}");
+    w.ok("", &["--json", "key", "new", "eve", "--role", "approver", "--generate-here"]);
+    w.ok("", &["--json", "key", "rotate", "eve", "--generate-here", "--reason", "new laptop"]);
+    w.ok("", &["--json", "key", "revoke", "eve", "--left", "--reason", "left"]);
+    w.ok("", &["--json", "policy", "validator", "p", "true"]);
+    w.write("schema.json", "{\"type\": \"object\"}");
+    w.ok("", &["--json", "policy", "schema", "p", "schema.json"]);
+    let sets = w.ok("", &["--json", "policy", "list"]);
+    assert!(sets.contains("\"validator\": \"true\""), "{sets}");
+    let script = w.ok("", &["--json", "completions", "bash"]);
+    assert!(script.contains("\"shell\": \"bash\""), "{script}");
+    w.ok("", &["--json", "man"]);
+    let pages = w.ok("", &["--json", "man", "--dir", "man1"]);
+    assert!(pages.contains("pd-ledger-deploy.1"), "{pages}");
+}
+
+#[test]
+fn long_running_commands_print_json_lines_with_json() {
+    let w = World::standard();
+    let args = ["--json", "serve", "--listen", "127.0.0.1:0"];
+    let mut server = pd_e2e::Proc::spawn(w.pd("", &args), &w.path("serve.log"), "\"listening\"");
+    let ready: serde_json::Value = serde_json::from_str(&server.line).expect("a JSON line");
+    pd_e2e::check_value("events", &args, &ready);
+    assert!(server.url.starts_with("http://127.0.0.1:"), "{}", server.line);
+    assert!(server.terminate(), "pd serve ends cleanly on SIGTERM");
+    let logs = std::fs::read_to_string(w.path("serve.log")).expect("log");
+    assert!(logs.lines().count() >= 2, "pd serve logged its start and its end: {logs}");
+    for l in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {l}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+}
+
+/// `ARGS` as a `pd --home HOME …` command line for `script -c`.
+fn command_line(w: &World, args: &[&str]) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let bin = pd_e2e::bin("pd");
+    let line: Vec<String> = [bin.to_str().expect("path"), "--home", w.home.to_str().expect("path")]
+        .iter()
+        .chain(args)
+        .map(|a| quote(a))
+        .collect();
+    line.join(" ")
+}
+
+/// `script` (util-linux) running `pd --home HOME ARGS…` on a pseudo-terminal, with `env`.
+fn script(w: &World, env: &[(&str, &str)], args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfec", &command_line(w, args), "/dev/null"])
+        .current_dir(w.dir.path())
+        .env_remove("NO_COLOR")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+#[test]
+fn on_a_terminal_the_bar_names_the_missing_targets_and_the_error_starts_its_own_line() {
+    let w = World::packaged();
+    let mut net = pd_e2e::Net::start(&w);
+    net.agent("dev-1", "dev", &[]);
+    let server = net.url().to_string();
+    // dev-2 has no agent: it is missing until the deadline.
+    let args = [
+        "--server",
+        &server,
+        "ledger",
+        "deploy",
+        "PD-0.1.0",
+        "--until",
+        "dev",
+        "--reason",
+        "go",
+        "--timeout",
+        "6s",
+    ];
+    let out = script(&w, &[], &args).output().expect("util-linux script runs");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{shown:?}");
+    assert!(
+        shown.contains("dev: targets acknowledged PD-0.1.0; missing dev-2"),
+        "the bar names dev-2: {shown:?}"
+    );
+    assert!(!shown.contains("  dev: 1/2 acknowledged"), "a bar, not lines, on a terminal: {shown:?}");
+    let at = shown.find("error:").expect("an error");
+    let before = &shown[..at];
+    assert!(
+        before.ends_with('\n') || before.ends_with("\x1b[2K"),
+        "the error starts its own line: {shown:?}"
+    );
+}
+
+/// Starts `pd --home HOME ARGS…` on a pseudo-terminal with `env`, reads what the terminal
+/// shows until a line contains `marker`, then ends it; returns what it showed.
+fn on_terminal_until(w: &World, env: &[(&str, &str)], args: &[&str], marker: &str) -> String {
+    use std::io::BufRead;
+    let mut child =
+        script(w, env, args).stdout(std::process::Stdio::piped()).spawn().expect("util-linux script runs");
+    let mut shown = String::new();
+    for l in std::io::BufReader::new(child.stdout.take().expect("stdout")).lines().map_while(Result::ok) {
+        shown.push_str(&l);
+        shown.push('\n');
+        if l.contains(marker) {
+            break;
+        }
+    }
+    // Killing script closes the terminal: pd, its session's leader, gets SIGHUP.
+    let _ = child.kill();
+    let _ = child.wait();
+    shown
+}
+
+#[test]
+fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    let serve = ["serve", "--listen", "127.0.0.1:0"];
+    let w = World::standard();
+    // The log line (stderr) after the ready line (stdout).
+    let coloured = on_terminal_until(&w, &[], &serve, "INFO");
+    assert!(coloured.contains("\x1b[32m INFO"), "colour on a terminal: {coloured:?}");
+    let w = World::standard();
+    let plain = on_terminal_until(&w, &[("NO_COLOR", "1")], &serve, "INFO");
+    assert!(plain.contains(" INFO") && !plain.contains('\x1b'), "no colour with NO_COLOR: {plain:?}");
 }

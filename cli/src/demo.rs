@@ -31,8 +31,24 @@ const WITH_OPENAI: &str = "\
     daily_budget_usd: 50
 ";
 
-/// Runs the story. Every step is a real `pd` command on the demo's home.
-pub fn run(a: DemoArgs) -> Result<()> {
+/// Runs the story. Every step is a real `pd` command on the demo's home. With `--json` the
+/// story goes to stderr and stdout gets the result (`schemas/demo.json`).
+pub fn run(ctx: &crate::Ctx, a: DemoArgs) -> Result<()> {
+    crate::output::story_on_stderr(ctx.json);
+    let told = tell(a, ctx.json);
+    crate::output::story_on_stderr(false);
+    let (dir, kept, report) = told?;
+    if ctx.json {
+        let mut result = pd_verify::report_json(&report);
+        result["dir"] = serde_json::json!(dir);
+        result["kept"] = serde_json::json!(kept);
+        return ctx.emit(&result);
+    }
+    Ok(())
+}
+
+/// The story: where it ran, whether its files are kept, and pd-verify's report on its export.
+fn tell(a: DemoArgs, json: bool) -> Result<(PathBuf, bool, pd_verify::Report)> {
     let mut tmp = None;
     let keep = a.dir.is_some() || a.keep;
     let dir = match a.dir {
@@ -78,14 +94,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
     exported?;
     outln!("\n$ pd-verify audit.pdx");
     let report = pd_verify::verify_file(&export, None).context("pd-verify on the demo's export")?;
-    pd_verify::print_report(&report);
+    // With --json the report is the result, on stdout.
+    if !json {
+        pd_verify::print_report(&report);
+    }
     if keep {
         outln!("\ndemo files kept in {}: `cd` there and run pd (the home is .pd)", dir.display());
     } else {
         outln!("\n{} is removed now; `pd demo --keep` keeps it", dir.display());
     }
     drop(tmp);
-    Ok(())
+    Ok((dir, keep, report))
 }
 
 struct Step<'a> {

@@ -501,6 +501,12 @@ fn export(ctx: &Ctx, name: &str, openpgp: bool, vkey: bool) -> Result<()> {
     let Some(key) = state.keys().get(name) else {
         refuse!("no key named {name:?} in this ledger; see `pd key list`");
     };
+    if ctx.json {
+        return ctx.emit(&serde_json::json!({
+            "name": name, "public_key": key.decl.public_key,
+            "vkey": state.note_vkey(&key.decl.public_key), "openpgp": key.decl.openpgp,
+        }));
+    }
     match (openpgp, &key.decl.openpgp) {
         (true, Some(cert)) => out!("{cert}"),
         (true, None) => refuse!("key {name:?} has no OpenPGP certificate"),

@@ -151,26 +151,43 @@ enum Cmd {
     },
 }
 
-/// `pd completions` and `pd man`: both from the command definitions themselves.
-fn docs(cmd: Cmd) -> Result<()> {
+/// `pd completions` and `pd man`: both from the command definitions themselves. With
+/// `--json`, the script or page is a string field (`schemas/completions.json`, `man.json`).
+fn docs(ctx: &Ctx, cmd: Cmd) -> Result<()> {
     use clap::CommandFactory;
     let mut command = Cli::command();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).context("generated text is not UTF-8");
     match cmd {
         Cmd::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut command, "pd", &mut script);
-            output::raw(&script)
+            match ctx.json {
+                true => ctx.emit(&serde_json::json!({ "shell": shell.to_string(), "script": text(script)? })),
+                false => output::raw(&script),
+            }
         }
         Cmd::Man { dir: Some(dir) } => {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
             clap_mangen::generate_to(command, &dir)
-                .map_err(|e| anyhow::anyhow!("cannot write man pages into {}: {e}", dir.display()))
+                .map_err(|e| anyhow::anyhow!("cannot write man pages into {}: {e}", dir.display()))?;
+            if !ctx.json {
+                return Ok(());
+            }
+            let mut pages: Vec<String> = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".1"))
+                .collect();
+            pages.sort();
+            ctx.emit(&serde_json::json!({ "dir": dir, "pages": pages }))
         }
         Cmd::Man { dir: None } => {
             let mut page = Vec::new();
             clap_mangen::Man::new(command).render(&mut page)?;
-            output::raw(&page)
+            match ctx.json {
+                true => ctx.emit(&serde_json::json!({ "page": text(page)? })),
+                false => output::raw(&page),
+            }
         }
         _ => unreachable!("docs() is called for Completions and Man only"),
     }
@@ -380,9 +397,9 @@ where
         Cmd::Store { cmd } => store_cmd::run(&ctx, cmd),
         Cmd::Serve(a) => net::serve(&ctx, a),
         Cmd::Agent(a) => net::agent(&ctx, a),
-        Cmd::ExampleTarget(a) => net::example_target(a),
-        Cmd::Demo(a) => demo::run(a),
-        c @ (Cmd::Completions { .. } | Cmd::Man { .. }) => docs(c),
+        Cmd::ExampleTarget(a) => net::example_target(&ctx, a),
+        Cmd::Demo(a) => demo::run(&ctx, a),
+        c @ (Cmd::Completions { .. } | Cmd::Man { .. }) => docs(&ctx, c),
     }
 }
 

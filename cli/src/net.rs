@@ -132,15 +132,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); with `--json`, one JSON object
+/// per line.
+fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(crate::output::colour(&std::io::stderr()))
-        .try_init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match json {
+        true => logs.json().try_init(),
+        false => logs.with_ansi(crate::output::colour(&std::io::stderr())).try_init(),
+    };
+}
+
+/// A line on stdout saying what a long-running command does now: `text`, or with `--json`
+/// the event as one JSON object (`schemas/events.json`).
+fn say(json: bool, text: String, event: serde_json::Value) {
+    match json {
+        true => outln!("{event}"),
+        false => outln!("{text}"),
+    }
 }
 
 /// A watch that turns true on SIGTERM or Ctrl-C.
@@ -163,7 +173,7 @@ fn stop_on_signal() -> watch::Receiver<bool> {
 
 /// Runs `pd serve` until SIGTERM or Ctrl-C.
 pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
-    init_tracing();
+    init_tracing(ctx.json);
     let home = ctx.home()?;
     let ledger = home.ledger()?;
     let store = home.store()?;
@@ -197,6 +207,7 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
     // Local commands on this home find the server here (see `Home::served_by`).
     let served_by = home.dir.join(crate::home::SERVED_BY);
+    let json = ctx.json;
     let served = runtime()?.block_on(pd_server::serve(ledger, store, opts, |addr| {
         let local = match addr.ip() {
             std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -211,7 +222,12 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<()> {
         {
             tracing::warn!("cannot write {}: {e:#}", served_by.display());
         }
-        outln!("pd serve listening on {scheme}://{addr}");
+        let url = format!("{scheme}://{addr}");
+        say(
+            json,
+            format!("pd serve listening on {url}"),
+            serde_json::json!({ "event": "listening", "url": url }),
+        );
     }));
     let _ = std::fs::remove_file(&served_by);
     served
@@ -258,7 +274,7 @@ fn can_log(ledger: &Ledger<FileStore>, opts: &ServeOptions) -> bool {
 
 /// Runs `pd agent` until SIGTERM or Ctrl-C.
 pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
-    init_tracing();
+    init_tracing(ctx.json);
     let Some(url) = ctx.server.clone() else {
         anyhow::bail!("pd agent needs --server URL (or PD_SERVER)");
     };
@@ -334,14 +350,17 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
     };
     let agent = Agent::new(cfg, replica)?;
     let mode = if a.light { "light: control entries and checkpoints" } else { "full replica" };
-    outln!("pd agent {actor} following {env} at {url} ({mode})");
+    let following = serde_json::json!({ "event": "following", "target": actor, "env": env, "url": url, "light": a.light });
+    say(ctx.json, format!("pd agent {actor} following {env} at {url} ({mode})"), following);
     rt.block_on(async move {
         let stop = stop_on_signal();
         if let Some(addr) = a.health_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--health-listen {addr}: cannot listen there"))?;
-            outln!("agent health on http://{} (GET /healthz)", listener.local_addr()?);
+            let url = format!("http://{}", listener.local_addr()?);
+            let health = serde_json::json!({ "event": "health", "url": url });
+            say(ctx.json, format!("agent health on {url} (GET /healthz)"), health);
             tokio::spawn(pd_server::agent::serve_health(listener, agent.status(), stop.clone()));
         }
         agent.run(stop).await
@@ -349,14 +368,22 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
 }
 
 /// Runs `pd example-target` until SIGTERM or Ctrl-C.
-pub fn example_target(a: TargetArgs) -> Result<()> {
-    init_tracing();
+pub fn example_target(ctx: &Ctx, a: TargetArgs) -> Result<()> {
+    init_tracing(ctx.json);
+    let json = ctx.json;
     runtime()?.block_on(async move {
         pd_server::target::run(
             a.listen,
             a.policy_dir,
             a.refuse,
-            |addr| outln!("example target listening on http://{addr}"),
+            |addr| {
+                let url = format!("http://{addr}");
+                say(
+                    json,
+                    format!("example target listening on {url}"),
+                    serde_json::json!({ "event": "listening", "url": url }),
+                )
+            },
             stop_on_signal(),
         )
         .await

@@ -2,10 +2,23 @@
 
 use std::io::Write;
 
+/// Set while `pd demo --json` tells its story: the story goes to stderr, so that stdout holds
+/// only the JSON result.
+static STORY_ON_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sends what `emit` writes to stderr (`true`) or back to stdout.
+pub(crate) fn story_on_stderr(on: bool) {
+    STORY_ON_STDERR.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Writes to stdout; a reader that closed the pipe is not an error of the command (see
 /// `outln!`), any other failure panics as `print!` would.
 pub(crate) fn emit(args: std::fmt::Arguments) {
-    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+    let written = match STORY_ON_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        true => std::io::stderr().lock().write_fmt(args),
+        false => std::io::stdout().lock().write_fmt(args),
+    };
+    if let Err(e) = written {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             panic!("failed printing to stdout: {e}");
         }
