@@ -780,37 +780,27 @@ const LONG_POLL: Duration = Duration::from_secs(25);
 /// The longest pause between reconnects.
 const RECONNECT_CEILING: Duration = Duration::from_secs(5);
 
-/// Sends a signed heartbeat every `interval` with what `status` says, and at once whenever
-/// what the target runs changes (its first sync included), until `stop`: `pd state` shows a
-/// load as soon as it is acked, not an interval later.
+/// Sends a signed heartbeat every `interval` with what `status` says, until `stop`.
 async fn heartbeats(
     clock: crate::Clock,
     client: Client,
     target: String,
     key: SecretKey,
     interval: Duration,
-    mut status: watch::Receiver<Status>,
+    status: watch::Receiver<Status>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sent: Option<(Hash, Vec<Running>)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {},
-            Ok(()) = status.changed() => {
-                let s = status.borrow();
-                if sent.as_ref().is_some_and(|(id, running)| *id == s.ledger_id && *running == s.running) {
-                    continue;
-                }
-            }
             _ = stop.changed() => return,
         }
-        let s = status.borrow_and_update().clone();
+        let s = status.borrow().clone();
         if s.ledger_id == Hash::ZERO {
             continue;
         }
-        sent = Some((s.ledger_id, s.running.clone()));
         let hb = Heartbeat {
             ledger_id: s.ledger_id,
             target: target.clone(),
