@@ -77,6 +77,24 @@ fn a_wait_whose_target_is_revoked_midway_does_not_succeed() {
 }
 
 #[test]
+fn state_shows_a_load_as_soon_as_it_is_acked_without_waiting_for_a_heartbeat() {
+    let w = world();
+    let mut net = Net::start(&w);
+    // Heartbeats an hour apart: none tells the server what dev-1 runs during this test.
+    for t in ["dev-1", "dev-2"] {
+        net.agent_with(t, "dev", &[], &["--heartbeat", "1h"]);
+    }
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "dev", "--reason", "v1"]);
+    let dev = env_of(&state(&net), "dev");
+    let targets = dev["targets"].as_array().expect("targets");
+    for t in targets {
+        assert_eq!(t["running"]["llm_policy"], "PD-0.1.0", "from its ack: {t}");
+    }
+    let text = net.ok("", &["state", "dev"]);
+    assert!(text.contains("dev-1            llm_policy PD-0.1.0 ·"), "{text}");
+}
+
+#[test]
 fn a_killed_agent_turns_stale_and_fail_on_stale_ends_the_wait_with_a_rollback() {
     let w = world();
     let mut net = Net::start(&w);

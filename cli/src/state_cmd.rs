@@ -38,10 +38,20 @@ pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
 /// last seen and whether it is stale, next to its latest ack per set.
 fn target_json(state: &State, name: &str, seen: Option<&Seen>, beats: &Heartbeats) -> serde_json::Value {
     let (liveness, now_ms) = (beats.liveness(seen), beats.now_ms);
-    let running: serde_json::Map<String, serde_json::Value> = seen
+    let env = state.keys().get(name).and_then(|k| k.decl.env.clone()).unwrap_or_default();
+    // What it runs, per set: the newest thing the target itself signed about it, its last
+    // heartbeat or an ack after it (a load is shown when it is acked, not a heartbeat later).
+    let mut running: serde_json::Map<String, serde_json::Value> = seen
         .map(|s| s.heartbeat.running.iter().map(|r| (r.set.clone(), json!(r.version))).collect())
         .unwrap_or_default();
-    let env = state.keys().get(name).and_then(|k| k.decl.env.clone()).unwrap_or_default();
+    let newer = |time_ms: u64| seen.is_none_or(|s| time_ms > s.heartbeat.time_ms);
+    for (set, slot) in state.env(&env).map(|e| e.sets().iter().collect::<Vec<_>>()).unwrap_or_default() {
+        if let Some(r) = slot.report(name).filter(|r| newer(r.time_ms)) {
+            if let Some(l) = &r.loaded {
+                running.insert(set.clone(), json!(l.version));
+            }
+        }
+    }
     let reports: serde_json::Map<String, serde_json::Value> = state
         .env(&env)
         .map(|e| {
