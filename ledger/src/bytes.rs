@@ -17,7 +17,10 @@ macro_rules! fixed_bytes {
 
             /// Lowercase hex.
             pub fn to_hex(&self) -> String {
-                hex::encode(self.0)
+                let mut digits = [0u8; 2 * $len];
+                // Cannot fail: the buffer is exactly twice the bytes, and hex digits are ASCII.
+                let _ = hex::encode_to_slice(self.0, &mut digits);
+                String::from_utf8(digits.to_vec()).unwrap_or_default()
             }
 
             /// Parses exactly `2 * LEN` hex digits.
