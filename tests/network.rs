@@ -394,13 +394,10 @@ fn a_server_with_a_token_refuses_requests_without_it() {
 #[test]
 fn the_demo_tells_the_whole_story_and_ends_verified() {
     let w = World::new();
-    // With --json the story goes to stderr and stdout gets pd-verify's report (demo.json).
-    let dir = w.path("demo");
-    let args = ["--json", "demo", "--dir", dir.to_str().expect("path")];
-    let out = w.pd("", &args).output().expect("run");
+    let out = w.pd("", &["demo", "--dir", w.path("demo").to_str().expect("path")]).output().expect("run");
     let text = pd_e2e::text(&out);
     assert!(out.status.success(), "{text}");
-    pd_e2e::check_json(&args, &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("every rule hold"), "pd-verify's report: {text}");
     for line in [
         "✔ packaged as PD-23.1.0",
         "✔ signature valid (OpenPGP",
@@ -419,6 +416,18 @@ fn the_demo_tells_the_whole_story_and_ends_verified() {
     let export = w.path("demo/audit.pdx");
     let verified = w.verify(&["--json", export.to_str().expect("path")]);
     assert!(verified.status.success(), "{}", pd_e2e::text(&verified));
+}
+
+#[test]
+fn the_demo_with_json_tells_its_story_on_stderr_and_prints_the_report() {
+    let w = World::new();
+    let dir = w.path("demo");
+    let args = ["--json", "demo", "--dir", dir.to_str().expect("path")];
+    let out = w.pd("", &args).output().expect("run");
+    let text = pd_e2e::text(&out);
+    assert!(out.status.success(), "{text}");
+    pd_e2e::check_json(&args, &out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("✔ all targets acknowledged"), "the story: {text}");
 }
 
 #[test]

@@ -28,6 +28,12 @@ fn blocks(readme: &str) -> Vec<Block> {
     let mut section = String::new();
     let mut open: Option<Block> = None;
     for line in readme.lines() {
+        // A fence pd's tests would not see (indented, or with tildes) is refused outright.
+        let trimmed = line.trim_start();
+        assert!(
+            !(trimmed.starts_with("~~~") || (trimmed.starts_with("```") && trimmed.len() != line.len())),
+            "a fence this test does not read: {line:?}"
+        );
         match (&mut open, line.trim_end()) {
             (None, l) if l.starts_with("## ") => section = l[3..].to_string(),
             (None, l) if l.starts_with("```") => {
@@ -42,6 +48,14 @@ fn blocks(readme: &str) -> Vec<Block> {
         }
     }
     assert!(open.is_none(), "the README ends inside a fenced block");
+    for b in &out {
+        let known = ["sh", "text", "python", ""].contains(&b.lang.as_str());
+        assert!(
+            known,
+            "a ```{} block under ## {}: only sh blocks are run, so say sh or text",
+            b.lang, b.section
+        );
+    }
     out
 }
 

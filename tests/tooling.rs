@@ -366,6 +366,9 @@ fn the_commands_of_a_session_answer_json_that_matches_their_schemas() {
     w.ok("", &["--json", "policy", "schema", "p", "schema.json"]);
     let sets = w.ok("", &["--json", "policy", "list"]);
     assert!(sets.contains("\"validator\": \"true\""), "{sets}");
+    w.ok("", &["--json", "policy", "validator", "p", "--clear"]);
+    let cleared = w.ok("", &["--json", "policy", "schema", "p", "--clear"]);
+    assert!(cleared.contains("\"checks\": {}"), "a set without checks: {cleared}");
     let script = w.ok("", &["--json", "completions", "bash"]);
     assert!(script.contains("\"shell\": \"bash\""), "{script}");
     w.ok("", &["--json", "man"]);
@@ -381,6 +384,17 @@ fn long_running_commands_print_json_lines_with_json() {
     let ready: serde_json::Value = serde_json::from_str(&server.line).expect("a JSON line");
     pd_e2e::check_value("events", &args, &ready);
     assert!(server.url.starts_with("http://127.0.0.1:"), "{}", server.line);
+    let args = ["--json", "agent", "--server", &server.url, "--as", "dev-1", "--dir", "a", "--light"];
+    let args: Vec<&str> = args.to_vec();
+    let agent = pd_e2e::Proc::spawn(w.pd("", &args), &w.path("agent.log"), "\"following\"");
+    let following: serde_json::Value = serde_json::from_str(&agent.line).expect("a JSON line");
+    pd_e2e::check_value("events", &args, &following);
+    assert_eq!(
+        (following["target"].as_str(), following["env"].as_str()),
+        (Some("dev-1"), Some("dev")),
+        "{following}"
+    );
+    drop(agent);
     assert!(server.terminate(), "pd serve ends cleanly on SIGTERM");
     let logs = std::fs::read_to_string(w.path("serve.log")).expect("log");
     assert!(logs.lines().count() >= 2, "pd serve logged its start and its end: {logs}");

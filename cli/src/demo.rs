@@ -34,9 +34,9 @@ const WITH_OPENAI: &str = "\
 /// Runs the story. Every step is a real `pd` command on the demo's home. With `--json` the
 /// story goes to stderr and stdout gets the result (`schemas/demo.json`).
 pub fn run(ctx: &crate::Ctx, a: DemoArgs) -> Result<()> {
-    crate::output::story_on_stderr(ctx.json);
+    let story_on_stderr = ctx.json.then(crate::output::story_on_stderr);
     let told = tell(a, ctx.json);
-    crate::output::story_on_stderr(false);
+    drop(story_on_stderr);
     let (dir, kept, report) = told?;
     if ctx.json {
         let mut result = pd_verify::report_json(&report);

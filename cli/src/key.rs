@@ -501,6 +501,9 @@ fn export(ctx: &Ctx, name: &str, openpgp: bool, vkey: bool) -> Result<()> {
     let Some(key) = state.keys().get(name) else {
         refuse!("no key named {name:?} in this ledger; see `pd key list`");
     };
+    if openpgp && key.decl.openpgp.is_none() {
+        refuse!("key {name:?} has no OpenPGP certificate");
+    }
     if ctx.json {
         return ctx.emit(&serde_json::json!({
             "name": name, "public_key": key.decl.public_key,
@@ -508,8 +511,7 @@ fn export(ctx: &Ctx, name: &str, openpgp: bool, vkey: bool) -> Result<()> {
         }));
     }
     match (openpgp, &key.decl.openpgp) {
-        (true, Some(cert)) => out!("{cert}"),
-        (true, None) => refuse!("key {name:?} has no OpenPGP certificate"),
+        (true, cert) => out!("{}", cert.as_deref().unwrap_or_default()),
         (false, _) if vkey => outln!("{}", state.note_vkey(&key.decl.public_key)),
         (false, _) => outln!("{}", key.decl.public_key),
     }

@@ -36,7 +36,7 @@ mod key;
 mod ledger_cmd;
 mod mirror_cmd;
 mod net;
-mod output;
+pub mod output;
 mod policy_cmd;
 mod proof_cmd;
 mod provenance;

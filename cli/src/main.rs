@@ -21,7 +21,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(if clap_err.use_stderr() { 2 } else { 0 });
             }
             if json {
-                let text = serde_json::to_string_pretty(&pd_cli::error_json(&err)).unwrap_or_default();
+                let error = pd_cli::error_json(&err);
+                let text = match pd_cli::output::json_lines() {
+                    true => serde_json::to_string(&error),
+                    false => serde_json::to_string_pretty(&error),
+                };
+                let text = text.unwrap_or_default();
                 // A reader that went away takes nothing more; the exit code still tells.
                 let _ = writeln!(std::io::stdout(), "{text}");
             } else {

@@ -148,7 +148,10 @@ fn init_tracing(json: bool) {
 /// the event as one JSON object (`schemas/events.json`).
 fn say(json: bool, text: String, event: serde_json::Value) {
     match json {
-        true => outln!("{event}"),
+        true => {
+            crate::output::set_json_lines();
+            outln!("{event}")
+        }
         false => outln!("{text}"),
     }
 }

@@ -6,9 +6,30 @@ use std::io::Write;
 /// only the JSON result.
 static STORY_ON_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Sends what `emit` writes to stderr (`true`) or back to stdout.
-pub(crate) fn story_on_stderr(on: bool) {
-    STORY_ON_STDERR.store(on, std::sync::atomic::Ordering::Relaxed);
+/// Sends what `emit` writes to stderr until the guard is dropped (a panic included).
+pub(crate) fn story_on_stderr() -> impl Drop {
+    struct Back;
+    impl Drop for Back {
+        fn drop(&mut self) {
+            STORY_ON_STDERR.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    STORY_ON_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+    Back
+}
+
+/// Set by the long-running commands with `--json`: their stdout is JSON lines, so an error
+/// that ends them is printed on one line too.
+static JSON_LINES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks stdout as JSON lines (see [`json_lines`]).
+pub(crate) fn set_json_lines() {
+    JSON_LINES.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether stdout is JSON lines: a `--json` error is then printed on one line.
+pub fn json_lines() -> bool {
+    JSON_LINES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Writes to stdout; a reader that closed the pipe is not an error of the command (see
@@ -20,7 +41,7 @@ pub(crate) fn emit(args: std::fmt::Arguments) {
     };
     if let Err(e) = written {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            panic!("failed printing to stdout: {e}");
+            panic!("failed printing the command's output: {e}");
         }
     }
 }

@@ -87,7 +87,9 @@ fn save(ctx: &Ctx, home: &mut Home, set: &str) -> Result<()> {
     home.config.policy.retain(|_, p| p.schema.is_some() || p.validator.is_some());
     home.save_config()?;
     if ctx.json {
-        return ctx.emit(&serde_json::json!({ "set": set, "checks": home.config.policy.get(set) }));
+        let checks =
+            home.config.policy.get(set).map_or_else(|| serde_json::json!({}), |p| serde_json::json!(p));
+        return ctx.emit(&serde_json::json!({ "set": set, "checks": checks }));
     }
     match home.config.policy.get(set) {
         Some(p) => {

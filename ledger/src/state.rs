@@ -285,6 +285,8 @@ pub struct Loaded {
     pub package: Hash,
     /// The ack's entry.
     pub seq: u64,
+    /// When the target signed that ack, by its own clock (the clock of its heartbeats).
+    pub signed_ms: u64,
 }
 
 /// A target's latest report in one slot.
@@ -776,7 +778,12 @@ impl State {
                 let independent = self.independent(&e.actor);
                 let Some(slot) = self.slot_mut(&a.env, a.version) else { unreachable!("checked: pushed") };
                 let loaded = match a.outcome {
-                    Outcome::Loaded => Some(Loaded { version: a.version, package: a.package, seq: e.seq }),
+                    Outcome::Loaded => Some(Loaded {
+                        version: a.version,
+                        package: a.package,
+                        seq: e.seq,
+                        signed_ms: e.signed_ms,
+                    }),
                     Outcome::Failed(_) => slot.reports.get(&e.actor).and_then(|r| r.loaded.clone()),
                 };
                 let report = TargetReport {
