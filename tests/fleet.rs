@@ -106,8 +106,11 @@ fn a_killed_agent_turns_stale_and_fail_on_stale_ends_the_wait_with_a_rollback() 
         let dev = env_of(&state(net), "dev");
         dev["targets"].as_array()?.iter().find(|x| x["name"] == t).cloned()
     };
-    // Its heartbeats say what it runs.
-    net.wait_for(|net| (liveness(net, "dev-2")?["running"]["llm_policy"] == "PD-0.1.0").then_some(()));
+    // It has been seen (a heartbeat) and runs PD-0.1.0.
+    net.wait_for(|net| {
+        let t = liveness(net, "dev-2")?;
+        (t["last_seen_ms"].is_u64() && t["running"]["llm_policy"] == "PD-0.1.0").then_some(())
+    });
     net.kill_agent("dev-2");
     let seen = net.wait_for(|net| liveness(net, "dev-2").filter(|t| t["stale"] == true));
     assert_eq!(seen["running"]["llm_policy"], "PD-0.1.0", "{seen}");
