@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Artifact serving: requests/s and MB/s of `GET /v1/objects/<hash>` from `pd serve`, next to
 # nginx serving the same bytes as static files, in the same run, with the same load (wrk).
-# Usage: [ROUNDS=3] bench/serve.sh [SECONDS]   (installs wrk, nginx and python's blake3 if missing)
+# Usage: [ROUNDS=3] [PIN=1] bench/serve.sh [SECONDS]   (installs wrk, nginx and python's blake3 if missing)
+# PIN=1 runs both servers on CPU 0 and wrk on CPU 1 (taskset), so the load generator does not
+# compete with the server under test for a core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -33,7 +35,9 @@ PY
 )
 # nginx's workers run as an unprivileged user: let them read the files.
 chmod a+rx "$work" "$work/www" && chmod a+r "$work"/www/*
-target/release/pd --home "$work/home" serve --listen 127.0.0.1:0 > "$work/pd.out" 2>/dev/null &
+server_cpu=(); client_cpu=()
+if [[ ${PIN:-0} == 1 ]]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
+"${server_cpu[@]}" target/release/pd --home "$work/home" serve --listen 127.0.0.1:0 > "$work/pd.out" 2>/dev/null &
 pids+=($!)
 until grep -q listening "$work/pd.out" 2>/dev/null; do sleep 0.1; done
 pd_url=$(sed -n 's/.*listening on //p' "$work/pd.out")
@@ -57,7 +61,7 @@ http {
   }
 }
 CONF
-nginx -c "$work/nginx.conf" -p "$work" &
+"${server_cpu[@]}" nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v1/objects/$small" -o /dev/null && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$port/v1/objects/$small" -o /dev/null || { echo "nginx does not serve the files:"; cat "$work/nginx.err"; exit 1; }
@@ -74,7 +78,7 @@ for obj in "$small 4KiB" "$large 1MiB"; do
   for _ in $(seq "$rounds"); do
     for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
       name=${srv%%|*}; url=${srv#*|}
-      out=$(wrk -t 1 -c 32 -d "${secs}s" "$url/v1/objects/$1")
+      out=$("${client_cpu[@]}" wrk -t 1 -c 32 -d "${secs}s" "$url/v1/objects/$1")
       runs[$name]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
     done
   done
