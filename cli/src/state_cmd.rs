@@ -39,20 +39,7 @@ pub fn run(ctx: &Ctx, a: StateArgs) -> Result<()> {
 fn target_json(state: &State, name: &str, seen: Option<&Seen>, beats: &Heartbeats) -> serde_json::Value {
     let (liveness, now_ms) = (beats.liveness(seen), beats.now_ms);
     let env = state.keys().get(name).and_then(|k| k.decl.env.clone()).unwrap_or_default();
-    // What it runs, per set: the newest thing the target itself signed about it, by its own
-    // clock: its last heartbeat, or a `loaded` ack signed after it (a load shows when it is
-    // acked, not a heartbeat later).
-    let mut running: serde_json::Map<String, serde_json::Value> = seen
-        .map(|s| s.heartbeat.running.iter().map(|r| (r.set.clone(), json!(r.version))).collect())
-        .unwrap_or_default();
-    let after_heartbeat = |signed_ms: u64| seen.is_none_or(|s| signed_ms > s.heartbeat.time_ms);
-    for (set, slot) in state.env(&env).map(|e| e.sets().iter().collect::<Vec<_>>()).unwrap_or_default() {
-        if let Some(l) =
-            slot.report(name).and_then(|r| r.loaded.as_ref()).filter(|l| after_heartbeat(l.signed_ms))
-        {
-            running.insert(set.clone(), json!(l.version));
-        }
-    }
+    let running = pd_ledger::heartbeat::running(state, name, seen.map(|s| &s.heartbeat));
     let reports: serde_json::Map<String, serde_json::Value> = state
         .env(&env)
         .map(|e| {

@@ -3,6 +3,8 @@
 //! seconds and proves nothing an audit needs); the server keeps the newest per target, and
 //! whoever reads them checks the signature against its own replica's keys.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::{Hash, Signature};
@@ -167,6 +169,23 @@ pub fn liveness(last_seen: Option<(u64, u64)>, now_ms: u64) -> Liveness {
         }
         Some(_) => Liveness::Live,
     }
+}
+
+/// What `target` runs, per policy set: the newest thing the target signed about it, by its own
+/// clock — its last heartbeat, or a `loaded` ack signed after that heartbeat (so a load shows
+/// as soon as it is acked, not a heartbeat later). Sets it never reported are absent.
+pub fn running(state: &State, target: &str, last: Option<&Heartbeat>) -> BTreeMap<String, Version> {
+    let mut running: BTreeMap<String, Version> =
+        last.map(|h| h.running.iter().map(|r| (r.set.clone(), r.version)).collect()).unwrap_or_default();
+    let env = state.keys().get(target).and_then(|k| k.decl.env.clone()).unwrap_or_default();
+    let Some(env) = state.env(&env) else { return running };
+    for (set, slot) in env.sets() {
+        let acked = slot.report(target).and_then(|r| r.loaded.as_ref());
+        if let Some(l) = acked.filter(|l| last.is_none_or(|h| l.signed_ms > h.time_ms)) {
+            running.insert(set.clone(), l.version);
+        }
+    }
+    running
 }
 
 #[cfg(test)]
