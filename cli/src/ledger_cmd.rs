@@ -385,16 +385,18 @@ fn withdraw(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
 }
 
 fn approve(ctx: &Ctx, version: Version, reason: String) -> Result<()> {
-    // What the approver approves, shown before it is recorded.
+    // What the approver approves, shown before it is recorded; one backend (one sync with a
+    // server) for both.
+    let (home, mut backend) = Backend::of_home(ctx)?;
     let changes = {
-        let mut backend = Backend::open(ctx, ctx.home().ok())?;
         let state = backend.state()?;
         crate::diff_cmd::against_next_env(&mut backend, &state, version)?
     };
     if !ctx.json {
         outln!("  {}", changes.summary());
     }
-    let (entry, state) = append_with(ctx, |state, _| {
+    let (actor, key, _) = ctx.signer(&home, &mut backend)?;
+    let (entry, state) = backend.append(&actor, &key, |state| {
         let package = package_of(state, version)?.package.tarball.blake3;
         Ok(Body::Approve(Approve { version, package, reason: reason.clone() }))
     })?;
