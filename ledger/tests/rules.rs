@@ -988,3 +988,34 @@ fn a_late_ack_of_the_version_rolled_back_from_does_not_block_the_rollback() {
     let err = d.ledger.sign_append("dev-1", &d.target, 5, ack("dev", v1, h1)).expect_err("a downgrade");
     assert!(err.to_string().contains("needs a rollback"), "{err}");
 }
+
+#[test]
+fn what_a_target_runs_is_the_newest_it_signed_its_heartbeat_or_a_later_ack() {
+    use pd_ledger::heartbeat::{running, Heartbeat, Running};
+    let mut d = pd_ledger::testkit::deployed(MemStore::default());
+    let (v1, h1) = (d.version, d.package);
+    let beat = |time_ms: u64, runs: Option<Version>| Heartbeat {
+        ledger_id: Hash([9; 32]),
+        target: "dev-1".into(),
+        time_ms,
+        interval_ms: 1_000,
+        running: runs.map(|version| Running { set: "p".into(), version, package: h1 }).into_iter().collect(),
+        replica_len: 0,
+    };
+    // Before any ack, only a heartbeat tells.
+    assert!(running(d.ledger.state(), "dev-1", None).is_empty());
+    assert_eq!(running(d.ledger.state(), "dev-1", Some(&beat(3, Some(v1)))).get("p"), Some(&v1));
+    d.ledger.sign_append("dev-1", &d.target, 5, ack("dev", v1, h1)).expect("ack signed at 5");
+    let st = d.ledger.state();
+    // The ack, signed at 5 by the target's clock, is newer than a heartbeat it sent at 4 ...
+    assert_eq!(running(st, "dev-1", None).get("p"), Some(&v1));
+    assert_eq!(running(st, "dev-1", Some(&beat(4, None))).get("p"), Some(&v1));
+    // ... and older than one it sent at 6, which says what runs now (nothing: a new directory).
+    assert_eq!(running(st, "dev-1", Some(&beat(6, None))).get("p"), None);
+    // A failed ack leaves the version it loaded before, as of that earlier ack.
+    let failed =
+        Body::Ack(Ack { env: "dev".into(), version: v1, package: h1, outcome: Outcome::Failed("x".into()) });
+    d.ledger.sign_append("dev-1", &d.target, 7, failed).expect("a failed ack is a fact");
+    assert_eq!(running(d.ledger.state(), "dev-1", Some(&beat(6, None))).get("p"), None);
+    assert_eq!(running(d.ledger.state(), "dev-1", Some(&beat(4, None))).get("p"), Some(&v1));
+}
