@@ -395,6 +395,12 @@ fn long_running_commands_print_json_lines_with_json() {
         "{following}"
     );
     drop(agent);
+    let args = ["--json", "example-target", "--listen", "127.0.0.1:0", "--policy-dir", "policy"];
+    let target = pd_e2e::Proc::spawn(w.pd("", &args), &w.path("target.log"), "\"listening\"");
+    let listening: serde_json::Value = serde_json::from_str(&target.line).expect("a JSON line");
+    pd_e2e::check_value("events", &args, &listening);
+    assert!(target.url.starts_with("http://127.0.0.1:"), "{}", target.line);
+    drop(target);
     assert!(server.terminate(), "pd serve ends cleanly on SIGTERM");
     let logs = std::fs::read_to_string(w.path("serve.log")).expect("log");
     assert!(logs.lines().count() >= 2, "pd serve logged its start and its end: {logs}");
