@@ -512,8 +512,10 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
         }
         bar.0.set_length(w.targets as u64);
         bar.0.set_position(w.loaded as u64);
-        let problems = w.problems();
-        let tail = if problems.is_empty() { String::new() } else { format!("; {}", w.waiting_for()) };
+        let tail = match w.waiting_for() {
+            waiting if waiting.is_empty() => waiting,
+            waiting => format!("; {waiting}"),
+        };
         bar.0.set_message(format!("{env}: targets acknowledged {version}{tail}"));
         let too_many = w.failed.len() as f64 > until.max_failed * w.targets as f64;
         let ended = !w.revoked.is_empty() || w.short_by > 0 || (until.fail_on_stale && !w.stale.is_empty());

@@ -60,6 +60,8 @@ const CONFIG: &str = "config.toml";
 /// Written by `pd serve` into the home it serves: its URL.
 pub const SERVED_BY: &str = "serve.url";
 
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// `word` as a shell reads it back: as is when it is plain, else in single quotes.
 fn shell_word(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c);
@@ -69,7 +71,6 @@ fn shell_word(word: &str) -> String {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
-const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Builds a new home with `build` in a sibling temp directory and renames it to `dir`, so a
 /// failure leaves nothing behind. Refuses a `dir` that holds anything.

@@ -450,6 +450,8 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
 
     let labels: BTreeSet<&str> = entries.iter().map(|e| label(&e.entry.body)).collect();
     assert_eq!(labels, BTreeSet::from(LABELS), "the golden ledger holds an entry of every kind");
+    let kinds: BTreeSet<&str> = entries.iter().map(|e| e.entry.body.kind()).collect();
+    assert_eq!(kinds, BTreeSet::from(Body::KINDS), "Body::KINDS names every kind `kind` gives");
     let stored_entries: Vec<&[u8]> = entries.iter().map(|e| stored[&entry_name(e)].as_slice()).collect();
     the_stored_entries_replay_as_a_valid_ledger(&stored_entries, state);
     the_stored_export_verifies_with_pd_verify(&stored, &stored_entries);

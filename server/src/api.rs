@@ -472,29 +472,33 @@ async fn accept(
         let (app, routed) = (app.clone(), TowerToHyperService::new(router.clone()));
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             use futures_util::future::{ready, Either, FutureExt};
-            let object = object_read(&req);
+            let Some(hex) = object_read(&req) else {
+                return Either::Right(hyper::service::Service::call(&routed, req).boxed());
+            };
+            let headers = req.headers();
+            let (hash, etag) = match object_request(&app, hex, headers) {
+                Ok(wanted) => wanted,
+                Err(answer) => return Either::Left(ready(Ok(*answer))),
+            };
             // A cached object is answered here and now: no task state, no shared counts.
-            if let Some(answer) = object.and_then(|hex| cached_object(&app, hex, req.headers())) {
-                return Either::Left(ready(Ok(answer)));
+            if let Some(object) = app.cached(&hash) {
+                return Either::Left(ready(Ok(object_answer(
+                    &app,
+                    object,
+                    etag,
+                    headers.get(header::RANGE),
+                ))));
             }
-            let (app, routed) = (app.clone(), routed.clone());
-            Either::Right(
-                async move {
-                    match object_read(&req) {
-                        Some(hex) => Ok(get_object(app, hex, req.headers()).await),
-                        None => hyper::service::Service::call(&routed, req).await,
-                    }
-                }
-                .boxed(),
-            )
+            let (app, range) = (app.clone(), headers.get(header::RANGE).cloned());
+            Either::Right(async move { Ok(read_object(app, hash, etag, range).await) }.boxed())
         });
         let (http, watcher, handshake) = (http.clone(), graceful.watcher(), limits.header_read_timeout);
         tokio::spawn(async move {
             let io = match tls {
-                None => crate::tls::Stream::Plain(plain),
+                None => crate::tls::Stream::Left(plain),
                 // The handshake gets the header-read deadline too: no slowloris before HTTP.
                 Some(tls) => match tokio::time::timeout(handshake, tls.accept(plain.into_inner())).await {
-                    Ok(Ok(stream)) => crate::tls::Stream::Tls(Box::new(stream)),
+                    Ok(Ok(stream)) => crate::tls::Stream::Right(Box::new(stream)),
                     Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
                     Err(_) => return tracing::debug!("TLS handshake timed out"),
                 },
@@ -616,8 +620,7 @@ async fn notifier(app: App) {
         }
         let worker = app.clone();
         let found = tokio::task::spawn_blocking(move || {
-            let state = worker.read().state().clone();
-            let new = state.len().saturating_sub(len) as usize;
+            let new = worker.read().state().len().saturating_sub(len) as usize;
             // Entries were checked when appended; one that no longer reads is said in the log
             // and skipped here (replicas and the verifier refuse it on their own).
             let read = |(i, b): (usize, Result<Vec<u8>, _>)| match b.map(|b| SignedEntry::decode(&b)) {
@@ -630,19 +633,28 @@ async fn notifier(app: App) {
             let entries: Vec<SignedEntry> =
                 worker.reader.scan(len).take(new).enumerate().filter_map(read).collect();
             let beats = worker.heartbeats_now();
-            let seen_now = beats.verified(&state);
-            let stale = seen_now
+            // Judged under the read lock, against the state as it is now: no copy of it.
+            let ledger = worker.read();
+            let state = ledger.state();
+            let stale = beats
+                .verified(state)
                 .iter()
                 .filter(|(_, s)| beats.liveness(Some(s)) == pd_ledger::heartbeat::Liveness::Stale)
                 .map(|(t, _)| t.clone())
                 .collect();
-            (state, entries, stale, beats.now_ms)
+            let mut events: Vec<serde_json::Value> =
+                entries.iter().flat_map(|e| seen.entry(e, state)).collect();
+            events.extend(seen.stale(&stale, beats.now_ms));
+            (seen, events, len + new as u64)
         })
         .await;
-        let Ok((state, entries, stale, now_ms)) = found else { continue };
-        len = state.len();
-        let mut events: Vec<serde_json::Value> = entries.iter().flat_map(|e| seen.entry(e, &state)).collect();
-        events.extend(seen.stale(&stale, now_ms));
+        // The notifier's memory went with a panicked read: start again from what comes next.
+        let Ok((kept, events, read_to)) = found else {
+            seen = crate::notify::Seen::default();
+            len = app.read().state().len();
+            continue;
+        };
+        (seen, len) = (kept, read_to);
         for event in events {
             for (url, tx) in &queues {
                 if tx.try_send(event.clone()).is_err() {
@@ -1175,31 +1187,14 @@ impl Shared {
     }
 }
 
-/// Answers an [`object_read`] request.
-async fn get_object(app: App, hex: &str, headers: &HeaderMap) -> Response {
-    let (hash, etag) = match object_request(&app, hex, headers) {
-        Ok(wanted) => wanted,
-        Err(answer) => return *answer,
-    };
-    let object = match app.cached(&hash) {
-        Some(b) => Ok(b),
-        None => {
-            let worker = app.clone();
-            tokio::task::spawn_blocking(move || worker.object(hash)).await.map_err(internal).and_then(|r| r)
-        }
-    };
-    object.and_then(|o| object_answer(&app, o, etag, headers)).unwrap_or_else(IntoResponse::into_response)
-}
-
-/// [`get_object`] for an object already in the cache, answered without a task of its own
-/// (most of a fleet's requests); `None` when the object must be read first.
-fn cached_object(app: &Shared, hex: &str, headers: &HeaderMap) -> Option<Response> {
-    let (hash, etag) = match object_request(app, hex, headers) {
-        Ok(wanted) => wanted,
-        Err(answer) => return Some(*answer),
-    };
-    let object = app.cached(&hash)?;
-    Some(object_answer(app, object, etag, headers).unwrap_or_else(IntoResponse::into_response))
+/// Answers an [`object_read`] request for an object not in the cache: reads it (verified,
+/// and cached for the next request) on a blocking thread.
+async fn read_object(app: App, hash: Hash, etag: HeaderValue, range: Option<HeaderValue>) -> Response {
+    let worker = app.clone();
+    match tokio::task::spawn_blocking(move || worker.object(hash)).await.map_err(internal).and_then(|r| r) {
+        Ok(object) => object_answer(&app, object, etag, range.as_ref()),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// What an object read decides before it needs the object: the token, the hash and its
@@ -1230,15 +1225,20 @@ fn immutable(status: StatusCode, body: HttpBody, etag: HeaderValue) -> Response 
 }
 
 /// The object, whole or the range asked for.
-fn object_answer(
+fn object_answer(app: &Shared, object: Bytes, etag: HeaderValue, range: Option<&HeaderValue>) -> Response {
+    answer_range(app, object, etag, range).unwrap_or_else(IntoResponse::into_response)
+}
+
+/// [`object_answer`], with its header-building failures as errors.
+fn answer_range(
     app: &Shared,
     object: Bytes,
     etag: HeaderValue,
-    headers: &HeaderMap,
+    range: Option<&HeaderValue>,
 ) -> Result<Response, Error> {
     app.metrics.objects_served.fetch_add(1, Relaxed);
     let total = object.len() as u64;
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = range.and_then(|v| v.to_str().ok());
     let (status, start, end, content_range) = match range.map(|r| wire::parse_range(r, total)) {
         None => (StatusCode::OK, 0, total, None),
         Some(Some((start, last))) => {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Events waiting per receiver before the oldest are dropped.
+/// Events waiting per receiver; while that many wait, newer ones for it are dropped (and logged).
 pub const QUEUE: usize = 1024;
 /// Attempts per event and receiver.
 pub const ATTEMPTS: u32 = 6;

@@ -81,70 +81,7 @@ pub fn server_config(
 
 /// A server connection: plain (object bytes sent with sendfile) or TLS (rustls encrypts
 /// everything, mapped object bytes included, read from their mapping).
-pub enum Stream {
-    /// Plain HTTP.
-    Plain(crate::sendfile::Conn),
-    /// HTTPS.
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
-}
-
-macro_rules! both {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            Stream::Plain($s) => {
-                let $s = std::pin::Pin::new($s);
-                $e
-            }
-            Stream::Tls($s) => {
-                let $s = std::pin::Pin::new(&mut **$s);
-                $e
-            }
-        }
-    };
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        both!(self, s => s.poll_read(cx, buf))
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        both!(self, s => s.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        both!(self, s => s.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        both!(self, s => s.poll_flush(cx))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        both!(self, s => s.poll_shutdown(cx))
-    }
-}
+pub type Stream = tokio_util::either::Either<
+    crate::sendfile::Conn,
+    Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+>;
