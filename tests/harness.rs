@@ -582,7 +582,13 @@ pub mod forge {
         let text = std::fs::read_to_string(home.join("keys/admin.ed25519")).expect("admin key");
         let mut seed = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut seed).expect("a key file");
-        let body = Body::Push(Push { env: env.into(), version, package, reason: "forged".into() });
+        let body = Body::Push(Push {
+            env: env.into(),
+            version,
+            package,
+            waves: Vec::new(),
+            reason: "forged".into(),
+        });
         let seq = last.entry.seq + 1;
         let forged = Entry::sign(
             &ledger,

@@ -369,7 +369,7 @@ fn make_desired(
         let (env, package, reason) = (env.to_string(), pkg.package.tarball.blake3, reason.to_string());
         Ok(match back {
             true => Body::Rollback(Rollback { env, version, package, reason }),
-            false => Body::Push(Push { env, version, package, reason }),
+            false => Body::Push(Push { env, version, package, waves: Vec::new(), reason }),
         })
     });
     match appended {

@@ -589,14 +589,23 @@ pub fn summary(body: &Body) -> String {
         }
         Body::Withdraw(w) => format!("{} WITHDRAWN · {}", w.version, w.reason),
         Body::Approve(a) => format!("{} · {}", a.version, a.reason),
-        Body::Push(p) => format!("{} → {} · {}", p.version, p.env, p.reason),
+        Body::Push(p) if p.waves.is_empty() => format!("{} → {} · {}", p.version, p.env, p.reason),
+        Body::Push(p) => {
+            let waves: Vec<String> = p.waves.iter().map(|w| w.to_string()).collect();
+            format!("{} → {} in waves {} · {}", p.version, p.env, waves.join(","), p.reason)
+        }
         Body::Ack(a) => match &a.outcome {
             Outcome::Loaded => format!("{} loaded in {}", a.version, a.env),
             Outcome::Failed(e) => format!("{} FAILED in {}: {e}", a.version, a.env),
         },
         Body::Rollback(r) => format!("{} ← {} · {}", r.env, r.version, r.reason),
         Body::Retry(r) => format!("failed targets in {} retry {} · {}", r.env, r.version, r.reason),
-        Body::EnvSet(e) => format!("{}: at least {} target(s) · {}", e.env, e.min_targets, e.reason),
+        Body::EnvSet(e) => {
+            format!("{}: {} · {}", e.env, pd_ledger::rollout::describe_policy(&e.policy), e.reason)
+        }
+        Body::Wave(_) | Body::Gate(_) | Body::Bake(_) | Body::FreezeOverride(_) => {
+            pd_ledger::rollout::describe(body).unwrap_or_default()
+        }
         Body::Checkpoint(c) => format!("{} entries · root {}", c.size, c.root.short()),
     }
 }
@@ -648,25 +657,12 @@ fn since_ms(text: &str) -> Result<u64, String> {
     Ok(since.as_millis() as u64)
 }
 
-/// The environment an entry is about, if one.
-fn entry_env(body: &Body) -> Option<&str> {
-    match body {
-        Body::Push(p) => Some(&p.env),
-        Body::Ack(a) => Some(&a.env),
-        Body::Rollback(r) => Some(&r.env),
-        Body::Retry(r) => Some(&r.env),
-        Body::EnvSet(e) => Some(&e.env),
-        Body::KeyAdd(k) => k.env.as_deref(),
-        _ => None,
-    }
-}
-
 impl LogArgs {
     fn wants(&self, e: &SignedEntry) -> bool {
         let kind = e.entry.body.kind();
         (self.all || kind != "checkpoint" || self.kind.iter().any(|k| k == "checkpoint"))
             && (self.kind.is_empty() || self.kind.iter().any(|k| k == kind))
-            && self.env.as_deref().is_none_or(|env| entry_env(&e.entry.body) == Some(env))
+            && self.env.as_deref().is_none_or(|env| e.entry.body.env() == Some(env))
             && self.actor.as_deref().is_none_or(|a| e.entry.actor == a)
             && self.since.is_none_or(|t| e.entry.time_ms >= t)
     }

@@ -24,6 +24,8 @@ pub enum Status {
     Failed(String),
     /// No answer for it yet (or a failure that a `retry` asked it to retry).
     Waiting,
+    /// In a wave of the rollout that has not started: it keeps what it runs.
+    Queued,
 }
 
 /// A slot's adoption of its desired version.
@@ -66,6 +68,11 @@ impl Adoption {
             .collect()
     }
 
+    /// Targets in waves that have not started.
+    pub fn queued(&self) -> usize {
+        self.targets.iter().filter(|(_, s)| *s == Status::Queued).count()
+    }
+
     /// Targets with no answer yet.
     pub fn waiting(&self) -> Vec<String> {
         self.targets.iter().filter(|(_, s)| *s == Status::Waiting).map(|(n, _)| n.clone()).collect()
@@ -101,6 +108,9 @@ pub fn adoption_of(state: &State, env: &str, version: Version) -> Adoption {
 }
 
 fn status(slot: &Slot, d: &Desired, target: &str) -> Status {
+    if !crate::rollout::may_install(slot, target) {
+        return Status::Queued;
+    }
     match slot.report(target) {
         Some(r) if r.version == d.version && r.package == d.package && r.seq > d.seq => match &r.outcome {
             Outcome::Loaded => Status::Loaded,
@@ -164,12 +174,17 @@ pub fn overview(state: &State) -> Vec<EnvView> {
 pub fn check_promotion(state: &State, env: &str, version: Version, package: &Hash) -> Result<(), RuleError> {
     crate::rules::check_env(state, env)?;
     let pkg = crate::rules::live_package(state, version, package)?;
-    if !state.is_approved(pkg) {
-        return Err(RuleError::NotApproved {
-            version,
-            have: pkg.counted_approvals(),
-            need: state.approvals_required(),
-        });
+    let approvers = pkg.approvals.iter().filter(|a| a.void.is_none()).map(|a| a.approver.as_str());
+    if let Err(problem) = crate::rollout::approvals_met(state, env, approvers) {
+        let policy = state.policy(env).is_some_and(|p| p.approvals > 0 || !p.approver_groups.is_empty());
+        if !policy {
+            return Err(RuleError::NotApproved {
+                version,
+                have: pkg.counted_approvals(),
+                need: state.approvals_required(),
+            });
+        }
+        return Err(RuleError::ApprovalPolicy { version, env: env.to_string(), problem });
     }
     let set = pkg.package.name.as_str();
     // The fleet (target keys) and its adoption before are not control entries: a partial
@@ -187,6 +202,12 @@ pub fn check_promotion(state: &State, env: &str, version: Version, package: &Has
     if idx > 0 && !state.is_partial() {
         let before = &state.envs()[idx - 1];
         let there = adoption(state, before, set);
+        if there.adopted_version(version) && !crate::rollout::through(state, before, set, version) {
+            return Err(RuleError::BadRollout {
+                env: before.clone(),
+                problem: format!("{version} cannot go on to {env} before its rollout in {before} ends (last wave started and baked)"),
+            });
+        }
         if !there.adopted_version(version) {
             let pushed = there.desired.as_ref().is_some_and(|d| d.version == version);
             let mut laggards = if pushed { there.waiting() } else { Vec::new() };
@@ -232,6 +253,13 @@ pub fn check_ack(state: &State, e: &Entry, a: &Ack, key: &KeyState) -> Result<()
     let Some(latest) = slot.history().iter().rev().find(made_desired) else {
         return Err(bad(format!("{} was never desired for {set} in {}", a.version, a.env)));
     };
+    let desired = slot.desired().is_some_and(|d| d.version == a.version && d.package == a.package);
+    if desired && !crate::rollout::may_install(slot, &e.actor) {
+        return Err(bad(format!(
+            "{} is in a wave of the rollout of {} in {} that has not started",
+            e.actor, a.version, a.env
+        )));
+    }
     if a.outcome != Outcome::Loaded {
         return Ok(());
     }
@@ -277,6 +305,8 @@ pub enum Step {
     Ack(Desired),
     /// It failed here, was reported, and no `retry` came since.
     Failed(Desired),
+    /// The target's wave of the rollout has not started: keep what runs.
+    Queued(Desired),
     /// Refuse it and report why.
     Refuse(Desired, String),
     /// Running and acknowledged.
@@ -295,6 +325,9 @@ pub fn agent_step(state: &State, target: &str, env: &str, set: &str, view: Agent
     }
     if state.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= d.seq) {
         return Step::AwaitCheckpoint(d);
+    }
+    if !crate::rollout::may_install(slot, target) {
+        return Step::Queued(d);
     }
     if view.running == Some((d.version, d.package)) {
         let acked = view.acked == Some(d.seq) || status(slot, &d, target) == Status::Loaded;

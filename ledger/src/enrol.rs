@@ -133,6 +133,8 @@ impl EnrolmentRequest {
             env,
             sets: Vec::new(),
             custody: Custody::Holder(self.proof),
+            labels: Vec::new(),
+            groups: Vec::new(),
         }
     }
 }

@@ -16,7 +16,10 @@ use crate::version::Version;
 /// checkpoints that also commit to the tree of control entries ([`crate::State::is_control`]), which
 /// light agents follow. A ledger of
 /// any other format is refused at its first entry, so a format change can never be misread.
-pub const FORMAT_VERSION: u32 = 7;
+/// Format 8 adds progressive rollouts: target labels and approver groups on keys, an
+/// environment's rollout and approval policy (`env_set`), waves on `push`, and the `wave`,
+/// `gate`, `bake` and `freeze_override` entries.
+pub const FORMAT_VERSION: u32 = 8;
 
 /// Domain tag of statement (entry) signatures.
 pub const ENTRY_DOMAIN: &[u8] = b"pd/statement/v1\0";
@@ -104,8 +107,16 @@ pub enum Body {
     Rollback(Rollback),
     /// Asks the targets that failed to load the desired version to try again.
     Retry(Retry),
-    /// Sets an environment's fleet settings.
+    /// Sets an environment's fleet, rollout and approval policy.
     EnvSet(EnvSet),
+    /// Starts the next wave of a push's rollout.
+    Wave(WaveStart),
+    /// One evaluation of a rollout gate during a wave's bake.
+    Gate(GateCheck),
+    /// Ends a wave's bake: passed (the next wave may start) or failed (the rollout stops).
+    Bake(Bake),
+    /// An approver's override of a freeze window for one push.
+    FreezeOverride(FreezeOverride),
     /// Marks a package never deployable again.
     Withdraw(Withdraw),
     /// A signed head of the Merkle tree over every entry before it.
@@ -153,6 +164,10 @@ pub struct KeyDecl {
     pub sets: Vec<String>,
     /// Who generated the secret.
     pub custody: Custody,
+    /// A target's labels (`canary`, `region=eu`), sorted: rollout waves select by them.
+    pub labels: Vec<String>,
+    /// An approver's groups (`security`), sorted: an environment's approval policy counts them.
+    pub groups: Vec<String>,
 }
 
 impl KeyDecl {
@@ -318,16 +333,174 @@ pub struct Retry {
     pub reason: String,
 }
 
-/// An environment's fleet settings, whole: each `env_set` replaces the one before.
+/// An environment's settings, whole: each `env_set` replaces the one before.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvSet {
     /// Environment.
     pub env: String,
+    /// The fleet, rollout and approval policy.
+    pub policy: EnvPolicy,
+    /// Why.
+    pub reason: String,
+}
+
+/// How an environment takes a new version: its fleet, its rollout and its approvals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvPolicy {
     /// Enrolled targets a slot of this environment needs before a push, and acks before it
     /// counts as adopted (at least 1).
     pub min_targets: u32,
-    /// Why.
+    /// The waves a push goes out in, cumulative (the last always takes every target); empty
+    /// is one wave of all. A push may name its own.
+    pub waves: Vec<WaveSize>,
+    /// How long each wave must run with every gate holding, after its targets acked, before
+    /// the next wave (or the next environment) may start.
+    pub bake_ms: u64,
+    /// Gates checked during each bake (see [`crate::gate::Gate`] for the forms).
+    pub gates: Vec<String>,
+    /// Whether a failed gate rolls the environment back to its previous version.
+    pub auto_rollback: bool,
+    /// Freeze windows (see [`crate::freeze::Window`]): pushes and wave starts into one need
+    /// `freeze_override` entries from the approvals this policy requires.
+    pub freeze: Vec<String>,
+    /// Approvals a package needs before it is pushed here; 0: the ledger's
+    /// [`Genesis::approvals_required`].
+    pub approvals: u32,
+    /// When not empty, only approvers of these groups count, and distinct approvers must
+    /// cover as many distinct groups as the approvals required (at most all of them).
+    pub approver_groups: Vec<String>,
+}
+
+impl EnvPolicy {
+    /// The policy of an environment no `env_set` touched: genesis' fleet minimum, one wave,
+    /// no bake, gates or freezes, the ledger's approvals.
+    pub fn with_min_targets(min_targets: u32) -> EnvPolicy {
+        EnvPolicy {
+            min_targets,
+            waves: Vec::new(),
+            bake_ms: 0,
+            gates: Vec::new(),
+            auto_rollback: false,
+            freeze: Vec::new(),
+            approvals: 0,
+            approver_groups: Vec::new(),
+        }
+    }
+
+    /// Whether a push's last wave must bake before the version counts as through the
+    /// environment (a bake time or gates are set).
+    pub fn bakes(&self) -> bool {
+        self.bake_ms > 0 || !self.gates.is_empty()
+    }
+}
+
+/// How far a wave reaches, counted cumulatively over the slot's targets in rollout order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveSize {
+    /// The first N targets.
+    Count(u32),
+    /// The first P percent (rounded up), 1 to 100.
+    Percent(u32),
+    /// Every target carrying this label (`canary`, `region=eu`).
+    Label(String),
+}
+
+impl std::str::FromStr for WaveSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(WaveSize::Percent(p)),
+                _ => Err(format!("wave {s:?}: a percentage is 1% to 100%")),
+            };
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+            return match s.parse::<u32>() {
+                Ok(n) if n > 0 => Ok(WaveSize::Count(n)),
+                _ => Err(format!("wave {s:?}: a count of targets is at least 1")),
+            };
+        }
+        crate::rules::check_label(s).map_err(|e| format!("wave {s:?}: {e}"))?;
+        Ok(WaveSize::Label(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for WaveSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaveSize::Count(n) => write!(f, "{n}"),
+            WaveSize::Percent(p) => write!(f, "{p}%"),
+            WaveSize::Label(l) => f.write_str(l),
+        }
+    }
+}
+
+/// One wave of one push: what `wave` entries start and `bake` entries end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Environment.
+    pub env: String,
+    /// The version being rolled out (the slot's desired version, made so by a push).
+    pub version: Version,
+    /// Its tarball BLAKE3.
+    pub package: Hash,
+    /// The wave, from 1 (the push itself starts wave 1).
+    pub wave: u32,
+}
+
+/// Starts a wave: its targets may install the version from here on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveStart {
+    /// The wave started.
+    pub stage: Stage,
+    /// The targets it adds, sorted, as [`crate::rollout::plan`] assigns them; empty for the
+    /// last wave, which takes every target (also those enrolled during the rollout).
+    pub targets: Vec<String>,
+}
+
+/// One evaluation of a gate during a wave's bake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateCheck {
+    /// The wave baking.
+    pub stage: Stage,
+    /// The gate, as the environment's policy names it.
+    pub gate: String,
+    /// What it measured (the query's value, the targets' health, the command's exit).
+    pub value: String,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+/// The end of a wave's bake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bake {
+    /// The wave baked.
+    pub stage: Stage,
+    /// Passed: its targets ran it for the bake time with every gate holding.
+    pub passed: bool,
+    /// What happened.
+    pub reason: String,
+}
+
+/// An approver's override of a freeze window for one version in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeOverride {
+    /// Environment.
+    pub env: String,
+    /// The version to push during the freeze.
+    pub version: Version,
+    /// Its tarball BLAKE3.
+    pub package: Hash,
+    /// Why it cannot wait.
     pub reason: String,
 }
 
@@ -438,6 +611,8 @@ pub struct Push {
     pub version: Version,
     /// Tarball BLAKE3.
     pub package: Hash,
+    /// The waves it goes out in; empty: the environment's.
+    pub waves: Vec<WaveSize>,
     /// Why.
     pub reason: String,
 }
@@ -506,7 +681,7 @@ impl Body {
     }
 
     /// Every kind's name, as [`Body::kind`] gives it.
-    pub const KINDS: [&'static str; 14] = [
+    pub const KINDS: [&'static str; 18] = [
         "genesis",
         "key_add",
         "key_rotate",
@@ -519,9 +694,30 @@ impl Body {
         "rollback",
         "retry",
         "env_set",
+        "wave",
+        "gate",
+        "bake",
+        "freeze_override",
         "withdraw",
         "checkpoint",
     ];
+
+    /// The environment an entry is about, if one.
+    pub fn env(&self) -> Option<&str> {
+        match self {
+            Body::Push(p) => Some(&p.env),
+            Body::Ack(a) => Some(&a.env),
+            Body::Rollback(r) => Some(&r.env),
+            Body::Retry(r) => Some(&r.env),
+            Body::EnvSet(e) => Some(&e.env),
+            Body::Wave(w) => Some(&w.stage.env),
+            Body::Gate(g) => Some(&g.stage.env),
+            Body::Bake(b) => Some(&b.stage.env),
+            Body::FreezeOverride(o) => Some(&o.env),
+            Body::KeyAdd(k) => k.env.as_deref(),
+            _ => None,
+        }
+    }
 
     /// The kind, as named in logs (one of [`Body::KINDS`]).
     pub fn kind(&self) -> &'static str {
@@ -538,6 +734,10 @@ impl Body {
             Body::Rollback(_) => "rollback",
             Body::Retry(_) => "retry",
             Body::EnvSet(_) => "env_set",
+            Body::Wave(_) => "wave",
+            Body::Gate(_) => "gate",
+            Body::Bake(_) => "bake",
+            Body::FreezeOverride(_) => "freeze_override",
             Body::Withdraw(_) => "withdraw",
             Body::Checkpoint(_) => "checkpoint",
         }
@@ -749,7 +949,27 @@ mod tests {
                 Body::Approve(Approve { version, package, reason })
             }),
             (arb_text(), arb_version(), arb_hash(), arb_text()).prop_map(
-                |(env, version, package, reason)| { Body::Push(Push { env, version, package, reason }) }
+                |(env, version, package, reason)| {
+                    let waves =
+                        vec![WaveSize::Count(1), WaveSize::Percent(10), WaveSize::Label(reason.clone())];
+                    Body::Push(Push { env, version, package, waves, reason })
+                }
+            ),
+            (arb_text(), arb_version(), arb_hash(), any::<u32>(), any::<bool>(), arb_text()).prop_map(
+                |(env, version, package, wave, passed, text)| {
+                    let stage = Stage { env, version, package, wave };
+                    match wave % 4 {
+                        0 => Body::Wave(WaveStart { stage, targets: vec![text] }),
+                        1 => Body::Gate(GateCheck { stage, gate: text.clone(), value: text, passed }),
+                        2 => Body::Bake(Bake { stage, passed, reason: text }),
+                        _ => Body::FreezeOverride(FreezeOverride {
+                            env: stage.env,
+                            version,
+                            package,
+                            reason: text,
+                        }),
+                    }
+                }
             ),
             (arb_text(), arb_version(), arb_hash(), proptest::option::of(arb_text())).prop_map(
                 |(env, version, package, failed)| Body::Ack(Ack {
@@ -770,8 +990,21 @@ mod tests {
             (arb_text(), arb_version(), arb_hash(), arb_text()).prop_map(
                 |(env, version, package, reason)| Body::Retry(Retry { env, version, package, reason })
             ),
-            (arb_text(), any::<u32>(), arb_text())
-                .prop_map(|(env, min_targets, reason)| Body::EnvSet(EnvSet { env, min_targets, reason })),
+            (arb_text(), any::<u32>(), any::<u64>(), any::<bool>(), arb_text()).prop_map(
+                |(env, min_targets, bake_ms, auto_rollback, reason)| {
+                    let policy = EnvPolicy {
+                        waves: vec![WaveSize::Percent(min_targets % 100 + 1)],
+                        bake_ms,
+                        gates: vec![reason.clone()],
+                        auto_rollback,
+                        freeze: vec![env.clone()],
+                        approvals: min_targets % 3,
+                        approver_groups: vec![reason.clone()],
+                        ..EnvPolicy::with_min_targets(min_targets)
+                    };
+                    Body::EnvSet(EnvSet { env, policy, reason })
+                }
+            ),
             (arb_text(), any::<[u8; 32]>(), proptest::option::of(arb_text()), any::<bool>()).prop_map(
                 |(name, pk, openpgp, target)| Body::KeyAdd(KeyDecl {
                     name,
@@ -781,6 +1014,8 @@ mod tests {
                     env: target.then(|| "dev".to_string()),
                     sets: if target { vec!["p".into()] } else { vec![] },
                     custody: if target { Custody::Admin } else { Custody::Holder(Signature([7; 64])) },
+                    labels: if target { vec!["canary".into()] } else { vec![] },
+                    groups: if target { vec![] } else { vec!["security".into()] },
                 })
             ),
             (arb_version(), arb_text(), arb_hash(), arb_hash(), any::<u64>(), arb_text()).prop_map(

@@ -12,6 +12,8 @@ pub mod entry;
 pub mod export;
 #[cfg(feature = "file")]
 pub mod file_store;
+pub mod freeze;
+pub mod gate;
 pub mod heartbeat;
 pub mod keys;
 pub mod ledger;
@@ -21,6 +23,7 @@ pub mod note;
 pub mod partial;
 pub mod proof;
 pub mod replay;
+pub mod rollout;
 pub mod rules;
 pub mod state;
 pub mod storage;
@@ -31,9 +34,10 @@ pub mod version;
 pub use bytes::{Hash, PublicKey, Signature};
 pub use enrol::{EnrolmentRequest, RequestError};
 pub use entry::{
-    Ack, Approve, Artifact, Body, Checked, Checkpoint, Custody, EncodingError, Entry, EnvSet, FileDigest,
-    Genesis, KeyApprove, KeyDecl, KeyRevoke, KeyRotate, Outcome, Package, Push, Retry, RevokeKind, Role,
-    Rollback, SignedEntry, Source, Statement, Withdraw,
+    Ack, Approve, Artifact, Bake, Body, Checked, Checkpoint, Custody, EncodingError, Entry, EnvPolicy,
+    EnvSet, FileDigest, FreezeOverride, GateCheck, Genesis, KeyApprove, KeyDecl, KeyRevoke, KeyRotate,
+    Outcome, Package, Push, Retry, RevokeKind, Role, Rollback, SignedEntry, Source, Stage, Statement,
+    WaveSize, WaveStart, Withdraw,
 };
 pub use export::{Export, ExportArtifact, Head};
 pub use keys::SecretKey;

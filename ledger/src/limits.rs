@@ -55,3 +55,9 @@ pub fn human_bytes(n: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+/// Longest bake time an environment may require: a day.
+pub const MAX_BAKE_MS: u64 = 24 * 3_600_000;
+
+/// Most freeze windows one environment may have.
+pub const MAX_FREEZES: usize = 32;

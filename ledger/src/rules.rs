@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use crate::bytes::{Hash, PublicKey};
 use crate::entry::{
-    Ack, Approve, Body, Checkpoint, Custody, Entry, EnvSet, Genesis, KeyApprove, KeyDecl, KeyRevoke,
-    KeyRotate, Package, Push, Retry, Role, Rollback, SignedEntry, Withdraw,
+    Ack, Approve, Body, Checkpoint, Custody, Entry, EnvSet, FreezeOverride, Genesis, KeyApprove, KeyDecl,
+    KeyRevoke, KeyRotate, Package, Push, Retry, Role, Rollback, SignedEntry, WaveSize, Withdraw,
 };
 use crate::limits::*;
 use crate::state::State;
@@ -263,6 +263,36 @@ pub enum RuleError {
         /// Why.
         problem: String,
     },
+    /// A wave, gate or bake entry the rollout does not allow.
+    #[error("rollout in {env}: {problem} (`pd state {env}` shows where the rollout stands)")]
+    BadRollout {
+        /// Environment.
+        env: String,
+        /// Why.
+        problem: String,
+    },
+    /// The package lacks the approvals the environment's policy requires.
+    #[error("{version} cannot go to {env}: its approval policy {problem}; approvers run `pd ledger approve {version} --reason …`")]
+    ApprovalPolicy {
+        /// Package.
+        version: Version,
+        /// Environment.
+        env: String,
+        /// What is missing.
+        problem: String,
+    },
+    /// A push or wave start inside a freeze window without the overrides it needs.
+    #[error("{env} is frozen ({window}): pushing {version} now {problem} in freeze overrides; approvers run `pd ledger override {version} --env {env} --reason …`, or wait for the window to end")]
+    Frozen {
+        /// Environment.
+        env: String,
+        /// The window the entry falls in.
+        window: String,
+        /// The version.
+        version: Version,
+        /// What is missing.
+        problem: String,
+    },
 }
 
 fn short(by: usize) -> String {
@@ -333,6 +363,24 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
         Body::Rollback(r) => check_rollback(state, e, r),
         Body::Retry(r) => check_retry(state, e, r),
         Body::EnvSet(s) => check_env_set(state, e, s),
+        Body::Wave(w) => {
+            let key = authorize_rollout(state, e)?;
+            crate::rollout::check_wave(state, e, w)?;
+            Ok(key)
+        }
+        Body::Gate(g) => {
+            let key = authorize_rollout(state, e)?;
+            check_text("gate value", &g.value, false)?;
+            crate::rollout::check_gate(state, g)?;
+            Ok(key)
+        }
+        Body::Bake(b) => {
+            let key = authorize_rollout(state, e)?;
+            check_text("reason", &b.reason, true)?;
+            crate::rollout::check_bake(state, e, b)?;
+            Ok(key)
+        }
+        Body::FreezeOverride(o) => check_freeze_override(state, e, o),
         Body::Withdraw(w) => check_withdraw(state, e, w),
         Body::Checkpoint(c) => check_checkpoint(state, e, c),
     }?;
@@ -388,6 +436,34 @@ fn check_text(field: &'static str, text: &str, required: bool) -> Result<(), Rul
         return Err(invalid(field, format!("{} bytes is over the limit of {MAX_TEXT_BYTES}", text.len())));
     }
     Ok(())
+}
+
+/// A rollout's steps (waves, gates, bakes) are signed by a deployer or by the log key (the
+/// server that drives them).
+fn authorize_rollout(state: &State, e: &Entry) -> Result<PublicKey, RuleError> {
+    let key = crate::adoption::active_with(state, &e.actor, None)?;
+    if !key.decl.roles.iter().any(|r| matches!(r, Role::Deployer | Role::Log)) {
+        return Err(RuleError::MissingRole {
+            actor: e.actor.clone(),
+            role: Role::Deployer,
+            action: "drive a rollout (deployer or log)",
+        });
+    }
+    Ok(key.decl.public_key)
+}
+
+/// A target label: `name` or `name=value`, each part a name (see [`check_name`]).
+pub fn check_label(label: &str) -> Result<(), String> {
+    let ok = |part: &str| check_name("label", part).is_ok();
+    let valid = match label.split_once('=') {
+        Some((k, v)) => ok(k) && ok(v),
+        None => ok(label),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("label {label:?} must be NAME or NAME=VALUE, each of a-z, 0-9, '.', '_', '-' (at most {MAX_NAME_BYTES} characters)"))
+    }
 }
 
 /// The signer's key, which must be active and hold `role`.
@@ -490,6 +566,14 @@ fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
     for set in &k.sets {
         check_set_name(set)?;
     }
+    if !k.labels.is_empty() && !is_target {
+        return Err(invalid("labels", "only target keys carry labels (--label)"));
+    }
+    if !k.groups.is_empty() && !k.roles.contains(&Role::Approver) {
+        return Err(invalid("groups", "only approver keys belong to approver groups (--group)"));
+    }
+    check_sorted_names("labels", &k.labels, |l| check_label(l).map_err(|p| invalid("label", p)))?;
+    check_sorted_names("groups", &k.groups, |g| check_name("group", g))?;
     check_public_parts(state, &k.name, &k.public_key, k.openpgp.as_deref(), &k.custody, &k.roles)
 }
 
@@ -677,6 +761,18 @@ pub fn check_set_name(name: &str) -> Result<(), RuleError> {
     }
 }
 
+/// A short list of names, each valid, sorted and listed once.
+fn check_sorted_names(
+    field: &'static str,
+    list: &[String],
+    each: impl Fn(&str) -> Result<(), RuleError>,
+) -> Result<(), RuleError> {
+    if list.len() > MAX_TARGET_SETS || !list.windows(2).all(|w| w[0] < w[1]) {
+        return Err(invalid(field, format!("at most {MAX_TARGET_SETS}, each once, sorted")));
+    }
+    list.iter().try_for_each(|x| each(x))
+}
+
 fn check_min_targets(n: u32) -> Result<(), RuleError> {
     if n == 0 || n > MAX_MIN_TARGETS {
         return Err(invalid(
@@ -743,7 +839,51 @@ fn check_approve(state: &State, e: &Entry, a: &Approve) -> Result<PublicKey, Rul
 fn check_push(state: &State, e: &Entry, p: &Push) -> Result<PublicKey, RuleError> {
     let key = authorize(state, e, Role::Deployer, "push versions")?;
     check_text("reason", &p.reason, true)?;
+    check_waves(&p.waves)?;
     crate::adoption::check_promotion(state, &p.env, p.version, &p.package)?;
+    crate::rollout::check_freeze(state, e, &p.env, p.version)?;
+    Ok(key)
+}
+
+/// Wave sizes: at most [`crate::rollout::MAX_WAVES`], counts and percentages rising.
+fn check_waves(waves: &[WaveSize]) -> Result<(), RuleError> {
+    if waves.len() > crate::rollout::MAX_WAVES {
+        return Err(invalid("waves", format!("at most {}", crate::rollout::MAX_WAVES)));
+    }
+    let mut last: Option<&WaveSize> = None;
+    for w in waves {
+        match w {
+            WaveSize::Count(0) => return Err(invalid("waves", "a wave of 0 targets reaches nobody")),
+            WaveSize::Percent(p) if *p == 0 || *p > 100 => {
+                return Err(invalid("waves", format!("{p}% is not 1% to 100%")))
+            }
+            WaveSize::Label(l) => check_label(l).map_err(|p| invalid("waves", p))?,
+            _ => {}
+        }
+        let rising = match (last, w) {
+            (Some(WaveSize::Count(a)), WaveSize::Count(b)) => a < b,
+            (Some(WaveSize::Percent(a)), WaveSize::Percent(b)) => a < b,
+            _ => true,
+        };
+        if !rising || last == Some(&WaveSize::Percent(100)) {
+            return Err(invalid("waves", format!("{w} after {}: waves are cumulative, each reaching further than the one before, and 100% comes last", last.map(|l| l.to_string()).unwrap_or_default())));
+        }
+        last = Some(w);
+    }
+    Ok(())
+}
+
+fn check_freeze_override(state: &State, e: &Entry, o: &FreezeOverride) -> Result<PublicKey, RuleError> {
+    let key = authorize(state, e, Role::Approver, "override freeze windows")?;
+    check_text("reason", &o.reason, true)?;
+    check_env(state, &o.env)?;
+    let pkg = live_package(state, o.version, &o.package)?;
+    if pkg.author == e.actor {
+        return Err(RuleError::SelfApproval { actor: e.actor.clone(), version: o.version });
+    }
+    if pkg.overrides.iter().any(|x| x.env == o.env && x.approver == e.actor) {
+        return Err(RuleError::DuplicateApproval { actor: e.actor.clone(), version: o.version });
+    }
     Ok(key)
 }
 
@@ -796,7 +936,28 @@ fn check_env_set(state: &State, e: &Entry, s: &EnvSet) -> Result<PublicKey, Rule
     let key = authorize(state, e, Role::Admin, "change environment settings")?;
     check_text("reason", &s.reason, true)?;
     check_env(state, &s.env)?;
-    check_min_targets(s.min_targets)?;
+    let p = &s.policy;
+    check_min_targets(p.min_targets)?;
+    check_waves(&p.waves)?;
+    if p.bake_ms > MAX_BAKE_MS {
+        return Err(invalid("bake", format!("at most {} hours", MAX_BAKE_MS / 3_600_000)));
+    }
+    if p.gates.len() > crate::gate::MAX_GATES || !p.gates.windows(2).all(|w| w[0] != w[1]) {
+        return Err(invalid("gates", format!("at most {}, each once", crate::gate::MAX_GATES)));
+    }
+    for g in &p.gates {
+        g.parse::<crate::gate::Gate>().map_err(|problem| invalid("gate", problem))?;
+    }
+    if p.freeze.len() > MAX_FREEZES {
+        return Err(invalid("freeze", format!("at most {MAX_FREEZES} windows")));
+    }
+    for f in &p.freeze {
+        f.parse::<crate::freeze::Window>().map_err(|problem| invalid("freeze", problem))?;
+    }
+    if p.approvals > MAX_APPROVALS_REQUIRED {
+        return Err(invalid("approvals", format!("must be 0 (the ledger's) to {MAX_APPROVALS_REQUIRED}")));
+    }
+    check_sorted_names("approver groups", &p.approver_groups, |g| check_name("group", g))?;
     Ok(key)
 }
 

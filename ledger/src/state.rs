@@ -5,11 +5,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use serde::Serialize;
 
 use crate::bytes::{Hash, PublicKey};
-use crate::entry::{Body, Checkpoint, Custody, KeyDecl, Outcome, Package, RevokeKind, Role, SignedEntry};
+use crate::entry::{
+    Body, Checkpoint, Custody, EnvPolicy, KeyDecl, Outcome, Package, RevokeKind, Role, SignedEntry,
+};
 use crate::keys::SecretKey;
 use crate::limits::STATEMENT_WINDOW;
 use crate::merkle::{Frontier, Sha256};
 use crate::note::{self, SignedCheckpoint};
+use crate::rollout::Rollout;
 use crate::version::Version;
 
 /// Everything the ledger says, folded up to `len` entries. Its fields are read through
@@ -214,6 +217,21 @@ pub struct PackageState {
     pub approvals: Vec<Approval>,
     /// The entry that withdrew it, if one did.
     pub withdrawn: Option<Withdrawn>,
+    /// Approvers' overrides of freeze windows for it.
+    pub overrides: Vec<Override>,
+}
+
+/// An approver's override of an environment's freeze windows for one package.
+#[derive(Clone, Debug, Serialize)]
+pub struct Override {
+    /// Environment.
+    pub env: String,
+    /// Approver's key name.
+    pub approver: String,
+    /// Entry that recorded it.
+    pub seq: u64,
+    /// Why.
+    pub reason: String,
 }
 
 /// A package's withdrawal.
@@ -308,17 +326,22 @@ pub struct TargetReport {
     pub loaded: Option<Loaded>,
 }
 
-/// One environment: its fleet settings and a slot per policy set.
-#[derive(Clone, Debug, Default, Serialize)]
+/// One environment: its policy and a slot per policy set.
+#[derive(Clone, Debug, Serialize)]
 pub struct EnvState {
-    pub(crate) min_targets: u32,
+    pub(crate) policy: EnvPolicy,
     pub(crate) sets: BTreeMap<String, Slot>,
 }
 
 impl EnvState {
     /// Enrolled targets each slot needs before a push, and acks before adoption.
     pub fn min_targets(&self) -> u32 {
-        self.min_targets
+        self.policy.min_targets
+    }
+
+    /// Its fleet, rollout and approval policy.
+    pub fn policy(&self) -> &EnvPolicy {
+        &self.policy
     }
 
     /// The slots, by policy set.
@@ -335,6 +358,8 @@ pub struct Slot {
     pub(crate) reports: BTreeMap<String, TargetReport>,
     /// The newest `retry` of the desired version: failures before it stop counting.
     pub(crate) retry_seq: Option<u64>,
+    /// The rollout of the newest push (see [`crate::rollout::active`]).
+    pub(crate) rollout: Option<Rollout>,
 }
 
 impl Slot {
@@ -361,6 +386,11 @@ impl Slot {
     /// The newest `retry` entry of the desired version.
     pub fn retry_seq(&self) -> Option<u64> {
         self.retry_seq
+    }
+
+    /// The rollout of the newest push, whether or not it is still the desired version's.
+    pub fn rollout(&self) -> Option<&Rollout> {
+        self.rollout.as_ref()
     }
 }
 
@@ -573,7 +603,12 @@ impl State {
 
     /// The fleet minimum of an environment.
     pub fn min_targets(&self, env: &str) -> u32 {
-        self.env.get(env).map_or(1, |e| e.min_targets)
+        self.env.get(env).map_or(1, |e| e.policy.min_targets)
+    }
+
+    /// An environment's policy.
+    pub fn policy(&self, env: &str) -> Option<&EnvPolicy> {
+        self.env.get(env).map(|e| &e.policy)
     }
 
     /// Whether a package has the approvals it needs.
@@ -708,7 +743,10 @@ impl State {
                 self.approvals_required = g.approvals_required;
                 self.admin_approvals = g.admin_approvals;
                 for env in &g.envs {
-                    let state = EnvState { min_targets: g.min_targets, sets: BTreeMap::new() };
+                    let state = EnvState {
+                        policy: EnvPolicy::with_min_targets(g.min_targets),
+                        sets: BTreeMap::new(),
+                    };
                     self.env.insert(env.clone(), state);
                 }
                 for k in &g.keys {
@@ -751,6 +789,7 @@ impl State {
                     package: p.clone(),
                     approvals: Vec::new(),
                     withdrawn: None,
+                    overrides: Vec::new(),
                 });
             }
             Body::Withdraw(w) => {
@@ -772,8 +811,39 @@ impl State {
                     });
                 }
             }
-            Body::Push(p) => self.set_desired(&p.env, p.version, p.package, e, Via::Push),
+            Body::Push(p) => {
+                let waves = crate::rollout::waves_for(self, &p.env, &p.waves);
+                self.set_desired(&p.env, p.version, p.package, e, Via::Push);
+                if let Some(slot) = self.slot_mut(&p.env, p.version) {
+                    slot.rollout = Some(Rollout::begin(e, waves));
+                }
+            }
             Body::Rollback(r) => self.set_desired(&r.env, r.version, r.package, e, Via::Rollback),
+            Body::Wave(w) => {
+                if let Some(r) = self.rollout_mut(&w.stage.env, w.stage.version) {
+                    r.fold_wave(e, w);
+                }
+            }
+            Body::Gate(g) => {
+                if let Some(r) = self.rollout_mut(&g.stage.env, g.stage.version) {
+                    r.fold_gate(e, g);
+                }
+            }
+            Body::Bake(b) => {
+                if let Some(r) = self.rollout_mut(&b.stage.env, b.stage.version) {
+                    r.fold_bake(e, b);
+                }
+            }
+            Body::FreezeOverride(o) => {
+                if let Some(&i) = self.by_hash.get(&o.package) {
+                    self.packages[i].overrides.push(Override {
+                        env: o.env.clone(),
+                        approver: e.actor.clone(),
+                        seq: e.seq,
+                        reason: o.reason.clone(),
+                    });
+                }
+            }
             Body::Ack(a) => {
                 let independent = self.independent(&e.actor);
                 let Some(slot) = self.slot_mut(&a.env, a.version) else { unreachable!("checked: pushed") };
@@ -796,6 +866,10 @@ impl State {
                     loaded,
                 };
                 slot.reports.insert(e.actor.clone(), report);
+                let desired = slot.desired.as_ref().is_some_and(|d| d.version == a.version);
+                if let Some(r) = slot.rollout.as_mut().filter(|_| desired && a.outcome == Outcome::Loaded) {
+                    r.settled_ms = r.settled_ms.max(e.time_ms);
+                }
             }
             Body::Retry(r) => {
                 if let Some(slot) = self.slot_mut(&r.env, r.version) {
@@ -804,7 +878,7 @@ impl State {
             }
             Body::EnvSet(s) => {
                 if let Some(env) = self.env.get_mut(&s.env) {
-                    env.min_targets = s.min_targets;
+                    env.policy = s.policy.clone();
                 }
             }
             Body::Checkpoint(c) => self.checkpoints.push(CheckpointState {
@@ -924,5 +998,11 @@ impl State {
         slot.history.push(d.clone());
         slot.desired = Some(d);
         slot.retry_seq = None;
+        slot.rollout = None;
+    }
+
+    /// The rollout of `version` in `env`, if it is the rollout of the slot's newest push.
+    fn rollout_mut(&mut self, env: &str, version: Version) -> Option<&mut Rollout> {
+        self.slot_mut(env, version)?.rollout.as_mut()
     }
 }

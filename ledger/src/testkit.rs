@@ -62,7 +62,13 @@ pub fn deployed<S: LedgerStore>(store: S) -> Deployed<S> {
         (
             "admin",
             &admin,
-            Body::Push(Push { env: "dev".into(), version, package: hash, reason: "go".into() }),
+            Body::Push(Push {
+                env: "dev".into(),
+                version,
+                package: hash,
+                waves: Vec::new(),
+                reason: "go".into(),
+            }),
         ),
     ];
     for (actor, key, body) in steps {

@@ -34,7 +34,7 @@ const PACKAGES: [(&str, Version); 2] =
 
 /// Entry labels: the body kind, and for acks the outcome. `label` matches every `Body`
 /// exhaustively; a new kind must get a label here and an entry in `steps`.
-const LABELS: [&str; 15] = [
+const LABELS: [&str; 19] = [
     "genesis",
     "key_add",
     "key_rotate",
@@ -49,6 +49,10 @@ const LABELS: [&str; 15] = [
     "rollback",
     "withdraw",
     "env_set",
+    "freeze_override",
+    "wave",
+    "gate",
+    "bake",
     "checkpoint",
 ];
 
@@ -68,6 +72,10 @@ fn label(body: &Body) -> &'static str {
         Body::Rollback(_) => "rollback",
         Body::EnvSet(_) => "env_set",
         Body::Withdraw(_) => "withdraw",
+        Body::FreezeOverride(_) => "freeze_override",
+        Body::Wave(_) => "wave",
+        Body::Gate(_) => "gate",
+        Body::Bake(_) => "bake",
         Body::Checkpoint(_) => "checkpoint",
     }
 }
@@ -79,6 +87,7 @@ struct Keys {
     carol: SecretKey,
     carol2: SecretKey,
     dev1: SecretKey,
+    prod1: SecretKey,
 }
 
 impl Keys {
@@ -89,6 +98,7 @@ impl Keys {
             dev1: SecretKey::from_seed([3; 32]),
             carol2: SecretKey::from_seed([4; 32]),
             bob: SecretKey::from_seed([5; 32]),
+            prod1: SecretKey::from_seed([6; 32]),
         }
     }
 
@@ -98,6 +108,7 @@ impl Keys {
             "carol" => &self.carol,
             "bob" => &self.bob,
             "dev-1" => &self.dev1,
+            "prod-1" => &self.prod1,
             other => unreachable!("no golden key {other}"),
         }
     }
@@ -143,13 +154,15 @@ fn key_decl(
 /// Every kind of entry, in an order the rule accepts: two admins must agree on each key change
 /// (proposal, then bob's approval); the target's key is in admin custody; v1 reaches dev,
 /// v1.1 fails to load there, is rolled back and withdrawn; the approver rotates, then leaves;
-/// checkpoints at 8 and 22.
+/// checkpoints at 8 and 32. Between them, PD-1.0.0 goes to prod in two waves (the canary,
+/// then the rest) under a freeze override, with a gate and a bake.
 fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
     let [v1, v2] = p;
     let push = |p: &GoldenPackage, reason: &str| Push {
         env: "dev".into(),
         version: p.version,
         package: p.hash(),
+        waves: Vec::new(),
         reason: reason.into(),
     };
     let ack = |p: &GoldenPackage, outcome| Ack {
@@ -158,6 +171,7 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
         package: p.hash(),
         outcome,
     };
+    let stage = |wave| Stage { env: "prod".into(), version: v1.version, package: v1.hash(), wave };
     let approve =
         |p: &GoldenPackage| Approve { version: p.version, package: p.hash(), reason: "reviewed".into() };
     let admin_roles = [Role::Admin, Role::Author, Role::Deployer, Role::Log];
@@ -177,7 +191,13 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
                 ],
             }),
         ),
-        Step::Sign("admin", Body::KeyAdd(key_decl("carol", &k.carol, None, &[Role::Approver], None))),
+        Step::Sign(
+            "admin",
+            Body::KeyAdd(KeyDecl {
+                groups: vec!["security".into()],
+                ..key_decl("carol", &k.carol, None, &[Role::Approver], None)
+            }),
+        ),
         Step::ApproveLast("bob"),
         Step::Sign(
             "admin",
@@ -242,6 +262,59 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
                 reason: "over the model limit; superseded".into(),
             }),
         ),
+        Step::Sign("dev-1", Body::Ack(ack(v1, Outcome::Loaded))),
+        Step::Sign(
+            "admin",
+            Body::KeyAdd(KeyDecl {
+                custody: Custody::Admin,
+                labels: vec!["canary".into(), "region=eu".into()],
+                ..key_decl("prod-1", &k.prod1, None, &[Role::Target], Some("prod"))
+            }),
+        ),
+        Step::ApproveLast("bob"),
+        Step::Sign(
+            "admin",
+            Body::EnvSet(EnvSet {
+                env: "prod".into(),
+                policy: EnvPolicy {
+                    waves: vec![WaveSize::Label("canary".into())],
+                    bake_ms: 60_000,
+                    gates: vec!["cmd:./smoke-test.sh".into()],
+                    auto_rollback: true,
+                    freeze: vec!["2026-01-01T00:00..2026-01-02T00:00 UTC".into()],
+                    approvals: 1,
+                    approver_groups: vec!["security".into()],
+                    ..EnvPolicy::with_min_targets(1)
+                },
+                reason: "canary first; frozen over new year".into(),
+            }),
+        ),
+        Step::Sign(
+            "carol",
+            Body::FreezeOverride(FreezeOverride {
+                env: "prod".into(),
+                version: v1.version,
+                package: v1.hash(),
+                reason: "the regulator's deadline".into(),
+            }),
+        ),
+        Step::Sign("admin", Body::Push(Push { env: "prod".into(), ..push(v1, "first prod rollout") })),
+        Step::Sign("admin", Body::Wave(WaveStart { stage: stage(1), targets: vec!["prod-1".into()] })),
+        Step::Sign("prod-1", Body::Ack(Ack { env: "prod".into(), ..ack(v1, Outcome::Loaded) })),
+        Step::Sign(
+            "admin",
+            Body::Gate(GateCheck {
+                stage: stage(1),
+                gate: "cmd:./smoke-test.sh".into(),
+                value: "exit 0".into(),
+                passed: true,
+            }),
+        ),
+        Step::Sign(
+            "admin",
+            Body::Bake(Bake { stage: stage(1), passed: true, reason: "baked 1m, gates held".into() }),
+        ),
+        Step::Sign("admin", Body::Wave(WaveStart { stage: stage(2), targets: vec![] })),
         Step::Sign("admin", {
             let new = EnrolmentRequest::create("carol", &k.carol2, None);
             Body::KeyRotate(KeyRotate {
@@ -263,10 +336,6 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
             }),
         ),
         Step::ApproveLast("bob"),
-        Step::Sign(
-            "admin",
-            Body::EnvSet(EnvSet { env: "prod".into(), min_targets: 2, reason: "two regions".into() }),
-        ),
         Step::Checkpoint,
     ]
 }
@@ -431,7 +500,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
     table.extend([
         Fixture { name: "export.cbor".into(), built: export.encode(), reencode: reencode_export },
         Fixture {
-            name: "checkpoint-22.note".into(),
+            name: "checkpoint-32.note".into(),
             built: state.signed_note(new).render().into_bytes(),
             reencode: reencode_note,
         },
@@ -441,7 +510,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
             reencode: reencode_proof,
         },
         Fixture {
-            name: "proof-consistency-8-22.json".into(),
+            name: "proof-consistency-8-32.json".into(),
             built: proof_file(&consistency),
             reencode: reencode_proof,
         },
@@ -460,16 +529,20 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
 
 fn the_stored_entries_replay_as_a_valid_ledger(stored: &[&[u8]], built: &State) {
     let state = replay(stored.iter().copied(), Signatures::Verify).expect("the golden entries replay");
-    assert_eq!((state.len(), state.head(), state.ledger_id()), (23, built.head(), LEDGER_ID));
+    assert_eq!((state.len(), state.head(), state.ledger_id()), (33, built.head(), LEDGER_ID));
     let dev = state.desired("dev", "llm-policy").expect("dev has a desired version");
     assert_eq!((dev.version, dev.seq), (Version::new(1, 0, 0), 15), "dev was rolled back to PD-1.0.0");
-    assert_eq!(state.min_targets("prod"), 2);
+    assert_eq!(state.policy("prod").map(|p| p.approver_groups.clone()), Some(vec!["security".to_string()]));
+    let prod = pd_ledger::rollout::progress(&state, "prod", "llm-policy").expect("prod has a rollout");
+    assert_eq!(prod.started, 2, "both waves of the prod rollout started");
+    assert_eq!(prod.waves[0].targets, ["prod-1"]);
+    assert_eq!(prod.waves[0].baked, Some(true));
     assert!(state.keys()["carol"].revoked.is_some());
     assert_eq!(state.keys()["carol"].past.len(), 1, "carol's first key was rotated away");
     assert!(state.proposals().is_empty(), "bob approved every key change");
     let dependent: Vec<String> = state.not_independent().iter().map(|d| d.actor.clone()).collect();
-    assert_eq!(dependent, ["dev-1"], "only the target's key was made in the admin's custody");
-    assert_eq!(state.checkpoints().iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 22]);
+    assert_eq!(dependent, ["dev-1", "prod-1"], "only the targets' keys were made in the admin's custody");
+    assert_eq!(state.checkpoints().iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 32]);
 }
 
 fn the_stored_export_verifies_with_pd_verify(
@@ -480,14 +553,14 @@ fn the_stored_export_verifies_with_pd_verify(
     let decoded = Export::decode(export).expect("the golden export decodes");
     let held: Vec<&[u8]> = decoded.entries.iter().map(|e| e.as_slice()).collect();
     assert_eq!(held, entries, "the export holds exactly the golden entries");
-    let note = std::str::from_utf8(&stored["checkpoint-22.note"]).expect("a note is text");
+    let note = std::str::from_utf8(&stored["checkpoint-32.note"]).expect("a note is text");
     let since = SignedCheckpoint::parse(note).expect("the golden note parses");
     let report = pd_verify::verify_bytes(export, Some(&since))
         .unwrap_or_else(|e| panic!("pd-verify refuses the golden export: {e}"));
-    assert_eq!(report.state.len(), 23);
+    assert_eq!(report.state.len(), 33);
     assert_eq!(report.artifacts_checked, 2, "both tarballs and their OpenPGP signatures checked");
-    let (size, root, _) = report.extends.expect("the export extends checkpoint 22");
-    assert_eq!((size, root), (22, since.checkpoint.root));
+    let (size, root, _) = report.extends.expect("the export extends checkpoint 32");
+    assert_eq!((size, root), (32, since.checkpoint.root));
 }
 
 fn the_stored_proofs_verify(
@@ -502,9 +575,9 @@ fn the_stored_proofs_verify(
     let pinned = [(state.origin(), keys.admin.public())];
     let inclusion = proof("proof-inclusion-9.json").verify(&pinned).expect("the inclusion proof holds");
     assert_eq!(inclusion.entry, Some((9, "ack".to_string(), included.id)));
-    assert_eq!(inclusion.size, 22);
+    assert_eq!(inclusion.size, 32);
     let consistency =
-        proof("proof-consistency-8-22.json").verify(&pinned).expect("the consistency proof holds");
+        proof("proof-consistency-8-32.json").verify(&pinned).expect("the consistency proof holds");
     assert_eq!(consistency.extends, Some((8, state.checkpoints()[0].checkpoint.root)));
-    assert_eq!(consistency.size, 22);
+    assert_eq!(consistency.size, 32);
 }

@@ -44,8 +44,13 @@ fn busy() -> Deployed<MemStore> {
     d.ledger.sign_append("admin", &d.admin, 3, pd_ledger::testkit::package(v2, h2)).expect("package");
     let approve = Body::Approve(pd_ledger::Approve { version: v2, package: h2, reason: "ok".into() });
     d.ledger.sign_append("carol", &carol, 3, approve).expect("approve");
-    let push =
-        Body::Push(pd_ledger::Push { env: "dev".into(), version: v2, package: h2, reason: "go".into() });
+    let push = Body::Push(pd_ledger::Push {
+        env: "dev".into(),
+        version: v2,
+        package: h2,
+        waves: Vec::new(),
+        reason: "go".into(),
+    });
     d.ledger.sign_append("admin", &d.admin, 3, push).expect("push");
     d.append_acks(50);
     let back = Body::Rollback(Rollback {

@@ -108,7 +108,7 @@ impl World {
 }
 
 fn push(env: &str, v: Version, h: Hash) -> Body {
-    Body::Push(Push { env: env.into(), version: v, package: h, reason: "go".into() })
+    Body::Push(Push { env: env.into(), version: v, package: h, waves: Vec::new(), reason: "go".into() })
 }
 fn ack(env: &str, v: Version, h: Hash) -> Body {
     Body::Ack(Ack { env: env.into(), version: v, package: h, outcome: Outcome::Loaded })
@@ -759,7 +759,7 @@ fn model(entries: &[SignedEntry], env: &str) -> Model {
             Body::Push(p) if p.env == env => desired = Some((p.version, seq)),
             Body::Rollback(r) if r.env == env => desired = Some((r.version, seq)),
             Body::Retry(r) if r.env == env => retry = seq,
-            Body::EnvSet(s) if s.env == env => min = s.min_targets,
+            Body::EnvSet(s) if s.env == env => min = s.policy.min_targets,
             Body::KeyAdd(k) if k.env.as_deref() == Some(env) => targets.push(k.name.clone()),
             Body::KeyRevoke(k) => targets.retain(|t| *t != k.name),
             Body::Ack(a) if a.env == env => {
@@ -817,7 +817,7 @@ proptest::proptest! {
                 14..=15 => (target, Body::Ack(Ack { env: tenv.into(), version, package, outcome: Outcome::Failed("no".into()) })),
                 16..=17 => (ADMIN, Body::Retry(Retry { env: tenv.into(), version, package, reason: "again".into() })),
                 18 => (ADMIN, revoke(target, RevokeKind::Left)),
-                _ => (ADMIN, Body::EnvSet(EnvSet { env: tenv.into(), min_targets: v as u32 + 1, reason: "fleet".into() })),
+                _ => (ADMIN, Body::EnvSet(EnvSet { env: tenv.into(), policy: EnvPolicy::with_min_targets(v as u32 + 1), reason: "fleet".into() })),
             };
             let before = w.ledger.state().head();
             if w.try_as(actor, body).is_err() {

@@ -88,7 +88,13 @@ fn fixture(dir: &std::path::Path) -> Ledger<FileStore> {
         "admin",
         &admin,
         now,
-        Body::Push(Push { env: "dev".into(), version: v, package: h, reason: "go".into() }),
+        Body::Push(Push {
+            env: "dev".into(),
+            version: v,
+            package: h,
+            waves: Vec::new(),
+            reason: "go".into(),
+        }),
     )
     .expect("push");
     l
@@ -250,7 +256,13 @@ fn push_under_flood(pushes: u32) -> (Vec<f64>, u64, u64) {
                 .await
                 .expect("approve");
             client.sync(&mut replica, None).await.expect("sync");
-            let push = Body::Push(Push { env: "dev".into(), version: v, package: h, reason: "go".into() });
+            let push = Body::Push(Push {
+                env: "dev".into(),
+                version: v,
+                package: h,
+                waves: Vec::new(),
+                reason: "go".into(),
+            });
             let start = Instant::now();
             let statement = replica.sign_statement("admin", &admin, pd_server::now_ms(), push);
             client.submit(&statement).await.expect("push");

@@ -30,6 +30,8 @@ fn decl(name: &str, key: &SecretKey, roles: &[Role], env: Option<&str>, pgp: Opt
         env: env.map(String::from),
         sets: Vec::new(),
         custody: pd_ledger::Custody::Admin,
+        labels: Vec::new(),
+        groups: Vec::new(),
     }
 }
 
@@ -204,7 +206,13 @@ fn run(n: usize, runs: usize, light: bool) -> Measured {
             let before = counters(&statuses);
             let version = Version::new(1, r as u32 + 1, 0);
             let hash = package(&client, &mut replica, &fx, version).await;
-            let push = Body::Push(Push { env: "dev".into(), version, package: hash, reason: "bench".into() });
+            let push = Body::Push(Push {
+                env: "dev".into(),
+                version,
+                package: hash,
+                waves: Vec::new(),
+                reason: "bench".into(),
+            });
             let start = Instant::now();
             let entry = client
                 .append(&mut replica, "admin", &fx.admin, pd_server::now_ms(), |_| {

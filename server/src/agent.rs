@@ -461,7 +461,7 @@ impl<S: LedgerStore> Agent<S> {
             // What /healthz says is set before the ledger hears of it, so nobody who read an
             // ack sees an older health.
             match step {
-                Step::Idle | Step::Done => self.behind(&set, None),
+                Step::Idle | Step::Done | Step::Queued(_) => self.behind(&set, None),
                 Step::Failed(d) => self.behind(&set, Some(format!("failed to load {}", d.version))),
                 Step::AwaitCheckpoint(d) => {
                     self.need = Some(self.need.map_or(d.seq, |n| n.min(d.seq)));

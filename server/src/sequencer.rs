@@ -200,7 +200,16 @@ mod tests {
         let signer = ("admin".to_string(), SecretKey::from_seed([1; 32]));
         let (env, version, package, reason) = ("dev".to_string(), d.version, d.package, "r".to_string());
         let bodies = [
-            (Body::Push(Push { env: env.clone(), version, package, reason: reason.clone() }), true),
+            (
+                Body::Push(Push {
+                    env: env.clone(),
+                    version,
+                    package,
+                    waves: Vec::new(),
+                    reason: reason.clone(),
+                }),
+                true,
+            ),
             (Body::Rollback(Rollback { env: env.clone(), version, package, reason: reason.clone() }), true),
             (Body::Retry(Retry { env, version, package, reason }), true),
             (d.ack(), false),

@@ -415,7 +415,7 @@ impl Sim {
                 a.need = Some(d.seq);
                 return;
             }
-            Step::Idle | Step::Done | Step::Failed(_) => return,
+            Step::Idle | Step::Done | Step::Failed(_) | Step::Queued(_) => return,
         };
         if a.acking.is_some_and(|(seq, at)| seq == desired.seq && now - at < 2_000) {
             return;
@@ -450,14 +450,26 @@ impl Sim {
                 out.push(sign(
                     "admin",
                     &self.admin,
-                    Body::Push(Push { env: "dev".into(), version: v, package: h, reason: "go".into() }),
+                    Body::Push(Push {
+                        env: "dev".into(),
+                        version: v,
+                        package: h,
+                        waves: Vec::new(),
+                        reason: "go".into(),
+                    }),
                 ))
             }
             Some((v, h, true)) if pd_ledger::adoption::check_promotion(st, "prod", v, &h).is_ok() => out
                 .push(sign(
                     "admin",
                     &self.admin,
-                    Body::Push(Push { env: "prod".into(), version: v, package: h, reason: "go".into() }),
+                    Body::Push(Push {
+                        env: "prod".into(),
+                        version: v,
+                        package: h,
+                        waves: Vec::new(),
+                        reason: "go".into(),
+                    }),
                 )),
             _ if self.versions < 8 && self.rng.percent(30) => {
                 self.versions += 1;

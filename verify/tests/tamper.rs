@@ -45,7 +45,13 @@ fn ledger() -> Export {
             &mut l,
             "admin",
             &admin,
-            Body::Push(Push { env: "dev".into(), version: v, package: h, reason: "go".into() }),
+            Body::Push(Push {
+                env: "dev".into(),
+                version: v,
+                package: h,
+                waves: Vec::new(),
+                reason: "go".into(),
+            }),
         );
         add(
             &mut l,
