@@ -323,11 +323,11 @@ pub fn agent_step(state: &State, target: &str, env: &str, set: &str, view: Agent
         // Withdrawn after it was pushed: install nothing, keep what runs until a push.
         return if view.running == Some((d.version, d.package)) { Step::Done } else { Step::Idle };
     }
-    if state.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= d.seq) {
-        return Step::AwaitCheckpoint(d);
-    }
     if !crate::rollout::may_install(slot, target) {
         return Step::Queued(d);
+    }
+    if state.latest_checkpoint().is_none_or(|c| c.checkpoint.size <= d.seq) {
+        return Step::AwaitCheckpoint(d);
     }
     if view.running == Some((d.version, d.package)) {
         let acked = view.acked == Some(d.seq) || status(slot, &d, target) == Status::Loaded;

@@ -1019,3 +1019,216 @@ fn what_a_target_runs_is_the_newest_it_signed_its_heartbeat_or_a_later_ack() {
     assert_eq!(running(d.ledger.state(), "dev-1", Some(&beat(6, None))).get("p"), None);
     assert_eq!(running(d.ledger.state(), "dev-1", Some(&beat(4, None))).get("p"), Some(&v1));
 }
+
+fn env_set(env: &str, policy: EnvPolicy) -> Body {
+    Body::EnvSet(EnvSet { env: env.into(), policy, reason: "policy".into() })
+}
+
+fn stage(env: &str, version: Version, package: Hash, wave: u32) -> Stage {
+    Stage { env: env.into(), version, package, wave }
+}
+
+fn wave(env: &str, v: Version, h: Hash, n: u32, targets: &[&str]) -> Body {
+    Body::Wave(WaveStart {
+        stage: stage(env, v, h, n),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+    })
+}
+
+fn gate(env: &str, v: Version, h: Hash, n: u32, passed: bool) -> Body {
+    let value = if passed { "exit 0" } else { "exit 1" }.to_string();
+    Body::Gate(GateCheck { stage: stage(env, v, h, n), gate: "cmd:./smoke.sh".into(), value, passed })
+}
+
+fn bake(env: &str, v: Version, h: Hash, n: u32, passed: bool) -> Body {
+    Body::Bake(Bake { stage: stage(env, v, h, n), passed, reason: "baked".into() })
+}
+
+impl World {
+    fn enrol_target(&mut self, name: &'static str, seed: u8, env: &str, labels: &[&str]) {
+        let k = key(seed);
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        self.ok(ADMIN, Body::KeyAdd(KeyDecl { labels, ..decl(name, &k, &[Role::Target], Some(env)) }));
+        self.keys.push((name, k));
+    }
+
+    fn step(&self, target: &str, env: &str) -> adoption::Step {
+        adoption::agent_step(self.ledger.state(), target, env, "llm_policy", adoption::AgentView::default())
+    }
+}
+
+/// dev: dev-1, dev-2 and dev-3 (a canary); waves `canary` then all, a 1 s bake, one gate.
+fn canary_world() -> (World, Version, Hash) {
+    let mut w = World::new();
+    w.enrol_target("dev-3", 6, "dev", &["canary"]);
+    let policy = EnvPolicy {
+        waves: vec![WaveSize::Label("canary".into())],
+        bake_ms: 1_000,
+        gates: vec!["cmd:./smoke.sh".into()],
+        ..EnvPolicy::with_min_targets(1)
+    };
+    w.ok(ADMIN, env_set("dev", policy));
+    let v1 = Version::new(23, 1, 0);
+    let h1 = w.package(v1);
+    w.ok("carol", approve(v1, h1));
+    w.ok(ADMIN, push("dev", v1, h1));
+    (w, v1, h1)
+}
+
+#[test]
+fn a_rollout_goes_wave_by_wave_and_each_step_needs_the_one_before() {
+    let (mut w, v1, h1) = canary_world();
+    let rollout = |w: &World| rollout::progress(w.ledger.state(), "dev", "llm_policy").expect("a rollout");
+    assert_eq!(rollout(&w).next, rollout::Next::Start { wave: 1 });
+    // Nobody installs before wave 1, and an ack from a queued target is refused.
+    assert!(matches!(w.step("dev-3", "dev"), adoption::Step::Queued(_)));
+    assert!(matches!(w.refused("dev-3", ack("dev", v1, h1)), RuleError::BadAck { .. }));
+    let e = w.refused(ADMIN, wave("dev", v1, h1, 2, &[]));
+    assert!(e.to_string().contains("the next is 1"), "{e}");
+    let e = w.refused(ADMIN, wave("dev", v1, h1, 1, &["dev-1"]));
+    assert!(e.to_string().contains("the plan for it is dev-3"), "{e}");
+    assert!(matches!(w.refused("carol", wave("dev", v1, h1, 1, &["dev-3"])), RuleError::MissingRole { .. }));
+    w.ok(ADMIN, wave("dev", v1, h1, 1, &["dev-3"]));
+    // Started: it installs once a checkpoint covers the push (none here).
+    assert!(matches!(w.step("dev-3", "dev"), adoption::Step::AwaitCheckpoint(_)));
+    assert!(matches!(w.step("dev-1", "dev"), adoption::Step::Queued(_)));
+    assert!(matches!(w.refused("dev-1", ack("dev", v1, h1)), RuleError::BadAck { .. }));
+    let e = w.refused(ADMIN, bake("dev", v1, h1, 1, true));
+    assert!(e.to_string().contains("before its targets acked (waiting for dev-3)"), "{e}");
+    w.ok("dev-3", ack("dev", v1, h1));
+    assert!(matches!(rollout(&w).next, rollout::Next::Bake { wave: 1, .. }));
+    let e = w.refused(ADMIN, wave("dev", v1, h1, 2, &[]));
+    assert!(e.to_string().contains("before wave 1 passed its bake"), "{e}");
+    let e = w.refused(ADMIN, bake("dev", v1, h1, 1, true));
+    assert!(e.to_string().contains("less than the 1000 ms"), "{e}");
+    w.time += 1_000;
+    let e = w.refused(ADMIN, bake("dev", v1, h1, 1, true));
+    assert!(e.to_string().contains("no passing check of gate cmd:./smoke.sh"), "{e}");
+    w.ok(ADMIN, gate("dev", v1, h1, 1, true));
+    w.ok(ADMIN, bake("dev", v1, h1, 1, true));
+    assert!(matches!(w.refused(ADMIN, gate("dev", v1, h1, 1, true)), RuleError::BadRollout { .. }));
+    let e = w.refused(ADMIN, wave("dev", v1, h1, 2, &["dev-1"]));
+    assert!(e.to_string().contains("takes every target and names none"), "{e}");
+    w.ok(ADMIN, wave("dev", v1, h1, 2, &[]));
+    assert!(matches!(w.step("dev-1", "dev"), adoption::Step::AwaitCheckpoint(_)));
+    w.ok("dev-1", ack("dev", v1, h1));
+    w.ok("dev-2", ack("dev", v1, h1));
+    assert!(adoption::adoption(w.ledger.state(), "dev", "llm_policy").adopted());
+    // Adopted, but dev bakes: staging waits for the last wave's bake.
+    let e = w.refused(ADMIN, push("staging", v1, h1));
+    assert!(e.to_string().contains("before its rollout in dev ends"), "{e}");
+    w.time += 1_000;
+    w.ok(ADMIN, gate("dev", v1, h1, 2, true));
+    w.ok(ADMIN, bake("dev", v1, h1, 2, true));
+    assert_eq!(rollout(&w).next, rollout::Next::Done);
+    w.ok(ADMIN, push("staging", v1, h1));
+}
+
+#[test]
+fn a_failed_gate_stops_the_rollout_and_later_waves_never_get_the_version() {
+    let (mut w, v1, h1) = canary_world();
+    w.ok(ADMIN, wave("dev", v1, h1, 1, &["dev-3"]));
+    w.ok("dev-3", ack("dev", v1, h1));
+    w.ok(ADMIN, gate("dev", v1, h1, 1, false));
+    w.time += 1_000;
+    let e = w.refused(ADMIN, bake("dev", v1, h1, 1, true));
+    assert!(e.to_string().contains("gate cmd:./smoke.sh failed"), "{e}");
+    w.ok(ADMIN, bake("dev", v1, h1, 1, false));
+    let e = w.refused(ADMIN, wave("dev", v1, h1, 2, &[]));
+    assert!(e.to_string().contains("stopped when wave 1 failed its bake"), "{e}");
+    assert!(matches!(w.step("dev-1", "dev"), adoption::Step::Queued(_)));
+    let a = adoption::adoption(w.ledger.state(), "dev", "llm_policy");
+    assert_eq!((a.queued(), a.loaded(), a.adopted()), (2, 1, false));
+}
+
+#[test]
+fn the_plan_puts_canaries_first_then_counts_and_percentages_in_name_hash_order() {
+    let enrol = |order: &[usize]| {
+        let mut w = World::new();
+        const NAMES: [&str; 8] =
+            ["prod-a", "prod-b", "prod-c", "prod-d", "prod-e", "prod-f", "prod-g", "prod-h"];
+        for &i in order {
+            let labels: &[&str] = if i == 5 { &["canary"] } else { &[] };
+            w.enrol_target(NAMES[i], 20 + i as u8, "prod", labels);
+        }
+        w
+    };
+    let waves = [WaveSize::Count(1), WaveSize::Percent(50)];
+    let a = enrol(&[0, 1, 2, 3, 4, 5, 6, 7]);
+    let b = enrol(&[7, 6, 5, 4, 3, 2, 1, 0]);
+    let plan = rollout::plan(a.ledger.state(), "prod", "llm_policy", &rollout::normalise(&waves));
+    assert_eq!(plan, rollout::plan(b.ledger.state(), "prod", "llm_policy", &rollout::normalise(&waves)));
+    assert_eq!(
+        plan.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1, 3, 4],
+        "1, then up to 50% of 8, then the rest"
+    );
+    assert_eq!(plan[0], ["prod-f"], "the canary comes first");
+}
+
+#[test]
+fn an_environment_approval_policy_needs_approvers_of_distinct_groups() {
+    let mut w = World::new();
+    for (name, seed, groups) in
+        [("sec-1", 30, vec!["security"]), ("sec-2", 31, vec!["security"]), ("plat-1", 32, vec!["platform"])]
+    {
+        let k = key(seed);
+        let groups = groups.into_iter().map(String::from).collect();
+        w.ok(ADMIN, Body::KeyAdd(KeyDecl { groups, ..decl(name, &k, &[Role::Approver], None) }));
+        w.keys.push((name, k));
+    }
+    let policy = EnvPolicy {
+        approvals: 2,
+        approver_groups: vec!["platform".into(), "security".into()],
+        ..EnvPolicy::with_min_targets(1)
+    };
+    w.ok(ADMIN, env_set("dev", policy));
+    let v1 = Version::new(23, 1, 0);
+    let h1 = w.package(v1);
+    w.ok("sec-1", approve(v1, h1));
+    let e = w.refused(ADMIN, push("dev", v1, h1));
+    assert!(matches!(e, RuleError::ApprovalPolicy { .. }), "one approval: {e}");
+    w.ok("carol", approve(v1, h1));
+    let e = w.refused(ADMIN, push("dev", v1, h1));
+    assert!(e.to_string().contains("counted: sec-1 (security)"), "carol has no group: {e}");
+    w.ok("sec-2", approve(v1, h1));
+    let e = w.refused(ADMIN, push("dev", v1, h1));
+    assert!(e.to_string().contains("covering 2 of the groups platform, security"), "two of one group: {e}");
+    w.ok("plat-1", approve(v1, h1));
+    w.ok(ADMIN, push("dev", v1, h1));
+    // Groups belong to approvers only.
+    let k = key(33);
+    let groups = vec!["security".to_string()];
+    let e =
+        w.refused(ADMIN, Body::KeyAdd(KeyDecl { groups, ..decl("t-9", &k, &[Role::Target], Some("dev")) }));
+    assert!(e.to_string().contains("only approver keys"), "{e}");
+}
+
+#[test]
+fn a_freeze_window_refuses_a_push_until_the_required_approvers_override_it() {
+    let mut w = World::new();
+    let policy =
+        EnvPolicy { freeze: vec!["1970-01-01..1970-01-01 UTC".into()], ..EnvPolicy::with_min_targets(1) };
+    w.ok(ADMIN, env_set("dev", policy));
+    let v1 = Version::new(23, 1, 0);
+    let h1 = w.package(v1);
+    w.ok("carol", approve(v1, h1));
+    let e = w.refused(ADMIN, push("dev", v1, h1));
+    assert!(matches!(&e, RuleError::Frozen { window, .. } if window.contains("1970-01-01")), "{e}");
+    let over = Body::FreezeOverride(FreezeOverride {
+        env: "dev".into(),
+        version: v1,
+        package: h1,
+        reason: "incident fix".into(),
+    });
+    assert!(matches!(w.refused(ADMIN, over.clone()), RuleError::MissingRole { .. }));
+    w.ok("carol", over.clone());
+    assert!(matches!(w.refused("carol", over), RuleError::DuplicateApproval { .. }));
+    w.ok(ADMIN, push("dev", v1, h1));
+    let bad = EnvPolicy {
+        freeze: vec!["Fri 16:00-Mon 08:00 Mars/Olympus".into()],
+        ..EnvPolicy::with_min_targets(1)
+    };
+    let e = w.refused(ADMIN, env_set("dev", bad));
+    assert!(e.to_string().contains("Mars/Olympus"), "{e}");
+}
