@@ -275,6 +275,7 @@ impl Cluster {
                         "127.0.0.1:0".parse()?,
                         agent_dir.join("current"),
                         refuse,
+                        Vec::new(),
                         move |addr| {
                             let _ = addr_tx.send(addr);
                         },
@@ -290,6 +291,7 @@ impl Cluster {
                         reload,
                         objects: pd_server::agent::Objects::Server,
                         heartbeat: std::time::Duration::from_secs(10),
+                        health_url: None,
                         clock: pd_server::system_clock(),
                         random: pd_server::system_random(),
                     };
