@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::home::Home;
 use crate::ledger_cmd::{deploy_version, package_of, package_with, previous_version, PackageArgs, Packaged};
 use crate::{output, refuse, CheckFailed, Ctx, NotAdopted};
+use pd_ledger::adoption::Status;
 use pd_ledger::heartbeat::Liveness;
 
 /// Arguments of `pd ledger deploy`.
@@ -51,6 +52,14 @@ pub struct DeployArgs {
     /// again (a signed `retry` entry) and wait; their earlier failures stop counting.
     #[arg(long)]
     retry_failed: bool,
+    /// Show which targets each wave of each environment would reach, its bake, gates and
+    /// freezes, and push nothing.
+    #[arg(long)]
+    plan: bool,
+    /// Waves for this deploy instead of each environment's (`1,10%,100%`, a label such as
+    /// `canary`; see `pd env set --waves`), recorded in each push.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    waves: Option<Vec<pd_ledger::WaveSize>>,
 }
 
 /// When a wait ends without adoption.
@@ -95,6 +104,8 @@ pub struct Waited {
     pub short_by: usize,
     /// Targets with no heartbeat within 3 of their intervals, when the wait ended.
     pub stale: Vec<String>,
+    /// Targets in waves of the rollout that have not started (not waited for).
+    pub queued: usize,
 }
 
 impl Waited {
@@ -106,22 +117,16 @@ impl Waited {
 
     /// Who the wait still waits for, briefly: the first few missing, failed and stale targets.
     fn waiting_for(&self) -> String {
-        let few = |names: Vec<&String>| {
-            let shown: Vec<&str> = names.iter().take(5).map(|n| n.as_str()).collect();
-            match names.len() {
-                n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
-                _ => shown.join(", "),
-            }
-        };
         let mut parts = Vec::new();
         if !self.missing.is_empty() {
-            parts.push(format!("missing {}", few(self.missing.iter().collect())));
+            parts.push(format!("missing {}", few(&self.missing)));
         }
         if !self.failed.is_empty() {
-            parts.push(format!("failed {}", few(self.failed.iter().map(|(t, _)| t).collect())));
+            let failed: Vec<String> = self.failed.iter().map(|(t, _)| t.clone()).collect();
+            parts.push(format!("failed {}", few(&failed)));
         }
         if !self.stale.is_empty() {
-            parts.push(format!("stale {}", few(self.stale.iter().collect())));
+            parts.push(format!("stale {}", few(&self.stale)));
         }
         parts.join("; ")
     }
@@ -147,6 +152,15 @@ impl Waited {
     }
 }
 
+/// The first few names, and how many more.
+fn few(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(|n| n.as_str()).collect();
+    match names.len() {
+        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
+        _ => shown.join(", "),
+    }
+}
+
 /// A progress bar that is cleared however its owner ends.
 struct ClearOnDrop(indicatif::ProgressBar);
 
@@ -158,6 +172,9 @@ impl Drop for ClearOnDrop {
 
 /// Runs `pd ledger deploy`.
 pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
+    if a.plan {
+        return show_plan(ctx, &a);
+    }
     let (home, mut b) = Backend::of_home(ctx)?;
     let (actor, key, _) = ctx.signer(&home, &mut b)?;
     let auto_rollback = a.auto_rollback || home.config.auto_rollback;
@@ -201,7 +218,8 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             }
         } else if desired != Some(version) {
             let revert = std::path::Path::new(&a.target).exists();
-            match make_desired(&mut b, (&actor, &key), (env, version, revert), &a.reason)? {
+            let waves = a.waves.clone().unwrap_or_default();
+            match make_desired(&mut b, (&actor, &key), (env, version, revert), (&waves, &a.reason))? {
                 Some(entry) => {
                     seq = Some(entry.entry.seq);
                     announce();
@@ -225,7 +243,26 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         announce();
         let until =
             Until { max_failed: a.max_failed, fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
-        let waited = wait(ctx, &mut b, env, version, until)?;
+        let waited = match roll_out(ctx, &mut b, (&actor, &key), env, version, until)? {
+            Rolled::Waited(w) => w,
+            Rolled::Halted { wave, reason } => {
+                let policy = b.state()?.policy(env).is_some_and(|p| p.auto_rollback);
+                let failure = halted(
+                    ctx,
+                    &mut b,
+                    (&actor, &key),
+                    (env, version, wave),
+                    &reason,
+                    policy || auto_rollback,
+                    &a,
+                )?;
+                report.push(json!({ "env": env, "seq": seq, "outcome": if failure.rolled_back_to.is_some() { "rolled back" } else { "halted" }, "wave": wave, "reason": reason, "rolled_back_to": failure.rolled_back_to }));
+                if ctx.json {
+                    ctx.emit(&json!({ "version": version, "envs": report }))?;
+                }
+                return Err(failure.into());
+            }
+        };
         if waited.adopted() {
             ctx.progress(
                 json!({ "event": "adopted", "env": env, "version": version, "targets": waited.targets }),
@@ -255,6 +292,358 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         output::next(format!("pd ledger deploy {version} --reason \"…\" (promotes to {next})"));
     }
     Ok(())
+}
+
+/// `pd ledger deploy --plan`: each environment's waves and the targets in them, as a push now
+/// would have them, with bake, gates and freezes. Appends nothing.
+fn show_plan(ctx: &Ctx, a: &DeployArgs) -> Result<()> {
+    let (_, mut b) = Backend::of_home(ctx)?;
+    let state = b.state()?;
+    check_envs(&state, a)?;
+    let (version, set) = match deploy_version(&state, &a.target)? {
+        Some(v) => (Some(v), package_of(&state, v)?.package.name.clone()),
+        None => {
+            (None, crate::ledger_cmd::policy_name(&PackageArgs::of(a.target.clone().into(), String::new())))
+        }
+    };
+    let envs = match (version, &a.env) {
+        (Some(v), _) => plan(&state, v, a)?,
+        (None, Some(env)) => vec![env.clone()],
+        (None, None) => {
+            let end = a.until.as_deref().and_then(|u| state.env_index(u)).unwrap_or(state.envs().len() - 1);
+            state.envs()[..=end].to_vec()
+        }
+    };
+    let now = crate::home::now_ms();
+    let own = a.waves.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for env in &envs {
+        let policy = state.policy(env).cloned().unwrap_or_else(|| pd_ledger::EnvPolicy::with_min_targets(1));
+        let waves = pd_ledger::rollout::waves_for(&state, env, &own);
+        let planned = pd_ledger::rollout::plan(&state, env, &set, &waves);
+        let frozen: Vec<String> = policy
+            .freeze
+            .iter()
+            .filter(|f| f.parse::<pd_ledger::freeze::Window>().is_ok_and(|w| w.contains(now)))
+            .cloned()
+            .collect();
+        let list: Vec<serde_json::Value> = waves
+            .iter()
+            .zip(&planned)
+            .enumerate()
+            .map(
+                |(i, (size, targets))| json!({ "wave": i + 1, "size": size.to_string(), "targets": targets }),
+            )
+            .collect();
+        if !ctx.json {
+            outln!(
+                "{env}: {} wave(s){}",
+                waves.len(),
+                match policy.bakes() {
+                    true => format!(", each baking {}", pd_ledger::rollout::millis(policy.bake_ms)),
+                    false => String::new(),
+                }
+            );
+            for (i, (size, targets)) in waves.iter().zip(&planned).enumerate() {
+                let who = if targets.is_empty() { "no target".to_string() } else { few(targets) };
+                outln!("  wave {} ({size}): {who}", i + 1);
+            }
+            for g in &policy.gates {
+                outln!("  gate {g}");
+            }
+            if policy.auto_rollback {
+                outln!("  a failed gate rolls {env} back");
+            }
+            for f in &frozen {
+                outln!("  FROZEN now ({f}): a push needs freeze overrides (`pd ledger override`)");
+            }
+        }
+        out.push(json!({ "env": env, "waves": list, "bake_ms": policy.bake_ms, "gates": policy.gates, "auto_rollback": policy.auto_rollback, "frozen": frozen }));
+    }
+    if ctx.json {
+        return ctx.emit(&json!({ "version": version, "set": set, "envs": out }));
+    }
+    Ok(())
+}
+
+/// How a rollout through one environment ended.
+enum Rolled {
+    /// Every wave's targets answered (adopted, or not: see the wait).
+    Waited(Waited),
+    /// A bake failed: the rollout stopped at this wave.
+    Halted {
+        /// The wave.
+        wave: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Drives the rollout of `version` through `env` as the ledger's rule allows it
+/// (`pd_ledger::rollout`): start each wave, wait for its targets, bake it with the gates
+/// holding, and on to the next, each step a signed entry. Picks up where the ledger stands,
+/// so a rerun of the deploy (or a second deployer) continues a rollout instead of restarting it.
+fn roll_out(
+    ctx: &Ctx,
+    b: &mut Backend,
+    signer: (&str, &SecretKey),
+    env: &str,
+    version: Version,
+    until: Until,
+) -> Result<Rolled> {
+    use pd_ledger::rollout::{progress, Next};
+    let mut last = None;
+    loop {
+        let state = b.state()?;
+        let set = package_of(&state, version)?.package.name.clone();
+        let Some(p) = progress(&state, env, &set).filter(|p| p.version == version) else {
+            // Made desired by a rollback (a revert): every target at once, nothing to bake.
+            return Ok(Rolled::Waited(wait(ctx, b, env, version, until)?));
+        };
+        let moved_on = |b: &mut Backend, next: &Next| -> Result<bool> {
+            Ok(progress(&b.state()?, env, &set).is_none_or(|p| p.next != *next))
+        };
+        match p.next.clone() {
+            Next::Start { wave } => {
+                if let Err(e) = start_wave(ctx, b, signer, (env, &set, version), wave, p.waves.len()) {
+                    // Another deployer may have started it first.
+                    if !moved_on(b, &p.next)? {
+                        return Err(e);
+                    }
+                }
+            }
+            Next::Acks { .. } => {
+                let w = wait(ctx, b, env, version, until)?;
+                if !w.adopted() {
+                    return Ok(Rolled::Waited(w));
+                }
+                last = Some(w);
+            }
+            Next::Bake { wave, since_ms, until_ms } => {
+                let targets: Vec<String> =
+                    p.waves.iter().filter(|w| w.started.is_some()).flat_map(|w| w.targets.clone()).collect();
+                let baking =
+                    Baking { env, version, wave, since_ms, until_ms, targets: &targets, gates: &p.gates };
+                if let Err(reason) = bake(ctx, b, signer, &baking, until.deadline)? {
+                    return Ok(Rolled::Halted { wave, reason });
+                }
+            }
+            Next::Done => {
+                let w = match last.take() {
+                    Some(w) => w,
+                    None => wait(ctx, b, env, version, until)?,
+                };
+                return Ok(Rolled::Waited(w));
+            }
+            Next::Halted { wave, reason } => return Ok(Rolled::Halted { wave, reason }),
+        }
+    }
+}
+
+/// Appends the `wave` entry starting `wave` (of `count`), naming its targets as the plan has them.
+fn start_wave(
+    ctx: &Ctx,
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    (env, set, version): (&str, &str, Version),
+    wave: u32,
+    count: usize,
+) -> Result<()> {
+    let (entry, _) = b.append(actor, key, |st| {
+        let package = package_of(st, version)?.package.tarball.blake3;
+        let waves = st.slot(env, set).and_then(|s| s.rollout()).map(|r| r.waves.clone()).unwrap_or_default();
+        let targets = match wave as usize == waves.len() {
+            true => Vec::new(),
+            false => pd_ledger::rollout::plan(st, env, set, &waves)
+                .get(wave as usize - 1)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let stage = pd_ledger::Stage { env: env.to_string(), version, package, wave };
+        Ok(Body::Wave(pd_ledger::WaveStart { stage, targets }))
+    })?;
+    let Body::Wave(w) = &entry.entry.body else { unreachable!("built as a wave") };
+    let seq = entry.entry.seq;
+    ctx.progress(json!({ "event": "wave", "env": env, "version": version, "wave": wave, "waves": count, "targets": w.targets, "seq": seq }))?;
+    if !ctx.json {
+        let who = if w.targets.is_empty() { "every other target".to_string() } else { w.targets.join(", ") };
+        outln!("  wave {wave}/{count} of {version} in {env}: {who} (#{seq})");
+    }
+    Ok(())
+}
+
+/// A wave's bake, as the deploy measures it.
+struct Baking<'a> {
+    env: &'a str,
+    version: Version,
+    wave: u32,
+    /// The server's time of the wave's last ack.
+    since_ms: u64,
+    /// When the bake time is over (server clock).
+    until_ms: u64,
+    /// Targets of the started waves.
+    targets: &'a [String],
+    gates: &'a [String],
+}
+
+/// How often gates are checked during a bake. A smoke-test command runs once per bake.
+const GATE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Bakes a wave: checks every gate every [`GATE_INTERVAL`] until the bake time is over,
+/// then records each gate's passing check and the passed bake. A failing gate (or one still
+/// undecided at `deadline`) is recorded with the failed bake; `Ok(Err(why))` then.
+fn bake(
+    ctx: &Ctx,
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    w: &Baking<'_>,
+    deadline: Instant,
+) -> Result<Result<(), String>> {
+    use crate::gates::Verdict;
+    let gates: Vec<(String, pd_ledger::gate::Gate)> = w
+        .gates
+        .iter()
+        .map(|g| Ok((g.clone(), g.parse().map_err(|e: String| crate::Refused(e))?)))
+        .collect::<Result<_>>()?;
+    let bake_ms = w.until_ms.saturating_sub(w.since_ms);
+    ctx.progress(json!({ "event": "baking", "env": w.env, "version": w.version, "wave": w.wave, "bake_ms": bake_ms, "gates": w.gates }))?;
+    if !ctx.json {
+        let gates =
+            if w.gates.is_empty() { String::new() } else { format!(", checking {}", w.gates.join(", ")) };
+        outln!("  wave {} baking {}{gates}", w.wave, pd_ledger::rollout::millis(bake_ms));
+    }
+    let stage = |st: &State| -> Result<pd_ledger::Stage> {
+        let package = package_of(st, w.version)?.package.tarball.blake3;
+        Ok(pd_ledger::Stage { env: w.env.to_string(), version: w.version, package, wave: w.wave })
+    };
+    let mut once: std::collections::BTreeMap<usize, Verdict> = Default::default();
+    loop {
+        let state = b.state()?;
+        let beats = match b.heartbeats() {
+            Ok(h) => h.verified(&state),
+            Err(e) if crate::backend::is_transient(&e) => Default::default(),
+            Err(e) => return Err(e),
+        };
+        let view = crate::gates::Wave {
+            env: w.env,
+            version: w.version,
+            wave: w.wave,
+            targets: w.targets,
+            since_ms: w.since_ms,
+        };
+        let mut verdicts = Vec::new();
+        for (i, (text, gate)) in gates.iter().enumerate() {
+            let v = match (gate, once.get(&i)) {
+                (pd_ledger::gate::Gate::Command(_), Some(v)) => v.clone(),
+                _ => crate::gates::evaluate(gate, &view, &beats),
+            };
+            if matches!(gate, pd_ledger::gate::Gate::Command(_)) {
+                once.insert(i, v.clone());
+            }
+            verdicts.push((text.clone(), v));
+        }
+        let timed_out = Instant::now() >= deadline;
+        let failed = verdicts.iter().find(|(_, v)| matches!(v, Verdict::Fail(_))).or_else(|| {
+            timed_out.then(|| verdicts.iter().find(|(_, v)| matches!(v, Verdict::Pending(_)))).flatten()
+        });
+        if let Some((text, v)) = failed {
+            let reason = format!("gate {text} failed in wave {}: {}", w.wave, v.value());
+            let value = v.value().to_string();
+            b.append(actor, key, |st| {
+                Ok(Body::Gate(pd_ledger::GateCheck {
+                    stage: stage(st)?,
+                    gate: text.clone(),
+                    value: value.clone(),
+                    passed: false,
+                }))
+            })?;
+            record_bake(ctx, b, (actor, key), w, false, &reason, &stage)?;
+            return Ok(Err(reason));
+        }
+        let all_pass = verdicts.iter().all(|(_, v)| matches!(v, Verdict::Pass(_)));
+        if all_pass && crate::home::now_ms() >= w.until_ms {
+            for (text, v) in &verdicts {
+                let value = v.value().to_string();
+                b.append(actor, key, |st| {
+                    Ok(Body::Gate(pd_ledger::GateCheck {
+                        stage: stage(st)?,
+                        gate: text.clone(),
+                        value: value.clone(),
+                        passed: true,
+                    }))
+                })?;
+                ctx.progress(json!({ "event": "gate", "env": w.env, "wave": w.wave, "gate": text, "value": value, "passed": true }))?;
+            }
+            let reason =
+                format!("baked {} after the last ack, every gate held", pd_ledger::rollout::millis(bake_ms));
+            match record_bake(ctx, b, (actor, key), w, true, &reason, &stage) {
+                Ok(()) => return Ok(Ok(())),
+                // This clock runs ahead of the server's: the bake is not over by its clock yet.
+                Err(e) if e.chain().any(|c| c.to_string().contains("less than the")) && !timed_out => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let wake = deadline.min(Instant::now() + GATE_INTERVAL);
+        crate::backend::pause(wake, &|| ctx.check())?;
+    }
+}
+
+fn record_bake(
+    ctx: &Ctx,
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    w: &Baking<'_>,
+    passed: bool,
+    reason: &str,
+    stage: &dyn Fn(&State) -> Result<pd_ledger::Stage>,
+) -> Result<()> {
+    let (entry, _) = b.append(actor, key, |st| {
+        Ok(Body::Bake(pd_ledger::Bake { stage: stage(st)?, passed, reason: reason.to_string() }))
+    })?;
+    let seq = entry.entry.seq;
+    ctx.progress(json!({ "event": "bake", "env": w.env, "version": w.version, "wave": w.wave, "passed": passed, "reason": reason, "seq": seq }))?;
+    if !ctx.json {
+        match passed {
+            true => {
+                output::ok(format!("wave {} of {} in {} passed its bake (#{seq})", w.wave, w.version, w.env))
+            }
+            false => output::warn(format!(
+                "wave {} of {} in {} failed its bake: {reason} (#{seq})",
+                w.wave, w.version, w.env
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// A deploy's end when a bake failed in `env`: with `rollback`, every target of the
+/// environment goes back to the previous version (later waves never had the new one).
+fn halted(
+    ctx: &Ctx,
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    (env, version, wave): (&str, Version, u32),
+    reason: &str,
+    rollback: bool,
+    a: &DeployArgs,
+) -> Result<NotAdopted> {
+    let mut failure = NotAdopted {
+        env: env.to_string(),
+        version,
+        message: format!("the rollout of {version} in {env} stopped at wave {wave}: {reason}; later waves never received it. Roll back with `pd ledger rollback {env} --reason \"…\"`, or set `pd env set {env} --auto-rollback`"),
+        failed: Vec::new(),
+        missing: Vec::new(),
+        rolled_back_to: None,
+    };
+    if rollback {
+        let set = b.state()?.package(version).map(|p| p.package.name.clone());
+        let until = Until { fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
+        let back =
+            roll_back(ctx, b, actor, key, (env, set.as_deref()), format!("automatic: {reason}"), until)?;
+        failure.message = format!("the rollout of {version} in {env} stopped at wave {wave} ({reason}); rolled {env} back to {back}");
+        failure.rolled_back_to = Some(back);
+    }
+    Ok(failure)
 }
 
 /// A deploy's end when `env` did not adopt `version`: with `rollback` (a timeout) the
@@ -354,7 +743,7 @@ fn make_desired(
     b: &mut Backend,
     (actor, key): (&str, &SecretKey),
     (env, version, revert): (&str, Version, bool),
-    reason: &str,
+    (waves, reason): (&[pd_ledger::WaveSize], &str),
 ) -> Result<Option<pd_ledger::SignedEntry>> {
     let appended = b.append(actor, key, |st| {
         let pkg = package_of(st, version)?;
@@ -369,7 +758,7 @@ fn make_desired(
         let (env, package, reason) = (env.to_string(), pkg.package.tarball.blake3, reason.to_string());
         Ok(match back {
             true => Body::Rollback(Rollback { env, version, package, reason }),
-            false => Body::Push(Push { env, version, package, waves: Vec::new(), reason }),
+            false => Body::Push(Push { env, version, package, waves: waves.to_vec(), reason }),
         })
     });
     match appended {
@@ -458,10 +847,15 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
     let mut state = b.state()?;
     let (mut last, mut last_stale) = (None, Vec::<String>::new());
     let (mut beats, mut outage) = (pd_server::wire::Heartbeats::default(), None::<Duration>);
-    let expected: Vec<String> =
-        pd_ledger::adoption::adoption_of(&state, env, version).targets.into_iter().map(|(n, _)| n).collect();
+    let queued = |s: &Status| *s == Status::Queued;
+    let expected: Vec<String> = pd_ledger::adoption::adoption_of(&state, env, version)
+        .targets
+        .into_iter()
+        .filter(|(_, s)| !queued(s))
+        .map(|(n, _)| n)
+        .collect();
     if !ctx.json {
-        outln!("  waiting for {} target(s) in {env}: {}", expected.len(), expected.join(", "));
+        outln!("  waiting for {} target(s) in {env}: {}", expected.len(), few(&expected));
     }
     loop {
         let a = pd_ledger::adoption::adoption_of(&state, env, version);
@@ -495,7 +889,8 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
             last_stale = stale.clone();
         }
         let w = Waited {
-            targets: a.targets.len(),
+            targets: a.targets.len() - a.queued(),
+            queued: a.queued(),
             loaded: if current { a.loaded() } else { 0 },
             failed: if current { a.failed() } else { Vec::new() },
             missing: if current { a.waiting() } else { a.targets.iter().map(|(n, _)| n.clone()).collect() },

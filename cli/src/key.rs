@@ -105,6 +105,14 @@ pub struct NewArgs {
     /// A policy set a target key follows (repeat for several; default: every set).
     #[arg(long = "set", value_name = "SET")]
     sets: Vec<String>,
+    /// A label of a target key (repeatable): `canary` or `region=eu`. Rollout waves select
+    /// by labels (`pd env set ENV --waves canary,50%`); targets labelled `canary` go first.
+    #[arg(long = "label", value_name = "LABEL")]
+    labels: Vec<String>,
+    /// An approver group of an approver key (repeatable): environments can require
+    /// approvals from distinct groups (`pd env set prod --approver-groups security,platform`).
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
     #[command(flatten)]
     source: Source,
 }
@@ -258,10 +266,13 @@ fn public_parts(source: &Source, name: &str) -> Result<(Option<Secret>, Enrolmen
 fn new(ctx: &Ctx, mut a: NewArgs) -> Result<()> {
     a.roles.sort();
     a.roles.dedup();
-    a.sets.sort();
-    a.sets.dedup();
+    for list in [&mut a.sets, &mut a.labels, &mut a.groups] {
+        list.sort();
+        list.dedup();
+    }
     let (secret, r, custody) = public_parts(&a.source, &a.name)?;
-    let decl = KeyDecl { custody, sets: a.sets, ..r.decl(a.roles, a.env) };
+    let decl =
+        KeyDecl { custody, sets: a.sets, labels: a.labels, groups: a.groups, ..r.decl(a.roles, a.env) };
     let body = Body::KeyAdd(decl);
     let generated = secret.map(|secret| Generated { name: a.name, secret, rotation: false });
     change(ctx, generated, |_| Ok((body.clone(), body)))
@@ -462,6 +473,7 @@ fn list(ctx: &Ctx) -> Result<()> {
             .map(|k| {
                 serde_json::json!({
                     "name": k.decl.name, "roles": k.decl.roles, "env": k.decl.env, "sets": k.decl.sets,
+                    "labels": k.decl.labels, "groups": k.decl.groups,
                     "public_key": k.decl.public_key, "custody": k.decl.custody.as_str(),
                     "added_seq": k.added_seq, "since_seq": k.since_seq, "rotations": k.past.len(),
                     "vkey": state.note_vkey(&k.decl.public_key),
@@ -474,8 +486,10 @@ fn list(ctx: &Ctx) -> Result<()> {
     for k in keys {
         let roles: Vec<&str> = k.decl.roles.iter().map(|r| r.as_str()).collect();
         let mut env = k.decl.env.as_ref().map(|e| format!(" env={e}")).unwrap_or_default();
-        if !k.decl.sets.is_empty() {
-            env.push_str(&format!(" sets={}", k.decl.sets.join(",")));
+        for (what, list) in [("sets", &k.decl.sets), ("labels", &k.decl.labels), ("groups", &k.decl.groups)] {
+            if !list.is_empty() {
+                env.push_str(&format!(" {what}={}", list.join(",")));
+            }
         }
         let status = match &k.revoked {
             Some(r) => format!("revoked at #{} ({}): {}", r.seq, r.kind.as_str(), r.reason),

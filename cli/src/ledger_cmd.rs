@@ -46,6 +46,19 @@ pub enum LedgerCmd {
         #[arg(long)]
         reason: String,
     },
+    /// Override an environment's freeze window for one package (an approver who did not
+    /// author it): a push into a freeze needs overrides from the approvals the
+    /// environment's policy requires (`pd env show`).
+    Override {
+        /// The package, e.g. PD-0.8.0.
+        version: Version,
+        /// The frozen environment.
+        #[arg(long)]
+        env: String,
+        /// Why it cannot wait (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
     /// List the entries, oldest first (checkpoints only with --all or --kind checkpoint).
     Log(LogArgs),
     /// What a package changes, file by file, as a unified diff of verified artifacts:
@@ -165,6 +178,7 @@ pub fn run(ctx: &Ctx, cmd: LedgerCmd) -> Result<()> {
         LedgerCmd::Package(a) => package(ctx, a),
         LedgerCmd::Approve { version, reason } => approve(ctx, version, reason),
         LedgerCmd::Withdraw { version, reason } => withdraw(ctx, version, reason),
+        LedgerCmd::Override { version, env, reason } => freeze_override(ctx, version, env, reason),
         LedgerCmd::Deploy(a) => crate::deploy::run(ctx, a),
         LedgerCmd::Ack { version, failed } => ack(ctx, version, failed),
         LedgerCmd::Rollback(a) => rollback(ctx, a),
@@ -202,7 +216,7 @@ fn next_version(state: &State, a: &PackageArgs) -> Result<Version> {
     latest.bump(bump).context("version number overflow; pass --version")
 }
 
-fn policy_name(a: &PackageArgs) -> String {
+pub(crate) fn policy_name(a: &PackageArgs) -> String {
     if let Some(n) = &a.name {
         return n.clone();
     }
@@ -356,6 +370,23 @@ pub(crate) fn append_with(
     let (actor, key, _) = ctx.signer(&home, &mut backend)?;
     let mut make = make;
     backend.append(&actor, &key, |st| make(st, &actor))
+}
+
+fn freeze_override(ctx: &Ctx, version: Version, env: String, reason: String) -> Result<()> {
+    let (entry, _) = append_with(ctx, |state, _| {
+        let package = package_of(state, version)?.package.tarball.blake3;
+        let (env, reason) = (env.clone(), reason.clone());
+        Ok(Body::FreezeOverride(pd_ledger::FreezeOverride { env, version, package, reason }))
+    })?;
+    let seq = entry.entry.seq;
+    if ctx.json {
+        return ctx.emit(&serde_json::json!({ "version": version, "env": env, "seq": seq }));
+    }
+    output::ok(format!(
+        "{version} may be pushed to {env} during a freeze, as far as {} is concerned (#{seq})",
+        entry.entry.actor
+    ));
+    Ok(())
 }
 
 fn withdraw(ctx: &Ctx, version: Version, reason: String) -> Result<()> {

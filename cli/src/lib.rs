@@ -30,6 +30,7 @@ mod demo;
 mod deploy;
 mod diff_cmd;
 mod env_cmd;
+mod gates;
 mod home;
 mod init;
 mod key;

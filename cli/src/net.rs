@@ -101,6 +101,11 @@ pub struct AgentArgs {
     /// free port; the chosen address is printed).
     #[arg(long, value_name = "ADDR")]
     health_listen: Option<SocketAddr>,
+    /// The service's own health URL (`http://127.0.0.1:8080/healthz`): each heartbeat says
+    /// whether it answered with a 2xx, which the `health` rollout gate of `pd env set
+    /// --gate health` requires of every target of a wave during its bake.
+    #[arg(long, value_name = "URL")]
+    health_url: Option<String>,
 }
 
 /// Shortest and longest `--heartbeat` interval.
@@ -126,6 +131,10 @@ pub struct TargetArgs {
     /// Fail to load this version (repeatable): shows a failing target in tests and demos.
     #[arg(long = "refuse", value_name = "VERSION")]
     refuse: Vec<Version>,
+    /// Load this version but fail half of the simulated requests from then on (repeatable):
+    /// shows an error spike for rollout gates in tests and demos.
+    #[arg(long = "bad", value_name = "VERSION")]
+    bad: Vec<Version>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -348,6 +357,7 @@ pub fn agent(ctx: &Ctx, a: AgentArgs) -> Result<()> {
         reload,
         objects,
         heartbeat,
+        health_url: a.health_url,
         clock: pd_server::system_clock(),
         random: pd_server::system_random(),
     };
@@ -379,6 +389,7 @@ pub fn example_target(ctx: &Ctx, a: TargetArgs) -> Result<()> {
             a.listen,
             a.policy_dir,
             a.refuse,
+            a.bad,
             |addr| {
                 let url = format!("http://{addr}");
                 say(

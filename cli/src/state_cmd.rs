@@ -90,10 +90,15 @@ pub fn state_json(state: &State, envs: &[String], beats: &Heartbeats) -> serde_j
                 .iter()
                 .map(|s| {
                     let d = s.adoption.desired.as_ref();
+                    let rollout = pd_ledger::rollout::progress(state, &e.env, &s.set).map(|p| {
+                        let waves: Vec<_> = p.waves.iter().map(|w| json!({ "wave": w.number, "size": w.size, "targets": w.targets.len(), "started": w.started, "baked": w.baked })).collect();
+                        json!({ "waves": waves, "started": p.started, "next": p.next })
+                    });
                     json!({ "set": s.set, "desired": d.map(|d| d.version), "via": d.map(|d| d.via),
                             "desired_seq": d.map(|d| d.seq), "adopted": s.adopted,
                             "loaded": s.adoption.loaded(), "targets": s.adoption.targets.len(),
-                            "failed": s.adoption.failed(), "waiting": s.adoption.waiting() })
+                            "failed": s.adoption.failed(), "waiting": s.adoption.waiting(),
+                            "queued": s.adoption.queued(), "rollout": rollout })
                 })
                 .collect();
             json!({ "env": e.env, "min_targets": e.min_targets, "sets": sets, "targets": targets, "stale": stale })
@@ -118,6 +123,21 @@ fn pending(state: &State) -> Vec<serde_json::Value> {
         .filter(|p| !state.is_approved(p) && p.withdrawn.is_none())
         .map(|p| json!({ "version": p.package.version, "approvals": p.counted_approvals(), "required": state.approvals_required() }))
         .collect()
+}
+
+/// Where a rollout stands, in a few words.
+fn rollout_line(p: &pd_ledger::rollout::Progress) -> String {
+    use pd_ledger::rollout::Next;
+    let n = p.waves.len();
+    match &p.next {
+        Next::Start { wave } => format!("wave {wave}/{n} not started yet"),
+        Next::Acks { wave, waiting } => format!("wave {wave}/{n} waiting for {}", waiting.join(", ")),
+        Next::Bake { wave, until_ms, .. } => {
+            format!("wave {wave}/{n} baking until {}", crate::output::time(*until_ms))
+        }
+        Next::Done => format!("all {n} wave(s) done"),
+        Next::Halted { wave, reason } => format!("STOPPED at wave {wave}/{n}: {reason}"),
+    }
 }
 
 fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
@@ -149,6 +169,11 @@ fn print_text(state: &State, envs: &[String], beats: &Heartbeats) {
                 a.targets.len(),
                 a.min_targets
             );
+            if let Some(p) = pd_ledger::rollout::progress(state, env, &s.set)
+                .filter(|p| p.waves.len() > 1 || p.bake_ms > 0 || !p.gates.is_empty())
+            {
+                outln!("  rollout: {}", rollout_line(&p));
+            }
         }
         for t in &e.targets {
             let j = target_json(state, t, seen.get(t), beats);

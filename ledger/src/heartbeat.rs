@@ -41,6 +41,9 @@ pub struct Heartbeat {
     pub running: Vec<Running>,
     /// Entries in its verified replica.
     pub replica_len: u64,
+    /// Whether the service answered its health URL with a 2xx when the heartbeat was sent
+    /// (`pd agent --health-url`); `None` without one. The `health` rollout gate reads it.
+    pub healthy: Option<bool>,
 }
 
 /// One policy set a target runs.
@@ -214,6 +217,7 @@ mod tests {
                 package: Hash([2; 32]),
             }],
             replica_len: 9,
+            healthy: Some(true),
         }
         .sign(&key);
         let bytes = hb.encode();

@@ -646,6 +646,23 @@ pub fn check_freeze(state: &State, e: &Entry, env: &str, version: Version) -> Re
     })
 }
 
+/// One step of a rollout as the ledger recorded it: what `pd-verify` prints as the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// The entry.
+    pub seq: u64,
+    /// When it was appended.
+    pub time_ms: u64,
+    /// Who signed it.
+    pub actor: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// The environment.
+    pub env: String,
+    /// What happened ([`describe`]).
+    pub text: String,
+}
+
 /// An environment's policy in one line, as `pd env show` and the log print it.
 pub fn describe_policy(p: &EnvPolicy) -> String {
     let mut parts = vec![format!("at least {} target(s)", p.min_targets)];

@@ -33,6 +33,8 @@ pub struct State {
     pub(crate) packages: Vec<PackageState>,
     pub(crate) env: BTreeMap<String, EnvState>,
     pub(crate) checkpoints: Vec<CheckpointState>,
+    /// Every rollout step, in order ([`crate::rollout::describe`]).
+    pub(crate) timeline: Vec<crate::rollout::Step>,
     #[serde(skip)]
     pub(crate) tree: Frontier<Sha256>,
     /// The tree of the control entries' ids ([`State::is_control`]), which checkpoints commit to.
@@ -723,6 +725,11 @@ impl State {
         })
     }
 
+    /// Every rollout step (pushes, waves, gates, bakes, freeze overrides, rollbacks), in order.
+    pub fn timeline(&self) -> &[crate::rollout::Step] {
+        &self.timeline
+    }
+
     /// The newest checkpoint.
     pub fn latest_checkpoint(&self) -> Option<&CheckpointState> {
         self.checkpoints.last()
@@ -887,6 +894,11 @@ impl State {
                 time_ms: e.time_ms,
                 checkpoint: c.clone(),
             }),
+        }
+        if let Some(text) = crate::rollout::describe(&e.body) {
+            let env = e.body.env().unwrap_or_default().to_string();
+            let (seq, time_ms, actor, kind) = (e.seq, e.time_ms, e.actor.clone(), e.body.kind());
+            self.timeline.push(crate::rollout::Step { seq, time_ms, actor, kind, env, text });
         }
         self.recent.push(&e.signed_digest(&self.ledger_id));
         if control {

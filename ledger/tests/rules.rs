@@ -1001,6 +1001,7 @@ fn what_a_target_runs_is_the_newest_it_signed_its_heartbeat_or_a_later_ack() {
         interval_ms: 1_000,
         running: runs.map(|version| Running { set: "p".into(), version, package: h1 }).into_iter().collect(),
         replica_len: 0,
+        healthy: None,
     };
     // Before any ack, only a heartbeat tells.
     assert!(running(d.ledger.state(), "dev-1", None).is_empty());

@@ -158,6 +158,7 @@ fn run(n: usize, runs: usize, light: bool) -> Measured {
                 reload: Reload::None,
                 objects: pd_server::agent::Objects::Server,
                 heartbeat: Duration::from_secs(60),
+                health_url: None,
                 clock: pd_server::system_clock(),
                 random: pd_server::system_random(),
             };

@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub objects: Objects,
     /// How often to send a heartbeat.
     pub heartbeat: Duration,
+    /// The service's health URL: each heartbeat says whether it answered with a 2xx.
+    pub health_url: Option<String>,
     /// "Now", for statements and heartbeats ([`crate::system_clock`] outside tests).
     pub clock: crate::Clock,
     /// Randomness, for the pauses between reconnects ([`crate::system_random`]).
@@ -259,7 +261,7 @@ impl<S: LedgerStore> Agent<S> {
             self.cfg.client.clone(),
             self.cfg.actor.clone(),
             SecretKey::from_seed(self.cfg.key.seed()),
-            self.cfg.heartbeat,
+            (self.cfg.heartbeat, self.cfg.health_url.clone()),
             self.status.subscribe(),
             stop.clone(),
         ));
@@ -780,16 +782,18 @@ const LONG_POLL: Duration = Duration::from_secs(25);
 /// The longest pause between reconnects.
 const RECONNECT_CEILING: Duration = Duration::from_secs(5);
 
-/// Sends a signed heartbeat every `interval` with what `status` says, until `stop`.
+/// Sends a signed heartbeat every `interval` with what `status` says and, with a health
+/// URL, whether the service answers it with a 2xx (within a second), until `stop`.
 async fn heartbeats(
     clock: crate::Clock,
     client: Client,
     target: String,
     key: SecretKey,
-    interval: Duration,
+    (interval, health_url): (Duration, Option<String>),
     status: watch::Receiver<Status>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let probe = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -801,6 +805,13 @@ async fn heartbeats(
         if s.ledger_id == Hash::ZERO {
             continue;
         }
+        let healthy = match (&health_url, &probe) {
+            (Some(url), Some(http)) => {
+                Some(http.get(url).send().await.is_ok_and(|r| r.status().is_success()))
+            }
+            (Some(_), None) => Some(false),
+            (None, _) => None,
+        };
         let hb = Heartbeat {
             ledger_id: s.ledger_id,
             target: target.clone(),
@@ -808,6 +819,7 @@ async fn heartbeats(
             interval_ms: interval.as_millis() as u64,
             running: s.running,
             replica_len: s.replica_len,
+            healthy,
         }
         .sign(&key);
         if let Err(e) = client.heartbeat(&hb).await {

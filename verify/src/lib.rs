@@ -353,6 +353,15 @@ pub fn print_report(r: &Report) {
             );
         }
     }
+    if !s.timeline().is_empty() {
+        println!("rollout timeline (each step a signed entry the rule checked):");
+        for t in s.timeline() {
+            let at = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.time_ms),
+            );
+            println!("  #{} {at} {}: {}", t.seq, t.actor, t.text);
+        }
+    }
 }
 
 /// The report as JSON.
@@ -368,5 +377,6 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         "head_signed_by": r.head.actor, "head_signed_at_ms": r.head.time_ms, "contents": r.head.contents, "artifacts_checked": r.artifacts_checked,
         "extends": r.extends.as_ref().map(|(size, root, signer)| serde_json::json!({ "size": size, "root": root, "signer": signer })),
         "envs": pd_ledger::adoption::overview(&r.state), "packages": packages, "not_independent": r.state.not_independent(),
+        "timeline": r.state.timeline(),
     })
 }

@@ -1,0 +1,242 @@
+//! Evaluating rollout gates during a bake: a Prometheus query, the targets' health as their
+//! agents report it, and a smoke-test command. What a gate *is* is parsed by
+//! `pd_ledger::gate`; whether a bake may pass is the rule's (`pd_ledger::rollout`). This only
+//! measures.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use pd_ledger::gate::Gate;
+
+/// Largest Prometheus answer read.
+const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+
+/// How long one Prometheus query may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one evaluation found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// It holds; what was measured.
+    Pass(String),
+    /// It does not; what was measured.
+    Fail(String),
+    /// Nothing to judge yet (no data, no heartbeat since the acks): ask again.
+    Pending(String),
+}
+
+impl Verdict {
+    /// What was measured.
+    pub fn value(&self) -> &str {
+        match self {
+            Verdict::Pass(v) | Verdict::Fail(v) | Verdict::Pending(v) => v,
+        }
+    }
+}
+
+/// What a `health` gate and a command gate need to know about the wave.
+pub struct Wave<'a> {
+    /// The environment.
+    pub env: &'a str,
+    /// The version rolling out.
+    pub version: pd_ledger::Version,
+    /// The wave baking.
+    pub wave: u32,
+    /// Targets of the waves started so far.
+    pub targets: &'a [String],
+    /// The server's time when the wave's targets had all acked.
+    pub since_ms: u64,
+}
+
+/// Evaluates one gate. `beats` are the targets' verified heartbeats (server clock).
+pub fn evaluate(
+    gate: &Gate,
+    wave: &Wave<'_>,
+    beats: &std::collections::BTreeMap<String, pd_server::wire::Seen>,
+) -> Verdict {
+    match gate {
+        Gate::Prometheus { server, query, max, min } => prometheus(server, query, *max, *min),
+        Gate::Health => health(wave, beats),
+        Gate::Command(cmd) => command(cmd, wave),
+    }
+}
+
+/// An instant query: `GET SERVER/api/v1/query?query=…`, the first sample's value.
+fn prometheus(server: &str, query: &str, max: Option<f64>, min: Option<f64>) -> Verdict {
+    let url = format!("{server}/api/v1/query?query={}", encode(query));
+    let answer = http_get(&url);
+    let value = match answer.and_then(|body| sample(&body)) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Verdict::Pending("no data yet".into()),
+        Err(e) => return Verdict::Pending(format!("Prometheus did not answer: {e}")),
+    };
+    let shown = format!("{value}");
+    if value.is_nan() {
+        Verdict::Pending("NaN (no traffic yet)".into())
+    } else if Gate::within(max, min, value) {
+        Verdict::Pass(shown)
+    } else {
+        Verdict::Fail(shown)
+    }
+}
+
+/// A blocking GET with a timeout and a bounded body, on a small runtime of its own.
+fn http_get(url: &str) -> Result<Vec<u8>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = reqwest::Client::builder().timeout(QUERY_TIMEOUT).build().map_err(|e| e.to_string())?;
+        let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > MAX_ANSWER_BYTES {
+                return Err(format!("answer over {MAX_ANSWER_BYTES} bytes"));
+            }
+        }
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Err(format!("HTTP {status}: {text}"));
+        }
+        Ok(body)
+    })
+}
+
+/// The value of a Prometheus query answer: the first sample of a vector, or a scalar.
+fn sample(body: &[u8]) -> Result<Option<f64>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!("status {}: {}", v["status"], v["error"]));
+    }
+    let data = &v["data"];
+    let pair = match data["resultType"].as_str() {
+        Some("vector") => match data["result"].as_array().and_then(|r| r.first()) {
+            None => return Ok(None),
+            Some(first) => &first["value"],
+        },
+        Some("scalar") => &data["result"],
+        other => return Err(format!("a {other:?} result; the query must give a number or a vector")),
+    };
+    let text = pair.get(1).and_then(|x| x.as_str()).ok_or("a sample without a value")?;
+    text.parse::<f64>().map(Some).map_err(|_| format!("sample {text:?} is not a number"))
+}
+
+/// `%`-encodes what a query string cannot carry as is.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Every target of the started waves sent a heartbeat after the wave's acks saying its
+/// service is healthy.
+fn health(wave: &Wave<'_>, beats: &std::collections::BTreeMap<String, pd_server::wire::Seen>) -> Verdict {
+    let (mut healthy, mut pending, mut sick) = (0, Vec::new(), Vec::new());
+    for t in wave.targets {
+        match beats.get(t).filter(|s| s.received_ms >= wave.since_ms).map(|s| s.heartbeat.healthy) {
+            Some(Some(true)) => healthy += 1,
+            Some(Some(false)) => sick.push(t.as_str()),
+            Some(None) => sick.push(t.as_str()),
+            None => pending.push(t.as_str()),
+        }
+    }
+    let n = wave.targets.len();
+    if !sick.is_empty() {
+        return Verdict::Fail(format!(
+            "{healthy}/{n} healthy; unhealthy or no --health-url: {}",
+            sick.join(", ")
+        ));
+    }
+    if !pending.is_empty() {
+        return Verdict::Pending(format!(
+            "{healthy}/{n} healthy; no heartbeat since the acks from {}",
+            pending.join(", ")
+        ));
+    }
+    Verdict::Pass(format!("{healthy}/{n} healthy"))
+}
+
+/// Runs the smoke test by `sh -c` with PD_ENV, PD_VERSION and PD_WAVE; exit 0 passes.
+fn command(cmd: &str, wave: &Wave<'_>) -> Verdict {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("PD_ENV", wave.env)
+        .env("PD_VERSION", wave.version.to_string())
+        .env("PD_WAVE", wave.wave.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            let mut err = Vec::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = (&mut e).take(4096).read_to_end(&mut err);
+            }
+            child.wait().map(|status| (status, err))
+        });
+    match out {
+        Ok((status, _)) if status.success() => Verdict::Pass("exit 0".into()),
+        Ok((status, err)) => {
+            let err = String::from_utf8_lossy(&err);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            let code =
+                status.code().map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
+            Verdict::Fail(if last.is_empty() { code } else { format!("{code}: {}", truncate(last, 200)) })
+        }
+        Err(e) => Verdict::Fail(format!("cannot run sh: {e}")),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vector_and_scalar_answers_and_names_what_it_cannot_read() {
+        let vector = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"0.25"]}]}}"#;
+        assert_eq!(sample(vector), Ok(Some(0.25)));
+        let empty = br#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+        assert_eq!(sample(empty), Ok(None));
+        let scalar = br#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"NaN"]}}"#;
+        assert!(sample(scalar).unwrap().unwrap().is_nan());
+        let bad = br#"{"status":"error","error":"parse error"}"#;
+        assert!(sample(bad).unwrap_err().contains("parse error"));
+        assert!(sample(b"<html>").unwrap_err().contains("not JSON"));
+        assert_eq!(encode("sum(rate(x[1m]))/2 & y"), "sum%28rate%28x%5B1m%5D%29%29%2F2%20%26%20y");
+    }
+
+    #[test]
+    fn a_command_passes_on_exit_0_and_fails_with_its_last_error_line() {
+        let wave = Wave {
+            env: "dev",
+            version: pd_ledger::Version::new(1, 2, 3),
+            wave: 2,
+            targets: &[],
+            since_ms: 0,
+        };
+        assert_eq!(
+            command("test \"$PD_ENV $PD_VERSION $PD_WAVE\" = 'dev PD-1.2.3 2'", &wave),
+            Verdict::Pass("exit 0".into())
+        );
+        assert_eq!(
+            command("echo 'smoke: 3 of 5 checks failed' >&2; exit 3", &wave),
+            Verdict::Fail("exit 3: smoke: 3 of 5 checks failed".into())
+        );
+    }
+}
