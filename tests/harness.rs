@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 #[path = "garage.rs"]
 pub mod garage;
+#[path = "prometheus.rs"]
+pub mod prometheus;
 
 /// Path of a workspace binary next to the test executable's target directory.
 pub fn bin(name: &str) -> PathBuf {
@@ -487,12 +489,17 @@ impl<'w> Net<'w> {
 
     /// [`Net::agent`] with extra `pd agent` arguments.
     pub fn agent_with(&mut self, target: &str, env: &str, refuse: &[&str], extra: &[&str]) {
+        let refuse: Vec<&str> = refuse.iter().flat_map(|r| ["--refuse", r]).collect();
+        self.agent_and_target(target, env, &refuse, extra);
+    }
+
+    /// An example target started with `pd example-target TARGET_ARGS…` and its agent with
+    /// `pd agent … AGENT_ARGS…`.
+    pub fn agent_and_target(&mut self, target: &str, env: &str, target_args: &[&str], extra: &[&str]) {
         let dir = self.agent_dir(target);
         let mut t = Command::new(bin("pd"));
         t.args(["example-target", "--listen", "127.0.0.1:0", "--policy-dir"]).arg(dir.join("current"));
-        for r in refuse {
-            t.args(["--refuse", r]);
-        }
+        t.args(target_args);
         let target_proc = Proc::spawn(t, &self.w.path(&format!("target-{target}.log")), "listening on");
         let reload = format!("{}/reload", target_proc.url);
         self.procs.push((format!("target-{target}"), target_proc));
@@ -544,6 +551,12 @@ impl<'w> Net<'w> {
         self.procs.push((name, fixed));
     }
 
+    /// The base URL of `target`'s example target.
+    pub fn target_url(&self, target: &str) -> String {
+        let t = self.procs.iter().find(|(n, _)| n == &format!("target-{target}")).expect("target running");
+        t.1.url.clone()
+    }
+
     /// `GET /version` of `target`'s example target.
     pub fn loaded(&self, target: &str) -> serde_json::Value {
         let t = self.procs.iter().find(|(n, _)| n == &format!("target-{target}")).expect("target running");
@@ -563,6 +576,19 @@ pub mod forge {
     /// home's admin key and chained to the last entry, whatever the rules say. The head is
     /// left as it was: the verifier replays entries before it checks the head.
     pub fn append_push(file: &Path, home: &Path, env: &str, version: &str) -> Vec<u8> {
+        append(file, home, version, |version, package| {
+            Body::Push(Push { env: env.into(), version, package, waves: Vec::new(), reason: "forged".into() })
+        })
+    }
+
+    /// The export at `file` with one more entry, `make(version, its package hash)`, signed
+    /// by the home's admin key and chained to the last entry (see [`append_push`]).
+    pub fn append(
+        file: &Path,
+        home: &Path,
+        version: &str,
+        make: impl FnOnce(Version, pd_ledger::Hash) -> Body,
+    ) -> Vec<u8> {
         let mut export = Export::decode(&std::fs::read(file).expect("export")).expect("an export");
         let entries: Vec<SignedEntry> =
             export.entries.iter().map(|b| SignedEntry::decode(b).expect("an entry")).collect();
@@ -582,13 +608,7 @@ pub mod forge {
         let text = std::fs::read_to_string(home.join("keys/admin.ed25519")).expect("admin key");
         let mut seed = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut seed).expect("a key file");
-        let body = Body::Push(Push {
-            env: env.into(),
-            version,
-            package,
-            waves: Vec::new(),
-            reason: "forged".into(),
-        });
+        let body = make(version, package);
         let seq = last.entry.seq + 1;
         let forged = Entry::sign(
             &ledger,

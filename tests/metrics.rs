@@ -7,12 +7,7 @@ use std::time::{Duration, Instant};
 
 use pd_e2e::{bin, http, Proc};
 
-// Not every test file that includes the module uses every helper.
-#[allow(dead_code)]
-#[path = "prometheus.rs"]
-mod prometheus;
-
-use prometheus::Prometheus;
+use pd_e2e::prometheus::Prometheus;
 
 const GOOD: &str = "PD-0.1.0";
 const BAD: &str = "PD-0.2.0";

@@ -339,6 +339,9 @@ fn the_commands_of_a_session_answer_json_that_matches_their_schemas() {
     w.ok("", &["--json", "key", "new", "carol", "--role", "approver", "--generate-here"]);
     w.ok("", &["--json", "key", "new", "dev-1", "--role", "target", "--env", "dev", "--generate-here"]);
     w.ok("", &["--json", "env", "set", "dev", "--min-targets", "1", "--reason", "one"]);
+    let policy = ["--waves", "1,50%", "--bake", "1s", "--gate", "cmd:true", "--auto-rollback"];
+    w.ok("", &[&["--json", "env", "set", "staging"][..], &policy, &["--reason", "waves"]].concat());
+    w.ok("", &["--json", "env", "show"]);
     w.ok("", &["--json", "ledger", "package", "p.yaml", "--reason", "r"]);
     w.ok("carol", &["--json", "ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
     w.ok("", &["--json", "ledger", "deploy", "PD-0.1.0", "--until", "dev", "--no-wait", "--reason", "r"]);

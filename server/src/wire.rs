@@ -41,7 +41,7 @@ pub struct Event {
     pub kind: String,
     /// Signer.
     pub actor: String,
-    /// Environment, for push, rollback and ack.
+    /// Environment, for entries about one (every kind `Body::env` names one for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
     /// Version, for entries about one.
@@ -60,14 +60,21 @@ pub const POLICY_CHANGED: &str = "policyChanged";
 impl Event {
     /// The event for one entry.
     pub fn of(e: &SignedEntry) -> Event {
-        let (env, version, hash) = match &e.entry.body {
-            Body::Push(p) => (Some(p.env.clone()), Some(p.version), Some(p.package)),
-            Body::Rollback(r) => (Some(r.env.clone()), Some(r.version), Some(r.package)),
-            Body::Ack(a) => (Some(a.env.clone()), Some(a.version), Some(a.package)),
-            Body::Package(p) => (None, Some(p.version), Some(p.tarball.blake3)),
-            Body::Approve(a) => (None, Some(a.version), Some(a.package)),
-            _ => (None, None, None),
+        let (version, hash) = match &e.entry.body {
+            Body::Push(p) => (Some(p.version), Some(p.package)),
+            Body::Rollback(r) => (Some(r.version), Some(r.package)),
+            Body::Ack(a) => (Some(a.version), Some(a.package)),
+            Body::Package(p) => (Some(p.version), Some(p.tarball.blake3)),
+            Body::Approve(a) => (Some(a.version), Some(a.package)),
+            Body::Wave(w) => (Some(w.stage.version), Some(w.stage.package)),
+            Body::Gate(g) => (Some(g.stage.version), Some(g.stage.package)),
+            Body::Bake(b) => (Some(b.stage.version), Some(b.stage.package)),
+            Body::FreezeOverride(o) => (Some(o.version), Some(o.package)),
+            _ => (None, None),
         };
+        // Agents of an environment act on every entry about it but acks (a wave start
+        // reaches new targets; a retry asks failed ones again).
+        let env = e.entry.body.env().map(str::to_string);
         Event {
             seq: e.entry.seq,
             kind: e.entry.body.kind().to_string(),
