@@ -494,7 +494,7 @@ impl<'w> Net<'w> {
     }
 
     /// An example target started with `pd example-target TARGET_ARGS…` and its agent with
-    /// `pd agent … AGENT_ARGS…`.
+    /// `pd agent … AGENT_ARGS…`, where `{target}` stands for the target's base URL.
     pub fn agent_and_target(&mut self, target: &str, env: &str, target_args: &[&str], extra: &[&str]) {
         let dir = self.agent_dir(target);
         let mut t = Command::new(bin("pd"));
@@ -502,8 +502,10 @@ impl<'w> Net<'w> {
         t.args(target_args);
         let target_proc = Proc::spawn(t, &self.w.path(&format!("target-{target}.log")), "listening on");
         let reload = format!("{}/reload", target_proc.url);
+        let extra: Vec<String> = extra.iter().map(|a| a.replace("{target}", &target_proc.url)).collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         self.procs.push((format!("target-{target}"), target_proc));
-        self.start_agent(target, env, &reload, extra);
+        self.start_agent(target, env, &reload, &extra);
     }
 
     fn start_agent(&mut self, target: &str, env: &str, reload: &str, extra: &[&str]) {

@@ -33,7 +33,7 @@ fn fleet<'w>(w: &'w World, bad: &[&str]) -> Net<'w> {
     }
     let bad: Vec<&str> = bad.iter().flat_map(|v| ["--bad", v]).collect();
     for t in PROD {
-        net.agent_and_target(t, "prod", &bad, &["--heartbeat", "1s"]);
+        net.agent_and_target(t, "prod", &bad, &["--heartbeat", "1s", "--health-url", "{target}/healthz"]);
     }
     net
 }
@@ -69,8 +69,8 @@ fn a_good_version_goes_wave_by_wave_with_bakes_and_ends_adopted_everywhere() {
     let prom = prometheus(&net);
     let gate = format!("prom:{}?query={ERROR_RATIO}&max=0.01", prom.url());
     let set =
-        ["env", "set", "prod", "--waves", "canary", "--bake", "2s", "--gate", &gate, "--reason", "canary"];
-    net.ok("", &set);
+        ["env", "set", "prod", "--waves", "canary", "--bake", "2s", "--gate", &gate, "--gate", "health"];
+    net.ok("", &[&set[..], &["--reason", "canary"]].concat());
     let plan = net.ok("", &["ledger", "deploy", "PD-0.1.0", "--plan", "--reason", "v1"]);
     assert!(plan.contains("prod: 2 wave(s), each baking 2s"), "{plan}");
     assert!(plan.contains("wave 1 (canary): prod-canary"), "{plan}");
@@ -90,10 +90,12 @@ fn a_good_version_goes_wave_by_wave_with_bakes_and_ends_adopted_everywhere() {
         .filter(|e| ["wave", "gate", "bake"].contains(&e["kind"].as_str().unwrap_or_default()))
         .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(steps, ["wave", "gate", "bake", "wave", "gate", "bake"]);
+    assert_eq!(steps, ["wave", "gate", "gate", "bake", "wave", "gate", "gate", "bake"]);
     let gates = kinds(&net, "gate");
     assert!(gates.iter().all(|g| g["body"]["gate"]["passed"] == true), "{gates:?}");
     assert_eq!(gates[0]["body"]["gate"]["value"], "0", "no errors during the canary's bake");
+    assert_eq!(gates[1]["body"]["gate"]["value"], "1/1 healthy", "the canary's agent saw it healthy");
+    assert_eq!(gates[3]["body"]["gate"]["value"], "3/3 healthy");
     // The canary acked before the wave that reached the others started.
     let wave2 = kinds(&net, "wave")[1]["seq"].as_u64().expect("seq");
     let first_ack = |t: &str| {
