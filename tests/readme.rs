@@ -85,7 +85,7 @@ const SESSION: [(&str, &str); 5] = [
 ];
 
 /// Sections whose `sh` blocks are run elsewhere (the module's doc says where).
-const ELSEWHERE: [&str; 2] = ["From Python", "Artifacts and ledger backups in S3"];
+const ELSEWHERE: [&str; 3] = ["From Python", "Artifacts and ledger backups in S3", "Progressive rollouts"];
 
 /// Runs `script` with `sh -e -x` in `dir` with this build's `pd` and `pd-verify` first on
 /// the PATH and no PD_* variables; whatever it leaves running goes with its process group.
@@ -172,6 +172,43 @@ fn the_readme_session_runs_as_written() {
     ] {
         assert!(text.contains(said), "the README's run did not say {said:?}:\n{text}{logs}");
     }
+}
+
+#[test]
+fn the_readme_rollout_runs_as_written_against_prometheus() {
+    let all = blocks(&readme());
+    let script = sh(&all, "Progressive rollouts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run(&script, dir.path(), &[]);
+    let text = pd_e2e::text(&out);
+    let logs: String = ["serve.log", "prometheus.log", "agent-prod-canary.log"]
+        .iter()
+        .map(|f| {
+            format!(
+                "\n--- {f}\n{}",
+                std::fs::read_to_string(dir.path().join("rollouts").join(f)).unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(out.status.success(), "the README's rollout commands failed:\n{text}{logs}");
+    for said in [
+        "wave 1 (canary): prod-canary",
+        "wave 2 (100%): prod-1, prod-2",
+        "wave 1/2 of PD-0.1.0 in prod: prod-canary",
+        "✔ wave 2 of PD-0.1.0 in prod passed its bake",
+        "wave 1/2 of PD-0.2.0 in prod: prod-canary",
+        "! wave 1 of PD-0.2.0 in prod failed its bake: gate prom:",
+        "✔ prod: 3/3 targets run PD-0.1.0 again",
+        "rolled prod back to PD-0.1.0",
+        "exit 1: rolled back",
+        "prod/llm_policy: desired PD-0.1.0 (rollback at",
+        "every rule hold",
+        "rollout timeline",
+        "prod rolled back to PD-0.1.0 · automatic: gate prom:",
+    ] {
+        assert!(text.contains(said), "the README's rollout did not say {said:?}:\n{text}{logs}");
+    }
+    assert!(!text.contains("wave 2/2 of PD-0.2.0"), "the bad version never reached wave 2:\n{text}");
 }
 
 #[test]
