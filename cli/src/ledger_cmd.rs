@@ -644,6 +644,7 @@ pub fn summary(body: &Body) -> String {
 fn entry_json(e: &SignedEntry) -> serde_json::Value {
     serde_json::json!({
         "seq": e.entry.seq, "id": e.id, "prev": e.entry.prev, "time_ms": e.entry.time_ms,
+        "signed_ms": e.entry.signed_ms,
         "time": output::time(e.entry.time_ms), "actor": e.entry.actor, "kind": e.entry.body.kind(),
         "body": e.entry.body, "sig": e.entry.sig,
     })
