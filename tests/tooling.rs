@@ -344,6 +344,8 @@ fn the_commands_of_a_session_answer_json_that_matches_their_schemas() {
     w.ok("", &["--json", "env", "show"]);
     w.ok("", &["--json", "ledger", "package", "p.yaml", "--reason", "r"]);
     w.ok("carol", &["--json", "ledger", "approve", "PD-0.1.0", "--reason", "ok"]);
+    w.ok("", &["--json", "ledger", "deploy", "PD-0.1.0", "--plan", "--reason", "r"]);
+    w.ok("carol", &["--json", "ledger", "override", "PD-0.1.0", "--env", "dev", "--reason", "r"]);
     w.ok("", &["--json", "ledger", "deploy", "PD-0.1.0", "--until", "dev", "--no-wait", "--reason", "r"]);
     w.ok("dev-1", &["--json", "ledger", "ack", "PD-0.1.0"]);
     w.ok("", &["--json", "ledger", "export", "x.pdx"]);

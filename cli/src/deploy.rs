@@ -233,7 +233,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
                 None if !ctx.json => outln!("  {version} was just pushed to {env} by another deploy"),
                 None => {}
             }
-        } else if here.adopted_version(version) {
+        } else if through(&state, env, version) {
             report.push(json!({ "env": env, "outcome": "already adopted" }));
             continue;
         }
@@ -243,7 +243,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
         announce();
         let until =
             Until { max_failed: a.max_failed, fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
-        let waited = match roll_out(ctx, &mut b, (&actor, &key), env, version, until)? {
+        let waited = match roll_out(ctx, &mut b, (&actor, &key), (env, version), until, a.timeout)? {
             Rolled::Waited(w) => w,
             Rolled::Halted { wave, reason } => {
                 let policy = b.state()?.policy(env).is_some_and(|p| p.auto_rollback);
@@ -383,17 +383,21 @@ enum Rolled {
 /// (`pd_ledger::rollout`): start each wave, wait for its targets, bake it with the gates
 /// holding, and on to the next, each step a signed entry. Picks up where the ledger stands,
 /// so a rerun of the deploy (or a second deployer) continues a rollout instead of restarting it.
+///
+/// `until` bounds each wait on its own: each wave's acks get the whole timeout, and each bake
+/// its bake time plus the timeout for gates that have no answer yet.
 fn roll_out(
     ctx: &Ctx,
     b: &mut Backend,
     signer: (&str, &SecretKey),
-    env: &str,
-    version: Version,
+    (env, version): (&str, Version),
     until: Until,
+    timeout: Duration,
 ) -> Result<Rolled> {
     use pd_ledger::rollout::{progress, Next};
     let mut last = None;
     loop {
+        let until = Until { deadline: Instant::now() + timeout, ..until };
         let state = b.state()?;
         let set = package_of(&state, version)?.package.name.clone();
         let Some(p) = progress(&state, env, &set).filter(|p| p.version == version) else {
@@ -424,8 +428,10 @@ fn roll_out(
                     p.waves.iter().filter(|w| w.started.is_some()).flat_map(|w| w.targets.clone()).collect();
                 let baking =
                     Baking { env, version, wave, since_ms, until_ms, targets: &targets, gates: &p.gates };
-                if let Err(reason) = bake(ctx, b, signer, &baking, until.deadline)? {
-                    return Ok(Rolled::Halted { wave, reason });
+                let left = until_ms.saturating_sub(crate::home::now_ms());
+                match bake(ctx, b, signer, &baking, until.deadline + Duration::from_millis(left))? {
+                    Baked::Passed | Baked::Again => {}
+                    Baked::Failed(reason) => return Ok(Rolled::Halted { wave, reason }),
                 }
             }
             Next::Done => {
@@ -489,16 +495,28 @@ struct Baking<'a> {
 /// How often gates are checked during a bake. A smoke-test command runs once per bake.
 const GATE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How a bake ended.
+enum Baked {
+    /// Recorded as passed.
+    Passed,
+    /// Recorded as failed, with why.
+    Failed(String),
+    /// The ledger moved under it (an ack reset the bake, another deployer recorded it):
+    /// look again at where the rollout stands.
+    Again,
+}
+
 /// Bakes a wave: checks every gate every [`GATE_INTERVAL`] until the bake time is over,
-/// then records each gate's passing check and the passed bake. A failing gate (or one still
-/// undecided at `deadline`) is recorded with the failed bake; `Ok(Err(why))` then.
+/// then records each gate's passing check and the passed bake. A failing gate is recorded
+/// with the failed bake. A gate still without an answer at `deadline` (Prometheus down, no
+/// traffic) records nothing and ends the deploy with an error: a rerun continues the bake.
 fn bake(
     ctx: &Ctx,
     b: &mut Backend,
     (actor, key): (&str, &SecretKey),
     w: &Baking<'_>,
     deadline: Instant,
-) -> Result<Result<(), String>> {
+) -> Result<Baked> {
     use crate::gates::Verdict;
     let gates: Vec<(String, pd_ledger::gate::Gate)> = w
         .gates
@@ -517,8 +535,13 @@ fn bake(
         Ok(pd_ledger::Stage { env: w.env.to_string(), version: w.version, package, wave: w.wave })
     };
     let mut once: std::collections::BTreeMap<usize, Verdict> = Default::default();
+    let mut recorded = false;
     loop {
         let state = b.state()?;
+        let next = pd_ledger::rollout::progress(&state, w.env, &package_of(&state, w.version)?.package.name);
+        if !next.is_some_and(|p| matches!(p.next, pd_ledger::rollout::Next::Bake { wave, since_ms, .. } if wave == w.wave && since_ms == w.since_ms)) {
+            return Ok(Baked::Again);
+        }
         let beats = match b.heartbeats() {
             Ok(h) => h.verified(&state),
             Err(e) if crate::backend::is_transient(&e) => Default::default(),
@@ -543,10 +566,16 @@ fn bake(
             verdicts.push((text.clone(), v));
         }
         let timed_out = Instant::now() >= deadline;
-        let failed = verdicts.iter().find(|(_, v)| matches!(v, Verdict::Fail(_))).or_else(|| {
-            timed_out.then(|| verdicts.iter().find(|(_, v)| matches!(v, Verdict::Pending(_)))).flatten()
-        });
-        if let Some((text, v)) = failed {
+        if let Some((text, v)) =
+            verdicts.iter().find(|(_, v)| matches!(v, Verdict::Pending(_))).filter(|_| timed_out)
+        {
+            crate::refuse!(
+                "gate {text} had no answer before the timeout ({}): nothing was recorded; rerun the deploy to continue the bake of wave {}",
+                v.value(),
+                w.wave
+            );
+        }
+        if let Some((text, v)) = verdicts.iter().find(|(_, v)| matches!(v, Verdict::Fail(_))) {
             let reason = format!("gate {text} failed in wave {}: {}", w.wave, v.value());
             let value = v.value().to_string();
             b.append(actor, key, |st| {
@@ -558,11 +587,13 @@ fn bake(
                 }))
             })?;
             record_bake(ctx, b, (actor, key), w, false, &reason, &stage)?;
-            return Ok(Err(reason));
+            return Ok(Baked::Failed(reason));
         }
         let all_pass = verdicts.iter().all(|(_, v)| matches!(v, Verdict::Pass(_)));
         if all_pass && crate::home::now_ms() >= w.until_ms {
-            for (text, v) in &verdicts {
+            // Each gate's passing check once per bake, however often the bake entry waits
+            // for the server's clock.
+            for (text, v) in verdicts.iter().filter(|_| !recorded) {
                 let value = v.value().to_string();
                 b.append(actor, key, |st| {
                     Ok(Body::Gate(pd_ledger::GateCheck {
@@ -574,16 +605,22 @@ fn bake(
                 })?;
                 ctx.progress(json!({ "event": "gate", "env": w.env, "wave": w.wave, "gate": text, "value": value, "passed": true }))?;
             }
+            recorded = true;
             let reason =
                 format!("baked {} after the last ack, every gate held", pd_ledger::rollout::millis(bake_ms));
             match record_bake(ctx, b, (actor, key), w, true, &reason, &stage) {
-                Ok(()) => return Ok(Ok(())),
+                Ok(()) => return Ok(Baked::Passed),
                 // This clock runs ahead of the server's: the bake is not over by its clock yet.
                 Err(e) if e.chain().any(|c| c.to_string().contains("less than the")) && !timed_out => {}
+                // The ledger moved (an ack, another deployer): look again.
+                Err(e) if e.chain().any(|c| c.to_string().contains("rollout in ")) => {
+                    return Ok(Baked::Again)
+                }
                 Err(e) => return Err(e),
             }
         }
-        let wake = deadline.min(Instant::now() + GATE_INTERVAL);
+        // Never a busy loop: the pause is GATE_INTERVAL even past the deadline.
+        let wake = Instant::now() + GATE_INTERVAL;
         crate::backend::pause(wake, &|| ctx.check())?;
     }
 }
@@ -638,8 +675,16 @@ fn halted(
     if rollback {
         let set = b.state()?.package(version).map(|p| p.package.name.clone());
         let until = Until { fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
-        let back =
-            roll_back(ctx, b, actor, key, (env, set.as_deref()), format!("automatic: {reason}"), until)?;
+        let back = roll_back(
+            ctx,
+            b,
+            actor,
+            key,
+            (env, set.as_deref()),
+            Some(version),
+            format!("automatic: {reason}"),
+            until,
+        )?;
         failure.message = format!("the rollout of {version} in {env} stopped at wave {wave} ({reason}); rolled {env} back to {back}");
         failure.rolled_back_to = Some(back);
     }
@@ -674,6 +719,7 @@ fn not_adopted(
             actor,
             key,
             (env, set.as_deref()),
+            Some(version),
             format!("automatic: {problems}"),
             until,
         ) {
@@ -813,6 +859,13 @@ fn check_envs(state: &State, a: &DeployArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether `version` is through `env`: adopted, and its rollout there done (the rule's
+/// `pd_ledger::rollout::through`).
+fn through(state: &State, env: &str, version: Version) -> bool {
+    let set = state.package(version).map_or("", |p| p.package.name.as_str());
+    pd_ledger::rollout::through(state, env, set, version)
+}
+
 /// The environments to go through, in promotion order.
 fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> {
     debug_assert!(check_envs(state, a).is_ok(), "version_to_deploy checked the names");
@@ -821,8 +874,7 @@ fn plan(state: &State, version: Version, a: &DeployArgs) -> Result<Vec<String>> 
     }
     // From the first environment that has not adopted the version yet (none: a rerun of a
     // deploy that is done, which succeeds).
-    let adopted = |e: &String| pd_ledger::adoption::adoption_of(state, e, version).adopted_version(version);
-    let start = state.envs().iter().position(|e| !adopted(e)).unwrap_or(state.envs().len());
+    let start = state.envs().iter().position(|e| !through(state, e, version)).unwrap_or(state.envs().len());
     let end = a.until.as_deref().and_then(|u| state.env_index(u)).unwrap_or(state.envs().len() - 1);
     Ok(state.envs().get(start..=end).unwrap_or_default().to_vec())
 }
@@ -951,18 +1003,28 @@ pub fn wait(ctx: &Ctx, b: &mut Backend, env: &str, version: Version, until: Unti
 }
 
 /// Appends a rollback of `env` to its previous version and waits for its targets to run
-/// it again. Returns that version.
+/// it again. Returns that version. With `from`, only while `from` is still the desired
+/// version (another deployer may have rolled back first: then nothing is appended).
+#[allow(clippy::too_many_arguments)] // one call site per kind of failure, each names them all
 pub fn roll_back(
     ctx: &Ctx,
     b: &mut Backend,
     actor: &str,
     key: &SecretKey,
     (env, set): (&str, Option<&str>),
+    from: Option<Version>,
     reason: String,
     until: Until,
 ) -> Result<Version> {
     let (entry, _) = b.append(actor, key, |st| {
         let set = crate::ledger_cmd::slot_set(st, env, set)?;
+        let desired = st.desired(env, &set).map(|d| d.version);
+        if let Some(from) = from.filter(|f| desired != Some(*f)) {
+            let now = desired.map_or("nothing".to_string(), |d| d.to_string());
+            crate::refuse!(
+                "{env} no longer wants {from} (it wants {now}): someone rolled it back or pushed first"
+            );
+        }
         let version = previous_version(st, env, &set)?;
         let package = package_of(st, version)?.package.tarball.blake3;
         Ok(Body::Rollback(Rollback { env: env.to_string(), version, package, reason: reason.clone() }))

@@ -32,6 +32,11 @@ pub struct Rollout {
     pub push_seq: u64,
     /// Its waves: at least one, the last taking every target.
     pub waves: Vec<WaveSize>,
+    /// Each wave's bake time, as the environment's policy had it at the push (a later
+    /// `env_set` changes later pushes, not this one).
+    pub bake_ms: u64,
+    /// The gates each bake checks, as of the push.
+    pub gates: Vec<String>,
     /// The waves started, in order (for a single wave, the push started it).
     pub started: Vec<Mark>,
     /// The targets named by the waves started so far, with their wave (from 1).
@@ -39,7 +44,7 @@ pub struct Rollout {
     /// The newest of: the newest wave start, and the newest `loaded` ack of the version.
     pub settled_ms: u64,
     /// Gate evaluations, in order.
-    pub gates: Vec<GateRecord>,
+    pub checks: Vec<GateRecord>,
     /// Bakes, in order.
     pub bakes: Vec<BakeRecord>,
 }
@@ -85,16 +90,18 @@ pub struct BakeRecord {
 
 impl Rollout {
     /// The rollout a push begins with `waves` (already [`normalise`]d).
-    pub(crate) fn begin(e: &Entry, waves: Vec<WaveSize>) -> Rollout {
+    pub(crate) fn begin(e: &Entry, waves: Vec<WaveSize>, policy: &EnvPolicy) -> Rollout {
         let mark = Mark { seq: e.seq, time_ms: e.time_ms, by: e.actor.clone() };
         let started = if waves.len() == 1 { vec![mark] } else { Vec::new() };
         Rollout {
             push_seq: e.seq,
             waves,
+            bake_ms: policy.bake_ms,
+            gates: policy.gates.clone(),
             started,
             members: BTreeMap::new(),
             settled_ms: e.time_ms,
-            gates: Vec::new(),
+            checks: Vec::new(),
             bakes: Vec::new(),
         }
     }
@@ -102,6 +109,11 @@ impl Rollout {
     /// Waves started so far.
     pub fn current(&self) -> u32 {
         self.started.len() as u32
+    }
+
+    /// Whether the last wave must bake before the version is through (a bake time or gates).
+    pub fn bakes(&self) -> bool {
+        self.bake_ms > 0 || !self.gates.is_empty()
     }
 
     /// Whether every wave started.
@@ -135,7 +147,7 @@ impl Rollout {
     pub(crate) fn fold_gate(&mut self, e: &Entry, g: &GateCheck) {
         let at = Mark { seq: e.seq, time_ms: e.time_ms, by: e.actor.clone() };
         let (gate, value) = (g.gate.clone(), g.value.clone());
-        self.gates.push(GateRecord { wave: g.stage.wave, gate, value, passed: g.passed, at });
+        self.checks.push(GateRecord { wave: g.stage.wave, gate, value, passed: g.passed, at });
     }
 
     pub(crate) fn fold_bake(&mut self, e: &Entry, b: &Bake) {
@@ -300,7 +312,6 @@ pub enum Next {
 pub fn progress(state: &State, env: &str, set: &str) -> Option<Progress> {
     let slot = state.slot(env, set)?;
     let r = active(slot)?;
-    let policy = state.policy(env)?;
     let version = slot.desired()?.version;
     let planned = plan(state, env, set, &r.waves);
     let waves = r
@@ -329,13 +340,13 @@ pub fn progress(state: &State, env: &str, set: &str) -> Option<Progress> {
         version,
         waves,
         started: r.current(),
-        bake_ms: policy.bake_ms,
-        gates: policy.gates.clone(),
-        next: next(state, env, set, r, policy),
+        bake_ms: r.bake_ms,
+        gates: r.gates.clone(),
+        next: next(state, env, set, r),
     })
 }
 
-fn next(state: &State, env: &str, set: &str, r: &Rollout, policy: &EnvPolicy) -> Next {
+fn next(state: &State, env: &str, set: &str, r: &Rollout) -> Next {
     if let Some(h) = r.halted() {
         return Next::Halted { wave: h.wave, reason: h.reason.clone() };
     }
@@ -348,12 +359,8 @@ fn next(state: &State, env: &str, set: &str, r: &Rollout, policy: &EnvPolicy) ->
         return Next::Acks { wave, waiting };
     }
     let last = r.all_started();
-    if r.bake(wave).is_none() && (!last || policy.bakes()) {
-        return Next::Bake {
-            wave,
-            since_ms: r.settled_ms,
-            until_ms: r.settled_ms.saturating_add(policy.bake_ms),
-        };
+    if r.bake(wave).is_none() && (!last || r.bakes()) {
+        return Next::Bake { wave, since_ms: r.settled_ms, until_ms: r.settled_ms.saturating_add(r.bake_ms) };
     }
     if last {
         Next::Done
@@ -386,11 +393,9 @@ pub fn through(state: &State, env: &str, set: &str, version: Version) -> bool {
         return false;
     }
     match active(slot) {
+        // Made desired by a rollback, which returns only to a version that was through.
         None => true,
-        Some(r) => {
-            let bakes = state.policy(env).is_some_and(|p| p.bakes());
-            r.all_started() && (!bakes || r.bake(r.current()).is_some_and(|b| b.passed))
-        }
+        Some(r) => r.all_started() && (!r.bakes() || r.bake(r.current()).is_some_and(|b| b.passed)),
     }
 }
 
@@ -454,6 +459,12 @@ pub fn check_wave(state: &State, e: &Entry, w: &WaveStart) -> Result<(), RuleErr
     if !w.targets.windows(2).all(|p| p[0] < p[1]) {
         return Err(bad("a wave's targets are sorted and unique".into()));
     }
+    if !last && w.targets.is_empty() {
+        return Err(bad(format!(
+            "wave {n} ({}) reaches no target of {set}: label targets for it, or change the waves",
+            r.waves[n as usize - 1]
+        )));
+    }
     if !last && !state.is_partial() {
         let planned = &plan(state, env, set, &r.waves)[n as usize - 1];
         if &w.targets != planned {
@@ -495,8 +506,8 @@ fn baking<'s>(state: &'s State, stage: &Stage) -> Result<(&'s str, &'s Rollout),
 /// Whether a gate evaluation may be recorded: of a gate of the environment, in the current
 /// wave's bake.
 pub fn check_gate(state: &State, g: &GateCheck) -> Result<(), RuleError> {
-    baking(state, &g.stage)?;
-    let gates = state.policy(&g.stage.env).map(|p| p.gates.as_slice()).unwrap_or_default();
+    let (_, r) = baking(state, &g.stage)?;
+    let gates = &r.gates;
     if !gates.contains(&g.gate) {
         return Err(RuleError::BadRollout {
             env: g.stage.env.clone(),
@@ -517,7 +528,7 @@ pub fn check_bake(state: &State, e: &Entry, b: &Bake) -> Result<(), RuleError> {
     let env = b.stage.env.as_str();
     let wave = b.stage.wave;
     let bad = |problem: String| RuleError::BadRollout { env: env.to_string(), problem };
-    if let Some(g) = r.gates.iter().find(|g| g.wave == wave && !g.passed) {
+    if let Some(g) = r.checks.iter().find(|g| g.wave == wave && !g.passed) {
         return Err(bad(format!(
             "wave {wave} cannot pass its bake: gate {} failed at #{} ({})",
             g.gate, g.at.seq, g.value
@@ -533,17 +544,21 @@ pub fn check_bake(state: &State, e: &Entry, b: &Bake) -> Result<(), RuleError> {
             waiting.join(", ")
         )));
     }
-    let policy = state.policy(env).cloned().unwrap_or_else(|| EnvPolicy::with_min_targets(1));
+    let reached = |t: &String| r.all_started() || r.members.contains_key(t);
+    let a = adoption(state, env, set);
+    if !a.targets.iter().any(|(t, s)| *s == Status::Loaded && reached(t)) {
+        return Err(bad(format!("wave {wave} cannot pass its bake: no target of it runs the version")));
+    }
     let baked = e.time_ms.saturating_sub(r.settled_ms);
-    if baked < policy.bake_ms {
+    if baked < r.bake_ms {
         return Err(bad(format!(
             "wave {wave} has baked {baked} ms since its last ack, less than the {} ms the environment requires",
-            policy.bake_ms
+            r.bake_ms
         )));
     }
-    for gate in &policy.gates {
+    for gate in &r.gates {
         let held = r
-            .gates
+            .checks
             .iter()
             .any(|g| g.wave == wave && &g.gate == gate && g.passed && g.at.time_ms >= r.settled_ms);
         if !held {
@@ -563,8 +578,8 @@ pub fn approvals_met<'a>(
     approvers: impl Iterator<Item = &'a str>,
 ) -> Result<(), String> {
     let policy = state.policy(env);
-    let need = policy.map_or(0, |p| p.approvals);
-    let need = if need == 0 { state.approvals_required() } else { need } as usize;
+    // An environment may ask for more approvals than the ledger's default, never fewer.
+    let need = policy.map_or(0, |p| p.approvals).max(state.approvals_required()) as usize;
     let groups = policy.map(|p| p.approver_groups.as_slice()).unwrap_or_default();
     let mut approvers: Vec<&str> = approvers.collect();
     approvers.sort_unstable();
@@ -628,11 +643,11 @@ fn matching(groups: &[String], approvers: &[(&str, Vec<String>)]) -> usize {
 /// `freeze_override` entries for the version that satisfy the environment's approval policy.
 pub fn check_freeze(state: &State, e: &Entry, env: &str, version: Version) -> Result<(), RuleError> {
     let Some(policy) = state.policy(env) else { return Ok(()) };
+    // A window this build cannot read (zone data that moved) counts as frozen: fail closed.
     let Some(window) = policy
         .freeze
         .iter()
-        .filter_map(|f| f.parse::<crate::freeze::Window>().ok())
-        .find(|w| w.contains(e.time_ms))
+        .find(|f| f.parse::<crate::freeze::Window>().map_or(true, |w| w.contains(e.time_ms)))
     else {
         return Ok(());
     };
@@ -640,7 +655,7 @@ pub fn check_freeze(state: &State, e: &Entry, env: &str, version: Version) -> Re
     let by = overrides.iter().filter(|o| o.env == env).map(|o| o.approver.as_str());
     approvals_met(state, env, by).map_err(|problem| RuleError::Frozen {
         env: env.to_string(),
-        window: window.to_string(),
+        window: window.clone(),
         version,
         problem,
     })

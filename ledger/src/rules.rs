@@ -840,6 +840,14 @@ fn check_push(state: &State, e: &Entry, p: &Push) -> Result<PublicKey, RuleError
     let key = authorize(state, e, Role::Deployer, "push versions")?;
     check_text("reason", &p.reason, true)?;
     check_waves(&p.waves)?;
+    let (own, env_waves) =
+        (crate::rollout::normalise(&p.waves).len(), crate::rollout::waves_for(state, &p.env, &[]).len());
+    if !p.waves.is_empty() && own < env_waves {
+        return Err(invalid(
+            "waves",
+            format!("{} goes out in {env_waves} waves; a deploy may add waves, never remove them", p.env),
+        ));
+    }
     crate::adoption::check_promotion(state, &p.env, p.version, &p.package)?;
     crate::rollout::check_freeze(state, e, &p.env, p.version)?;
     Ok(key)
@@ -914,6 +922,13 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     }
     if !env.history.iter().any(|d| d.version == r.version) {
         return Err(bad("it was never deployed there; roll back only to a version the environment had"));
+    }
+    // Only to a version that went through every wave and bake here (and was adopted): a
+    // rollback reaches every target at once, so it must not carry what a rollout stopped.
+    if !env.was_through(r.version) && !state.is_partial() {
+        return Err(bad(
+            "it never got through this environment (adopted, every wave started and baked); push a newer package instead",
+        ));
     }
     Ok(key)
 }

@@ -362,6 +362,9 @@ pub struct Slot {
     pub(crate) retry_seq: Option<u64>,
     /// The rollout of the newest push (see [`crate::rollout::active`]).
     pub(crate) rollout: Option<Rollout>,
+    /// Versions that were through this slot's environment ([`crate::rollout::through`]) when
+    /// a later entry replaced them: what a rollback may return to.
+    pub(crate) through: BTreeSet<Version>,
 }
 
 impl Slot {
@@ -393,6 +396,11 @@ impl Slot {
     /// The rollout of the newest push, whether or not it is still the desired version's.
     pub fn rollout(&self) -> Option<&Rollout> {
         self.rollout.as_ref()
+    }
+
+    /// Whether `version` was through this environment when a later entry replaced it.
+    pub fn was_through(&self, version: Version) -> bool {
+        self.through.contains(&version)
     }
 }
 
@@ -820,9 +828,10 @@ impl State {
             }
             Body::Push(p) => {
                 let waves = crate::rollout::waves_for(self, &p.env, &p.waves);
+                let policy = self.policy(&p.env).cloned();
                 self.set_desired(&p.env, p.version, p.package, e, Via::Push);
-                if let Some(slot) = self.slot_mut(&p.env, p.version) {
-                    slot.rollout = Some(Rollout::begin(e, waves));
+                if let (Some(slot), Some(policy)) = (self.slot_mut(&p.env, p.version), policy) {
+                    slot.rollout = Some(Rollout::begin(e, waves, &policy));
                 }
             }
             Body::Rollback(r) => self.set_desired(&r.env, r.version, r.package, e, Via::Rollback),
@@ -985,6 +994,10 @@ impl State {
                 a.void = Some(seq);
             }
         }
+        // Its freeze overrides stop counting, whatever they were for.
+        for p in &mut self.packages {
+            p.overrides.retain(|o| !(o.approver == name && o.seq >= since));
+        }
         self.proposals.retain(|_, p| p.proposer != name);
         for p in self.proposals.values_mut() {
             p.approvals.retain(|a| a != name);
@@ -1004,6 +1017,10 @@ impl State {
 
     fn set_desired(&mut self, env: &str, version: Version, package: Hash, e: &crate::entry::Entry, via: Via) {
         let d = Desired { version, package, seq: e.seq, time_ms: e.time_ms, via };
+        // What the slot leaves behind may be returned to by a rollback only if it was through.
+        let set = self.package(version).map(|p| p.package.name.clone()).unwrap_or_default();
+        let old = self.slot(env, &set).and_then(|s| s.desired.as_ref()).map(|d| d.version);
+        let was_through = old.filter(|v| !self.partial && crate::rollout::through(self, env, &set, *v));
         let Some(slot) = self.slot_mut(env, version) else {
             unreachable!("checked: a package of this ledger")
         };
@@ -1011,6 +1028,7 @@ impl State {
         slot.desired = Some(d);
         slot.retry_seq = None;
         slot.rollout = None;
+        slot.through.extend(was_through);
     }
 
     /// The rollout of `version` in `env`, if it is the rollout of the slot's newest push.

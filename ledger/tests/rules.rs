@@ -970,6 +970,8 @@ fn a_late_ack_of_the_version_rolled_back_from_does_not_block_the_rollback() {
     let (v1, h1) = (d.version, d.package);
     let (v2, h2) = (Version::new(1, 1, 0), Hash([6; 32]));
     let carol = key(2);
+    // v1 was adopted (a rollback returns only to a version that got through).
+    d.ledger.sign_append("dev-1", &d.target, 2, ack("dev", v1, h1)).expect("loads v1");
     d.ledger.sign_append("admin", &d.admin, 2, pd_ledger::testkit::package(v2, h2)).expect("package");
     d.ledger.sign_append("carol", &carol, 2, approve(v2, h2)).expect("approve");
     d.ledger.sign_append("admin", &d.admin, 2, push("dev", v2, h2)).expect("push v2");
@@ -1140,6 +1142,45 @@ fn a_failed_gate_stops_the_rollout_and_later_waves_never_get_the_version() {
     assert!(matches!(w.step("dev-1", "dev"), adoption::Step::Queued(_)));
     let a = adoption::adoption(w.ledger.state(), "dev", "llm_policy");
     assert_eq!((a.queued(), a.loaded(), a.adopted()), (2, 1, false));
+    // A newer version goes through; a rollback to the stopped one would reach every target
+    // at once, so it is refused: a rollback returns only to a version that got through.
+    let v2 = Version::new(23, 2, 0);
+    let h2 = w.package(v2);
+    w.ok("carol", approve(v2, h2));
+    w.ok(ADMIN, push("dev", v2, h2));
+    w.ok(ADMIN, wave("dev", v2, h2, 1, &["dev-3"]));
+    w.ok("dev-3", ack("dev", v2, h2));
+    w.time += 1_000;
+    w.ok(ADMIN, gate("dev", v2, h2, 1, true));
+    w.ok(ADMIN, bake("dev", v2, h2, 1, true));
+    w.ok(ADMIN, wave("dev", v2, h2, 2, &[]));
+    w.ok("dev-1", ack("dev", v2, h2));
+    w.ok("dev-2", ack("dev", v2, h2));
+    w.time += 1_000;
+    w.ok(ADMIN, gate("dev", v2, h2, 2, true));
+    w.ok(ADMIN, bake("dev", v2, h2, 2, true));
+    let back =
+        |v, h| Body::Rollback(Rollback { env: "dev".into(), version: v, package: h, reason: "r".into() });
+    let e = w.refused(ADMIN, back(v1, h1));
+    assert!(e.to_string().contains("never got through this environment"), "{e}");
+}
+
+#[test]
+fn a_deploy_may_add_waves_but_not_remove_them_and_a_wave_must_reach_someone() {
+    let (mut w, v1, h1) = canary_world();
+    let v2 = Version::new(23, 2, 0);
+    let h2 = w.package(v2);
+    w.ok("carol", approve(v2, h2));
+    let own = |waves: Vec<WaveSize>| {
+        Body::Push(Push { env: "dev".into(), version: v2, package: h2, waves, reason: "own".into() })
+    };
+    let e = w.refused(ADMIN, own(vec![WaveSize::Percent(100)]));
+    assert!(e.to_string().contains("a deploy may add waves, never remove them"), "{e}");
+    // No target carries the label of the first wave: it would reach nobody.
+    w.ok(ADMIN, own(vec![WaveSize::Label("region=eu".into()), WaveSize::Percent(50)]));
+    let e = w.refused(ADMIN, wave("dev", v2, h2, 1, &[]));
+    assert!(e.to_string().contains("reaches no target"), "{e}");
+    let _ = (v1, h1);
 }
 
 #[test]

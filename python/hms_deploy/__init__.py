@@ -82,8 +82,9 @@ def deploy_policy(
 
     until: stop after this environment. wait=False: push one environment and return.
     timeout: seconds (or a timedelta) to wait for each environment; default 10 minutes.
-    on_progress: called with each step as a dict: {"event": "packaged" | "pushed" | "acks" |
-    "adopted" | "rolled back" | "converged", "env": ..., "version": ..., ...}.
+    on_progress: called with each step as a dict: {"event": "packaged" | "pushed" | "wave" |
+    "acks" | "baking" | "gate" | "bake" | "adopted" | "rolled back" | "converged", "env": ...,
+    "version": ..., ...}.
 
     Raises NotApprovedError (the package needs an approver's `pd ledger approve`; its
     ``version`` attribute names it), AdoptionTimeoutError or TargetFailedError (targets did not
