@@ -146,7 +146,7 @@ fn set(ctx: &Ctx, a: SetArgs) -> Result<()> {
     if ctx.json {
         return ctx.emit(&serde_json::json!({ "env": a.env, "policy": s.policy, "seq": entry.entry.seq }));
     }
-    output::ok(format!("{}: {} (#{})", a.env, describe_policy(&s.policy), entry.entry.seq));
+    output::ok(format!("{} expects {} (#{})", a.env, describe_policy(&s.policy), entry.entry.seq));
     Ok(())
 }
 

@@ -923,11 +923,12 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     if !env.history.iter().any(|d| d.version == r.version) {
         return Err(bad("it was never deployed there; roll back only to a version the environment had"));
     }
-    // Only to a version that went through every wave and bake here (and was adopted): a
-    // rollback reaches every target at once, so it must not carry what a rollout stopped.
+    // Only to a version that went through every wave and bake here (and was adopted), or
+    // went out to every target at once: a rollback reaches every target at once, so it must
+    // not carry what a rollout stopped.
     if !env.was_through(r.version) && !state.is_partial() {
         return Err(bad(
-            "it never got through this environment (adopted, every wave started and baked); push a newer package instead",
+            "it went out in waves and never got through this environment (adopted, every wave started and baked); push a newer package instead",
         ));
     }
     Ok(key)

@@ -362,8 +362,9 @@ pub struct Slot {
     pub(crate) retry_seq: Option<u64>,
     /// The rollout of the newest push (see [`crate::rollout::active`]).
     pub(crate) rollout: Option<Rollout>,
-    /// Versions that were through this slot's environment ([`crate::rollout::through`]) when
-    /// a later entry replaced them: what a rollback may return to.
+    /// Versions that were through this slot's environment ([`crate::rollout::through`]), or
+    /// had gone out to every target at once, when a later entry replaced them: what a
+    /// rollback may return to.
     pub(crate) through: BTreeSet<Version>,
 }
 
@@ -1020,7 +1021,14 @@ impl State {
         // What the slot leaves behind may be returned to by a rollback only if it was through.
         let set = self.package(version).map(|p| p.package.name.clone()).unwrap_or_default();
         let old = self.slot(env, &set).and_then(|s| s.desired.as_ref()).map(|d| d.version);
-        let was_through = old.filter(|v| !self.partial && crate::rollout::through(self, env, &set, *v));
+        // A version that went out to every target at once (one wave, no bake) had no rollout
+        // a rollback could skip: it may be returned to as before.
+        let unstaged = self
+            .slot(env, &set)
+            .and_then(crate::rollout::active)
+            .is_some_and(|r| r.waves.len() == 1 && !r.bakes());
+        let was_through =
+            old.filter(|v| !self.partial && (unstaged || crate::rollout::through(self, env, &set, *v)));
         let Some(slot) = self.slot_mut(env, version) else {
             unreachable!("checked: a package of this ledger")
         };
