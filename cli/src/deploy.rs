@@ -577,15 +577,7 @@ fn bake(
         }
         if let Some((text, v)) = verdicts.iter().find(|(_, v)| matches!(v, Verdict::Fail(_))) {
             let reason = format!("gate {text} failed in wave {}: {}", w.wave, v.value());
-            let value = v.value().to_string();
-            b.append(actor, key, |st| {
-                Ok(Body::Gate(pd_ledger::GateCheck {
-                    stage: stage(st)?,
-                    gate: text.clone(),
-                    value: value.clone(),
-                    passed: false,
-                }))
-            })?;
+            record_gate(ctx, b, (actor, key), w, (text, v.value(), false), &stage)?;
             record_bake(ctx, b, (actor, key), w, false, &reason, &stage)?;
             return Ok(Baked::Failed(reason));
         }
@@ -594,16 +586,7 @@ fn bake(
             // Each gate's passing check once per bake, however often the bake entry waits
             // for the server's clock.
             for (text, v) in verdicts.iter().filter(|_| !recorded) {
-                let value = v.value().to_string();
-                b.append(actor, key, |st| {
-                    Ok(Body::Gate(pd_ledger::GateCheck {
-                        stage: stage(st)?,
-                        gate: text.clone(),
-                        value: value.clone(),
-                        passed: true,
-                    }))
-                })?;
-                ctx.progress(json!({ "event": "gate", "env": w.env, "wave": w.wave, "gate": text, "value": value, "passed": true }))?;
+                record_gate(ctx, b, (actor, key), w, (text, v.value(), true), &stage)?;
             }
             recorded = true;
             let reason =
@@ -623,6 +606,22 @@ fn bake(
         let wake = Instant::now() + GATE_INTERVAL;
         crate::backend::pause(wake, &|| ctx.check())?;
     }
+}
+
+/// Appends one gate's check (gate, value, passed) of the wave baking.
+fn record_gate(
+    ctx: &Ctx,
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    w: &Baking<'_>,
+    (gate, value, passed): (&str, &str, bool),
+    stage: &dyn Fn(&State) -> Result<pd_ledger::Stage>,
+) -> Result<()> {
+    b.append(actor, key, |st| {
+        let (gate, value) = (gate.to_string(), value.to_string());
+        Ok(Body::Gate(pd_ledger::GateCheck { stage: stage(st)?, gate, value, passed }))
+    })?;
+    ctx.progress(json!({ "event": "gate", "env": w.env, "wave": w.wave, "gate": gate, "value": value, "passed": passed }))
 }
 
 fn record_bake(
