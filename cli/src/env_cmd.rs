@@ -136,17 +136,29 @@ pub fn run(ctx: &Ctx, cmd: EnvCmd) -> Result<()> {
 }
 
 fn set(ctx: &Ctx, a: SetArgs) -> Result<()> {
-    let (entry, _) = crate::ledger_cmd::append_with(ctx, |st, _| {
+    let (entry, state) = crate::ledger_cmd::append_with(ctx, |st, _| {
         let Some(current) = st.policy(&a.env) else {
             crate::refuse!("unknown environment {:?}; this ledger has: {}", a.env, st.envs().join(", "));
         };
         Ok(Body::EnvSet(EnvSet { env: a.env.clone(), policy: a.apply(current)?, reason: a.reason.clone() }))
     })?;
     let Body::EnvSet(s) = &entry.entry.body else { unreachable!("built as env_set") };
+    let seq = entry.entry.seq;
+    // Under an admin quorum the change is a proposal until other admins approve it.
+    let proposed = state.proposals().get(&seq).map(|p| state.proposal_support(p, &p.proposer));
     if ctx.json {
-        return ctx.emit(&serde_json::json!({ "env": a.env, "policy": s.policy, "seq": entry.entry.seq }));
+        return ctx.emit(
+            &serde_json::json!({ "env": a.env, "policy": s.policy, "seq": seq, "applied": proposed.is_none() }),
+        );
     }
-    output::ok(format!("{} expects {} (#{})", a.env, describe_policy(&s.policy), entry.entry.seq));
+    match proposed {
+        None => output::ok(format!("{} expects {} (#{seq})", a.env, describe_policy(&s.policy))),
+        Some(have) => {
+            let need = state.admin_approvals();
+            output::ok(format!("{} policy proposed at #{seq}: {have} of {need} admins", a.env));
+            output::next(format!("another admin runs `pd key approve {seq}`"));
+        }
+    }
     Ok(())
 }
 

@@ -675,9 +675,10 @@ pub struct Checkpoint {
 }
 
 impl Body {
-    /// Whether this body changes keys (and so needs the admin quorum).
-    pub fn is_key_change(&self) -> bool {
-        matches!(self, Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_))
+    /// Whether this body needs the admin quorum ([`Genesis::admin_approvals`]): key changes,
+    /// and environment policy (one admin alone must not drop a freeze, a canary or a gate).
+    pub fn needs_admin_quorum(&self) -> bool {
+        matches!(self, Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_) | Body::EnvSet(_))
     }
 
     /// Every kind's name, as [`Body::kind`] gives it.

@@ -362,7 +362,11 @@ pub fn check_rules(state: &State, signed: &SignedEntry) -> Result<PublicKey, Rul
         Body::Ack(a) => check_ack(state, e, a),
         Body::Rollback(r) => check_rollback(state, e, r),
         Body::Retry(r) => check_retry(state, e, r),
-        Body::EnvSet(s) => check_env_set(state, e, s),
+        Body::EnvSet(s) => {
+            let key = authorize(state, e, Role::Admin, "change environment settings")?;
+            check_env_set(state, s)?;
+            Ok(key)
+        }
         Body::Wave(w) => {
             let key = authorize_rollout(state, e)?;
             crate::rollout::check_wave(state, e, w)?;
@@ -615,13 +619,15 @@ fn check_public_parts(
     Ok(())
 }
 
-/// Whether a key change (`KeyAdd`, `KeyRotate` or `KeyRevoke`) may take effect now. Checked
-/// when it is proposed and again when the approval that completes it is appended.
+/// Whether a change under the admin quorum (`KeyAdd`, `KeyRotate`, `KeyRevoke`, `EnvSet`) may
+/// take effect now. Checked when it is proposed and again when the approval that completes
+/// it is appended.
 pub fn check_key_change(state: &State, change: &Body) -> Result<(), RuleError> {
     match change {
         Body::KeyAdd(k) => check_key_decl(state, k),
         Body::KeyRotate(r) => check_key_rotate(state, r),
         Body::KeyRevoke(r) => check_key_revoke(state, r),
+        Body::EnvSet(s) => check_env_set(state, s),
         other => Err(invalid("key change", format!("a {} entry is not a key change", other.kind()))),
     }
 }
@@ -948,8 +954,7 @@ fn check_retry(state: &State, e: &Entry, r: &Retry) -> Result<PublicKey, RuleErr
     }
 }
 
-fn check_env_set(state: &State, e: &Entry, s: &EnvSet) -> Result<PublicKey, RuleError> {
-    let key = authorize(state, e, Role::Admin, "change environment settings")?;
+fn check_env_set(state: &State, s: &EnvSet) -> Result<(), RuleError> {
     check_text("reason", &s.reason, true)?;
     check_env(state, &s.env)?;
     let p = &s.policy;
@@ -973,8 +978,7 @@ fn check_env_set(state: &State, e: &Entry, s: &EnvSet) -> Result<PublicKey, Rule
     if p.approvals > MAX_APPROVALS_REQUIRED {
         return Err(invalid("approvals", format!("must be 0 (the ledger's) to {MAX_APPROVALS_REQUIRED}")));
     }
-    check_sorted_names("approver groups", &p.approver_groups, |g| check_name("group", g))?;
-    Ok(key)
+    check_sorted_names("approver groups", &p.approver_groups, |g| check_name("group", g))
 }
 
 fn check_checkpoint(state: &State, e: &Entry, c: &Checkpoint) -> Result<PublicKey, RuleError> {

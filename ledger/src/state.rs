@@ -769,7 +769,7 @@ impl State {
                     self.add_key(k, e.seq, e.seq);
                 }
             }
-            Body::KeyAdd(_) | Body::KeyRotate(_) | Body::KeyRevoke(_) if self.admin_approvals > 1 => {
+            b if b.needs_admin_quorum() && self.admin_approvals > 1 => {
                 let p = Proposal {
                     seq: e.seq,
                     id: signed.id,
@@ -893,11 +893,7 @@ impl State {
                     slot.retry_seq = Some(e.seq);
                 }
             }
-            Body::EnvSet(s) => {
-                if let Some(env) = self.env.get_mut(&s.env) {
-                    env.policy = s.policy.clone();
-                }
-            }
+            Body::EnvSet(_) => self.apply_key_change(&e.body, e.seq, e.seq),
             Body::Checkpoint(c) => self.checkpoints.push(CheckpointState {
                 seq: e.seq,
                 signer: e.actor.clone(),
@@ -976,7 +972,12 @@ impl State {
                     k.revoked = Some(Revocation { seq, kind: r.kind, reason: r.reason.clone() });
                 }
             }
-            _ => unreachable!("apply_key_change: not a key change"),
+            Body::EnvSet(s) => {
+                if let Some(env) = self.env.get_mut(&s.env) {
+                    env.policy = s.policy.clone();
+                }
+            }
+            _ => unreachable!("apply_key_change: not a change under the admin quorum"),
         }
     }
 

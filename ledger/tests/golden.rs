@@ -154,7 +154,7 @@ fn key_decl(
 /// Every kind of entry, in an order the rule accepts: two admins must agree on each key change
 /// (proposal, then bob's approval); the target's key is in admin custody; v1 reaches dev,
 /// v1.1 fails to load there, is rolled back and withdrawn; the approver rotates, then leaves;
-/// checkpoints at 8 and 32. Between them, PD-1.0.0 goes to prod in two waves (the canary,
+/// checkpoints at 8 and 33. Between them, PD-1.0.0 goes to prod in two waves (the canary,
 /// then the rest) under a freeze override, with a gate and a bake.
 fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
     let [v1, v2] = p;
@@ -289,6 +289,7 @@ fn steps(k: &Keys, cert: &str, p: &[GoldenPackage; 2]) -> Vec<Step> {
                 reason: "canary first; frozen over new year".into(),
             }),
         ),
+        Step::ApproveLast("bob"),
         Step::Sign(
             "carol",
             Body::FreezeOverride(FreezeOverride {
@@ -500,7 +501,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
     table.extend([
         Fixture { name: "export.cbor".into(), built: export.encode(), reencode: reencode_export },
         Fixture {
-            name: "checkpoint-32.note".into(),
+            name: "checkpoint-33.note".into(),
             built: state.signed_note(new).render().into_bytes(),
             reencode: reencode_note,
         },
@@ -510,7 +511,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
             reencode: reencode_proof,
         },
         Fixture {
-            name: "proof-consistency-8-32.json".into(),
+            name: "proof-consistency-8-33.json".into(),
             built: proof_file(&consistency),
             reencode: reencode_proof,
         },
@@ -529,7 +530,7 @@ fn every_encoding_of_the_golden_ledger_is_byte_identical_to_its_fixture() {
 
 fn the_stored_entries_replay_as_a_valid_ledger(stored: &[&[u8]], built: &State) {
     let state = replay(stored.iter().copied(), Signatures::Verify).expect("the golden entries replay");
-    assert_eq!((state.len(), state.head(), state.ledger_id()), (33, built.head(), LEDGER_ID));
+    assert_eq!((state.len(), state.head(), state.ledger_id()), (34, built.head(), LEDGER_ID));
     let dev = state.desired("dev", "llm-policy").expect("dev has a desired version");
     assert_eq!((dev.version, dev.seq), (Version::new(1, 0, 0), 15), "dev was rolled back to PD-1.0.0");
     assert_eq!(state.policy("prod").map(|p| p.approver_groups.clone()), Some(vec!["security".to_string()]));
@@ -542,7 +543,7 @@ fn the_stored_entries_replay_as_a_valid_ledger(stored: &[&[u8]], built: &State) 
     assert!(state.proposals().is_empty(), "bob approved every key change");
     let dependent: Vec<String> = state.not_independent().iter().map(|d| d.actor.clone()).collect();
     assert_eq!(dependent, ["dev-1", "prod-1"], "only the targets' keys were made in the admin's custody");
-    assert_eq!(state.checkpoints().iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 32]);
+    assert_eq!(state.checkpoints().iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(), [8, 33]);
 }
 
 fn the_stored_export_verifies_with_pd_verify(
@@ -553,14 +554,14 @@ fn the_stored_export_verifies_with_pd_verify(
     let decoded = Export::decode(export).expect("the golden export decodes");
     let held: Vec<&[u8]> = decoded.entries.iter().map(|e| e.as_slice()).collect();
     assert_eq!(held, entries, "the export holds exactly the golden entries");
-    let note = std::str::from_utf8(&stored["checkpoint-32.note"]).expect("a note is text");
+    let note = std::str::from_utf8(&stored["checkpoint-33.note"]).expect("a note is text");
     let since = SignedCheckpoint::parse(note).expect("the golden note parses");
     let report = pd_verify::verify_bytes(export, Some(&since))
         .unwrap_or_else(|e| panic!("pd-verify refuses the golden export: {e}"));
-    assert_eq!(report.state.len(), 33);
+    assert_eq!(report.state.len(), 34);
     assert_eq!(report.artifacts_checked, 2, "both tarballs and their OpenPGP signatures checked");
-    let (size, root, _) = report.extends.expect("the export extends checkpoint 32");
-    assert_eq!((size, root), (32, since.checkpoint.root));
+    let (size, root, _) = report.extends.expect("the export extends checkpoint 33");
+    assert_eq!((size, root), (33, since.checkpoint.root));
 }
 
 fn the_stored_proofs_verify(
@@ -575,9 +576,9 @@ fn the_stored_proofs_verify(
     let pinned = [(state.origin(), keys.admin.public())];
     let inclusion = proof("proof-inclusion-9.json").verify(&pinned).expect("the inclusion proof holds");
     assert_eq!(inclusion.entry, Some((9, "ack".to_string(), included.id)));
-    assert_eq!(inclusion.size, 32);
+    assert_eq!(inclusion.size, 33);
     let consistency =
-        proof("proof-consistency-8-32.json").verify(&pinned).expect("the consistency proof holds");
+        proof("proof-consistency-8-33.json").verify(&pinned).expect("the consistency proof holds");
     assert_eq!(consistency.extends, Some((8, state.checkpoints()[0].checkpoint.root)));
-    assert_eq!(consistency.size, 32);
+    assert_eq!(consistency.size, 33);
 }
