@@ -828,6 +828,14 @@ fn pushed_only(ctx: &Ctx, state: &State, env: &str, version: Version, seq: Optio
     if ctx.json {
         return ctx.emit(&json!({ "version": version, "env": env, "seq": seq, "waited": false }));
     }
+    // The state is from before the push: the environment's policy says whether it goes in waves.
+    let waves = state.policy(env).is_some_and(|p| !p.waves.is_empty());
+    if waves {
+        output::next(format!(
+            "{env} takes it in waves and no target installs it before wave 1 starts: `pd ledger deploy {version} --env {env} --reason \"…\"` drives them"
+        ));
+        return Ok(());
+    }
     output::next(format!(
         "targets in {env} acknowledge with `pd ledger ack {version}`; `pd state {env}` shows progress"
     ));
