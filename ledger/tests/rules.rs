@@ -1278,7 +1278,8 @@ fn a_freeze_window_refuses_a_push_until_the_required_approvers_override_it() {
 #[test]
 fn under_an_admin_quorum_environment_policy_is_a_proposal_until_another_admin_approves() {
     let mut w = World::genesis(2, &[("bob", 7)]);
-    let frozen = EnvPolicy { freeze: vec!["1970-01-01..1970-01-01 UTC".into()], ..EnvPolicy::with_min_targets(1) };
+    let frozen =
+        EnvPolicy { freeze: vec!["1970-01-01..1970-01-01 UTC".into()], ..EnvPolicy::with_min_targets(1) };
     w.ok(ADMIN, env_set("dev", frozen.clone()));
     let (seq, id) = w.last();
     assert_eq!(w.ledger.state().policy("dev").map(|p| p.freeze.len()), Some(0), "one admin changed nothing");

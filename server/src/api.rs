@@ -751,6 +751,7 @@ fn routes(app: App) -> Router {
         // GET and HEAD are answered before the router: see `object_read`.
         .route("/v1/objects/{hash}", axum::routing::put(put_object))
         .route("/v1/state", get(state))
+        .route("/v1/fleet", get(fleet))
         .route("/v1/heartbeats", get(heartbeats_list).post(heartbeat_post))
         .route("/v1/export", get(export))
         .route("/v1/checkpoint", get(checkpoint))
@@ -769,6 +770,7 @@ fn routes(app: App) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(crate::console::routes())
         .merge(v1)
         // Bodies are limited per route by `limit_body`, before anything is read.
         .layer(DefaultBodyLimit::disable())
@@ -1530,6 +1532,13 @@ async fn consistency_proof(
 async fn state(AxState(app): AxState<App>) -> Response {
     let l = app.read();
     Json(l.state()).into_response()
+}
+
+/// `GET /v1/fleet`: the console's fleet view ([`crate::console::fleet`]).
+async fn fleet(AxState(app): AxState<App>) -> Response {
+    let beats = app.heartbeats_now();
+    let body = crate::console::fleet(app.read().state(), &beats);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `GET /v1/export`: the whole ledger with every artifact under a signed head. Built on a

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod console;
 pub mod limits;
 pub mod mirror;
 pub mod notify;
