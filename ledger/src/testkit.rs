@@ -9,6 +9,11 @@ pub fn decl(name: &str, key: &SecretKey, roles: &[Role], env: Option<&str>) -> K
     EnrolmentRequest::create(name, key, Some("CERT".into())).decl(roles.to_vec(), env.map(String::from))
 }
 
+/// A push of `version` (tarball `package`) to `env` in the environment's waves.
+pub fn push(env: &str, version: Version, package: Hash) -> Body {
+    Body::Push(Push { env: env.into(), version, package, waves: Vec::new(), reason: "go".into() })
+}
+
 /// A package body whose tarball hash is `hash`.
 pub fn package(version: Version, hash: Hash) -> Body {
     Body::Package(Package {
@@ -59,17 +64,7 @@ pub fn deployed<S: LedgerStore>(store: S) -> Deployed<S> {
         ("admin", &admin, Body::KeyAdd(decl("dev-1", &target, &[Role::Target], Some("dev")))),
         ("admin", &admin, package(version, hash)),
         ("carol", &carol, Body::Approve(Approve { version, package: hash, reason: "ok".into() })),
-        (
-            "admin",
-            &admin,
-            Body::Push(Push {
-                env: "dev".into(),
-                version,
-                package: hash,
-                waves: Vec::new(),
-                reason: "go".into(),
-            }),
-        ),
+        ("admin", &admin, push("dev", version, hash)),
     ];
     for (actor, key, body) in steps {
         ledger.sign_append(actor, key, 1, body).expect("fixture entry is valid");

@@ -107,9 +107,7 @@ impl World {
     }
 }
 
-fn push(env: &str, v: Version, h: Hash) -> Body {
-    Body::Push(Push { env: env.into(), version: v, package: h, waves: Vec::new(), reason: "go".into() })
-}
+use pd_ledger::testkit::push;
 fn ack(env: &str, v: Version, h: Hash) -> Body {
     Body::Ack(Ack { env: env.into(), version: v, package: h, outcome: Outcome::Loaded })
 }

@@ -25,9 +25,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use pd_ledger::file_store::FileStore;
 use pd_ledger::storage::MemStore;
 use pd_ledger::testkit::{decl, package};
-use pd_ledger::{
-    Ack, Approve, Body, Genesis, Hash, Ledger, Outcome, Push, Role, SecretKey, Statement, Version,
-};
+use pd_ledger::{Ack, Approve, Body, Genesis, Hash, Ledger, Outcome, Role, SecretKey, Statement, Version};
 use pd_server::client::ClientError;
 use pd_server::sequencer::{self, Checkpointing};
 use pd_server::{Client, ServeOptions};
@@ -84,19 +82,7 @@ fn fixture(dir: &std::path::Path) -> Ledger<FileStore> {
         Body::Approve(Approve { version: v, package: h, reason: "ok".into() }),
     )
     .expect("approve");
-    l.sign_append(
-        "admin",
-        &admin,
-        now,
-        Body::Push(Push {
-            env: "dev".into(),
-            version: v,
-            package: h,
-            waves: Vec::new(),
-            reason: "go".into(),
-        }),
-    )
-    .expect("push");
+    l.sign_append("admin", &admin, now, pd_ledger::testkit::push("dev", v, h)).expect("push");
     l
 }
 
@@ -256,13 +242,7 @@ fn push_under_flood(pushes: u32) -> (Vec<f64>, u64, u64) {
                 .await
                 .expect("approve");
             client.sync(&mut replica, None).await.expect("sync");
-            let push = Body::Push(Push {
-                env: "dev".into(),
-                version: v,
-                package: h,
-                waves: Vec::new(),
-                reason: "go".into(),
-            });
+            let push = pd_ledger::testkit::push("dev", v, h);
             let start = Instant::now();
             let statement = replica.sign_statement("admin", &admin, pd_server::now_ms(), push);
             client.submit(&statement).await.expect("push");

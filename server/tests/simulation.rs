@@ -26,8 +26,8 @@ use pd_ledger::partial::Follower;
 use pd_ledger::storage::{LedgerStore, MemStore, StorageError};
 use pd_ledger::testkit::{decl, package};
 use pd_ledger::{
-    Ack, Approve, Body, Genesis, Hash, Ledger, Outcome, Push, Role, Rollback, SecretKey, Signatures,
-    Statement, Version,
+    Ack, Approve, Body, Genesis, Hash, Ledger, Outcome, Role, Rollback, SecretKey, Signatures, Statement,
+    Version,
 };
 use pd_server::client::{apply_page, ControlPage};
 use pd_server::sequencer::{self, Checkpointing, ControlQuery};
@@ -447,30 +447,11 @@ impl Sim {
                 Body::Approve(Approve { version: v, package: h, reason: "ok".into() }),
             )),
             Some((v, h, true)) if pd_ledger::adoption::check_promotion(st, "dev", v, &h).is_ok() => {
-                out.push(sign(
-                    "admin",
-                    &self.admin,
-                    Body::Push(Push {
-                        env: "dev".into(),
-                        version: v,
-                        package: h,
-                        waves: Vec::new(),
-                        reason: "go".into(),
-                    }),
-                ))
+                out.push(sign("admin", &self.admin, pd_ledger::testkit::push("dev", v, h)))
             }
-            Some((v, h, true)) if pd_ledger::adoption::check_promotion(st, "prod", v, &h).is_ok() => out
-                .push(sign(
-                    "admin",
-                    &self.admin,
-                    Body::Push(Push {
-                        env: "prod".into(),
-                        version: v,
-                        package: h,
-                        waves: Vec::new(),
-                        reason: "go".into(),
-                    }),
-                )),
+            Some((v, h, true)) if pd_ledger::adoption::check_promotion(st, "prod", v, &h).is_ok() => {
+                out.push(sign("admin", &self.admin, pd_ledger::testkit::push("prod", v, h)))
+            }
             _ if self.versions < 8 && self.rng.percent(30) => {
                 self.versions += 1;
                 let v = Version::new(1, self.versions, 0);

@@ -41,18 +41,7 @@ fn ledger() -> Export {
         versions.push((v, h));
         add(&mut l, "admin", &admin, package(v, h));
         add(&mut l, "carol", &carol, Body::Approve(Approve { version: v, package: h, reason: "ok".into() }));
-        add(
-            &mut l,
-            "admin",
-            &admin,
-            Body::Push(Push {
-                env: "dev".into(),
-                version: v,
-                package: h,
-                waves: Vec::new(),
-                reason: "go".into(),
-            }),
-        );
+        add(&mut l, "admin", &admin, pd_ledger::testkit::push("dev", v, h));
         add(
             &mut l,
             "dev-1",
