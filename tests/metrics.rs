@@ -29,8 +29,8 @@ fn reload(t: &Proc, version: &str) {
     assert_eq!(status, 200, "reload {version}: {}", String::from_utf8_lossy(&body));
 }
 
-/// Polls `promql` until `holds` accepts its value, for at most `limit`; returns the value
-/// and how long it took.
+/// Queries `promql` after each scrape until `holds` accepts its value, for at most `limit`;
+/// returns the value and how long it took.
 fn wait_for(
     prom: &Prometheus,
     promql: &str,
@@ -39,14 +39,12 @@ fn wait_for(
 ) -> (f64, Duration) {
     let start = Instant::now();
     let mut last = None;
-    let mut pause = Duration::from_millis(50);
     while start.elapsed() < limit {
         last = prom.query(promql);
         if let Some(v) = last.filter(|v| holds(*v)) {
             return (v, start.elapsed());
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(250));
+        prom.next_scrape();
     }
     panic!("{promql} still {last:?} after {limit:?}:\n{}", prom.logs())
 }
@@ -89,7 +87,7 @@ fn a_bad_version_shows_as_an_error_spike_in_prometheus() {
             break;
         }
         assert!(start.elapsed() < limit, "pd_example_policy_info shows {runs:?}, not {want:?}");
-        std::thread::sleep(Duration::from_millis(100));
+        prom.next_scrape();
     }
 }
 

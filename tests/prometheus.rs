@@ -3,12 +3,19 @@
 //!
 //! `scripts/install-test-tools` (run by `scripts/test`) installs it. The module needs nothing
 //! from the rest of the harness, so a test file can include it with `#[path]` as well.
+//!
+//! Nothing here sleeps: readiness is the line Prometheus logs when it serves, and each target
+//! is scraped through a relay that counts the scrapes, so a test waits for the next scrape
+//! (an event) rather than polling a query on a timer. A scrape loop stores one scrape before
+//! it starts the next, so once a target's next scrape has begun, its last one is queryable.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = "/usr/bin/prometheus";
@@ -17,12 +24,17 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 /// Tries at a port another process took between our probe and Prometheus' bind.
 const PORT_TRIES: usize = 5;
 
+/// How long a test waits for the next scrape of every target.
+const SCRAPE_LIMIT: Duration = Duration::from_secs(30);
+
 /// A running Prometheus.
 pub struct Prometheus {
     /// Config, database and logs.
     dir: tempfile::TempDir,
     child: Child,
     port: u16,
+    /// Scrapes begun, per target, and a signal on each.
+    scrapes: Arc<(Mutex<Vec<u64>>, Condvar)>,
 }
 
 /// One sample of an instant query: the series' labels and its value.
@@ -48,17 +60,20 @@ impl Prometheus {
             "{BIN} is missing: run scripts/install-test-tools (scripts/test does)"
         );
         let dir = tempfile::tempdir().expect("temp dir");
+        let scrapes = Arc::new((Mutex::new(vec![0; targets.len()]), Condvar::new()));
+        let relays: Vec<String> =
+            targets.iter().enumerate().map(|(i, t)| relay(address(t), i, scrapes.clone())).collect();
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, config_text(targets, interval)).expect("write prometheus.yml");
+        std::fs::write(&config, config_text(targets, &relays, interval)).expect("write prometheus.yml");
         for attempt in 1..=PORT_TRIES {
             // Another process may take a free port between our probe and Prometheus' bind.
             let port = next_port();
             let log = dir.path().join(format!("prometheus-{attempt}.log"));
-            let mut child = spawn(&config, &dir.path().join("data"), port, &log);
-            let failure = match wait_ready(&mut child, port, &log) {
+            let (mut child, lines) = spawn(&config, &dir.path().join("data"), port, &log);
+            let failure = match wait_ready(&lines) {
                 Ok(()) => {
-                    let p = Prometheus { dir, child, port };
-                    p.wait_scraped(targets.len());
+                    let p = Prometheus { dir, child, port, scrapes };
+                    p.wait_up(targets.len());
                     return p;
                 }
                 Err(failure) => failure,
@@ -72,6 +87,19 @@ impl Prometheus {
             }
         }
         panic!("prometheus found its port taken {PORT_TRIES} times")
+    }
+
+    /// Waits until every target's next scrape has begun, so every earlier scrape is stored.
+    pub fn next_scrape(&self) {
+        let (counts, signal) = &*self.scrapes;
+        let start = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (guard, timeout) = signal
+            .wait_timeout_while(counts.lock().unwrap_or_else(|p| p.into_inner()), SCRAPE_LIMIT, |now| {
+                now.iter().zip(&start).any(|(n, s)| n <= s)
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        drop(guard);
+        assert!(!timeout.timed_out(), "no scrape of every target within {SCRAPE_LIMIT:?}: {}", self.logs());
     }
 
     /// Its base URL, `http://127.0.0.1:PORT`.
@@ -115,16 +143,22 @@ impl Prometheus {
     }
 
     /// Waits until Prometheus has scraped each of its `n` targets successfully.
-    fn wait_scraped(&self, n: usize) {
-        let all_up = || {
-            let data = self.api("/api/v1/targets?state=active");
-            let targets = data["activeTargets"].as_array().cloned().unwrap_or_default();
-            (targets.len() == n && targets.iter().all(|t| t["health"] == "up")).then_some(())
-        };
-        poll(START_LIMIT, all_up).unwrap_or_else(|| {
-            let data = self.api("/api/v1/targets?state=active");
-            panic!("targets not all up after {START_LIMIT:?}: {data}\n{}", self.logs())
-        });
+    fn wait_up(&self, n: usize) {
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            // Two scrapes begun: the first one is stored.
+            self.next_scrape();
+            self.next_scrape();
+            let up = self.series("up");
+            if up.len() == n && up.iter().all(|(_, v)| *v == 1.0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "targets not all up after {START_LIMIT:?}: {up:?}\n{}",
+                self.logs()
+            );
+        }
     }
 
     /// Everything Prometheus logged, for failure messages.
@@ -156,65 +190,105 @@ enum NotReady {
     Late,
 }
 
-/// Waits for `GET /-/ready` to answer 200 from the process `child`.
-fn wait_ready(child: &mut Child, port: u16, log: &Path) -> Result<(), NotReady> {
-    let ready = poll(START_LIMIT, || {
-        // Checked first: a port taken by someone else could answer in Prometheus' place.
-        if let Ok(Some(_)) = child.try_wait() {
-            let taken = read(log).contains("address already in use");
-            return Some(Err(if taken { NotReady::PortTaken } else { NotReady::Exited }));
+/// Waits for the line Prometheus logs once it serves requests, or for its exit.
+fn wait_ready(lines: &Receiver<String>) -> Result<(), NotReady> {
+    let deadline = Instant::now() + START_LIMIT;
+    let mut taken = false;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("Server is ready to receive web requests") => return Ok(()),
+            Ok(line) => taken |= line.contains("address already in use"),
+            // Its stderr closed: it exited.
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(if taken { NotReady::PortTaken } else { NotReady::Exited })
+            }
+            Err(RecvTimeoutError::Timeout) => return Err(NotReady::Late),
         }
-        let (status, body) = get(port, "/-/ready")?;
-        (status == 200 && body.contains("Prometheus")).then_some(Ok(()))
-    });
-    ready.unwrap_or(Err(NotReady::Late))
+    }
 }
 
-fn config_text(targets: &[&str], interval: Duration) -> String {
+/// `host:port` of a target given as `host:port` or `http://host:port/`.
+fn address(target: &str) -> String {
+    target.trim_start_matches("http://").trim_end_matches('/').to_string()
+}
+
+/// One scrape job per target, each scraped through its relay and labelled with the target's
+/// own address as `instance`.
+fn config_text(targets: &[&str], relays: &[String], interval: Duration) -> String {
     let every = format!("{}ms", interval.as_millis());
-    let list: Vec<String> = targets
+    let list: String = targets
         .iter()
-        .map(|t| format!("'{}'", t.trim_start_matches("http://").trim_end_matches('/')))
+        .zip(relays)
+        .map(|(t, r)| format!("      - targets: ['{r}']\n        labels: {{instance: '{}'}}\n", address(t)))
         .collect();
     format!(
         "global:\n  scrape_interval: {every}\n  scrape_timeout: {every}\n  evaluation_interval: {every}\n\
          scrape_configs:\n  - job_name: pd-example\n    metrics_path: /metrics\n\
-         \x20   static_configs:\n      - targets: [{}]\n",
-        list.join(", ")
+         \x20   static_configs:\n{list}"
     )
 }
 
-fn spawn(config: &Path, data: &Path, port: u16, log: &Path) -> Child {
-    let err = std::fs::File::create(log).expect("log file");
-    Command::new(BIN)
+/// A loopback relay in front of `target`: each request counts as scrape `index` begun (with a
+/// signal), is answered from one fresh request to the target with `Connection: close`, and
+/// its connection is closed, so every scrape is a connection of its own. Returns its address.
+fn relay(target: String, index: usize, scrapes: Arc<(Mutex<Vec<u64>>, Condvar)>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a relay");
+    let addr = listener.local_addr().expect("relay address").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (counts, signal) = &*scrapes;
+            counts.lock().unwrap_or_else(|p| p.into_inner())[index] += 1;
+            signal.notify_all();
+            let _ = forward(conn, &target);
+        }
+    });
+    addr
+}
+
+fn forward(mut conn: TcpStream, target: &str) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        if conn.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let mut upstream = TcpStream::connect(target)?;
+    upstream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(upstream, "GET /metrics HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    upstream.read_to_end(&mut answer)?;
+    conn.write_all(&answer)
+}
+
+/// Starts Prometheus with its stderr copied to `log` and sent, line by line, to the receiver
+/// (which disconnects when Prometheus exits).
+fn spawn(config: &Path, data: &Path, port: u16, log: &Path) -> (Child, Receiver<String>) {
+    let mut child = Command::new(BIN)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", data.display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(err)
+        .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
+        .unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut file = std::fs::File::create(log).expect("log file");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
 }
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
-/// Calls `check` with a backoff from 10 ms to 200 ms until it returns `Some`, for at most `limit`.
-fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if let Some(t) = check() {
-            return Some(t);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
 }
 
 /// `GET path` on 127.0.0.1:`port`: status and body, `None` if it cannot connect or the reply
