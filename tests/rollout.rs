@@ -77,6 +77,19 @@ fn a_good_version_goes_wave_by_wave_with_bakes_and_ends_adopted_everywhere() {
     assert!(plan.contains("wave 2 (100%): prod-1, prod-2"), "{plan}");
     assert!(net.log().iter().all(|e| e["kind"] != "push"), "--plan pushes nothing");
 
+    // A push alone starts no wave: nobody in prod installs until a deploy drives the rollout,
+    // and a rerun continues from where the ledger stands.
+    net.ok("", &["ledger", "deploy", "PD-0.1.0", "--until", "staging", "--reason", "v1"]);
+    let pushed =
+        net.run("", &["ledger", "deploy", "PD-0.1.0", "--env", "prod", "--no-wait", "--reason", "v1"]);
+    assert!(
+        pd_e2e::text(&pushed).contains("no target installs it before wave 1 starts"),
+        "{}",
+        pd_e2e::text(&pushed)
+    );
+    let state = net.ok("", &["state", "prod"]);
+    assert!(state.contains("rollout: wave 1/2 not started yet"), "{state}");
+    assert!(kinds(&net, "wave").is_empty());
     let out = net.ok("", &["ledger", "deploy", "PD-0.1.0", "--reason", "v1", "--timeout", "120s"]);
     assert!(out.contains("wave 1/2 of PD-0.1.0 in prod: prod-canary"), "{out}");
     assert!(out.contains("all targets acknowledged"), "{out}");
@@ -108,6 +121,24 @@ fn a_good_version_goes_wave_by_wave_with_bakes_and_ends_adopted_everywhere() {
     let report = verify(&net);
     assert!(report.contains("PD-0.1.0 wave 1 started in prod: prod-canary"), "{report}");
     assert!(report.contains("PD-0.1.0 wave 2 in prod: bake passed"), "{report}");
+
+    // A gate that never answers (no Prometheus there) records nothing: the deploy ends with
+    // an error, and a rerun would resume the bake.
+    let dead =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let gate = format!("prom:http://127.0.0.1:{dead}?query={ERROR_RATIO}&max=0.01");
+    net.ok("", &["env", "set", "prod", "--gate", &gate, "--bake", "1s", "--reason", "new prometheus"]);
+    w.write("llm_policy.yaml", "max_tokens: 1500\n");
+    net.ok("", &["ledger", "package", "llm_policy.yaml", "--reason", "more"]);
+    net.ok("carol", &["ledger", "approve", "PD-0.2.0", "--reason", "ok"]);
+    let out = net.run("", &["ledger", "deploy", "PD-0.2.0", "--reason", "more", "--timeout", "5s"]);
+    let said = pd_e2e::text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("had no answer before the timeout") && said.contains("rerun the deploy"), "{said}");
+    let about_v2 = |kind: &str| {
+        kinds(&net, kind).iter().filter(|e| e["body"][kind]["stage"]["version"] == "PD-0.2.0").count()
+    };
+    assert_eq!((about_v2("gate"), about_v2("bake")), (0, 0), "nothing recorded for an unanswered gate");
 }
 
 #[test]

@@ -534,6 +534,7 @@ fn bake(
         let package = package_of(st, w.version)?.package.tarball.blake3;
         Ok(pd_ledger::Stage { env: w.env.to_string(), version: w.version, package, wave: w.wave })
     };
+    let gauge = crate::gates::Evaluator::new()?;
     let mut once: std::collections::BTreeMap<usize, Verdict> = Default::default();
     let mut recorded = false;
     loop {
@@ -558,7 +559,7 @@ fn bake(
         for (i, (text, gate)) in gates.iter().enumerate() {
             let v = match (gate, once.get(&i)) {
                 (pd_ledger::gate::Gate::Command(_), Some(v)) => v.clone(),
-                _ => crate::gates::evaluate(gate, &view, &beats),
+                _ => gauge.evaluate(gate, &view, &beats),
             };
             if matches!(gate, pd_ledger::gate::Gate::Command(_)) {
                 once.insert(i, v.clone());

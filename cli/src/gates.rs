@@ -48,24 +48,61 @@ pub struct Wave<'a> {
     pub since_ms: u64,
 }
 
-/// Evaluates one gate. `beats` are the targets' verified heartbeats (server clock).
-pub fn evaluate(
-    gate: &Gate,
-    wave: &Wave<'_>,
-    beats: &std::collections::BTreeMap<String, pd_server::wire::Seen>,
-) -> Verdict {
-    match gate {
-        Gate::Prometheus { server, query, max, min } => prometheus(server, query, *max, *min),
-        Gate::Health => health(wave, beats),
-        Gate::Command(cmd) => command(cmd, wave),
+/// Evaluates gates for one bake: one small runtime and HTTP client for all its checks.
+pub struct Evaluator {
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Evaluator {
+    /// A runtime and a client with [`QUERY_TIMEOUT`].
+    pub fn new() -> anyhow::Result<Evaluator> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let http = reqwest::Client::builder().timeout(QUERY_TIMEOUT).build()?;
+        Ok(Evaluator { rt, http })
+    }
+
+    /// Evaluates one gate. `beats` are the targets' verified heartbeats (server clock).
+    pub fn evaluate(
+        &self,
+        gate: &Gate,
+        wave: &Wave<'_>,
+        beats: &std::collections::BTreeMap<String, pd_server::wire::Seen>,
+    ) -> Verdict {
+        match gate {
+            Gate::Prometheus { server, query, max, min } => self.prometheus(server, query, *max, *min),
+            Gate::Health => health(wave, beats),
+            Gate::Command(cmd) => command(cmd, wave),
+        }
+    }
+
+    /// An instant query: `GET SERVER/api/v1/query?query=…`, the first sample's value.
+    fn prometheus(&self, server: &str, query: &str, max: Option<f64>, min: Option<f64>) -> Verdict {
+        let url = format!("{server}/api/v1/query?query={}", encode(query));
+        judge(self.get(&url).and_then(|body| sample(&body)), max, min)
+    }
+
+    /// A GET with a timeout and a bounded body.
+    fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+        self.rt.block_on(async {
+            let resp = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = pd_server::client::body_within(resp, MAX_ANSWER_BYTES)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or(format!("answer over {MAX_ANSWER_BYTES} bytes"))?;
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                return Err(format!("HTTP {status}: {text}"));
+            }
+            Ok(body)
+        })
     }
 }
 
-/// An instant query: `GET SERVER/api/v1/query?query=…`, the first sample's value.
-fn prometheus(server: &str, query: &str, max: Option<f64>, min: Option<f64>) -> Verdict {
-    let url = format!("{server}/api/v1/query?query={}", encode(query));
-    let answer = http_get(&url);
-    let value = match answer.and_then(|body| sample(&body)) {
+/// A Prometheus gate's verdict on what the query gave.
+fn judge(answer: Result<Option<f64>, String>, max: Option<f64>, min: Option<f64>) -> Verdict {
+    let value = match answer {
         Ok(Some(v)) => v,
         Ok(None) => return Verdict::Pending("no data yet".into()),
         Err(e) => return Verdict::Pending(format!("Prometheus did not answer: {e}")),
@@ -78,29 +115,6 @@ fn prometheus(server: &str, query: &str, max: Option<f64>, min: Option<f64>) -> 
     } else {
         Verdict::Fail(shown)
     }
-}
-
-/// A blocking GET with a timeout and a bounded body, on a small runtime of its own.
-fn http_get(url: &str) -> Result<Vec<u8>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let client = reqwest::Client::builder().timeout(QUERY_TIMEOUT).build().map_err(|e| e.to_string())?;
-        let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let mut body = Vec::new();
-        let mut resp = resp;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-            body.extend_from_slice(&chunk);
-            if body.len() as u64 > MAX_ANSWER_BYTES {
-                return Err(format!("answer over {MAX_ANSWER_BYTES} bytes"));
-            }
-        }
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(format!("HTTP {status}: {text}"));
-        }
-        Ok(body)
-    })
 }
 
 /// The value of a Prometheus query answer: the first sample of a vector, or a scalar.
@@ -219,6 +233,17 @@ mod tests {
         assert!(sample(bad).unwrap_err().contains("parse error"));
         assert!(sample(b"<html>").unwrap_err().contains("not JSON"));
         assert_eq!(encode("sum(rate(x[1m]))/2 & y"), "sum%28rate%28x%5B1m%5D%29%29%2F2%20%26%20y");
+    }
+
+    #[test]
+    fn a_prometheus_value_passes_within_bounds_fails_outside_and_waits_for_data() {
+        assert_eq!(judge(Ok(Some(0.0)), Some(0.01), None), Verdict::Pass("0".into()));
+        assert_eq!(judge(Ok(Some(0.25)), Some(0.01), None), Verdict::Fail("0.25".into()));
+        assert!(matches!(judge(Ok(None), Some(0.01), None), Verdict::Pending(_)));
+        assert!(matches!(judge(Ok(Some(f64::NAN)), Some(0.01), None), Verdict::Pending(_)));
+        assert!(
+            matches!(judge(Err("refused".into()), Some(0.01), None), Verdict::Pending(v) if v.contains("refused"))
+        );
     }
 
     #[test]

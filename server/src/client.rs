@@ -200,29 +200,16 @@ impl Client {
         ClientError::Malformed { url: self.base.clone(), problem: problem.to_string() }
     }
 
-    /// The body of `resp`, refused as soon as it is known to pass `limit_bytes`: by its
-    /// `Content-Length`, or while streaming (a server may send more than it declared).
+    /// The body of `resp` within `limit_bytes` ([`body_within`]).
     async fn read_limited(
         &self,
         resp: reqwest::Response,
         limit_bytes: u64,
         what: &str,
     ) -> Result<Vec<u8>, ClientError> {
-        let too_large =
-            || ClientError::TooLarge { url: self.base.clone(), what: what.to_string(), limit_bytes };
-        if resp.content_length().is_some_and(|n| n > limit_bytes) {
-            return Err(too_large());
-        }
-        let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| self.unreachable(e))?;
-            if (out.len() + chunk.len()) as u64 > limit_bytes {
-                return Err(too_large());
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+        body_within(resp, limit_bytes).await.map_err(|e| self.unreachable(e))?.ok_or_else(|| {
+            ClientError::TooLarge { url: self.base.clone(), what: what.to_string(), limit_bytes }
+        })
     }
 
     async fn json<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, ClientError> {
@@ -514,6 +501,28 @@ impl Client {
             }
         }))
     }
+}
+
+/// The body of `resp`, or `None` as soon as it is known to pass `limit_bytes`: by its
+/// `Content-Length`, or while streaming (a server may send more than it declared). Every
+/// answer pd reads from the network goes through here.
+pub async fn body_within(
+    resp: reqwest::Response,
+    limit_bytes: u64,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit_bytes) {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if (out.len() + chunk.len()) as u64 > limit_bytes {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
 }
 
 /// An event stream's bytes, cut off with an error once one event (the bytes since the last
