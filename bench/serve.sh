@@ -3,7 +3,9 @@
 # nginx serving the same bytes as static files, in the same run, with the same load (wrk).
 # Usage: [ROUNDS=3] [PIN=1] bench/serve.sh [SECONDS]   (installs wrk, nginx and python's blake3 if missing)
 # PIN=1 runs both servers on CPU 0 and wrk on CPU 1 (taskset), so the load generator does not
-# compete with the server under test for a core.
+# compete with the server under test for a core. Each row also gives the server's CPU time
+# (user + system, all threads or worker processes) per request: the work it did per answer,
+# which stays comparable when the load generator, not the server, is what runs out of CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -71,15 +73,24 @@ curl -sf "$pd_url/v1/objects/$small" -o /dev/null
 # Rounds alternate the two servers, so a slow moment of the machine hits both; each row is
 # the median round.
 rounds=${ROUNDS:-3}
-printf "| server | object | requests/s (median of %s) | MB/s | ratio |\n|---|---|---|---|---|\n" "$rounds"
+# CPU time (user + system, in clock ticks) of the given processes and their threads so far.
+hz=$(getconf CLK_TCK)
+cpu_ticks() { local t=0 p; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+declare -A srv_pids=(["pd serve"]="${pids[0]}" [nginx]="$(pgrep -P "${pids[1]}" | tr '\n' ' ')")
+printf "| server | object | requests/s (median of %s) | MB/s | ratio | server CPU µs/request |\n|---|---|---|---|---|---|\n" "$rounds"
 for obj in "$small 4KiB" "$large 1MiB"; do
   set -- $obj
-  declare -A runs=()
+  declare -A runs=() cpu=()
   for _ in $(seq "$rounds"); do
     for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
       name=${srv%%|*}; url=${srv#*|}
+      before=$(cpu_ticks "${srv_pids[$name]}")
       out=$("${client_cpu[@]}" wrk -t 1 -c 32 -d "${secs}s" "$url/v1/objects/$1")
-      runs[$name]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
+      used=$(( $(cpu_ticks "${srv_pids[$name]}") - before ))
+      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+      runs[$name]+="$rps "
+      # Server CPU time per request, in microseconds (ticks are 1/CLK_TCK s).
+      cpu[$name]+="$(python3 -c "print($used / $hz * 1e6 / ($rps * $secs))") "
     done
   done
   size=$(wc -c < "$work/www/$1")
@@ -88,7 +99,7 @@ for obj in "$small 4KiB" "$large 1MiB"; do
   for row in "pd serve|$pd" "nginx|$ng"; do
     name=${row%%|*}; rps=${row#*|}
     ratio=$(python3 -c "print(f'{$rps / $ng:.2f}×')")
-    printf "| %s | %s | %.0f | %.1f | %s |\n" "$name" "$2" "$rps" "$(python3 -c "print($rps * $size / 1e6)")" "$ratio"
+    printf "| %s | %s | %.0f | %.1f | %s | %.1f |\n" "$name" "$2" "$rps" "$(python3 -c "print($rps * $size / 1e6)")" "$ratio" "$(median "${cpu[$name]}")"
   done
-  unset runs
+  unset runs cpu
 done
