@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Artifact serving: requests/s and MB/s of `GET /v1/objects/<hash>` from `pd serve`, next to
-# nginx serving the same bytes as static files, in the same run, with the same load (wrk).
-# Usage: [ROUNDS=3] [PIN=1] bench/serve.sh [SECONDS]   (installs wrk, nginx and python's blake3 if missing)
-# PIN=1 runs both servers on CPU 0 and wrk on CPU 1 (taskset), so the load generator does not
-# compete with the server under test for a core. Each row also gives the server's CPU time
-# (user + system, all threads or worker processes) per request: the work it did per answer,
-# which stays comparable when the load generator, not the server, is what runs out of CPU.
+# nginx serving the same bytes as static files, in the same run, with the same load.
+# Usage: [ROUNDS=3] [PIN=1] [CLIENTS="wrk oha"] bench/serve.sh [SECONDS]
+#   (installs wrk and nginx from Debian, oha with cargo and python's blake3 if missing)
+# PIN=1 runs both servers on CPU 0 and the load generator on CPU 1 (taskset), so it does not
+# compete with the server under test for a core. Pinned, each row also gives the busy time of
+# the server's core per request (user, system, irq and softirq time of CPU 0 from
+# /proc/stat, so the kernel's network work on the server's side counts wherever it ran) and
+# how busy that core was: the work per answer, comparable even when the load generator, not
+# the server, is what runs out of CPU.
+# Two load generators, 32 connections each: wrk (C, cheapest per request, but it reads
+# answers 8 KiB at a time, so at 1 MiB it runs out of CPU before either server does) and oha
+# (Rust, hyper, reads in large buffers: it keeps a server busy at 1 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 . bench/lib.sh
 need wrk
 need nginx
+clients=${CLIENTS:-wrk oha}
+[[ $clients != *oha* ]] || command -v oha >/dev/null || cargo install --locked --quiet oha --version 1.16.0
 python3 -c "import blake3" 2>/dev/null || python3 -m pip install --quiet blake3 || python3 -m pip install --quiet --break-system-packages blake3
 cargo build --release --locked --bin pd >/dev/null
 work=$(mktemp -d)
@@ -73,33 +81,54 @@ curl -sf "$pd_url/v1/objects/$small" -o /dev/null
 # Rounds alternate the two servers, so a slow moment of the machine hits both; each row is
 # the median round.
 rounds=${ROUNDS:-3}
-# CPU time (user + system, in clock ticks) of the given processes and their threads so far.
+# Busy time of CPU 0 so far, in clock ticks (user, nice, system, irq, softirq, steal).
 hz=$(getconf CLK_TCK)
-cpu_ticks() { local t=0 p; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-declare -A srv_pids=(["pd serve"]="${pids[0]}" [nginx]="$(pgrep -P "${pids[1]}" | tr '\n' ' ')")
-printf "| server | object | requests/s (median of %s) | MB/s | ratio | server CPU µs/request |\n|---|---|---|---|---|---|\n" "$rounds"
-for obj in "$small 4KiB" "$large 1MiB"; do
-  set -- $obj
-  declare -A runs=() cpu=()
-  for _ in $(seq "$rounds"); do
-    for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
-      name=${srv%%|*}; url=${srv#*|}
-      before=$(cpu_ticks "${srv_pids[$name]}")
-      out=$("${client_cpu[@]}" wrk -t 1 -c 32 -d "${secs}s" "$url/v1/objects/$1")
-      used=$(( $(cpu_ticks "${srv_pids[$name]}") - before ))
-      rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-      runs[$name]+="$rps "
-      # Server CPU time per request, in microseconds (ticks are 1/CLK_TCK s).
-      cpu[$name]+="$(python3 -c "print($used / $hz * 1e6 / ($rps * $secs))") "
+busy() { awk '$1 == "cpu0" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# load CLIENT URL: requests/s of SECONDS of GETs of URL over 32 connections; fails unless every
+# answer was a 200.
+load() {
+  case $1 in
+    wrk)
+      out=$("${client_cpu[@]}" wrk -t 1 -c 32 -d "${secs}s" "$2")
+      ! grep -q "Non-2xx\|Socket errors" <<<"$out" || { echo "wrk saw errors: $out" >&2; exit 1; }
+      awk '/Requests\/sec/ {print $2}' <<<"$out" ;;
+    oha)
+      out=$("${client_cpu[@]}" oha -z "${secs}s" -w -c 32 --no-tui --output-format json "$2")
+      python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+if set(d["statusCodeDistribution"]) != {"200"} or d["errorDistribution"]:
+    sys.exit("oha saw errors: " + json.dumps([d["statusCodeDistribution"], d["errorDistribution"]]))
+print(d["summary"]["requestsPerSec"])' "$out" ;;
+  esac
+}
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf "| load | server | object | requests/s (median of %s) | MB/s | ratio | server core µs/request | server core busy |\n|---|---|---|---|---|---|---|---|\n" "$rounds"
+for client in $clients; do
+  for obj in "$small 4KiB" "$large 1MiB"; do
+    set -- $obj
+    declare -A runs=() cpu=() share=()
+    for _ in $(seq "$rounds"); do
+      for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
+        name=${srv%%|*}; url=${srv#*|}
+        before=$(busy)
+        rps=$(load "$client" "$url/v1/objects/$1")
+        used=$(( $(busy) - before ))
+        runs[$name]+="$rps "
+        # The server's core: busy microseconds per request, and busy share (ticks are 1/CLK_TCK s).
+        cpu[$name]+="$(python3 -c "print($used / $hz * 1e6 / ($rps * $secs))") "
+        share[$name]+="$(python3 -c "print(100 * $used / $hz / $secs)") "
+      done
     done
+    size=$(wc -c < "$work/www/$1")
+    pd=$(median "${runs[pd serve]}"); ng=$(median "${runs[nginx]}")
+    for row in "pd serve|$pd" "nginx|$ng"; do
+      name=${row%%|*}; rps=${row#*|}
+      ratio=$(python3 -c "print(f'{$rps / $ng:.2f}×')")
+      core="– | –"
+      [[ ${PIN:-0} != 1 ]] || core=$(printf "%.1f | %.0f%%" "$(median "${cpu[$name]}")" "$(median "${share[$name]}")")
+      printf "| %s | %s | %s | %.0f | %.1f | %s | %s |\n" "$client" "$name" "$2" "$rps" "$(python3 -c "print($rps * $size / 1e6)")" "$ratio" "$core"
+    done
+    unset runs cpu share
   done
-  size=$(wc -c < "$work/www/$1")
-  median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-  pd=$(median "${runs[pd serve]}"); ng=$(median "${runs[nginx]}")
-  for row in "pd serve|$pd" "nginx|$ng"; do
-    name=${row%%|*}; rps=${row#*|}
-    ratio=$(python3 -c "print(f'{$rps / $ng:.2f}×')")
-    printf "| %s | %s | %.0f | %.1f | %s | %.1f |\n" "$name" "$2" "$rps" "$(python3 -c "print($rps * $size / 1e6)")" "$ratio" "$(median "${cpu[$name]}")"
-  done
-  unset runs cpu
 done
