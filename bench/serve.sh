@@ -84,14 +84,14 @@ rounds=${ROUNDS:-3}
 # Busy time of CPU 0 so far, in clock ticks (user, nice, system, irq, softirq, steal).
 hz=$(getconf CLK_TCK)
 busy() { awk '$1 == "cpu0" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-# load CLIENT URL: requests/s of SECONDS of GETs of URL over 32 connections; fails unless every
-# answer was a 200.
+# load CLIENT URL: requests/s and requests of SECONDS of GETs of URL over 32 connections;
+# fails unless every answer was a 200.
 load() {
   case $1 in
     wrk)
       out=$("${client_cpu[@]}" wrk -t 1 -c 32 -d "${secs}s" "$2")
       ! grep -q "Non-2xx\|Socket errors" <<<"$out" || { echo "wrk saw errors: $out" >&2; exit 1; }
-      awk '/Requests\/sec/ {print $2}' <<<"$out" ;;
+      awk '/Requests\/sec/ {rps = $2} / requests in / {n = $1} END {print rps, n}' <<<"$out" ;;
     oha)
       out=$("${client_cpu[@]}" oha -z "${secs}s" -w -c 32 --no-tui --output-format json "$2")
       python3 -c '
@@ -99,7 +99,7 @@ import json, sys
 d = json.loads(sys.argv[1])
 if set(d["statusCodeDistribution"]) != {"200"} or d["errorDistribution"]:
     sys.exit("oha saw errors: " + json.dumps([d["statusCodeDistribution"], d["errorDistribution"]]))
-print(d["summary"]["requestsPerSec"])' "$out" ;;
+print(d["summary"]["requestsPerSec"], d["statusCodeDistribution"]["200"])' "$out" ;;
   esac
 }
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -111,13 +111,14 @@ for client in $clients; do
     for _ in $(seq "$rounds"); do
       for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
         name=${srv%%|*}; url=${srv#*|}
-        before=$(busy)
-        rps=$(load "$client" "$url/v1/objects/$1")
-        used=$(( $(busy) - before ))
+        before=$(busy); start=$(date +%s.%N)
+        read -r rps requests < <(load "$client" "$url/v1/objects/$1")
+        used=$(( $(busy) - before )); took=$(python3 -c "print($(date +%s.%N) - $start)")
         runs[$name]+="$rps "
-        # The server's core: busy microseconds per request, and busy share (ticks are 1/CLK_TCK s).
-        cpu[$name]+="$(python3 -c "print($used / $hz * 1e6 / ($rps * $secs))") "
-        share[$name]+="$(python3 -c "print(100 * $used / $hz / $secs)") "
+        # The server's core: busy microseconds per answer, and busy share of the wall time the
+        # load took, start-up included (ticks are 1/CLK_TCK s).
+        cpu[$name]+="$(python3 -c "print($used / $hz * 1e6 / $requests)") "
+        share[$name]+="$(python3 -c "print(100 * $used / $hz / $took)") "
       done
     done
     size=$(wc -c < "$work/www/$1")
