@@ -321,12 +321,7 @@ fn show_plan(ctx: &Ctx, a: &DeployArgs) -> Result<()> {
         let policy = state.policy(env).cloned().unwrap_or_else(|| pd_ledger::EnvPolicy::with_min_targets(1));
         let waves = pd_ledger::rollout::waves_for(&state, env, &own);
         let planned = pd_ledger::rollout::plan(&state, env, &set, &waves);
-        let frozen: Vec<String> = policy
-            .freeze
-            .iter()
-            .filter(|f| f.parse::<pd_ledger::freeze::Window>().is_ok_and(|w| w.contains(now)))
-            .cloned()
-            .collect();
+        let frozen: Vec<String> = pd_ledger::rollout::frozen_by(&policy, now).cloned().collect();
         let list: Vec<serde_json::Value> = waves
             .iter()
             .zip(&planned)
@@ -554,6 +549,7 @@ fn bake(
             wave: w.wave,
             targets: w.targets,
             since_ms: w.since_ms,
+            deadline,
         };
         let mut verdicts = Vec::new();
         for (i, (text, gate)) in gates.iter().enumerate() {
@@ -594,8 +590,13 @@ fn bake(
                 format!("baked {} after the last ack, every gate held", pd_ledger::rollout::millis(bake_ms));
             match record_bake(ctx, b, (actor, key), w, true, &reason, &stage) {
                 Ok(()) => return Ok(Baked::Passed),
-                // This clock runs ahead of the server's: the bake is not over by its clock yet.
-                Err(e) if e.chain().any(|c| c.to_string().contains("less than the")) && !timed_out => {}
+                // This clock runs ahead of the server's: the bake is not over by its clock yet
+                // (checked first: this refusal names the rollout too).
+                Err(e) if e.chain().any(|c| c.to_string().contains("less than the")) => {
+                    if timed_out {
+                        return Err(e);
+                    }
+                }
                 // The ledger moved (an ack, another deployer): look again.
                 Err(e) if e.chain().any(|c| c.to_string().contains("rollout in ")) => {
                     return Ok(Baked::Again)

@@ -3,8 +3,7 @@
 //! `pd_ledger::gate`; whether a bake may pass is the rule's (`pd_ledger::rollout`). This only
 //! measures.
 
-use std::io::Read as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pd_ledger::gate::Gate;
 
@@ -13,6 +12,12 @@ const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 
 /// How long one Prometheus query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much of a smoke test's stderr is kept (its end): the failure's last line comes from it.
+const STDERR_TAIL: usize = 4096;
+
+/// How often a running smoke test is looked at.
+const COMMAND_POLL: Duration = Duration::from_millis(20);
 
 /// What one evaluation found.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +51,8 @@ pub struct Wave<'a> {
     pub targets: &'a [String],
     /// The server's time when the wave's targets had all acked.
     pub since_ms: u64,
+    /// When the deploy gives up: a smoke test still running then is stopped.
+    pub deadline: Instant,
 }
 
 /// Evaluates gates for one bake: one small runtime and HTTP client for all its checks.
@@ -58,7 +65,7 @@ impl Evaluator {
     /// A runtime and a client with [`QUERY_TIMEOUT`].
     pub fn new() -> anyhow::Result<Evaluator> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let http = reqwest::Client::builder().timeout(QUERY_TIMEOUT).build()?;
+        let http = pd_server::tls::client_builder().timeout(QUERY_TIMEOUT).build()?;
         Ok(Evaluator { rt, http })
     }
 
@@ -177,9 +184,11 @@ fn health(wave: &Wave<'_>, beats: &std::collections::BTreeMap<String, pd_server:
     Verdict::Pass(format!("{healthy}/{n} healthy"))
 }
 
-/// Runs the smoke test by `sh -c` with PD_ENV, PD_VERSION and PD_WAVE; exit 0 passes.
+/// Runs the smoke test by `sh -c` with PD_ENV, PD_VERSION and PD_WAVE; exit 0 passes. One
+/// still running at the wave's deadline is killed and gives no answer. Its stderr is read to
+/// the end as it runs (a full pipe would stop it), keeping the last [`STDERR_TAIL`] bytes.
 fn command(cmd: &str, wave: &Wave<'_>) -> Verdict {
-    let out = std::process::Command::new("sh")
+    let child = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .env("PD_ENV", wave.env)
@@ -188,25 +197,49 @@ fn command(cmd: &str, wave: &Wave<'_>) -> Verdict {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            let mut err = Vec::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = (&mut e).take(4096).read_to_end(&mut err);
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return Verdict::Fail(format!("cannot run sh: {e}")),
+    };
+    let tail = child.stderr.take().map(|stderr| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(last_bytes(stderr, STDERR_TAIL)));
+        rx
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= wave.deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Verdict::Pending("still running at the deadline; stopped".into());
             }
-            child.wait().map(|status| (status, err))
-        });
-    match out {
-        Ok((status, _)) if status.success() => Verdict::Pass("exit 0".into()),
-        Ok((status, err)) => {
-            let err = String::from_utf8_lossy(&err);
-            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-            let code =
-                status.code().map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
-            Verdict::Fail(if last.is_empty() { code } else { format!("{code}: {}", truncate(last, 200)) })
+            Ok(None) => std::thread::sleep(COMMAND_POLL),
+            Err(e) => return Verdict::Fail(format!("cannot wait for sh: {e}")),
         }
-        Err(e) => Verdict::Fail(format!("cannot run sh: {e}")),
+    };
+    if status.success() {
+        return Verdict::Pass("exit 0".into());
     }
+    // A process the command left behind may hold stderr open: wait for its end briefly.
+    let err = tail.and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok()).unwrap_or_default();
+    let err = String::from_utf8_lossy(&err);
+    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let code = status.code().map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
+    Verdict::Fail(if last.is_empty() { code } else { format!("{code}: {}", truncate(last, 200)) })
+}
+
+/// The last `keep` bytes of what `from` gives until its end (or an error).
+fn last_bytes(mut from: impl std::io::Read, keep: usize) -> Vec<u8> {
+    let (mut tail, mut buf) = (Vec::with_capacity(2 * keep), [0u8; 8192]);
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > keep {
+            tail.drain(..tail.len() - keep);
+        }
+    }
+    tail
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -254,6 +287,7 @@ mod tests {
             wave: 2,
             targets: &[],
             since_ms: 0,
+            deadline: Instant::now() + Duration::from_secs(600),
         };
         assert_eq!(
             command("test \"$PD_ENV $PD_VERSION $PD_WAVE\" = 'dev PD-1.2.3 2'", &wave),
@@ -263,5 +297,23 @@ mod tests {
             command("echo 'smoke: 3 of 5 checks failed' >&2; exit 3", &wave),
             Verdict::Fail("exit 3: smoke: 3 of 5 checks failed".into())
         );
+        // More stderr than a pipe holds: read as it comes, the last line still named.
+        assert_eq!(
+            command("head -c 300000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'the end' >&2; exit 1", &wave),
+            Verdict::Fail("exit 1: the end".into())
+        );
+    }
+
+    #[test]
+    fn a_command_still_running_at_the_deadline_is_stopped_and_gives_no_answer() {
+        let wave = Wave {
+            env: "dev",
+            version: pd_ledger::Version::new(1, 2, 3),
+            wave: 1,
+            targets: &[],
+            since_ms: 0,
+            deadline: Instant::now(),
+        };
+        assert!(matches!(command("sleep 600", &wave), Verdict::Pending(v) if v.contains("still running")));
     }
 }

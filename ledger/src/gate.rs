@@ -15,7 +15,8 @@ pub const MAX_GATES: usize = 16;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Gate {
     /// `prom:URL?query=Q&max=X` (and/or `&min=Y`): a Prometheus instant query at `URL`
-    /// whose value must stay at most `max` (at least `min`). An empty result fails.
+    /// whose value must stay at most `max` (at least `min`). An empty result or NaN is no
+    /// answer yet: the bake waits for data (and records nothing if none comes in time).
     Prometheus {
         /// The server's base URL (`http://prom:9090`).
         server: String,

@@ -643,14 +643,7 @@ fn matching(groups: &[String], approvers: &[(&str, Vec<String>)]) -> usize {
 /// `freeze_override` entries for the version that satisfy the environment's approval policy.
 pub fn check_freeze(state: &State, e: &Entry, env: &str, version: Version) -> Result<(), RuleError> {
     let Some(policy) = state.policy(env) else { return Ok(()) };
-    // A window this build cannot read (zone data that moved) counts as frozen: fail closed.
-    let Some(window) = policy
-        .freeze
-        .iter()
-        .find(|f| f.parse::<crate::freeze::Window>().map_or(true, |w| w.contains(e.time_ms)))
-    else {
-        return Ok(());
-    };
+    let Some(window) = frozen_by(policy, e.time_ms).next() else { return Ok(()) };
     let overrides = state.package(version).map(|p| p.overrides.as_slice()).unwrap_or_default();
     let by = overrides.iter().filter(|o| o.env == env).map(|o| o.approver.as_str());
     approvals_met(state, env, by).map_err(|problem| RuleError::Frozen {
@@ -659,6 +652,15 @@ pub fn check_freeze(state: &State, e: &Entry, env: &str, version: Version) -> Re
         version,
         problem,
     })
+}
+
+/// The freeze windows of `policy` that hold at `time_ms`. A window this build cannot read
+/// (zone data that moved) counts as holding: fail closed.
+pub fn frozen_by(policy: &EnvPolicy, time_ms: u64) -> impl Iterator<Item = &String> {
+    policy
+        .freeze
+        .iter()
+        .filter(move |f| f.parse::<crate::freeze::Window>().map_or(true, |w| w.contains(time_ms)))
 }
 
 /// One step of a rollout as the ledger recorded it: what `pd-verify` prints as the timeline.

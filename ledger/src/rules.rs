@@ -963,7 +963,8 @@ fn check_env_set(state: &State, s: &EnvSet) -> Result<(), RuleError> {
     if p.bake_ms > MAX_BAKE_MS {
         return Err(invalid("bake", format!("at most {} hours", MAX_BAKE_MS / 3_600_000)));
     }
-    if p.gates.len() > crate::gate::MAX_GATES || !p.gates.windows(2).all(|w| w[0] != w[1]) {
+    let distinct = p.gates.iter().collect::<std::collections::BTreeSet<_>>().len();
+    if p.gates.len() > crate::gate::MAX_GATES || distinct != p.gates.len() {
         return Err(invalid("gates", format!("at most {}, each once", crate::gate::MAX_GATES)));
     }
     for g in &p.gates {

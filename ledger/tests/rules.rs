@@ -1283,3 +1283,30 @@ fn under_an_admin_quorum_environment_policy_is_a_proposal_until_another_admin_ap
     w.ok("bob", Body::KeyApprove(KeyApprove { seq, id }));
     assert_eq!(w.ledger.state().policy("dev"), Some(&frozen), "the second admin's approval applies it");
 }
+
+#[test]
+fn an_environment_policy_past_its_limits_or_with_a_gate_twice_is_refused() {
+    let mut w = World::new();
+    let with = |f: &dyn Fn(&mut EnvPolicy)| {
+        let mut p = EnvPolicy::with_min_targets(1);
+        f(&mut p);
+        env_set("dev", p)
+    };
+    let smoke = |n: usize| format!("cmd:./smoke.sh {n}");
+    let refusals: Vec<(Body, &str)> = vec![
+        // A repeated gate, even when another stands between the two.
+        (with(&|p| p.gates = vec![smoke(1), smoke(2), smoke(1)]), "each once"),
+        (with(&|p| p.gates = (0..=pd_ledger::gate::MAX_GATES).map(smoke).collect()), "each once"),
+        (with(&|p| p.bake_ms = pd_ledger::limits::MAX_BAKE_MS + 1), "at most 24 hours"),
+        (
+            with(&|p| p.freeze = vec!["Sat 00:00-Sun 00:00 UTC".into(); pd_ledger::limits::MAX_FREEZES + 1]),
+            "freeze",
+        ),
+        (with(&|p| p.waves = (1..=rollout::MAX_WAVES as u32 + 1).map(WaveSize::Count).collect()), "wave"),
+    ];
+    for (body, says) in refusals {
+        let e = w.refused(ADMIN, body);
+        assert!(matches!(e, RuleError::Invalid { .. }) && e.to_string().contains(says), "{e}");
+    }
+    w.ok(ADMIN, with(&|p| p.gates = vec![smoke(1), smoke(2)]));
+}

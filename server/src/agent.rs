@@ -793,7 +793,7 @@ async fn heartbeats(
     status: watch::Receiver<Status>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let probe = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok();
+    let probe = crate::tls::client_builder().timeout(Duration::from_secs(1)).build().ok();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

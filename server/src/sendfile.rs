@@ -98,7 +98,7 @@ impl Conn {
     /// Sends `len` bytes of file `fd` from `offset`, once the socket is writable.
     #[cfg(target_os = "linux")]
     fn poll_send_file(
-        &mut self,
+        &self,
         cx: &mut Context<'_>,
         fd: i32,
         offset: u64,
@@ -126,7 +126,7 @@ impl Conn {
     /// `tcp_nopush` does with two `TCP_CORK` calls; without it, 1 MiB answers ran at half
     /// nginx's rate). The sendfile that follows pushes them.
     #[cfg(target_os = "linux")]
-    fn poll_write_head(&mut self, cx: &mut Context<'_>, head: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_head(&self, cx: &mut Context<'_>, head: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let socket = socket2::SockRef::from(&self.tcp);
         self.poll_io(cx, || socket.send_vectored_with_flags(head, libc::MSG_MORE | libc::MSG_NOSIGNAL))
     }
