@@ -222,9 +222,11 @@ def test_an_entrys_inclusion_proof_verifies_in_the_page(browser: Any, fleet: Wor
 
 
 class Tamper(http.server.BaseHTTPRequestHandler):
-    """Forwards every GET to the real server; flips one byte of each inclusion proof."""
+    """Forwards every GET to the real server; flips one byte of each inclusion proof, or
+    (`what = "body"`) shows version PD-0.1.0 as PD-0.9.0 in every entry it passes on."""
 
     upstream: Tuple[str, int] = ("127.0.0.1", 0)
+    what = "proof"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         conn = http.client.HTTPConnection(*self.upstream, timeout=60)
@@ -243,7 +245,9 @@ class Tamper(http.server.BaseHTTPRequestHandler):
                 self.wfile.flush()
             return
         body = r.read()
-        if self.path.startswith("/v1/proofs/inclusion") and r.status == 200:
+        if self.what == "body" and self.path.startswith("/v1/entries") and r.status == 200:
+            body = body.replace(b'"PD-0.1.0"', b'"PD-0.9.0"')
+        if self.what == "proof" and self.path.startswith("/v1/proofs/inclusion") and r.status == 200:
             at = body.index(b'"hashes":["') + len(b'"hashes":["')
             body = body[:at] + (b"1" if body[at:at + 1] == b"0" else b"0") + body[at + 1:]
         self.send_header("Content-Length", str(len(body)))
@@ -254,9 +258,10 @@ class Tamper(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_tampered_proof_is_shown_as_failed(browser: Any, fleet: World) -> None:
+def tampered_verdict(browser: Any, fleet: World, what: str) -> Tuple[str, str, List[str]]:
+    """The verdict, text and failed checks of the PD-0.1.0 push's proof, seen through Tamper."""
     up = urlsplit(url(fleet))
-    handler = type("Handler", (Tamper,), {"upstream": (up.hostname, up.port)})
+    handler = type("Handler", (Tamper,), {"upstream": (up.hostname, up.port), "what": what})
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     proxy.daemon_threads = True
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
@@ -264,14 +269,26 @@ def test_a_tampered_proof_is_shown_as_failed(browser: Any, fleet: World) -> None
         push = seq_of(fleet, "push", "PD-0.1.0")
         browser.get(f"http://127.0.0.1:{proxy.server_address[1]}/#/audit/{push}")
         proof = verdict(browser)
-        assert proof.get_attribute("data-verdict") == "failed", proof.text
-        assert "PROOF FAILED" in proof.text
         failed = [c.text for c in proof.find_elements(By.CSS_SELECTOR, "ul.checks li.bad")]
-        assert len(failed) == 1 and "SHA-256 audit path" in failed[0], failed
-        shot(browser, "audit-entry-tampered")
+        if what == "proof":
+            shot(browser, "audit-entry-tampered")
+        return proof.get_attribute("data-verdict"), proof.text, failed
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_a_tampered_proof_is_shown_as_failed(browser: Any, fleet: World) -> None:
+    verdict_, text, failed = tampered_verdict(browser, fleet, "proof")
+    assert verdict_ == "failed", text
+    assert "PROOF FAILED" in text
+    assert len(failed) == 1 and "SHA-256 audit path" in failed[0], failed
+
+
+def test_a_body_the_server_changed_is_not_shown_as_verified(browser: Any, fleet: World) -> None:
+    verdict_, text, failed = tampered_verdict(browser, fleet, "body")
+    assert verdict_ == "failed", text
+    assert len(failed) == 1 and "fields and body are the ones shown" in failed[0], failed
 
 
 def requests_made(driver: Any) -> List[str]:

@@ -241,6 +241,15 @@ export function cborDecode(bytes) {
  * page shows (`shown`: seq, id, prev, time_ms, actor, kind) and the ledger's log keys
  * (`logKeys`: name → hex Ed25519 public key of keys with the log or admin role). Returns one
  * line per check, `{what, ok, detail}`; the proof holds only if every one is ok. */
+/** A value as JSON with sorted keys and byte strings as hex: how the server's JSON of a body
+ * and the body decoded from its CBOR compare. */
+function canonical(v) {
+  if (v instanceof Uint8Array) return JSON.stringify(hex(v));
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v !== null && typeof v === 'object') return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`).join(',')}}`;
+  return JSON.stringify(v);
+}
+
 export async function checkInclusion(proof, shown, logKeys) {
   const steps = [];
   const step = (what, ok, detail = '') => steps.push({ what, ok, detail });
@@ -250,8 +259,8 @@ export async function checkInclusion(proof, shown, logKeys) {
     const id = hex(blake3(bytes));
     step('the proven entry’s BLAKE3 is the id shown', id === shown.id, id);
     const e = cborDecode(bytes);
-    const same = e.seq === shown.seq && hex(e.prev) === shown.prev && e.time_ms === shown.time_ms && e.actor === shown.actor && Object.keys(e.body)[0] === shown.kind;
-    step('the proven entry’s fields are the ones shown', same, `#${e.seq} ${Object.keys(e.body)[0]} by ${e.actor}`);
+    const same = e.seq === shown.seq && hex(e.prev) === shown.prev && e.time_ms === shown.time_ms && e.actor === shown.actor && Object.keys(e.body)[0] === shown.kind && canonical(e.body) === canonical(shown.body);
+    step('the proven entry’s fields and body are the ones shown', same, `#${e.seq} ${Object.keys(e.body)[0]} by ${e.actor}`);
     const note = parseNote(proof.checkpoint);
     step('the checkpoint names this ledger', note.origin === `pd.ledger/${shown.ledger}`, note.origin);
     const leaf = await sha256(Uint8Array.of(0), unhex(id));
