@@ -7,6 +7,8 @@
 # Both ends are the canary's own signed acks (its loaded ack of the bad version, and of the
 # old one after the rollback), so the time is the target's clock, read off the ledger.
 set -euo pipefail
+# A failing step inside `$(one_run …)` stops the bench instead of giving an empty time.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 need prometheus
@@ -15,8 +17,10 @@ runs=${RUNS:-5}
 intervals=("${@:-1 2 5}")
 read -r -a intervals <<< "${intervals[*]}"
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# Background processes, one pid a line: one_run runs in a subshell, so not in a variable.
+pids="$work/pids"
+stop_all() { [[ ! -f $pids ]] || while read -r p; do kill "$p" 2>/dev/null || true; done < "$pids"; rm -f "$pids"; }
+cleanup() { stop_all; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 # free_port: a loopback port nobody listens on now.
@@ -33,21 +37,21 @@ one_run() {
   "$pd" key new web-1 --role target --env prod --generate-here >/dev/null 2>&1
   "$pd" key new web-2 --role target --env prod --generate-here >/dev/null 2>&1
   local port; port=$(free_port)
-  "$pd" serve --listen "127.0.0.1:$port" > serve.log 2>&1 & pids+=($!)
+  "$pd" serve --listen "127.0.0.1:$port" > serve.log 2>&1 & echo $! >> "$pids"
   export PD_SERVER="http://127.0.0.1:$port"
   until "$pd" state >/dev/null 2>&1; do sleep 0.1; done
   local scrape=()
   for t in canary web-1 web-2; do
     local tp; tp=$(free_port)
-    "$pd" example-target --listen "127.0.0.1:$tp" --policy-dir "agent-$t/current" --bad PD-0.2.0 > "target-$t.log" 2>&1 & pids+=($!)
-    "$pd" agent --as "$t" --dir "agent-$t" --reload-url "http://127.0.0.1:$tp/reload" > "agent-$t.log" 2>&1 & pids+=($!)
+    "$pd" example-target --listen "127.0.0.1:$tp" --policy-dir "agent-$t/current" --bad PD-0.2.0 > "target-$t.log" 2>&1 & echo $! >> "$pids"
+    "$pd" agent --as "$t" --dir "agent-$t" --reload-url "http://127.0.0.1:$tp/reload" > "agent-$t.log" 2>&1 & echo $! >> "$pids"
     scrape+=("\"127.0.0.1:$tp\"")
   done
   local pp; pp=$(free_port)
   local window=$(( interval * 4 > 5 ? interval * 4 : 5 ))
   printf 'global: {scrape_interval: %ss, evaluation_interval: %ss}\nscrape_configs:\n  - job_name: prod\n    static_configs: [{targets: [%s]}]\n' \
     "$interval" "$interval" "$(IFS=,; echo "${scrape[*]}")" > prometheus.yml
-  prometheus --config.file prometheus.yml --storage.tsdb.path prom-data --web.listen-address "127.0.0.1:$pp" > prometheus.log 2>&1 & pids+=($!)
+  prometheus --config.file prometheus.yml --storage.tsdb.path prom-data --web.listen-address "127.0.0.1:$pp" > prometheus.log 2>&1 & echo $! >> "$pids"
   local gate="prom:http://127.0.0.1:$pp?query=sum(rate(pd_example_errors_total[${window}s]))/sum(rate(pd_example_requests_total[${window}s]))&max=0.01"
   "$pd" env set prod --waves canary --bake 60s --gate "$gate" --auto-rollback --reason bench >/dev/null
   printf 'a: 1\n' > p.yaml
@@ -69,9 +73,8 @@ bad = next(e for e in acks if e["body"]["ack"]["version"] == "PD-0.2.0")
 back = next(e for e in acks if e["seq"] > bad["seq"] and e["body"]["ack"]["version"] == "PD-0.1.0")
 print(back["signed_ms"] - bad["signed_ms"])
 '
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_all
   wait 2>/dev/null || true
-  pids=()
   cd - >/dev/null
 }
 
@@ -80,7 +83,9 @@ printf '%-16s %5s %10s %10s %10s %12s\n' "scrape interval" runs "min ms" "median
 for interval in "${intervals[@]}"; do
   times=()
   for i in $(seq "$runs"); do
-    times+=("$(one_run "$interval" "$work/$interval-$i")")
+    t=$(one_run "$interval" "$work/$interval-$i")
+    [[ $t =~ ^[0-9]+$ ]] || { echo "run $i at ${interval}s gave no time (\"$t\")" >&2; exit 1; }
+    times+=("$t")
   done
   sorted=$(printf '%s\n' "${times[@]}" | sort -n)
   min=$(head -1 <<< "$sorted"); max=$(tail -1 <<< "$sorted")

@@ -84,25 +84,30 @@ rounds=${ROUNDS:-3}
 # Busy time of CPU 0 so far, in clock ticks (user, nice, system, irq, softirq, steal).
 hz=$(getconf CLK_TCK)
 busy() { awk '$1 == "cpu0" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-# load CLIENT URL: requests/s and requests of SECONDS of GETs of URL over 32 connections;
-# fails unless every answer was a 200.
+# load CLIENT URL: SECONDS of GETs of URL over 32 connections; the report in $work/load.
 load() {
   case $1 in
-    wrk)
-      out=$("${client_cpu[@]}" wrk -t 1 -c 32 -d "${secs}s" "$2")
-      ! grep -q "Non-2xx\|Socket errors" <<<"$out" || { echo "wrk saw errors: $out" >&2; exit 1; }
-      awk '/Requests\/sec/ {rps = $2} / requests in / {n = $1} END {print rps, n}' <<<"$out" ;;
-    oha)
-      out=$("${client_cpu[@]}" oha -z "${secs}s" -w -c 32 --no-tui --output-format json "$2")
-      python3 -c '
-import json, sys
-d = json.loads(sys.argv[1])
-if set(d["statusCodeDistribution"]) != {"200"} or d["errorDistribution"]:
-    sys.exit("oha saw errors: " + json.dumps([d["statusCodeDistribution"], d["errorDistribution"]]))
-print(d["summary"]["requestsPerSec"], d["statusCodeDistribution"]["200"])' "$out" ;;
+    wrk) "${client_cpu[@]}" wrk -t 1 -c 32 -d "${secs}s" "$2" > "$work/load" ;;
+    oha) "${client_cpu[@]}" oha -z "${secs}s" -w -c 32 --no-tui --output-format json "$2" > "$work/load" ;;
   esac
 }
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# rate CLIENT: requests/s and requests from the report of `load`; fails unless every answer
+# was a 200. (Read after the server's CPU time, so that reading it is not counted.)
+rate() {
+  case $1 in
+    wrk)
+      ! grep -q "Non-2xx\|Socket errors" "$work/load" || { echo "wrk saw errors: $(cat "$work/load")" >&2; exit 1; }
+      awk '/Requests\/sec/ {rps = $2} / requests in / {n = $1} END {print rps, n}' "$work/load" ;;
+    oha)
+      python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+if set(d["statusCodeDistribution"]) != {"200"} or d["errorDistribution"]:
+    sys.exit("oha saw errors: " + json.dumps([d["statusCodeDistribution"], d["errorDistribution"]]))
+print(d["summary"]["requestsPerSec"], d["statusCodeDistribution"]["200"])' "$work/load" ;;
+  esac
+}
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {printf "%.3f\n", (a[int((NR+1)/2)] + a[int(NR/2)+1]) / 2}'; }
 printf "| load | server | object | requests/s (median of %s) | MB/s | ratio | server core µs/request | server core busy |\n|---|---|---|---|---|---|---|---|\n" "$rounds"
 for client in $clients; do
   for obj in "$small 4KiB" "$large 1MiB"; do
@@ -112,8 +117,10 @@ for client in $clients; do
       for srv in "pd serve|$pd_url" "nginx|$nginx_url"; do
         name=${srv%%|*}; url=${srv#*|}
         before=$(busy); start=$(date +%s.%N)
-        read -r rps requests < <(load "$client" "$url/v1/objects/$1")
-        used=$(( $(busy) - before )); took=$(python3 -c "print($(date +%s.%N) - $start)")
+        load "$client" "$url/v1/objects/$1"
+        used=$(( $(busy) - before )); end=$(date +%s.%N)
+        counted=$(rate "$client"); read -r rps requests <<<"$counted"
+        took=$(python3 -c "print($end - $start)")
         runs[$name]+="$rps "
         # The server's core: busy microseconds per answer, and busy share of the wall time the
         # load took, start-up included (ticks are 1/CLK_TCK s).
