@@ -126,13 +126,15 @@ fn prometheus_moves_to_another_port_when_its_port_is_taken() {
     let t = target(dir.path(), "a");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_port = taken.local_addr().expect("address").port();
-    let mut ports = vec![taken_port];
+    let (mut ports, mut asked) = (vec![taken_port], 0);
     let prom = Prometheus::start_on(&[&t.url], Duration::from_secs(1), || {
+        asked += 1;
         ports.pop().unwrap_or_else(|| {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("address").port()
         })
     });
+    assert!(asked >= 2, "the taken port was tried first, then another ({asked} asked)");
     assert_ne!(prom.url(), format!("http://127.0.0.1:{taken_port}"));
     assert_eq!(prom.query("up"), Some(1.0));
 }
