@@ -4,6 +4,7 @@
 //! - every block from "## A session" to "## Checkpoints and proofs" but the Python and S3
 //!   ones runs in order, exactly as written, in one empty directory, as one session;
 //! - the S3 block runs against a real Garage cluster;
+//! - the two blocks of "Progressive rollouts" run as written against a real Prometheus;
 //! - `pip install ./python` is what `scripts/python-env` runs (with the dev profile), and
 //!   `python/tests/test_api.py` runs the Python block.
 //!

@@ -449,7 +449,8 @@ pub struct Stage {
     pub version: Version,
     /// Its tarball BLAKE3.
     pub package: Hash,
-    /// The wave, from 1 (the push itself starts wave 1).
+    /// The wave, from 1 (with a single wave the push itself starts it; otherwise a `wave`
+    /// entry starts each, the first included).
     pub wave: u32,
 }
 

@@ -220,7 +220,7 @@ pub fn plan(state: &State, env: &str, set: &str, waves: &[WaveSize]) -> Vec<Vec<
     let last = waves.len().saturating_sub(1);
     let mut out = vec![Vec::new(); waves.len()];
     for (i, (name, _)) in order.into_iter().enumerate() {
-        out[wave_of[i].unwrap_or(last).min(last)].push(name);
+        out[wave_of[i].unwrap_or(last)].push(name);
     }
     for w in &mut out {
         w.sort();
@@ -249,9 +249,9 @@ pub struct Progress {
     pub waves: Vec<WaveView>,
     /// Waves started.
     pub started: u32,
-    /// The environment's bake time.
+    /// The bake time, as fixed at the push.
     pub bake_ms: u64,
-    /// The environment's gates.
+    /// The gates, as fixed at the push.
     pub gates: Vec<String>,
     /// What comes next.
     pub next: Next,
@@ -503,7 +503,7 @@ fn baking<'s>(state: &'s State, stage: &Stage) -> Result<(&'s str, &'s Rollout),
     Ok((set, r))
 }
 
-/// Whether a gate evaluation may be recorded: of a gate of the environment, in the current
+/// Whether a gate evaluation may be recorded: of a gate fixed at the push, in the current
 /// wave's bake.
 pub fn check_gate(state: &State, g: &GateCheck) -> Result<(), RuleError> {
     let (_, r) = baking(state, &g.stage)?;

@@ -394,7 +394,8 @@ impl Slot {
         self.retry_seq
     }
 
-    /// The rollout of the newest push, whether or not it is still the desired version's.
+    /// The rollout of the desired version, when a push made it desired (any later push,
+    /// rollback or promotion replaces or clears it).
     pub fn rollout(&self) -> Option<&Rollout> {
         self.rollout.as_ref()
     }
@@ -622,7 +623,8 @@ impl State {
         self.env.get(env).map(|e| &e.policy)
     }
 
-    /// Whether a package has the approvals it needs.
+    /// Whether a package has the ledger's default count of approvals (an environment's
+    /// approval policy may ask for more: [`crate::rollout::approvals_met`]).
     pub fn is_approved(&self, pkg: &PackageState) -> bool {
         pkg.counted_approvals() >= self.approvals_required as usize
     }
