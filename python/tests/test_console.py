@@ -13,6 +13,7 @@ import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
+import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
@@ -219,6 +220,16 @@ def test_an_entrys_inclusion_proof_verifies_in_the_page(browser: Any, fleet: Wor
     assert browser.find_element(By.ID, "entry-id").text == entry["id"]
     assert browser.find_element(By.ID, "custody").text.startswith("holder"), "admin's own key, made by pd init"
     shot(browser, "audit-entry")
+
+
+def test_the_genesis_entry_more_than_one_blake3_chunk_long_verifies_in_the_page(browser: Any, fleet: World) -> None:
+    """The page's BLAKE3 joins chunks into parent nodes only past 1 KiB: genesis is longer."""
+    with urllib.request.urlopen(f"{url(fleet)}/v1/proofs/inclusion?seq=0", timeout=30) as r:
+        size = len(json.load(r)["entry"]) // 2
+    assert size > 1024, f"genesis is {size} bytes: two chunks or more"
+    browser.get(f"{url(fleet)}/#/audit/0")
+    proof = verdict(browser)
+    assert proof.get_attribute("data-verdict") == "verified", proof.text
 
 
 class Tamper(http.server.BaseHTTPRequestHandler):
