@@ -23,12 +23,15 @@ function show() {
   const r = route();
   current?.unmount?.();
   for (const a of document.querySelectorAll('nav a')) {
-    a.toggleAttribute('aria-current', a.dataset.view === r.name);
     if (a.dataset.view === r.name) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
   }
-  root.replaceChildren();
+  // Each view draws into a box of its own: a refresh still in flight when the view is left
+  // draws into the detached box, never over the next view.
+  const box = h('div');
+  root.replaceChildren(box);
   root.dataset.view = r.name;
-  current = views[r.name].mount(root, r);
+  current = views[r.name].mount(box, r);
   document.title = `pd · ${r.name}`;
 }
 
