@@ -238,7 +238,7 @@ pub fn run(ctx: &Ctx, a: DeployArgs) -> Result<()> {
             continue;
         }
         if a.no_wait {
-            return pushed_only(ctx, &state, env, version, seq);
+            return pushed_only(ctx, &state, (env, version, seq), a.waves.as_deref().unwrap_or_default());
         }
         announce();
         let until =
@@ -530,6 +530,7 @@ fn bake(
         Ok(pd_ledger::Stage { env: w.env.to_string(), version: w.version, package, wave: w.wave })
     };
     let gauge = crate::gates::Evaluator::new()?;
+    let health = gates.iter().any(|(_, g)| matches!(g, pd_ledger::gate::Gate::Health));
     let mut once: std::collections::BTreeMap<usize, Verdict> = Default::default();
     let mut recorded = false;
     loop {
@@ -538,10 +539,12 @@ fn bake(
         if !next.is_some_and(|p| matches!(p.next, pd_ledger::rollout::Next::Bake { wave, since_ms, .. } if wave == w.wave && since_ms == w.since_ms)) {
             return Ok(Baked::Again);
         }
-        let beats = match b.heartbeats() {
-            Ok(h) => h.verified(&state),
-            Err(e) if crate::backend::is_transient(&e) => Default::default(),
-            Err(e) => return Err(e),
+        // Heartbeats (each one's signature checked) only for a `health` gate.
+        let beats = match health.then(|| b.heartbeats()) {
+            None => Default::default(),
+            Some(Ok(h)) => h.verified(&state),
+            Some(Err(e)) if crate::backend::is_transient(&e) => Default::default(),
+            Some(Err(e)) => return Err(e),
         };
         let view = crate::gates::Wave {
             env: w.env,
@@ -674,22 +677,43 @@ fn halted(
         rolled_back_to: None,
     };
     if rollback {
-        let set = b.state()?.package(version).map(|p| p.package.name.clone());
         let until = Until { fail_on_stale: a.fail_on_stale, ..Until::after(a.timeout) };
-        let back = roll_back(
-            ctx,
-            b,
-            actor,
-            key,
-            (env, set.as_deref()),
-            Some(version),
-            format!("automatic: {reason}"),
-            until,
-        )?;
-        failure.message = format!("the rollout of {version} in {env} stopped at wave {wave} ({reason}); rolled {env} back to {back}");
+        let (back, stuck) = roll_back_after(ctx, b, (actor, key), (env, version), reason, until)?;
+        failure.message = format!("the rollout of {version} in {env} stopped at wave {wave} ({reason}); rolled {env} back to {back}{stuck}");
         failure.rolled_back_to = Some(back);
     }
     Ok(failure)
+}
+
+/// Rolls `env` back from `version` because of `why`: the version it went back to, and, when
+/// the rollback's own targets did not all come back either, what is still wrong (", but …").
+fn roll_back_after(
+    ctx: &Ctx,
+    b: &mut Backend,
+    (actor, key): (&str, &SecretKey),
+    (env, version): (&str, Version),
+    why: &str,
+    until: Until,
+) -> Result<(Version, String)> {
+    let set = b.state()?.package(version).map(|p| p.package.name.clone());
+    let back = roll_back(
+        ctx,
+        b,
+        actor,
+        key,
+        (env, set.as_deref()),
+        Some(version),
+        format!("automatic: {why}"),
+        until,
+    );
+    match back {
+        Ok(back) => Ok((back, String::new())),
+        // The rollback entry is written but its targets did not all come back either.
+        Err(e) => match e.downcast::<NotAdopted>() {
+            Ok(n) => Ok((n.version, format!(", but {}", n.message))),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// A deploy's end when `env` did not adopt `version`: with `rollback` (a timeout) the
@@ -713,24 +737,7 @@ fn not_adopted(
         rolled_back_to: None,
     };
     if let Some(until) = rollback {
-        let set = b.state()?.package(version).map(|p| p.package.name.clone());
-        let (back, stuck) = match roll_back(
-            ctx,
-            b,
-            actor,
-            key,
-            (env, set.as_deref()),
-            Some(version),
-            format!("automatic: {problems}"),
-            until,
-        ) {
-            Ok(back) => (back, String::new()),
-            // The rollback entry is written but its targets did not all come back either.
-            Err(e) => match e.downcast::<NotAdopted>() {
-                Ok(n) => (n.version, format!(", but {}", n.message)),
-                Err(e) => return Err(e),
-            },
-        };
+        let (back, stuck) = roll_back_after(ctx, b, (actor, key), (env, version), &problems, until)?;
         failure.message =
             format!("{version} failed in {env} ({problems}); rolled {env} back to {back}{stuck}");
         failure.rolled_back_to = Some(back);
@@ -816,7 +823,12 @@ fn make_desired(
 }
 
 /// The end of `deploy --no-wait`: one environment pushed, nobody waited for.
-fn pushed_only(ctx: &Ctx, state: &State, env: &str, version: Version, seq: Option<u64>) -> Result<()> {
+fn pushed_only(
+    ctx: &Ctx,
+    state: &State,
+    (env, version, seq): (&str, Version, Option<u64>),
+    own_waves: &[pd_ledger::WaveSize],
+) -> Result<()> {
     if seq.is_none() {
         let waiting = pd_ledger::adoption::adoption_of(state, env, version).waiting().join(", ");
         if ctx.json {
@@ -830,9 +842,9 @@ fn pushed_only(ctx: &Ctx, state: &State, env: &str, version: Version, seq: Optio
     if ctx.json {
         return ctx.emit(&json!({ "version": version, "env": env, "seq": seq, "waited": false }));
     }
-    // The state is from before the push: the environment's policy says whether it goes in waves.
-    let waves = state.policy(env).is_some_and(|p| !p.waves.is_empty());
-    if waves {
+    // The state is from before the push: the rule's waves for it (the deploy's own, or the
+    // environment's) say whether it goes in waves.
+    if pd_ledger::rollout::waves_for(state, env, own_waves).len() > 1 {
         output::next(format!(
             "{env} takes it in waves and no target installs it before wave 1 starts: `pd ledger deploy {version} --env {env} --reason \"…\"` drives them"
         ));
