@@ -522,8 +522,7 @@ pub fn previous_version(state: &State, env: &str, set: &str) -> Result<Version> 
     let Some(current) = slot.desired().map(|d| d.version) else {
         refuse!("nothing was ever deployed to {env}; there is nothing to roll back");
     };
-    // The newest earlier version that got through the environment (the rule allows no other).
-    match slot.history().iter().rev().map(|d| d.version).find(|v| *v != current && slot.was_through(*v)) {
+    match pd_ledger::rules::rollback_target(state, env, set) {
         Some(v) => Ok(v),
         None => refuse!("no version before {current} got through {env} (adopted, every wave baked); there is nothing to return to"),
     }

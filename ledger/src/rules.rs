@@ -11,7 +11,7 @@ use crate::entry::{
     KeyRevoke, KeyRotate, Package, Push, Retry, Role, Rollback, SignedEntry, WaveSize, Withdraw,
 };
 use crate::limits::*;
-use crate::state::State;
+use crate::state::{Slot, State};
 use crate::version::Version;
 
 /// Why an entry was refused. Each message says what was wrong and what to do.
@@ -915,29 +915,46 @@ fn check_rollback(state: &State, e: &Entry, r: &Rollback) -> Result<PublicKey, R
     check_text("reason", &r.reason, true)?;
     check_env(state, &r.env)?;
     let set = live_package(state, r.version, &r.package)?.package.name.as_str();
-    let bad = |problem: &str| RuleError::BadRollback {
+    let slot = state.slot(&r.env, set);
+    may_return_to(state, slot, r.version).map_err(|problem| RuleError::BadRollback {
         env: r.env.clone(),
         version: r.version,
         problem: problem.to_string(),
-    };
-    let Some(env) = state.slot(&r.env, set) else { return Err(bad("nothing was ever pushed there")) };
-    match &env.desired {
-        None => return Err(bad("nothing was ever pushed there")),
-        Some(d) if d.version == r.version => return Err(bad("it is already the desired version")),
+    })?;
+    Ok(key)
+}
+
+/// Whether a rollback of `slot` may return to `version` (the package being live aside).
+fn may_return_to(state: &State, slot: Option<&Slot>, version: Version) -> Result<(), &'static str> {
+    let Some(slot) = slot else { return Err("nothing was ever pushed there") };
+    match &slot.desired {
+        None => return Err("nothing was ever pushed there"),
+        Some(d) if d.version == version => return Err("it is already the desired version"),
         Some(_) => {}
     }
-    if !env.history.iter().any(|d| d.version == r.version) {
-        return Err(bad("it was never deployed there; roll back only to a version the environment had"));
+    if !slot.history.iter().any(|d| d.version == version) {
+        return Err("it was never deployed there; roll back only to a version the environment had");
     }
     // Only to a version that went through every wave and bake here (and was adopted), or
     // went out to every target at once: a rollback reaches every target at once, so it must
     // not carry what a rollout stopped.
-    if !env.was_through(r.version) && !state.is_partial() {
-        return Err(bad(
+    if !slot.was_through(version) && !state.is_partial() {
+        return Err(
             "it went out in waves and never got through this environment (adopted, every wave started and baked); push a newer package instead",
-        ));
+        );
     }
-    Ok(key)
+    Ok(())
+}
+
+/// The newest version that `env`'s slot of `set` may be rolled back to, as the rule decides:
+/// what `pd ledger rollback` without `--to` returns to.
+pub fn rollback_target(state: &State, env: &str, set: &str) -> Option<Version> {
+    let slot = state.slot(env, set)?;
+    let allowed = |d: &&crate::state::Desired| {
+        live_package(state, d.version, &d.package).is_ok()
+            && may_return_to(state, Some(slot), d.version).is_ok()
+    };
+    slot.history.iter().rev().find(allowed).map(|d| d.version)
 }
 
 fn check_retry(state: &State, e: &Entry, r: &Retry) -> Result<PublicKey, RuleError> {

@@ -1310,3 +1310,21 @@ fn an_environment_policy_past_its_limits_or_with_a_gate_twice_is_refused() {
     }
     w.ok(ADMIN, with(&|p| p.gates = vec![smoke(1), smoke(2)]));
 }
+
+#[test]
+fn a_rollback_returns_to_the_newest_version_the_rule_allows() {
+    let mut w = World::new();
+    let (v1, v2, v3) = (Version::new(1, 0, 0), Version::new(2, 0, 0), Version::new(3, 0, 0));
+    let target = |w: &World| pd_ledger::rules::rollback_target(w.ledger.state(), "dev", "llm_policy");
+    assert_eq!(target(&w), None, "nothing pushed");
+    for (v, expected) in [(v1, None), (v2, Some(v1)), (v3, Some(v2))] {
+        let h = w.package(v);
+        w.ok("carol", approve(v, h));
+        w.ok(ADMIN, push("dev", v, h));
+        assert_eq!(target(&w), expected, "after pushing {v}");
+    }
+    // A withdrawn version is passed over: the rule would refuse it.
+    let h2 = w.ledger.state().package(v2).expect("v2").package.tarball.blake3;
+    w.ok("carol", Body::Withdraw(Withdraw { version: v2, package: h2, reason: "junk".into() }));
+    assert_eq!(target(&w), Some(v1));
+}
