@@ -19,12 +19,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use pd_ledger::adoption::{self, Status};
-use pd_ledger::heartbeat::{self, Liveness, SignedHeartbeat};
+use pd_ledger::heartbeat::{self, Liveness};
 use pd_ledger::{Hash, Outcome, State, Version};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::wire::{Heartbeats, Seen};
+use crate::wire::SeenNow;
 
 /// The Content-Security-Policy of every console answer: this origin only, no inline script
 /// or style, never framed.
@@ -89,11 +89,9 @@ fn asset(name: &str) -> Response {
 /// each target with its labels, liveness, running versions, status and last ack per set.
 /// Written straight from borrowed state (no `serde_json::Value` per target): at 10,000
 /// targets it is the page's biggest answer.
-pub fn fleet(state: &State, beats: &Heartbeats) -> Vec<u8> {
-    let seen = kept_heartbeats(state, beats);
+pub fn fleet(state: &State, beats: &SeenNow) -> Vec<u8> {
     let overview = adoption::overview(state);
-    let envs: Vec<EnvFleet<'_>> =
-        overview.iter().map(|env| EnvFleet::new(state, env, &seen, beats)).collect();
+    let envs: Vec<EnvFleet<'_>> = overview.iter().map(|env| EnvFleet::new(state, env, beats)).collect();
     let fleet = FleetJson {
         ledger_id: state.ledger_id(),
         len: state.len(),
@@ -142,28 +140,11 @@ struct AckJson<'a> {
     time_ms: u64,
 }
 
-/// The newest heartbeat of each target that is still an active target key. Their signatures
-/// were checked when the server took them (`POST /v1/heartbeats`); checking ten thousand
-/// again on every request would cost the server half a second each time.
-fn kept_heartbeats(state: &State, beats: &Heartbeats) -> BTreeMap<String, Seen> {
-    beats
-        .heartbeats
-        .iter()
-        .filter_map(|h| {
-            let hb = SignedHeartbeat::decode(&hex::decode(&h.heartbeat).ok()?).ok()?.heartbeat;
-            let ours =
-                hb.ledger_id == state.ledger_id() && adoption::may_heartbeat(state, &hb.target).is_ok();
-            ours.then(|| (hb.target.clone(), Seen { received_ms: h.received_ms, heartbeat: hb }))
-        })
-        .collect()
-}
-
 /// One environment of [`fleet`], with what its slots and targets are looked up in.
 struct EnvFleet<'a> {
     state: &'a State,
     env: &'a adoption::EnvView,
-    seen: &'a BTreeMap<String, Seen>,
-    beats: &'a Heartbeats,
+    beats: &'a SeenNow,
     /// Per target, what it runs per set.
     running: HashMap<&'a str, BTreeMap<String, Version>>,
     /// Per slot (in `env.sets` order), each target's status.
@@ -171,27 +152,22 @@ struct EnvFleet<'a> {
 }
 
 impl<'a> EnvFleet<'a> {
-    fn new(
-        state: &'a State,
-        env: &'a adoption::EnvView,
-        seen: &'a BTreeMap<String, Seen>,
-        beats: &'a Heartbeats,
-    ) -> EnvFleet<'a> {
+    fn new(state: &'a State, env: &'a adoption::EnvView, beats: &'a SeenNow) -> EnvFleet<'a> {
         let running = env
             .targets
             .iter()
-            .map(|t| (t.as_str(), heartbeat::running(state, t, seen.get(t).map(|s| &s.heartbeat))))
+            .map(|t| (t.as_str(), heartbeat::running(state, t, beats.seen.get(t).map(|s| &s.heartbeat))))
             .collect();
         let status = env
             .sets
             .iter()
             .map(|s| s.adoption.targets.iter().map(|(t, st)| (t.as_str(), st)).collect())
             .collect();
-        EnvFleet { state, env, seen, beats, running, status }
+        EnvFleet { state, env, beats, running, status }
     }
 
     fn liveness(&self, target: &str) -> Liveness {
-        self.beats.liveness(self.seen.get(target))
+        self.beats.liveness(target)
     }
 
     fn json(&self) -> EnvJson<'_> {
@@ -238,7 +214,7 @@ impl<'a> EnvFleet<'a> {
             labels: decl.map(|d| d.labels.as_slice()),
             sets: decl.map(|d| d.sets.as_slice()),
             liveness: self.liveness(name),
-            last_seen_ms: self.seen.get(name).map(|s| s.received_ms),
+            last_seen_ms: self.beats.seen.get(name).map(|s| s.received_ms),
             running: self.running.get(name),
             status,
             acks,

@@ -235,6 +235,23 @@ pub struct Seen {
     pub heartbeat: pd_ledger::heartbeat::Heartbeat,
 }
 
+/// Verified heartbeats by target, with the server's clock they are judged on.
+#[derive(Clone, Debug, Default)]
+pub struct SeenNow {
+    /// The server's time.
+    pub now_ms: u64,
+    /// Each target's newest heartbeat that verifies against the state they were read with.
+    pub seen: std::collections::BTreeMap<String, Seen>,
+}
+
+impl SeenNow {
+    /// A target's liveness by its heartbeat, on the server's clock.
+    pub fn liveness(&self, target: &str) -> pd_ledger::heartbeat::Liveness {
+        let seen = self.seen.get(target);
+        pd_ledger::heartbeat::liveness(seen.map(|s| (s.received_ms, s.heartbeat.interval_ms)), self.now_ms)
+    }
+}
+
 impl Heartbeats {
     /// A target's liveness by its verified heartbeat (from [`Heartbeats::verified`]), on
     /// the server's clock.
