@@ -564,12 +564,7 @@ fn check_key_decl(state: &State, k: &KeyDecl) -> Result<(), RuleError> {
     if !k.sets.is_empty() && !is_target {
         return Err(invalid("sets", "only target keys follow policy sets"));
     }
-    if k.sets.len() > MAX_TARGET_SETS || !k.sets.windows(2).all(|w| w[0] < w[1]) {
-        return Err(invalid("sets", format!("at most {MAX_TARGET_SETS} policy sets, each once, sorted")));
-    }
-    for set in &k.sets {
-        check_set_name(set)?;
-    }
+    check_sorted_names("sets", &k.sets, check_set_name)?;
     if !k.labels.is_empty() && !is_target {
         return Err(invalid("labels", "only target keys carry labels (--label)"));
     }

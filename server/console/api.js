@@ -37,10 +37,11 @@ function askToken(wrong) {
   return asking;
 }
 
-async function request(path, accept) {
+/** GET `path` with `extra` headers and the token; a 401 asks for the token and tries again. */
+async function request(path, extra = {}) {
   for (;;) {
     const sent = sessionStorage.getItem(TOKEN);
-    const r = await fetch(path, { headers: headers(accept ? { Accept: accept } : {}), cache: 'no-store' });
+    const r = await fetch(path, { headers: headers(extra), cache: 'no-store' });
     if (r.status !== 401) return r;
     if (sessionStorage.getItem(TOKEN) === sent) sessionStorage.removeItem(TOKEN);
     await askToken(sent !== null);
@@ -55,7 +56,7 @@ async function ok(r) {
 
 /** GET a JSON answer. */
 export async function json(path) {
-  return (await ok(await request(path, 'application/json'))).json();
+  return (await ok(await request(path, { Accept: 'application/json' }))).json();
 }
 
 /** GET a text answer. */
@@ -76,7 +77,7 @@ export async function follow(onEvent, onStatus) {
   let last = null, pause = 500;
   for (;;) {
     try {
-      const r = await ok(await fetch('/v1/events', { headers: headers(last === null ? {} : { 'Last-Event-ID': last }), cache: 'no-store' }));
+      const r = await ok(await request('/v1/events', last === null ? {} : { 'Last-Event-ID': last }));
       onStatus('live');
       pause = 500;
       const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -103,13 +104,8 @@ export async function follow(onEvent, onStatus) {
           }
         }
       }
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) {
-        const wrong = sessionStorage.getItem(TOKEN) !== null;
-        sessionStorage.removeItem(TOKEN);
-        await askToken(wrong);
-        continue;
-      }
+    } catch {
+      // Offline, or the stream broke: resumed below.
     }
     onStatus('offline');
     await new Promise((resolve) => setTimeout(resolve, pause));

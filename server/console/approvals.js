@@ -7,6 +7,7 @@ import * as api from './api.js';
 import { diffLines, hunks, lines } from './diff.js';
 import { copyButton, h, notice, throttled, time } from './dom.js';
 import { policyFiles } from './tar.js';
+import { equal } from './verify.js';
 
 export function mount(root) {
   let drawn = '';
@@ -107,7 +108,7 @@ function fileDiffs(before, now) {
   const out = [];
   for (const path of paths) {
     const a = before.get(path), b = now.get(path);
-    const change = !a ? 'added' : !b ? 'removed' : a.length === b.length && a.every((x, i) => x === b[i]) ? 'same' : 'modified';
+    const change = !a ? 'added' : !b ? 'removed' : equal(a, b) ? 'same' : 'modified';
     if (change === 'same') continue;
     const [ta, tb] = [a ? text(a) : '', b ? text(b) : ''];
     if (ta === undefined || tb === undefined) {

@@ -10,8 +10,9 @@ const PAGE = 200;
 /** Heartbeats are not ledger entries, so liveness is refreshed on a timer too. */
 const LIVENESS_MS = 5000;
 
-/** Timings of each fetch and draw, for the benchmark (`bench/console.py`). */
+/** Timings of the latest fetches and draws, for the benchmark (`bench/console.py`). */
 const perf = (window.pdPerf ??= { fleet: [] });
+const PERF_KEPT = 1000;
 
 export function mount(root, route) {
   const env = route.path[0] ?? null;
@@ -24,6 +25,7 @@ export function mount(root, route) {
     data = next;
     draw();
     const t2 = performance.now();
+    if (perf.fleet.length >= PERF_KEPT) perf.fleet.shift();
     perf.fleet.push({ fetch_ms: t1 - t0, draw_ms: t2 - t1, targets: data.envs.reduce((n, e) => n + e.targets.length, 0), at: t2 });
   }, 250);
   function draw() {

@@ -2,7 +2,7 @@
 // artifact is never unpacked unverified), gunzipped with DecompressionStream, and its plain
 // ustar entries listed, each file's SHA-256 checked against the package entry.
 
-import { blake3, hex } from './verify.js';
+import { blake3, hex, sha256 } from './verify.js';
 
 const MAX_UNPACKED = 64 * 1024 * 1024;
 
@@ -57,7 +57,7 @@ export async function policyFiles(pkg, fetchBytes) {
   files.delete('pd-manifest.json');
   for (const f of pkg.files) {
     const bytes = files.get(f.path);
-    const sha = bytes && hex(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)));
+    const sha = bytes && hex(await sha256(bytes));
     if (sha !== f.sha256) throw new Error(`${f.path} in the tarball of ${pkg.version} does not match the package entry`);
   }
   if (files.size !== pkg.files.length) throw new Error(`the tarball of ${pkg.version} holds files its package entry does not name`);

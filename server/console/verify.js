@@ -32,11 +32,11 @@ function concat(...parts) {
   return out;
 }
 
-function equal(a, b) {
+export function equal(a, b) {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
-async function sha256(...parts) {
+export async function sha256(...parts) {
   return new Uint8Array(await crypto.subtle.digest('SHA-256', concat(...parts)));
 }
 
