@@ -25,7 +25,8 @@ fn world() -> World {
 const PROD: [&str; 3] = ["prod-1", "prod-2", "prod-canary"];
 
 /// Agents and example targets for every target; prod's treat `bad` as a bad version (it
-/// loads, then fails half the requests).
+/// loads, then fails half the requests). prod-2's agent is a light one: it learns its wave
+/// from the entries it fetches with proofs, not from a replica.
 fn fleet<'w>(w: &'w World, bad: &[&str]) -> Net<'w> {
     let mut net = Net::start(w);
     for (t, env) in [("dev-1", "dev"), ("staging-1", "staging")] {
@@ -33,7 +34,9 @@ fn fleet<'w>(w: &'w World, bad: &[&str]) -> Net<'w> {
     }
     let bad: Vec<&str> = bad.iter().flat_map(|v| ["--bad", v]).collect();
     for t in PROD {
-        net.agent_and_target(t, "prod", &bad, &["--heartbeat", "1s", "--health-url", "{target}/healthz"]);
+        let light: &[&str] = if t == "prod-2" { &["--light"] } else { &[] };
+        let args = [&["--heartbeat", "1s", "--health-url", "{target}/healthz"][..], light].concat();
+        net.agent_and_target(t, "prod", &bad, &args);
     }
     net
 }

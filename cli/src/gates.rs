@@ -305,6 +305,49 @@ mod tests {
     }
 
     #[test]
+    fn health_passes_with_every_target_healthy_since_the_acks_and_fails_on_any_unhealthy_one() {
+        use pd_server::wire::Seen;
+        let targets = ["a".to_string(), "b".to_string()];
+        let wave = Wave {
+            env: "dev",
+            version: pd_ledger::Version::new(1, 2, 3),
+            wave: 1,
+            targets: &targets,
+            since_ms: 1_000,
+            deadline: Instant::now(),
+        };
+        let beat = |target: &str, received_ms, healthy| {
+            let heartbeat = pd_ledger::heartbeat::Heartbeat {
+                ledger_id: pd_ledger::Hash::of(b"ledger"),
+                target: target.into(),
+                time_ms: received_ms,
+                interval_ms: 10_000,
+                running: Vec::new(),
+                replica_len: 0,
+                healthy,
+            };
+            (target.to_string(), Seen { received_ms, heartbeat })
+        };
+        let judge = |beats: &[(String, Seen)]| health(&wave, &beats.iter().cloned().collect());
+        assert_eq!(
+            judge(&[beat("a", 2_000, Some(true)), beat("b", 2_000, Some(true))]),
+            Verdict::Pass("2/2 healthy".into())
+        );
+        // Before the acks, or not at all: wait for one.
+        assert!(
+            matches!(judge(&[beat("a", 2_000, Some(true)), beat("b", 500, Some(false))]), Verdict::Pending(v) if v.contains("from b"))
+        );
+        assert!(matches!(judge(&[beat("a", 2_000, Some(true))]), Verdict::Pending(_)));
+        // Unhealthy, or no --health-url to say: fails.
+        assert!(
+            matches!(judge(&[beat("a", 2_000, Some(false)), beat("b", 2_000, Some(true))]), Verdict::Fail(v) if v.contains(": a"))
+        );
+        assert!(
+            matches!(judge(&[beat("a", 2_000, Some(true)), beat("b", 2_000, None)]), Verdict::Fail(v) if v.contains(": b"))
+        );
+    }
+
+    #[test]
     fn a_command_still_running_at_the_deadline_is_stopped_and_gives_no_answer() {
         let wave = Wave {
             env: "dev",

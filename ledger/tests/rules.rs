@@ -1328,3 +1328,41 @@ fn a_rollback_returns_to_the_newest_version_the_rule_allows() {
     w.ok("carol", Body::Withdraw(Withdraw { version: v2, package: h2, reason: "junk".into() }));
     assert_eq!(target(&w), Some(v1));
 }
+
+#[test]
+fn approver_groups_are_matched_not_taken_greedily() {
+    let mut w = World::new();
+    // `both` approves first and could fill either group; only a matching sees that `plat-2`
+    // fills platform and `both` security.
+    for (name, seed, groups) in [("both", 34, vec!["platform", "security"]), ("plat-2", 35, vec!["platform"])]
+    {
+        let k = key(seed);
+        let groups = groups.into_iter().map(String::from).collect();
+        w.ok(ADMIN, Body::KeyAdd(KeyDecl { groups, ..decl(name, &k, &[Role::Approver], None) }));
+        w.keys.push((name, k));
+    }
+    let policy = EnvPolicy {
+        approvals: 2,
+        approver_groups: vec!["platform".into(), "security".into()],
+        ..EnvPolicy::with_min_targets(1)
+    };
+    w.ok(ADMIN, env_set("dev", policy));
+    let v1 = Version::new(23, 1, 0);
+    let h1 = w.package(v1);
+    w.ok("both", approve(v1, h1));
+    w.ok("plat-2", approve(v1, h1));
+    w.ok(ADMIN, push("dev", v1, h1));
+}
+
+#[test]
+fn a_wave_does_not_start_inside_a_freeze_window_without_an_override() {
+    let (mut w, v1, h1) = canary_world();
+    let mut policy = w.ledger.state().policy("dev").expect("dev's policy").clone();
+    policy.freeze = vec!["1970-01-01..1970-01-01 UTC".into()];
+    w.ok(ADMIN, env_set("dev", policy));
+    let e = w.refused(ADMIN, wave("dev", v1, h1, 1, &["dev-3"]));
+    assert!(matches!(&e, RuleError::Frozen { .. }), "{e}");
+    let over = FreezeOverride { env: "dev".into(), version: v1, package: h1, reason: "incident fix".into() };
+    w.ok("carol", Body::FreezeOverride(over));
+    w.ok(ADMIN, wave("dev", v1, h1, 1, &["dev-3"]));
+}
