@@ -216,6 +216,9 @@ pub struct Agent<S: LedgerStore> {
 
 const STATE_FILE: &str = "agent.json";
 
+/// Most of a reload webhook's error answer read (its first 300 characters are reported).
+const RELOAD_ERROR_BYTES: u64 = 64 * 1024;
+
 impl<S: LedgerStore> Agent<S> {
     /// An agent over `replica` (empty or from an earlier run), resuming `DIR/agent.json`.
     pub fn new(cfg: AgentConfig, replica: Replica<S>) -> Result<Agent<S>> {
@@ -678,7 +681,9 @@ impl<S: LedgerStore> Agent<S> {
                     return Ok(());
                 }
                 let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
+                // The start of its answer says why; a longer one is not read.
+                let text = crate::client::body_within(resp, RELOAD_ERROR_BYTES).await.ok().flatten();
+                let text = String::from_utf8_lossy(text.as_deref().unwrap_or_default()).into_owned();
                 Err(format!("{status} {}", text.trim()).chars().take(300).collect())
             }
             Reload::Command(cmd) => {
