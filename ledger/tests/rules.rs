@@ -1205,14 +1205,13 @@ fn the_plan_puts_canaries_first_then_counts_and_percentages_in_name_hash_order()
     assert_eq!(plan[0], ["prod-f"], "the canary comes first");
 }
 
-#[test]
-fn an_environment_approval_policy_needs_approvers_of_distinct_groups() {
+/// [`World::new`] with these approvers (name, key seed, groups), and dev asking for two
+/// approvals covering the groups platform and security.
+fn two_groups_world(approvers: &[(&'static str, u8, &[&str])]) -> World {
     let mut w = World::new();
-    for (name, seed, groups) in
-        [("sec-1", 30, vec!["security"]), ("sec-2", 31, vec!["security"]), ("plat-1", 32, vec!["platform"])]
-    {
+    for &(name, seed, groups) in approvers {
         let k = key(seed);
-        let groups = groups.into_iter().map(String::from).collect();
+        let groups = groups.iter().map(|g| g.to_string()).collect();
         w.ok(ADMIN, Body::KeyAdd(KeyDecl { groups, ..decl(name, &k, &[Role::Approver], None) }));
         w.keys.push((name, k));
     }
@@ -1222,6 +1221,16 @@ fn an_environment_approval_policy_needs_approvers_of_distinct_groups() {
         ..EnvPolicy::with_min_targets(1)
     };
     w.ok(ADMIN, env_set("dev", policy));
+    w
+}
+
+#[test]
+fn an_environment_approval_policy_needs_approvers_of_distinct_groups() {
+    let mut w = two_groups_world(&[
+        ("sec-1", 30, &["security"]),
+        ("sec-2", 31, &["security"]),
+        ("plat-1", 32, &["platform"]),
+    ]);
     let v1 = Version::new(23, 1, 0);
     let h1 = w.package(v1);
     w.ok("sec-1", approve(v1, h1));
@@ -1331,22 +1340,9 @@ fn a_rollback_returns_to_the_newest_version_the_rule_allows() {
 
 #[test]
 fn approver_groups_are_matched_not_taken_greedily() {
-    let mut w = World::new();
     // `both` approves first and could fill either group; only a matching sees that `plat-2`
     // fills platform and `both` security.
-    for (name, seed, groups) in [("both", 34, vec!["platform", "security"]), ("plat-2", 35, vec!["platform"])]
-    {
-        let k = key(seed);
-        let groups = groups.into_iter().map(String::from).collect();
-        w.ok(ADMIN, Body::KeyAdd(KeyDecl { groups, ..decl(name, &k, &[Role::Approver], None) }));
-        w.keys.push((name, k));
-    }
-    let policy = EnvPolicy {
-        approvals: 2,
-        approver_groups: vec!["platform".into(), "security".into()],
-        ..EnvPolicy::with_min_targets(1)
-    };
-    w.ok(ADMIN, env_set("dev", policy));
+    let mut w = two_groups_world(&[("both", 34, &["platform", "security"]), ("plat-2", 35, &["platform"])]);
     let v1 = Version::new(23, 1, 0);
     let h1 = w.package(v1);
     w.ok("both", approve(v1, h1));
